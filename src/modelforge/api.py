@@ -1,0 +1,392 @@
+"""What the CLI calls: open a manifest, gather cheap facts about its source, plan, build, lock,
+verify. Everything a command does is here, with no printing (a Reporter receives progress).
+Imports executor, planner, store, lock, manifest; never torch."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from modelforge.errors import LockError, SourceError
+from modelforge.executor import NodeStatus, Reporter, SilentReporter, materialize, run_plan, statuses
+from modelforge.hashing import hash_file
+from modelforge.lock import (
+    Lock,
+    LockedFile,
+    LockedManifest,
+    LockedSource,
+    LockedStep,
+    LockedTarget,
+    differences,
+    read_lock,
+    write_lock,
+)
+from modelforge.manifest import Manifest, load_manifest, manifest_digest
+from modelforge.manifest.models import HubSourceSpec, LocalSourceSpec
+from modelforge.plan import Plan, SourceFile, compute_keys
+from modelforge.planner import SourceFacts, make_plan
+from modelforge.safetensors_io import read_header
+from modelforge.steps import STEPS
+from modelforge.store import Store, default_store_dir
+from modelforge.toolchain import versions
+from modelforge.transforms import matches
+
+
+@dataclass(frozen=True)
+class Project:
+    """A manifest and the places that belong to it: the project root is the parent of a
+    `manifests/` directory (else the manifest's own directory); lock/ and dist/ live there."""
+
+    manifest_path: Path
+    manifest: Manifest
+    root: Path
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / "lock" / f"{self.manifest.name}.lock"
+
+    @property
+    def default_out(self) -> Path:
+        return self.root / "dist" / self.manifest.name
+
+    @property
+    def relative_manifest(self) -> str:
+        try:
+            return self.manifest_path.resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return self.manifest_path.name
+
+
+def open_project(manifest_path: str | Path) -> Project:
+    path = Path(manifest_path)
+    manifest = load_manifest(path)
+    directory = path.resolve().parent
+    root = directory.parent if directory.name == "manifests" else directory
+    return Project(path, manifest, root)
+
+
+@dataclass
+class Gathered:
+    facts: SourceFacts
+    paths: dict[str, Path]  # source relative path → local file (weights may be absent when not needed)
+
+
+def _local_files(root: Path, patterns: tuple[str, ...]) -> dict[str, Path]:
+    if not root.is_dir():
+        raise SourceError(f"source directory {root} does not exist; fix source.path or --source-dir")
+    found = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in relative.split("/")) or not path.is_file():
+            continue
+        if matches(relative, patterns) or matches(path.name, patterns):
+            found[relative] = path
+    if not found:
+        raise SourceError(f"source directory {root} has no files matching {', '.join(patterns)}; check source.files")
+    return found
+
+
+def gather(project: Project, store: Store, source_dir: Path | None, reporter: Reporter, need_weights: bool) -> Gathered:
+    """Facts about the source: file hashes (remembered by inode/size/mtime), safetensors headers and
+    config.json. A Hub source downloads small files always and weights only when need_weights."""
+    spec = project.manifest.source
+    if source_dir is not None or isinstance(spec, LocalSourceSpec):
+        root = Path(source_dir) if source_dir is not None else (project.manifest_path.resolve().parent / spec.path)
+        paths = _local_files(root, spec.files)
+        files = []
+        for relative, path in paths.items():
+            reporter.message(f"hashing {relative}") if path.stat().st_size > (256 << 20) else None
+            files.append(SourceFile(relative, store.hashes.hash(path), path.stat().st_size))
+        if isinstance(spec, HubSourceSpec):
+            origin = {"kind": "hub", "repo": spec.repo, "revision": spec.revision}
+            _check_override(project, files, root)
+        else:
+            origin = {"kind": "local", "path": spec.path}
+        tensors = {}
+        for relative, path in paths.items():
+            if relative.endswith(".safetensors"):
+                tensors.update(read_header(path, relative)[0])
+        config = _read_config(paths)
+        return Gathered(SourceFacts(tuple(files), tensors, config, origin), paths)
+    from modelforge import hub
+
+    commit = hub.resolve_commit(spec.repo, spec.revision, allow_branch=spec.allow_branch)
+    remote = hub.list_files(spec.repo, commit, spec.files)
+    wanted = [item for item in remote if need_weights or not item.path.endswith(".safetensors")]
+    paths = hub.download(spec.repo, commit, wanted, cache_dir=None, progress=lambda name, done, total: reporter.step_progress(f"download {name}", done, total, "downloading"))
+    files = []
+    for item in remote:
+        if item.path in paths:
+            files.append(SourceFile(item.path, store.hashes.hash(paths[item.path]), item.size))
+        elif item.sha256:
+            files.append(SourceFile(item.path, item.sha256, item.size))
+    tensors = {}
+    if need_weights:
+        for relative, path in paths.items():
+            if relative.endswith(".safetensors"):
+                tensors.update(read_header(path, relative)[0])
+    else:
+        from modelforge.safetensors_io import parse_header
+
+        for relative, header in hub.safetensors_headers(spec.repo, commit).items():
+            raw = json.dumps(header).encode()
+            tensors.update(parse_header(raw, 0, None, relative)[0])
+    return Gathered(SourceFacts(tuple(files), tensors, _read_config(paths), {"kind": "hub", "repo": spec.repo, "revision": commit}), paths)
+
+
+def _read_config(paths: Mapping[str, Path]) -> dict[str, Any]:
+    if "config.json" not in paths:
+        return {}
+    try:
+        return json.loads(paths["config.json"].read_text())
+    except ValueError as error:
+        raise SourceError(f"config.json of the source is not valid JSON ({error}); re-fetch the source") from None
+
+
+def _check_override(project: Project, files: list[SourceFile], root: Path) -> None:
+    """A --source-dir must hold exactly the files the lock pinned, byte for byte."""
+    if not project.lock_path.exists():
+        return
+    locked = read_lock(project.lock_path).source.files
+    present = {item.path: item for item in files}
+    problems = [f"{name} (missing)" for name in sorted(locked) if name not in present]
+    problems += [f"{name} (sha256 differs)" for name, item in sorted(present.items()) if name in locked and locked[name].sha256 != item.sha256]
+    problems += [f"{name} (not in the lock)" for name in sorted(present) if name not in locked]
+    if problems:
+        raise SourceError(
+            f"--source-dir {root} does not match {project.lock_path.name}: {', '.join(problems[:5])}"
+            f"{' …' if len(problems) > 5 else ''}; download the pinned revision or regenerate the lock"
+        )
+
+
+def tools_of(plan: Plan) -> dict[str, str]:
+    return versions(tool for step in plan.steps for tool in step.tools)
+
+
+@dataclass
+class PlanReport:
+    project: Project
+    plan: Plan
+    toolchain: dict[str, str]
+    statuses: list[NodeStatus]
+
+
+def _previous_steps(project: Project) -> dict[str, Any]:
+    if not project.lock_path.exists():
+        return {}
+    try:
+        return {name: step.model_dump() for name, step in read_lock(project.lock_path).steps.items()}
+    except LockError:
+        return {}
+
+
+def plan(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir: Path | None = None, reporter: Reporter | None = None) -> PlanReport:
+    reporter = reporter or SilentReporter()
+    project = open_project(manifest_path)
+    store = Store(store_dir or default_store_dir())
+    try:
+        gathered = gather(project, store, source_dir, reporter, need_weights=False)
+        the_plan = make_plan(project.manifest, gathered.facts, str(project.manifest_path), manifest_digest(project.manifest))
+        toolchain = tools_of(the_plan)
+        return PlanReport(project, the_plan, toolchain, statuses(the_plan, store, toolchain, _previous_steps(project)))
+    finally:
+        store.close()
+
+
+def make_lock(project: Project, the_plan: Plan, toolchain: Mapping[str, str], store: Store) -> Lock:
+    keys = compute_keys(the_plan, toolchain)
+    origin = the_plan.source.origin
+    targets = {}
+    for target in the_plan.targets:
+        record = store.get_record(keys[target.node]["key"])
+        files = {name: LockedFile(sha256=item.sha256, size=item.size) for name, item in record.outputs.items()} if record else None
+        targets[target.name] = LockedTarget(kind=target.kind, node=target.node, files=files)
+    return Lock(
+        manifest=LockedManifest(name=project.manifest.name, path=project.relative_manifest, digest=the_plan.manifest_digest),
+        source=LockedSource(
+            kind=origin["kind"],
+            repo=origin.get("repo"),
+            revision=origin.get("revision"),
+            path=origin.get("path"),
+            files={item.path: LockedFile(sha256=item.sha256, size=item.size) for item in the_plan.source.files},
+        ),
+        toolchain=dict(toolchain),
+        steps={
+            step.name: LockedStep(kind=step.kind, key=keys[step.name]["key"], parts=keys[step.name]["parts"])
+            for step in the_plan.steps
+        },
+        targets=targets,
+    )
+
+
+@dataclass
+class BuildResult:
+    project: Project
+    plan: Plan
+    ran: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    out_dir: Path | None = None
+    lock_written: bool = False
+
+
+class _Counting:
+    """Wraps a reporter to count which steps ran."""
+
+    def __init__(self, inner: Reporter, result: BuildResult):
+        self.inner, self.result = inner, result
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step_finished(self, name: str, ran: bool, seconds: float) -> None:
+        (self.result.ran if ran else self.result.cached).append(name)
+        self.inner.step_finished(name, ran, seconds)
+
+
+def build(
+    manifest_path: str | Path,
+    *,
+    out: Path | None = None,
+    source_dir: Path | None = None,
+    store_dir: Path | None = None,
+    frozen: bool = False,
+    write_lockfile: bool = True,
+    reporter: Reporter | None = None,
+) -> BuildResult:
+    reporter = reporter or SilentReporter()
+    project = open_project(manifest_path)
+    store = Store(store_dir or default_store_dir())
+    try:
+        gathered = gather(project, store, source_dir, reporter, need_weights=True)
+        the_plan = make_plan(project.manifest, gathered.facts, str(project.manifest_path), manifest_digest(project.manifest))
+        toolchain = tools_of(the_plan)
+        if frozen:
+            _check_frozen(project, make_lock(project, the_plan, toolchain, store))
+        result = BuildResult(project, the_plan)
+        records = run_plan(the_plan, store, gathered.paths, toolchain, _previous_steps(project), _Counting(reporter, result))
+        result.out_dir = Path(out) if out else project.default_out
+        for target in the_plan.targets:
+            materialize(records[target.node].outputs, store, result.out_dir / target.name)
+        if write_lockfile and not frozen:
+            result.lock_written = write_lock(project.lock_path, make_lock(project, the_plan, toolchain, store))
+        return result
+    finally:
+        store.close()
+
+
+def _check_frozen(project: Project, fresh: Lock) -> None:
+    if not project.lock_path.exists():
+        raise LockError(f"--frozen: {project.lock_path} does not exist; run `modelforge lock {project.relative_manifest}` first")
+    found = differences(read_lock(project.lock_path), fresh)
+    if found:
+        raise LockError(
+            f"--frozen: {project.lock_path.name} is out of date ({'; '.join(found)}); "
+            f"run `modelforge lock {project.relative_manifest}` and commit the lock"
+        )
+
+
+def lock(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir: Path | None = None, check: bool = False, reporter: Reporter | None = None) -> tuple[Path, bool]:
+    """Write (or with check, compare) lock/<name>.lock without building. Target outputs are
+    filled in from the store where a build already made them."""
+    reporter = reporter or SilentReporter()
+    project = open_project(manifest_path)
+    store = Store(store_dir or default_store_dir())
+    try:
+        gathered = gather(project, store, source_dir, reporter, need_weights=False)
+        the_plan = make_plan(project.manifest, gathered.facts, str(project.manifest_path), manifest_digest(project.manifest))
+        fresh = make_lock(project, the_plan, tools_of(the_plan), store)
+        if check:
+            if not project.lock_path.exists():
+                raise LockError(f"{project.lock_path} does not exist; run `modelforge lock {project.relative_manifest}` and commit it")
+            found = differences(read_lock(project.lock_path), fresh)
+            if found:
+                raise LockError(
+                    f"{project.relative_manifest}: {project.lock_path.name} is out of date ({'; '.join(found)}); "
+                    f"run `modelforge lock {project.relative_manifest}`"
+                )
+            return project.lock_path, False
+        if project.lock_path.exists():
+            # Keep what a build recorded for targets when this lock cannot know it.
+            old = read_lock(project.lock_path)
+            targets = {
+                name: (target.model_copy(update={"files": old.targets[name].files}) if target.files is None and name in old.targets and old.steps.get(target.node) and fresh.steps.get(target.node) and old.steps[target.node].key == fresh.steps[target.node].key else target)
+                for name, target in fresh.targets.items()
+            }
+            fresh = fresh.model_copy(update={"targets": targets, "checks": old.checks})
+        return project.lock_path, write_lock(project.lock_path, fresh)
+    finally:
+        store.close()
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    path: str
+    problem: str
+
+
+def verify(lock_path: str | Path, *, directory: Path | None = None, sources: bool = False, source_dir: Path | None = None) -> list[Mismatch]:
+    """Re-hash every built file (and with sources, every source file) against the lock. Reads every
+    byte: verification never trusts a cached hash."""
+    lock_path = Path(lock_path)
+    the_lock = read_lock(lock_path)
+    root = lock_path.resolve().parent.parent
+    directory = Path(directory) if directory else root / "dist" / the_lock.manifest.name
+    problems: list[Mismatch] = []
+    for target_name, target in sorted(the_lock.targets.items()):
+        base = directory / target_name
+        if target.files is None:
+            problems.append(Mismatch(f"{target_name}/", "never built: the lock has no output hashes; run `modelforge build`"))
+            continue
+        problems += _compare(base, target.files, f"{target_name}/")
+    if sources:
+        if source_dir is None:
+            if the_lock.source.kind == "local":
+                manifest_dir = (root / the_lock.manifest.path).parent
+                source_dir = manifest_dir / the_lock.source.path
+            else:
+                raise LockError("--sources for a Hub source needs --source-dir (the downloaded snapshot); pass it")
+        problems += _compare(Path(source_dir), the_lock.source.files, "source/", extra_ok=True)
+    return problems
+
+
+def _compare(base: Path, files: Mapping[str, LockedFile], label: str, extra_ok: bool = False) -> list[Mismatch]:
+    problems = []
+    for relative, expected in sorted(files.items()):
+        path = base / relative
+        if not path.is_file():
+            problems.append(Mismatch(label + relative, "missing"))
+            continue
+        size = path.stat().st_size
+        if size != expected.size:
+            problems.append(Mismatch(label + relative, f"size {size}, lock says {expected.size}"))
+            continue
+        actual = hash_file(path)
+        if actual != expected.sha256:
+            problems.append(Mismatch(label + relative, f"sha256 {actual[:16]}…, lock says {expected.sha256[:16]}…"))
+    if not extra_ok and base.is_dir():
+        for path in sorted(base.rglob("*")):
+            relative = path.relative_to(base).as_posix()
+            if path.is_file() and relative not in files:
+                problems.append(Mismatch(label + relative, "not in the lock"))
+    return problems
+
+
+def manifest_schema() -> dict[str, Any]:
+    schema = Manifest.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "modelforge manifest"
+    return schema
+
+
+def schema_text() -> str:
+    return json.dumps(manifest_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def registered_kinds() -> dict[str, list[str]]:
+    from modelforge.targets import TARGETS
+
+    return {"steps": sorted(STEPS), "targets": sorted(TARGETS)}
+
+

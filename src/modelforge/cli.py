@@ -1,0 +1,203 @@
+"""The command line: each command parses, calls `api`, renders. Errors become one line on
+stderr and an exit code here, in one place; a user never sees a traceback for bad input."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from modelforge.errors import ModelforgeError
+
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+
+def _handle_errors(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except ModelforgeError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished steps are kept in the store; temporaries were removed", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper
+
+
+# Options defined once, used by several commands (pip-tools' pattern).
+manifest_argument = click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+source_dir_option = click.option(
+    "--source-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Use this local copy of the source instead of fetching it (checked against the lock).",
+)
+store_option = click.option(
+    "--store", "store_dir", type=click.Path(file_okay=False, path_type=Path), envvar="MODELFORGE_STORE", default=None,
+    help="The content-addressed store (default: the user cache directory; env MODELFORGE_STORE).",
+)
+
+
+class RichReporter:
+    """Renders executor events on stderr: one line per step, a progress bar for long ones."""
+
+    def __init__(self, verbose: bool = True):
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.verbose = verbose
+        self._progress = None
+        self._task = None
+        self._current = None
+
+    def _stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def step_started(self, name: str, kind: str, reason: str) -> None:
+        self._stop()
+        self._current = name
+        self.console.print(f"[bold]run[/bold]    {name} ({kind}) — {reason}")
+
+    def step_progress(self, name: str, done: int, total: int, message: str) -> None:
+        if total <= 0:
+            return
+        if self._progress is None:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+            self._progress = Progress(
+                TextColumn("         {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                console=self.console, transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(message, total=total)
+        self._progress.update(self._task, completed=done, total=total, description=message)
+
+    def step_finished(self, name: str, ran: bool, seconds: float) -> None:
+        self._stop()
+        if ran:
+            self.console.print(f"[green]done[/green]   {name} in {seconds:.1f}s")
+        elif self.verbose:
+            self.console.print(f"[dim]cached {name}[/dim]")
+
+    def message(self, text: str) -> None:
+        self._stop()
+        self.console.print(f"         {text}")
+
+
+@click.group()
+@click.version_option(package_name="modelforge")
+def main() -> None:
+    """modelforge: reproducible builds of edge AI models from a YAML manifest."""
+
+
+@main.command()
+@manifest_argument
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where targets are materialized (default: dist/<manifest name>/).")
+@source_dir_option
+@store_option
+@click.option("--frozen", is_flag=True, help="Refuse to build if the lockfile is out of date; do not rewrite it.")
+@_handle_errors
+def build(manifest: Path, out: Path | None, source_dir: Path | None, store_dir: Path | None, frozen: bool) -> None:
+    """Build every target of MANIFEST, reusing what the store already has."""
+    from modelforge import api
+
+    result = api.build(manifest, out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, reporter=RichReporter())
+    click.echo(f"built {len(result.plan.targets)} target(s) into {result.out_dir}: {len(result.ran)} step(s) ran, {len(result.cached)} cached")
+    if result.lock_written:
+        click.echo(f"wrote {result.project.lock_path}")
+
+
+@main.command()
+@manifest_argument
+@source_dir_option
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@_handle_errors
+def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, as_json: bool) -> None:
+    """Show what `build` would run, and why. Imports no model library."""
+    from modelforge import api
+
+    report = api.plan(manifest, source_dir=source_dir, store_dir=store_dir)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({
+            "manifest": report.project.manifest.name,
+            "steps": [{"name": s.name, "kind": s.kind, "key": s.key, "cached": s.cached, "reason": s.reason} for s in report.statuses],
+            "targets": {t.name: t.node for t in report.plan.targets},
+            "coverage": report.plan.facts["coverage"],
+        }, indent=2, sort_keys=True))
+        return
+    coverage = report.plan.facts["coverage"]
+    click.echo(f"{report.project.manifest.name}: {coverage['tensors']} source tensors, {coverage['kept']} kept, {coverage['dropped']} dropped")
+    for status in report.statuses:
+        state = "cached" if status.cached else "run   "
+        click.echo(f"  {state} {status.name:<28} {status.kind:<18} {status.key[:12]}  {'' if status.cached else status.reason}".rstrip())
+    for target in report.plan.targets:
+        click.echo(f"  target {target.name} ({target.kind}) ← {target.node}")
+
+
+@main.command()
+@manifest_argument
+@source_dir_option
+@store_option
+@click.option("--check", is_flag=True, help="Fail if the lockfile is missing or out of date; write nothing.")
+@_handle_errors
+def lock(manifest: Path, source_dir: Path | None, store_dir: Path | None, check: bool) -> None:
+    """Write lock/<name>.lock for MANIFEST without building."""
+    from modelforge import api
+
+    path, written = api.lock(manifest, source_dir=source_dir, store_dir=store_dir, check=check)
+    if check:
+        click.echo(f"{path} is up to date")
+    else:
+        click.echo(f"{'wrote' if written else 'unchanged'} {path}")
+
+
+@main.command()
+@click.argument("lockfile", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None, help="The built outputs (default: dist/<name>/ beside lock/).")
+@click.option("--sources", is_flag=True, help="Also re-hash the source files.")
+@source_dir_option
+@_handle_errors
+def verify(lockfile: Path, directory: Path | None, sources: bool, source_dir: Path | None) -> None:
+    """Re-hash built artifacts (and sources) against LOCKFILE; non-zero exit on any mismatch."""
+    from modelforge import api
+
+    problems = api.verify(lockfile, directory=directory, sources=sources, source_dir=source_dir)
+    for problem in problems:
+        click.echo(f"MISMATCH {problem.path}: {problem.problem}", err=True)
+    if problems:
+        click.echo(f"error: {len(problems)} file(s) do not match {lockfile}; rebuild with `modelforge build` or find out who changed them", err=True)
+        sys.exit(6)
+    click.echo(f"ok: every file matches {lockfile}")
+
+
+@main.command()
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("schemas/manifest.schema.json"), show_default=True)
+@click.option("--check", is_flag=True, help="Fail if the schema file is not current; write nothing.")
+@_handle_errors
+def schema(out: Path, check: bool) -> None:
+    """(Re)generate the manifest's JSON Schema from the pydantic models."""
+    from modelforge import api
+
+    text = api.schema_text()
+    current = out.read_text() if out.exists() else None
+    if check:
+        if current != text:
+            click.echo(f"error: {out} is not current; run `modelforge schema`", err=True)
+            sys.exit(2)
+        click.echo(f"{out} is current")
+        return
+    if current != text:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(f"unchanged {out}")

@@ -1,0 +1,204 @@
+"""The executor: runs a plan against a store. A step whose key has a record with intact objects
+is skipped; otherwise it runs in a scratch directory, its outputs move into the store under their
+hashes, and its record is written last (so a crash never leaves a record without its objects).
+It never prints: it reports to a Reporter, and it says why each step ran, doit-style.
+Imports plan, store, steps, errors; heavy imports happen inside the steps."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+from modelforge.errors import ModelforgeError, SourceError, StepFailed
+from modelforge.plan import Plan, StepNode, compute_keys
+from modelforge.steps import STEPS
+from modelforge.steps.base import InputFile, StepContext
+from modelforge.store import FileRecord, StepRecord, Store, link_or_copy
+
+
+class Reporter(Protocol):
+    def step_started(self, name: str, kind: str, reason: str) -> None: ...
+    def step_progress(self, name: str, done: int, total: int, message: str) -> None: ...
+    def step_finished(self, name: str, ran: bool, seconds: float) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class SilentReporter:
+    def step_started(self, name: str, kind: str, reason: str) -> None: ...
+    def step_progress(self, name: str, done: int, total: int, message: str) -> None: ...
+    def step_finished(self, name: str, ran: bool, seconds: float) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    kind: str
+    key: str
+    parts: Mapping[str, Any]
+    cached: bool
+    reason: str  # why it would run (or "cached")
+
+
+def explain(parts: Mapping[str, Any], previous: Mapping[str, Any] | None) -> str:
+    """Why a step must run, from its key parts and those recorded in the lock last time."""
+    if not previous or "parts" not in previous:
+        return "never built"
+    before = previous["parts"]
+    reasons = []
+    if before.get("version") != parts["version"]:
+        reasons.append(f"step version changed ({before.get('version')} → {parts['version']})")
+    if before.get("params") != parts["params"]:
+        reasons.append("parameters changed")
+    changed = sorted(name for name in set(parts["inputs"]) | set(before.get("inputs", {})) if parts["inputs"].get(name) != before.get("inputs", {}).get(name))
+    if changed:
+        reasons.append("input changed: " + ", ".join(changed))
+    tools = sorted(
+        f"{tool} {before.get('tools', {}).get(tool, 'absent')} → {version}"
+        for tool, version in parts["tools"].items()
+        if before.get("tools", {}).get(tool) != version
+    )
+    if tools:
+        reasons.append("toolchain changed: " + ", ".join(tools))
+    return "; ".join(reasons) or "output missing from the store"
+
+
+def statuses(plan: Plan, store: Store, toolchain: Mapping[str, str], previous_steps: Mapping[str, Any]) -> list[NodeStatus]:
+    """What `build` would do, without doing it: cached or not, and why."""
+    keys = compute_keys(plan, toolchain)
+    result = []
+    for step in plan.steps:
+        key, parts = keys[step.name]["key"], keys[step.name]["parts"]
+        record = store.get_record(key)
+        if record is not None and all(store.has_object(item) for item in record.outputs.values()):
+            result.append(NodeStatus(step.name, step.kind, key, parts, True, "cached"))
+        else:
+            reason = explain(parts, previous_steps.get(step.name))
+            if record is not None:
+                reason = "output damaged or missing in the store"
+            result.append(NodeStatus(step.name, step.kind, key, parts, False, reason))
+    return result
+
+
+def run_plan(
+    plan: Plan,
+    store: Store,
+    source_paths: Mapping[str, Path],
+    toolchain: Mapping[str, str],
+    previous_steps: Mapping[str, Any],
+    reporter: Reporter,
+) -> dict[str, StepRecord]:
+    """Run every step that is not cached; return node name → record for all steps."""
+    keys = compute_keys(plan, toolchain)
+    records: dict[str, StepRecord] = {}
+    verified_sources: set[str] = set()
+    for step in plan.steps:
+        key = keys[step.name]["key"]
+        with store.lock(key):
+            record = store.get_record(key)
+            damaged = record is not None and not all(store.has_object(item) for item in record.outputs.values())
+            if record is not None and not damaged:
+                reporter.step_finished(step.name, False, 0.0)
+                records[step.name] = record
+                continue
+            reason = "output damaged or missing in the store" if damaged else explain(keys[step.name]["parts"], previous_steps.get(step.name))
+            reporter.step_started(step.name, step.kind, reason)
+            started = time.monotonic()
+            inputs = _inputs(plan, step, store, records, source_paths, verified_sources)
+            records[step.name] = _run_step(step, key, inputs, store, reporter)
+            reporter.step_finished(step.name, True, time.monotonic() - started)
+    return records
+
+
+def _inputs(plan, step: StepNode, store: Store, records, source_paths, verified: set[str]) -> dict[str, dict[str, InputFile]]:
+    inputs: dict[str, dict[str, InputFile]] = {}
+    for ref in step.inputs:
+        files: dict[str, InputFile] = {}
+        if ref.node == plan.source.name:
+            for relative in ref.select or tuple(item.path for item in plan.source.files):
+                expected = plan.source.file(relative)
+                path = source_paths[relative]
+                if relative not in verified:
+                    # The plan was made from these hashes; make sure the bytes still are those.
+                    actual = store.hashes.hash(path)
+                    if actual != expected.sha256:
+                        raise SourceError(
+                            f"source file {relative} changed since it was planned (sha256 {actual[:12]}…, "
+                            f"expected {expected.sha256[:12]}…); re-run the command"
+                        )
+                    verified.add(relative)
+                files[relative] = InputFile(path, FileRecord(expected.sha256, expected.size))
+        else:
+            upstream = records[ref.node]
+            for relative, item in upstream.outputs.items():
+                if ref.select is None or relative in ref.select:
+                    files[relative] = InputFile(store.object_path(item.sha256), item)
+        inputs[ref.name] = files
+    return inputs
+
+
+def _run_step(step: StepNode, key: str, inputs, store: Store, reporter: Reporter) -> StepRecord:
+    module = STEPS[step.kind]
+    with store.scratch(step.name) as scratch:
+        out_dir = scratch / "out"
+        out_dir.mkdir()
+        context = StepContext(
+            params=step.params,
+            inputs=inputs,
+            out_dir=out_dir,
+            scratch_dir=scratch,
+            progress=lambda done, total, message: reporter.step_progress(step.name, done, total, message),
+        )
+        try:
+            module.run(context)
+        except ModelforgeError:
+            raise
+        except MemoryError:
+            raise StepFailed(f"step {step.name} ({step.kind}) ran out of memory; build on a machine with more RAM") from None
+        except OSError as error:
+            from modelforge.store import _storage_error
+
+            raise _storage_error(error, f"running step {step.name}") from None
+        except Exception as error:  # the user's model or the toolchain failed
+            raise StepFailed(f"step {step.name} ({step.kind}) failed: {type(error).__name__}: {str(error)[:400]}") from error
+        outputs: dict[str, FileRecord] = {}
+        for path in sorted(out_dir.rglob("*")):
+            if path.is_symlink() or not path.is_file():
+                continue
+            relative = path.relative_to(out_dir).as_posix()
+            sha = context.known_hashes.get(relative)
+            if sha is None:
+                sha = _hash(path)
+            outputs[relative] = FileRecord(sha, path.stat().st_size)
+            store.adopt(path, sha)
+    record = StepRecord(key, step.kind, outputs)
+    store.put_record(record)
+    return record
+
+
+def _hash(path: Path) -> str:
+    from modelforge.hashing import hash_file
+
+    return hash_file(path)
+
+
+def materialize(records: Mapping[str, FileRecord], store: Store, destination: Path) -> None:
+    """Lay out a target's files under destination, replacing what was there in one rename."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = destination.parent / f".{destination.name}.staging-{os.getpid()}"
+    old = destination.parent / f".{destination.name}.old-{os.getpid()}"
+    import shutil
+
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        for relative, item in sorted(records.items()):
+            link_or_copy(store.object_path(item.sha256), staging / relative)
+        if destination.exists():
+            os.replace(destination, old)
+        os.replace(staging, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

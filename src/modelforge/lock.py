@@ -1,0 +1,107 @@
+"""The lockfile: a versioned pydantic model written as sorted YAML under lock/<name>.lock, with
+a header line naming the command that regenerates it. Rewritten only when its content changes,
+so a no-op build leaves git clean. Imports plan, store, hashing, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modelforge.errors import LockError
+from modelforge.store import write_atomic
+
+LOCK_VERSION = 1
+
+
+class LockSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LockedFile(LockSpec):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class LockedManifest(LockSpec):
+    name: str
+    path: str = Field(description="POSIX path of the manifest, relative to the project root.")
+    digest: str = Field(description="sha256 of the validated manifest's canonical JSON.")
+
+
+class LockedSource(LockSpec):
+    kind: Literal["hub", "local"]
+    repo: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    files: dict[str, LockedFile]
+
+
+class LockedStep(LockSpec):
+    kind: str
+    key: str
+    parts: dict[str, Any]
+
+
+class LockedTarget(LockSpec):
+    kind: str
+    node: str
+    files: dict[str, LockedFile] | None = Field(default=None, description="None until the target has been built.")
+
+
+class Lock(LockSpec):
+    lock_version: Literal[1] = LOCK_VERSION
+    manifest: LockedManifest
+    source: LockedSource
+    toolchain: dict[str, str]
+    steps: dict[str, LockedStep]
+    targets: dict[str, LockedTarget]
+    checks: dict[str, Any] = Field(default_factory=dict, description="Recorded results of build checks (parity).")
+
+
+def render(lock: Lock) -> str:
+    header = f"# modelforge lockfile — generated, do not edit. Regenerate with: modelforge lock {lock.manifest.path}\n"
+    body = yaml.safe_dump(lock.model_dump(mode="json", exclude_none=False), sort_keys=True, default_flow_style=False, width=200, allow_unicode=True)
+    return header + body
+
+
+def read_lock(path: Path) -> Lock:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise LockError(f"{path}: no such lockfile; create it with `modelforge lock <manifest>`") from None
+    try:
+        return Lock.model_validate(yaml.safe_load(text))
+    except (yaml.YAMLError, ValidationError) as error:
+        first = error.errors()[0]["msg"] if isinstance(error, ValidationError) else str(error).splitlines()[0]
+        raise LockError(f"{path}: not a valid modelforge lockfile ({first}); regenerate it with `modelforge lock`") from None
+
+
+def write_lock(path: Path, lock: Lock) -> bool:
+    """Write the lock if its content changed; True if the file was written."""
+    text = render(lock)
+    if path.exists() and path.read_text() == text:
+        return False
+    write_atomic(path, text.encode())
+    return True
+
+
+def differences(old: Lock, new: Lock) -> list[str]:
+    """Fields where two locks disagree (for `build --frozen` and `lock --check`), ignoring target
+    outputs, which only a build can know."""
+    found = []
+    if old.manifest.digest != new.manifest.digest:
+        found.append("manifest (its content changed)")
+    if old.source != new.source:
+        found.append("source")
+    changed_tools = sorted(t for t in set(old.toolchain) | set(new.toolchain) if old.toolchain.get(t) != new.toolchain.get(t))
+    if changed_tools:
+        found.append("toolchain: " + ", ".join(f"{t} {old.toolchain.get(t, 'absent')}→{new.toolchain.get(t, 'absent')}" for t in changed_tools))
+    changed_steps = sorted(s for s in set(old.steps) | set(new.steps) if (old.steps.get(s) and old.steps[s].key) != (new.steps.get(s) and new.steps[s].key))
+    if changed_steps:
+        found.append("steps: " + ", ".join(changed_steps))
+    if set(old.targets) != set(new.targets):
+        found.append("targets")
+    return found

@@ -1,0 +1,152 @@
+"""Reads a manifest file: strict YAML (no anchors, no duplicate keys, bounded size) with the line
+and column of every value, so validation errors point at the manifest's own text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from modelforge.errors import ManifestError
+from modelforge.hashing import digest
+from modelforge.manifest.models import Manifest
+
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases (YAML bombs) and duplicate keys, and remembers positions."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.positions: dict[tuple, tuple[int, int]] = {}
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.MarkedYAMLError(
+                None, None, "aliases (*name) are not allowed in manifests; write the value out", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                raise yaml.MarkedYAMLError(None, None, "mapping keys must be plain strings", key_node.start_mark)
+            if key in seen:
+                raise yaml.MarkedYAMLError(
+                    None, None, f"key {key!r} appears twice; keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _positions(node: yaml.Node, path: tuple, out: dict[tuple, tuple[int, int]]) -> None:
+    out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            out.setdefault(path + (key_node.value,), (key_node.start_mark.line + 1, key_node.start_mark.column + 1))
+            _positions(value_node, path + (key_node.value,), out)
+            out[path + (key_node.value,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _positions(item, path + (index,), out)
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict[tuple, tuple[int, int]], list[str]]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no such manifest; check the path") from None
+    except OSError as error:
+        raise ManifestError(f"{path}: cannot read the manifest ({error.strerror}); check permissions") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: {len(raw)} bytes is too large for a manifest (limit 1 MiB); split or trim it")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {error.start}); save the manifest as UTF-8") from None
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ManifestError(f"{path}: the manifest is empty; start from manifests/tiny-medgemma-text-only.yaml")
+        positions: dict[tuple, tuple[int, int]] = {}
+        _positions(node, (), positions)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = error.problem or error.context or "invalid YAML"
+        suffix = "" if ";" in problem else "; fix the YAML syntax"
+        raise ManifestError(f"{where}: {problem}{suffix}") from None
+    except yaml.YAMLError as error:
+        raise ManifestError(f"{path}: invalid YAML ({error}); fix the YAML syntax") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: the YAML nests too deeply; flatten it") from None
+    finally:
+        loader.dispose()
+    return data, positions, text.splitlines()
+
+
+def _yaml_loc(loc: tuple, positions: dict[tuple, tuple[int, int]]) -> tuple:
+    """pydantic's loc with union tags ('hub', 'drop', 'function-after[…]') removed: only parts
+    that exist in the YAML document are kept."""
+    kept: tuple = ()
+    for part in loc:
+        if kept + (part,) in positions:
+            kept += (part,)
+    return kept
+
+
+def _dotted(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _validation_message(path: Path, error: ValidationError, positions: dict) -> str:
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    yaml_loc = _yaml_loc(loc, positions)
+    position = positions.get(yaml_loc)
+    where = f"{path}:{position[0]}:{position[1]}" if position else str(path)
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = f"unknown key {loc[-1]!r}; remove it or check its spelling against schemas/manifest.schema.json"
+    elif first["type"] == "missing":
+        message = f"required key {loc[-1]!r} is missing; add it"
+    elif first["type"] == "union_tag_invalid":
+        message = f"{message}; set `kind` to one of the listed values"
+    elif first["type"] == "union_tag_not_found":
+        message = "`kind` is missing; add it (see schemas/manifest.schema.json for the kinds)"
+    elif "input" in first and first["type"] not in ("value_error", "assertion_error"):
+        message = f"{message} (got {str(first['input'])[:60]!r})"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    # A missing or unknown key is not in the YAML at its own position; name it after its parent.
+    field = _dotted(yaml_loc + ((loc[-1],) if first["type"] in ("missing", "extra_forbidden") and loc[-1] not in yaml_loc[-1:] else ()))
+    return f"{where}: {field}: {message}{more}"
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Load and validate a manifest; any problem is a one-line ManifestError with file:line:col."""
+    path = Path(path)
+    data, positions, _ = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}:1:1: a manifest is a mapping (name:, source:, targets: …); got {type(data).__name__}")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as error:
+        raise ManifestError(_validation_message(path, error, positions)) from None
+    except RecursionError:
+        raise ManifestError(f"{path}: the manifest nests too deeply; flatten it") from None
+
+
+def manifest_digest(manifest: Manifest) -> str:
+    """sha256 of the validated manifest's canonical JSON: key order and comments do not count."""
+    return digest(manifest.model_dump(mode="json"))

@@ -1,0 +1,146 @@
+"""The planner: a pure function from a manifest and cheap facts about its source (file list with
+hashes, safetensors headers, config.json) to a Plan. No heavy imports, no writes.
+
+The DAG for the text-only target (other targets add their own nodes under `targets/`)::
+
+    source ──► transform_weights ──┐
+       │                           │
+       ├─────► rewrite_config ─────┼──► assemble(target) ──► out/<target>/
+       │                           │
+       └─────► carry_files ────────┘
+
+Coverage is checked here, before anything runs: every source tensor belongs to a component a
+target uses or is dropped by a rule, and every source file is a weight shard, config.json, carried
+or dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from modelforge.errors import PlanError
+from modelforge.manifest.models import Manifest
+from modelforge.plan import InputRef, Plan, SourceFile, SourceNode, StepNode, TargetNode
+from modelforge.safetensors_io import TensorInfo
+from modelforge.transforms import WeightMapping, apply_weight_rules, component_of, matches
+
+WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json")
+HANDLED_FILES = ("config.json",)
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    """What the planner may know about a source without reading weight bytes."""
+
+    files: tuple[SourceFile, ...]
+    tensors: Mapping[str, TensorInfo]  # by source tensor name
+    config: Mapping[str, Any]
+    origin: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PlanBuilder:
+    """Shared state the target planners add nodes to; equal nodes are added once."""
+
+    manifest: Manifest
+    manifest_path: str
+    facts: SourceFacts
+    source: SourceNode
+    mapping: WeightMapping
+    owner: Mapping[str, str]
+    steps: dict[str, StepNode] = field(default_factory=dict)
+
+    def add(self, node: StepNode) -> str:
+        existing = self.steps.get(node.name)
+        if existing is not None and existing != node:
+            raise PlanError(f"{self.manifest_path}: two different steps are both named {node.name!r}; this is a modelforge bug")
+        self.steps[node.name] = node
+        return node.name
+
+    def where(self, target: str) -> str:
+        return f"{self.manifest_path}: targets.{target}"
+
+
+def _check_files(manifest: Manifest, facts: SourceFacts, where: str) -> dict[str, list[str]]:
+    carried, dropped, stray = [], [], []
+    for item in facts.files:
+        if matches(item.path, WEIGHT_FILES) or item.path in HANDLED_FILES:
+            continue
+        if matches(item.path, manifest.files.carry):
+            carried.append(item.path)
+        elif matches(item.path, manifest.files.drop):
+            dropped.append(item.path)
+        else:
+            stray.append(item.path)
+    if stray:
+        raise PlanError(
+            f"{where}: source files {', '.join(stray)} are neither carried nor dropped; "
+            "list them under files.carry or files.drop"
+        )
+    for pattern in manifest.files.carry + manifest.files.drop:
+        if not any(matches(item.path, (pattern,)) for item in facts.files):
+            raise PlanError(f"{where}: files pattern {pattern!r} matches no source file; fix or remove it")
+    return {"carried": carried, "dropped": dropped}
+
+
+def make_plan(manifest: Manifest, facts: SourceFacts, manifest_path: str, manifest_digest: str) -> Plan:
+    from modelforge.targets import TARGETS
+
+    where = manifest_path
+    if "config.json" not in {item.path for item in facts.files}:
+        raise PlanError(f"{where}: the source has no config.json; take it with source.files")
+    names = sorted(facts.tensors)
+    if not names:
+        raise PlanError(f"{where}: the source has no safetensors tensors; take the *.safetensors files with source.files")
+    owner = component_of(manifest, names, where)
+    mapping = apply_weight_rules(manifest, names, owner, where)
+    used = {component for target in manifest.targets.values() for component in getattr(target, "components", ())}
+    stray = [name for name in names if name not in mapping.dropped and owner.get(name) not in used]
+    if stray:
+        sample = ", ".join(stray[:3]) + (f" and {len(stray) - 3} more" if len(stray) > 3 else "")
+        raise PlanError(
+            f"{where}: {len(stray)} source tensors are neither used by a target nor dropped ({sample}); "
+            "add them to a component a target uses, or drop them with a weights rule"
+        )
+    files = _check_files(manifest, facts, where)
+    source = SourceNode("source", tuple(sorted(facts.files, key=lambda item: item.path)), dict(facts.origin))
+    builder = PlanBuilder(manifest, manifest_path, facts, source, mapping, owner)
+    targets = []
+    for target_name, spec in manifest.targets.items():
+        planner = TARGETS[spec.kind]
+        targets.append(TargetNode(target_name, spec.kind, planner.plan(builder, target_name, spec)))
+    coverage = {
+        "tensors": len(names),
+        "kept": len(mapping.renamed),
+        "dropped": len(mapping.dropped),
+        "by_component": {c: sum(1 for n in names if owner.get(n) == c) for c in manifest.components},
+        "rule_hits": mapping.rule_hits,
+        "files": files,
+    }
+    return Plan(
+        manifest_name=manifest.name,
+        manifest_digest=manifest_digest,
+        source=source,
+        steps=_topological(builder.steps, source.name),
+        targets=tuple(targets),
+        facts={"coverage": coverage},
+    )
+
+
+def _topological(steps: Mapping[str, StepNode], source_name: str) -> tuple[StepNode, ...]:
+    ordered: list[StepNode] = []
+    done = {source_name}
+    pending = dict(sorted(steps.items()))
+    while pending:
+        ready = [name for name, step in pending.items() if all(ref.node in done for ref in step.inputs)]
+        if not ready:
+            raise PlanError(f"the plan has a cycle among {', '.join(pending)}; this is a modelforge bug")
+        for name in ready:
+            ordered.append(pending.pop(name))
+            done.add(name)
+    return tuple(ordered)
+
+
+def source_input(builder: PlanBuilder, files: list[str] | tuple[str, ...]) -> InputRef:
+    return InputRef("source", builder.source.name, tuple(sorted(files)))

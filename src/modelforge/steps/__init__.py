@@ -1,0 +1,13 @@
+"""The registry of step kinds: one explicit dict, no import side effects. Each module declares
+KIND, VERSION (enters every key) and TOOLS (distributions whose versions enter the key), and a
+run(context) that does its heavy imports inside."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from modelforge.steps import assemble, carry_files, rewrite_config, transform_weights
+
+STEPS: dict[str, ModuleType] = {
+    module.KIND: module for module in (transform_weights, rewrite_config, carry_files, assemble)
+}

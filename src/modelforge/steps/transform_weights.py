@@ -1,0 +1,47 @@
+"""Step `transform_weights`: write output shards whose tensors are renamed byte ranges of the
+source shards, plus the index. Streams; never imports torch."""
+
+from __future__ import annotations
+
+import json
+
+from modelforge.safetensors_io import read_header, write_shard
+from modelforge.steps.base import StepContext
+
+KIND = "transform_weights"
+VERSION = 1
+TOOLS: tuple[str, ...] = ()
+
+
+def run(context: StepContext) -> None:
+    """params: {"shards": [{"file": name, "tensors": [[out_name, src_file, src_name], ...]}],
+    "metadata": {...}, "index": bool}. The planner decided every name and shard."""
+    params = context.params
+    source_files = sorted({src_file for shard in params["shards"] for _, src_file, _ in shard["tensors"]})
+    headers = {}
+    source_paths = {src_file: context.input_path("source", src_file) for src_file in source_files}
+    for src_file in source_files:
+        tensors, _ = read_header(context.input_path("source", src_file), src_file)
+        headers[src_file] = tensors
+    total = sum(headers[f][n].nbytes for shard in params["shards"] for _, f, n in shard["tensors"])
+    done = 0
+    weight_map = {}
+    total_size = 0
+
+    def advance(count: int) -> None:
+        nonlocal done
+        done += count
+        context.progress(done, total, "copying tensors")
+
+    for shard in params["shards"]:
+        entries = []
+        for out_name, src_file, src_name in shard["tensors"]:
+            info = headers[src_file][src_name]
+            entries.append((out_name, info))
+            weight_map[out_name] = shard["file"]
+            total_size += info.nbytes
+        sha = write_shard(context.output(shard["file"]), entries, source_paths, params["metadata"], advance)
+        context.known_hashes[shard["file"]] = sha
+    if params["index"]:
+        index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+        context.output("model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks: facts and checkpoints built from the reference data."""

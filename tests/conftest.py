@@ -1,0 +1,35 @@
+"""Shared fixtures: every test runs with an isolated environment (HF cache, store, offline mode),
+and session-scoped builds of the tiny manifests are shared where building is slow."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFESTS = ROOT / "manifests"
+TINY = ROOT / "fixtures" / "tiny-medgemma"
+REFERENCE = ROOT.parent / "shared" / "reference"
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path_factory, monkeypatch):
+    """No test may touch the user's caches or reach a hub: offline, private HF home and store."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MODELFORGE_STORE", str(home / "store"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+
+
+@pytest.fixture
+def tmp_project(tmp_path):
+    """A copy of the project's manifests, fixtures and lock dir in tmp, so builds write nothing in the repo."""
+    for name in ("manifests", "fixtures"):
+        shutil.copytree(ROOT / name, tmp_path / name)
+    (tmp_path / "lock").mkdir()
+    return tmp_path
