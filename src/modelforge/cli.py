@@ -201,3 +201,7 @@ def schema(out: Path, check: bool) -> None:
         click.echo(f"wrote {out}")
     else:
         click.echo(f"unchanged {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -135,7 +135,7 @@ def _inputs(plan, step: StepNode, store: Store, records, source_paths, verified:
             upstream = records[ref.node]
             for relative, item in upstream.outputs.items():
                 if ref.select is None or relative in ref.select:
-                    files[relative] = InputFile(store.object_path(item.sha256), item)
+                    files[relative] = InputFile(store.object_path(item.sha256), item, in_store=True)
         inputs[ref.name] = files
     return inputs
 

@@ -76,6 +76,13 @@ class HubSourceSpec(Spec):
             data = {**data, "repo": repo, "revision": revision}
         return data
 
+    @field_validator("revision", mode="before")
+    @classmethod
+    def _quoted(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)):
+            raise ValueError("revision was read as a number; quote it: revision: \"<40-hex commit>\"")
+        return value
+
     @model_validator(mode="after")
     def _pinned(self) -> "HubSourceSpec":
         if not self.allow_branch and not SHA40.match(self.revision):

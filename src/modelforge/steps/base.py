@@ -4,6 +4,7 @@ output directory, and a progress callback. Imports only `plan`, `store` and `err
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
@@ -15,6 +16,7 @@ from modelforge.store import FileRecord, link_or_copy
 class InputFile:
     path: Path  # where the bytes are (a source directory or a store object)
     record: FileRecord
+    in_store: bool = False  # store objects may be hard-linked; a user's source files never are
 
 
 @dataclass
@@ -38,7 +40,11 @@ class StepContext:
         """Make an input file an output unchanged, without copying bytes or hashing again."""
         item = self.inputs[name][relative]
         destination = self.output(out_relative or relative)
-        link_or_copy(item.path, destination)
+        if item.in_store:
+            link_or_copy(item.path, destination)
+        else:
+            # Linking would let the store chmod, and later see edits to, the user's own files.
+            shutil.copyfile(item.path, destination)
         self.known_hashes[out_relative or relative] = item.record.sha256
 
     def input_dir(self, name: str) -> Path:
