@@ -203,5 +203,39 @@ def schema(out: Path, check: bool) -> None:
         click.echo(f"unchanged {out}")
 
 
+@main.command()
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--base", default=None, help="Git revision to compare MANIFEST with (default: the merge base with main).")
+@click.option("--format", "output_format", type=click.Choice(["text", "markdown", "json"]), default="text", show_default=True)
+@source_dir_option
+@store_option
+@_handle_errors
+def diff(manifests: tuple[Path, ...], base: str | None, output_format: str, source_dir: Path | None, store_dir: Path | None) -> None:
+    """Semantic diff: `diff MANIFEST [--base REV]` or `diff OLD.yaml NEW.yaml`.
+
+    Exit status: 0 nothing would rebuild, 1 something would rebuild, 2+ an error."""
+    from modelforge import diff as diffing
+
+    temporary = None
+    try:
+        if len(manifests) == 2:
+            old, new = manifests
+            old_label, new_label = str(old), str(new)
+        elif len(manifests) == 1:
+            new = manifests[0]
+            revision = base or diffing.merge_base(new)
+            old, old_label = diffing.manifest_at_revision(new, revision)
+            temporary, new_label = old, f"{new} (working tree)"
+        else:
+            raise click.UsageError("give one manifest (with --base) or two (OLD NEW)")
+        result = diffing.diff_manifests(old, new, old_label=old_label, new_label=new_label, store_dir=store_dir, source_dir=source_dir)
+    finally:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+    render = {"text": diffing.render_text, "markdown": diffing.render_markdown, "json": diffing.render_json}[output_format]
+    click.echo(render(result), nl=False)
+    sys.exit(1 if result.rebuilds else 0)
+
+
 if __name__ == "__main__":
     main()

@@ -124,7 +124,7 @@ def make_plan(manifest: Manifest, facts: SourceFacts, manifest_path: str, manife
         source=source,
         steps=_topological(builder.steps, source.name),
         targets=tuple(targets),
-        facts={"coverage": coverage},
+        facts={"coverage": coverage, "tensor_bytes": {name: facts.tensors[name].nbytes for name in names}},
     )
 
 
