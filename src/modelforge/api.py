@@ -115,7 +115,10 @@ def gather(project: Project, store: Store, source_dir: Path | None, reporter: Re
     commit = hub.resolve_commit(spec.repo, spec.revision, allow_branch=spec.allow_branch)
     remote = hub.list_files(spec.repo, commit, spec.files)
     wanted = [item for item in remote if need_weights or not item.path.endswith(".safetensors")]
-    paths = hub.download(spec.repo, commit, wanted, cache_dir=None, progress=lambda name, done, total: reporter.step_progress(f"download {name}", done, total, "downloading"))
+    paths = hub.download(
+        spec.repo, commit, wanted, cache_dir=None, hash_cache=store.hashes,
+        progress=lambda name, done, total: reporter.step_progress(f"download {name}", done, total, f"downloading {name}"),
+    )
     files = []
     for item in remote:
         if item.path in paths:

@@ -13,12 +13,13 @@ import logging
 import os
 import re
 import struct
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub import HfApi, RepoFile, constants, hf_hub_download
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import tqdm as hf_tqdm
@@ -50,6 +51,8 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 _TOKEN_SHAPE = re.compile(r"\bhf_[A-Za-z0-9]{8,}")
 _MAX_HEADER = 100 << 20
 _LISTED_MISSING = 8  # files named in an error message before "and N more"
+_API_TIMEOUT = 60.0  # seconds without a byte before an API call gives up (huggingface_hub's default: never)
+_HINT_TIMEOUT = 5.0  # for the best-effort lookup that only improves an error message
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,88 @@ def _check_commit(repo: str, commit: str) -> str:
     return commit.lower()
 
 
+# ---------------------------------------------------------------------- the cached file list of a commit
+# huggingface_hub 2.4.0 keeps the file list of a commit (immutable, so cached forever) at
+# <cache>/models--owner--name/trees/<commit>.json, in the format its _tree_cache module documents and
+# snapshot_download writes. list_files reads and writes the same file, so a commit listed once is listed
+# again without a request, and offline; the format is handled here rather than through that private module.
+_TREE_FORMAT = 1
+
+
+def _tree_path(cache: Path, repo: str, commit: str) -> Path:
+    return cache / repo_folder_name(repo_id=repo, repo_type="model") / "trees" / f"{commit}.json"
+
+
+def _in_cache(cache: Path, repo: str, commit: str) -> bool:
+    """Whether the Hub once served this commit of this repo into the cache (a snapshot or a file list)."""
+    return _snapshot_dir(cache, repo, commit).is_dir() or _tree_path(cache, repo, commit).is_file()
+
+
+def _read_listing(cache: Path, repo: str, commit: str) -> list[RemoteFile] | None:
+    path = _tree_path(cache, repo, commit)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        logger.warning("ignoring unreadable cached file list %s (%s)", path, type(error).__name__)
+        return None
+    try:
+        if data.get("format_version") != _TREE_FORMAT:
+            return None
+        files = []
+        for name, info in data["files"].items():
+            sha256 = info.get("lfs_sha256")
+            files.append(
+                RemoteFile(
+                    path=name,
+                    size=int(info["lfs_size"] if sha256 is not None and info.get("lfs_size") is not None else info["size"]),
+                    sha256=sha256.lower() if sha256 else None,
+                    blob_id=None if sha256 else info["blob_id"],
+                )
+            )
+        return files
+    except (AttributeError, KeyError, TypeError, ValueError):
+        logger.warning("ignoring malformed cached file list %s", path)
+        return None
+
+
+def _write_listing(cache: Path, repo: str, commit: str, entries: Sequence[Any]) -> None:
+    """Best effort: a cache that cannot be written only costs a request next time."""
+    path = _tree_path(cache, repo, commit)
+    files = {}
+    for entry in sorted(entries, key=lambda e: e.path):
+        info: dict[str, Any] = {"size": entry.size, "blob_id": entry.blob_id}
+        if entry.lfs is not None:
+            info["lfs_sha256"] = entry.lfs.sha256
+            info["lfs_size"] = entry.lfs.size
+        if getattr(entry, "xet_hash", None) is not None:
+            info["xet_hash"] = entry.xet_hash
+        files[entry.path] = info
+    payload = json.dumps({"format_version": _TREE_FORMAT, "files": files}, indent=1)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A repo folder without snapshots/ reads as corrupted to `hf cache scan`.
+        (path.parent.parent / "snapshots").mkdir(exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(payload)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    except OSError as error:
+        logger.warning("could not cache the file list of %s@%s (%s)", repo, commit, error.strerror)
+
+
+def _offline_missing(what: str, cache: Path) -> HubError:
+    return _fail(
+        f"{what}: not in the Hugging Face cache ({cache}) and offline mode (HF_HUB_OFFLINE) is on; "
+        "unset HF_HUB_OFFLINE to fetch it once"
+    )
+
+
 # ---------------------------------------------------------------------- public API
 def resolve_commit(repo: str, revision: str, *, allow_branch: bool = False) -> str:
     """40-hex commit for revision. A revision that is not a 40-hex sha is an error (HubError with
@@ -228,17 +313,14 @@ def resolve_commit(repo: str, revision: str, *, allow_branch: bool = False) -> s
                 f"{repo}: revision {revision!r} is a branch or tag and offline mode (HF_HUB_OFFLINE) cannot resolve it; "
                 "pin revision to a 40-hex commit"
             )
-        if not _snapshot_dir(cache, repo, commit).is_dir():
-            raise _fail(
-                f"{repo}@{commit}: not in the Hugging Face cache ({cache}) and offline mode (HF_HUB_OFFLINE) is on; "
-                "unset HF_HUB_OFFLINE to fetch it once"
-            )
+        if not _in_cache(cache, repo, commit):
+            raise _offline_missing(f"{repo}@{commit}", cache)
         return commit
     if commit is not None:
-        if _snapshot_dir(cache, repo, commit).is_dir():
+        if _in_cache(cache, repo, commit):
             return commit
         with _hub_errors(f"{repo}@{commit}"):
-            sha = _api().model_info(repo, revision=commit).sha
+            sha = _api().model_info(repo, revision=commit, timeout=_API_TIMEOUT).sha
         if (sha or "").lower() != commit:
             raise _fail(f"{repo}@{commit}: the Hub resolved this commit to {sha!r}; check HF_ENDPOINT points at a real Hub")
         return commit
@@ -246,14 +328,14 @@ def resolve_commit(repo: str, revision: str, *, allow_branch: bool = False) -> s
         now = ""
         try:
             with _hub_errors(f"{repo}@{revision}"):
-                current = _api().model_info(repo, revision=revision).sha
+                current = _api().model_info(repo, revision=revision, timeout=_HINT_TIMEOUT).sha
             if current and _COMMIT.fullmatch(current):
                 now = f" (it points to {current.lower()} now)"
         except HubError:
             pass
         raise _fail(f"{repo}: revision {revision!r} is a branch or tag and can move{now}; pin revision to a 40-hex commit")
     with _hub_errors(f"{repo}@{revision}"):
-        sha = _api().model_info(repo, revision=revision).sha
+        sha = _api().model_info(repo, revision=revision, timeout=_API_TIMEOUT).sha
     if not sha or not _COMMIT.fullmatch(sha):
         raise _fail(f"{repo}@{revision}: the Hub returned no commit for this revision; check HF_ENDPOINT points at a real Hub")
     return sha.lower()
@@ -261,60 +343,41 @@ def resolve_commit(repo: str, revision: str, *, allow_branch: bool = False) -> s
 
 def list_files(repo: str, commit: str, patterns: Sequence[str] | None) -> list[RemoteFile]:
     """Files at that commit matching fnmatch patterns (None = all), sorted by path, with size
-    and LFS sha256 (HfApi.model_info(..., files_metadata=True)).
+    and LFS sha256 (HfApi.list_repo_tree(recursive=True) at the commit).
 
-    Offline, the listing comes from the commit's snapshot in the Hugging Face cache, which holds only
-    the files downloaded before (the sha256 of an LFS file is the name of its cached blob)."""
+    The list of a commit never changes: it is kept in the Hugging Face cache (trees/<commit>.json, shared
+    with huggingface_hub's snapshot_download) and read from there afterwards, online and offline."""
     _check_repo(repo)
     commit = _check_commit(repo, commit)
-    if is_offline():
-        files = _list_cached(repo, commit)
-    else:
+    cache = cache_dir_default()
+    files = _read_listing(cache, repo, commit)
+    if files is None:
+        if is_offline():
+            raise _offline_missing(f"{repo}@{commit}: the file list", cache)
         with _hub_errors(f"{repo}@{commit}"):
-            info = _api().model_info(repo, revision=commit, files_metadata=True)
-        if (info.sha or "").lower() != commit:
-            raise _fail(f"{repo}@{commit}: the Hub listed commit {info.sha!r} instead; check HF_ENDPOINT points at a real Hub")
+            entries = [
+                entry
+                for entry in _api().list_repo_tree(repo, revision=commit, recursive=True)
+                if isinstance(entry, RepoFile)
+            ]
         files = []
-        for sibling in info.siblings or []:
-            lfs = sibling.lfs
-            size = lfs.size if lfs is not None else sibling.size
+        for entry in entries:
+            lfs = entry.lfs
+            size = lfs.size if lfs is not None else entry.size
             if size is None:
-                raise _fail(f"{repo}@{commit}: the Hub reported no size for {sibling.rfilename}; check HF_ENDPOINT points at a real Hub")
+                raise _fail(f"{repo}@{commit}: the Hub reported no size for {entry.path}; check HF_ENDPOINT points at a real Hub")
             files.append(
                 RemoteFile(
-                    path=sibling.rfilename,
+                    path=entry.path,
                     size=int(size),
-                    sha256=lfs.sha256 if lfs is not None else None,
-                    blob_id=None if lfs is not None else sibling.blob_id,
+                    sha256=lfs.sha256.lower() if lfs is not None else None,
+                    blob_id=None if lfs is not None else entry.blob_id,
                 )
             )
+        _write_listing(cache, repo, commit, entries)
     if patterns is not None:
         files = [f for f in files if any(fnmatch.fnmatchcase(f.path, pattern) for pattern in patterns)]
     return sorted(files, key=lambda f: f.path)
-
-
-def _list_cached(repo: str, commit: str) -> list[RemoteFile]:
-    cache = cache_dir_default()
-    snapshot = _snapshot_dir(cache, repo, commit)
-    if not snapshot.is_dir():
-        raise _fail(
-            f"{repo}@{commit}: not in the Hugging Face cache ({cache}) and offline mode (HF_HUB_OFFLINE) is on; "
-            "unset HF_HUB_OFFLINE to fetch it once"
-        )
-    files = []
-    for item in sorted(snapshot.rglob("*")):
-        if not item.is_file():
-            continue
-        blob = item.resolve().name  # blobs are named by their ETag: sha256 for LFS files, git sha1 otherwise
-        files.append(
-            RemoteFile(
-                path=item.relative_to(snapshot).as_posix(),
-                size=item.stat().st_size,
-                sha256=blob.lower() if re.fullmatch(r"[0-9a-fA-F]{64}", blob) else None,
-                blob_id=blob.lower() if re.fullmatch(r"[0-9a-fA-F]{40}", blob) else None,
-            )
-        )
-    return files
 
 
 _MEMO: dict[tuple, str] = {}
@@ -418,8 +481,10 @@ def download(
 
     The local file is the snapshot path in the Hugging Face cache (a symlink to its blob). Non-LFS files
     are checked against their git blob id and every file against its size; a damaged file is removed from
-    the cache. `progress(path, bytes_done, total)` is called as bytes arrive and once per file when done.
-    `hash_cache` (e.g. `Store.hashes`) spares re-hashing unchanged cached files across processes."""
+    the cache. huggingface_hub 2.4.0 resumes a broken transfer within the call (a Range request from the
+    last whole 10 MiB chunk written); a partial file does not outlive the process. `progress(path,
+    bytes_done, total)` is called as bytes arrive and once per file when done. `hash_cache` (e.g.
+    `Store.hashes`) spares re-hashing unchanged cached files in every new process."""
     _check_repo(repo)
     commit = _check_commit(repo, commit)
     cache = Path(cache_dir) if cache_dir is not None else cache_dir_default()
@@ -469,19 +534,25 @@ def safetensors_headers(repo: str, commit: str) -> dict[str, dict]:
     HfApi.parse_safetensors_file_metadata for each file at the commit).
 
     path -> the header as stored in the file: tensor name -> {"dtype", "shape", "data_offsets"} (offsets
-    relative to the end of the header), plus "__metadata__" when the file has metadata. Offline, headers
-    are read from the files in the Hugging Face cache."""
+    relative to the end of the header), plus "__metadata__" when the file has metadata. A file already in
+    the Hugging Face cache is read there instead (which is all offline mode can do)."""
     _check_repo(repo)
     commit = _check_commit(repo, commit)
     shards = [f.path for f in list_files(repo, commit, ["*.safetensors"])]
+    snapshot = _snapshot_dir(cache_dir_default(), repo, commit)
     headers: dict[str, dict] = {}
-    if is_offline():
-        snapshot = _snapshot_dir(cache_dir_default(), repo, commit)
-        for path in shards:
-            headers[path] = _read_local_header(repo, commit, path, snapshot / path)
-        return headers
-    api = _api()
+    remote = [path for path in shards if not (snapshot / path).is_file()]
+    if remote and is_offline():
+        named = ", ".join(remote[:_LISTED_MISSING]) + (f" and {len(remote) - _LISTED_MISSING} more" if len(remote) > _LISTED_MISSING else "")
+        raise _fail(
+            f"{repo}@{commit[:12]}: offline mode (HF_HUB_OFFLINE) is on and the Hugging Face cache lacks {named}, "
+            "whose tensor headers are needed; unset HF_HUB_OFFLINE and run again"
+        )
+    api = _api() if remote else None
     for path in shards:
+        if path not in remote:
+            headers[path] = _read_local_header(repo, commit, path, snapshot / path)
+            continue
         with _hub_errors(f"{repo}@{commit[:12]}: {path}"):
             parsed = api.parse_safetensors_file_metadata(repo, path, revision=commit)
         header: dict[str, Any] = {"__metadata__": dict(parsed.metadata)} if parsed.metadata else {}
