@@ -206,7 +206,13 @@ def make_lock(project: Project, the_plan: Plan, toolchain: Mapping[str, str], st
         record = store.get_record(keys[target.node]["key"])
         files = {name: LockedFile(sha256=item.sha256, size=item.size) for name, item in record.outputs.items()} if record else None
         targets[target.name] = LockedTarget(kind=target.kind, node=target.node, files=files)
+    checks = {}
+    for step in the_plan.steps:
+        record = store.get_record(keys[step.name]["key"]) if step.kind == "litert_parity" else None
+        if record is not None and "parity.json" in record.outputs:
+            checks[step.name] = json.loads(store.object_path(record.outputs["parity.json"].sha256).read_text())
     return Lock(
+        checks=checks,
         manifest=LockedManifest(name=project.manifest.name, path=project.relative_manifest, digest=the_plan.manifest_digest),
         source=LockedSource(
             kind=origin["kind"],
@@ -317,7 +323,7 @@ def lock(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir
                 name: (target.model_copy(update={"files": old.targets[name].files}) if target.files is None and name in old.targets and old.steps.get(target.node) and fresh.steps.get(target.node) and old.steps[target.node].key == fresh.steps[target.node].key else target)
                 for name, target in fresh.targets.items()
             }
-            fresh = fresh.model_copy(update={"targets": targets, "checks": old.checks})
+            fresh = fresh.model_copy(update={"targets": targets, "checks": fresh.checks or old.checks})
         return project.lock_path, write_lock(project.lock_path, fresh)
     finally:
         store.close()

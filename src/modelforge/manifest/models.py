@@ -206,7 +206,118 @@ class HfTextOnlyTarget(Spec):
     _size = field_validator("max_shard_size", mode="before")(lambda cls, value: _parse_size(value))
 
 
-TargetSpec = Annotated[Union[HfTextOnlyTarget], Field(discriminator="kind")]
+class HoistSpec(Spec):
+    """Lift a nested module to the top level of the model before tracing, so the exporter sees the
+    multimodal connection points where it looks for them."""
+
+    name: str = Field(pattern=NAME, description="Name of this hoist, for plans and reports.")
+    path: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+        description="Dotted attribute path of the module in the loaded model, e.g. model.vision_tower.",
+    )
+    to: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Top-level attribute name it becomes, e.g. vision_tower.")
+
+
+# The recipes of ai-edge-quantizer 0.10.0 that need no calibration data and return a plain recipe
+# (a test checks this list against the installed quantizer, so a toolchain bump cannot drift silently).
+QUANTIZER_RECIPES = (
+    "dynamic_legacy_wi8_afp32", "dynamic_wi2b32_afp32", "dynamic_wi2b64_afp32", "dynamic_wi2c_afp32",
+    "dynamic_wi2c_hr_afp32", "dynamic_wi4_afp32", "dynamic_wi4b32_afp32", "dynamic_wi4b64_afp32", "dynamic_wi4c_afp32",
+    "dynamic_wi4c_hr_afp32", "dynamic_wi8_afp32", "dynamic_wi8b32_afp32", "dynamic_wi8b64_afp32", "dynamic_wi8c_afp32",
+    "dynamic_wi8c_hr_afp32", "weight_only_wi4_afp32", "weight_only_wi8_afp32",
+)
+
+
+def _check_recipe(value: str) -> str:
+    if value != "none" and value not in QUANTIZER_RECIPES:
+        import difflib
+
+        close = difflib.get_close_matches(value, QUANTIZER_RECIPES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown quantization recipe {value!r}; {hint}valid recipes: none, {', '.join(QUANTIZER_RECIPES)}")
+    return value
+
+
+class RecipeOverrideSpec(Spec):
+    regex: str = Field(min_length=1, description="Regular expression over op output tensor names, e.g. '.*Gemma3MLP_mlp.*'.")
+    recipe: str = Field(description="ai-edge-quantizer recipe for the ops it matches (later overrides win).")
+    _regex = field_validator("regex")(lambda cls, value: RenameRegexRule._compiles(value))
+    _recipe = field_validator("recipe")(lambda cls, value: _check_recipe(value))
+
+
+class QuantizationSpec(Spec):
+    recipe: str = Field(
+        default="none",
+        description="ai-edge-quantizer recipe name (e.g. dynamic_wi8_afp32, weight_only_wi8_afp32, dynamic_wi4b32_afp32) or none.",
+    )
+    overrides: tuple[RecipeOverrideSpec, ...] = Field(default=(), description="Finer recipes scoped by regex.")
+    _recipe = field_validator("recipe")(lambda cls, value: _check_recipe(value))
+
+
+class SamplerSpec(Spec):
+    type: Literal["top_k", "top_p", "greedy"] = Field(default="top_k", description="Sampling strategy.")
+    k: int = Field(default=64, ge=1, le=1 << 20, description="Top-k.")
+    p: float = Field(default=0.95, gt=0, le=1, description="Top-p.")
+    temperature: float = Field(default=1.0, ge=0, le=100, description="Temperature.")
+
+
+class LlmMetadataSpec(Spec):
+    start_token: str = Field(default="<bos>", description="Token the runtime puts first.")
+    stop_tokens: tuple[str, ...] = Field(default=("<eos>", "<end_of_turn>"), min_length=1, description="Tokens that end generation.")
+    max_tokens: int | None = Field(default=None, ge=1, le=1 << 24, description="Maximum tokens (default: cache_length).")
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec, description="Sampler defaults.")
+    chat_template: str = Field(default="chat_template.jinja", description="Source file with the Jinja chat template.")
+
+
+class ParitySpec(Spec):
+    """A check, run as a build step and recorded in the lock: exported graphs against PyTorch."""
+
+    prompts: tuple[str, ...] = Field(
+        default=("What are the symptoms of pneumonia?", "Summarise: patient has a fever and a cough."),
+        min_length=1, description="Chat prompts to compare on.",
+    )
+    steps: int = Field(default=24, ge=1, le=512, description="Greedy decode steps per prompt.")
+    max_abs_logit: float | None = Field(default=None, gt=0, description="Fail if max |Δlogit| exceeds this (float exports).")
+    min_top1_agreement: float | None = Field(default=None, ge=0, le=1, description="Fail if top-1 agreement is lower.")
+    max_kl: float | None = Field(default=None, ge=0, description="Fail if the mean KL divergence exceeds this.")
+    min_vision_cosine: float | None = Field(default=None, ge=-1, le=1, description="Fail if vision embedding cosine similarity is lower.")
+
+
+class LitertlmTarget(Spec):
+    kind: Literal["litertlm"] = Field(description="A LiteRT-LM bundle: prefill/decode graphs, tokenizer, metadata, vision encoder.")
+    task: Literal["text_generation", "image_text_to_text"] = Field(description="Export the text decoder only, or the vision encoder too.")
+    checkpoint: str = Field(
+        default="source",
+        description="What to export: 'source' (the checkpoint as fetched) or the name of an hf_text_only target of this manifest.",
+    )
+    file: str = Field(default="model.litertlm", description="Name of the bundle inside the target directory.")
+    components: tuple[str, ...] = Field(min_length=1, description="Components this bundle contains (coverage).")
+    prefill_lengths: tuple[Annotated[int, Field(ge=1, le=65536)], ...] = Field(default=(32, 128), min_length=1, description="One prefill signature per length.")
+    cache_length: int = Field(default=1024, ge=8, le=1 << 20, description="KV-cache length (the longest conversation in tokens).")
+    hoists: tuple[HoistSpec, ...] = Field(default=(), description="Modules lifted to the top level before tracing.")
+    quantization: dict[str, QuantizationSpec] = Field(
+        default_factory=dict, description="Recipe per component (text_decoder, vision_encoder…); absent means float."
+    )
+    metadata: LlmMetadataSpec = Field(default_factory=LlmMetadataSpec, description="LLM metadata the runtime needs.")
+    parity: ParitySpec | None = Field(default=None, description="Compare against PyTorch during the build and record it.")
+
+    _file = field_validator("file")(lambda cls, value: _check_relative(value))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LitertlmTarget":
+        too_long = [length for length in self.prefill_lengths if length > self.cache_length]
+        if too_long:
+            raise ValueError(
+                f"prefill length {too_long[0]} is larger than cache_length {self.cache_length}; "
+                "lower prefill_lengths or raise cache_length"
+            )
+        for component in self.quantization:
+            if component not in self.components:
+                raise ValueError(f"quantization names component {component!r}, which this target does not contain; add it to components")
+        return self
+
+
+TargetSpec = Annotated[Union[HfTextOnlyTarget, LitertlmTarget], Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------------------------------- manifest
@@ -242,6 +353,11 @@ class Manifest(Spec):
                 used += [(f"weights[{index}].components", name) for name in rule.components]
         for name, target in self.targets.items():
             used += [(f"targets.{name}.components", component) for component in getattr(target, "components", ())]
+            checkpoint = getattr(target, "checkpoint", "source")
+            if checkpoint != "source" and getattr(self.targets.get(checkpoint), "kind", None) != "hf_text_only":
+                raise ValueError(
+                    f"targets.{name}.checkpoint {checkpoint!r} is neither 'source' nor an hf_text_only target of this manifest; fix it"
+                )
         for where, component in used:
             if component not in known:
                 raise ValueError(

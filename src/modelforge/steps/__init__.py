@@ -6,8 +6,22 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from modelforge.steps import assemble, carry_files, rewrite_config, transform_weights
+from modelforge.steps import (
+    assemble,
+    carry_files,
+    litert_export,
+    litert_parity,
+    litert_quantize,
+    litertlm_metadata,
+    litertlm_package,
+    rewrite_config,
+    transform_weights,
+)
 
 STEPS: dict[str, ModuleType] = {
-    module.KIND: module for module in (transform_weights, rewrite_config, carry_files, assemble)
+    module.KIND: module
+    for module in (
+        transform_weights, rewrite_config, carry_files, assemble,
+        litert_export, litert_quantize, litertlm_metadata, litertlm_package, litert_parity,
+    )
 }

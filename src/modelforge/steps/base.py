@@ -27,6 +27,7 @@ class StepContext:
     scratch_dir: Path
     progress: Callable[[int, int, str], None] = lambda done, total, message: None
     known_hashes: dict[str, str] = field(default_factory=dict)  # out relative path → sha256 the step computed
+    measurements: dict[str, Any] = field(default_factory=dict)  # seconds, peak memory: reported, never in outputs
 
     def input_path(self, name: str, relative: str) -> Path:
         return self.inputs[name][relative].path

@@ -1,0 +1,39 @@
+"""Step `litert_export`: trace and convert one part of the model (the text decoder with its
+prefill/decode signatures, or the vision encoder and adapter) to float .tflite with litert-torch.
+Quantization is a later step, so a recipe change never re-traces."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from modelforge.steps.base import StepContext
+from modelforge.steps.litert_worker import launch
+
+KIND = "litert_export"
+VERSION = 1
+TOOLS = ("litert-torch", "litert-converter", "torch", "transformers", "tensorflow-cpu")
+
+
+def run(context: StepContext) -> None:
+    """params: {part: text|vision, task, prefill_lengths, cache_length, hoists}."""
+    params = context.params
+    work = context.scratch_dir / "export"
+    work.mkdir()
+    request = {
+        "action": "export",
+        "checkpoint": str(context.input_dir("checkpoint")),
+        "work_dir": str(work),
+        "part": params["part"],
+        "task": params["task"],
+        "prefill_lengths": params["prefill_lengths"],
+        "cache_length": params["cache_length"],
+        "hoists": params["hoists"],
+    }
+    result = launch(request, context.scratch_dir, context.progress, f"export {params['part']}")
+    for name, path in sorted(result["files"].items()):
+        shutil.move(path, context.output(name))
+    report = {"hoists": result["hoists"], "peak_rss_bytes": result["peak_rss_bytes"]}
+    # The report is an output (hoists are tested through it), so it holds no timings: bytes must repeat.
+    context.output("export_report.json").write_text(json.dumps({"hoists": report["hoists"]}, indent=1, sort_keys=True) + "\n")
+    context.measurements.update({"seconds": result["seconds"], "peak_rss_bytes": result["peak_rss_bytes"]})

@@ -1,0 +1,151 @@
+"""Target `litertlm`: a LiteRT-LM bundle. Each stage is its own step with its own key, so a change
+of the vision recipe re-runs only the vision quantization, the packaging and the parity check::
+
+    checkpoint ─► export text ──► quantize text_decoder ──┐
+        │                                                 ├─► package ─► <file>.litertlm
+        ├──────► export vision ─► quantize vision_encoder ┤
+        │                       └► quantize projector ────┤
+        └──────► metadata ────────────────────────────────┘
+                                  (parity: checkpoint + final graphs → report in the lock)
+"""
+
+from __future__ import annotations
+
+import os
+
+from modelforge.errors import PlanError
+from modelforge.manifest.models import LitertlmTarget
+from modelforge.plan import InputRef, StepNode
+from modelforge.planner import PlanBuilder, source_input
+from modelforge.steps import litert_export, litert_parity, litert_quantize, litertlm_metadata, litertlm_package
+
+KIND = "litertlm"
+
+# Which graphs hold which component's weights, per export part.
+COMPONENT_FILES = {
+    "text_decoder": ("text", ("model.tflite", "embedder.tflite")),
+    "vision_encoder": ("vision", ("vision_encoder.tflite",)),
+    "projector": ("vision", ("vision_adapter.tflite",)),
+}
+SECTION_TYPES = {
+    "model.tflite": "PREFILL_DECODE",
+    "embedder.tflite": "EMBEDDER",
+    "vision_encoder.tflite": "VISION_ENCODER",
+    "vision_adapter.tflite": "VISION_ADAPTER",
+}
+SUPPORTED_ARCHITECTURES = ("Gemma3ForConditionalGeneration", "Gemma3ForCausalLM")
+
+
+def source_date_epoch() -> int:
+    """SOURCE_DATE_EPOCH (reproducible-builds.org) if set, else 0: the only outside input packaging
+    takes, resolved here so that it is a parameter of the step and part of its key."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "0")
+    if not value.isdigit():
+        raise PlanError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds; unset it or fix it")
+    return int(value)
+
+
+def _checkpoint(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> tuple[InputRef, list[str]]:
+    if spec.checkpoint == "source":
+        files = [item.path for item in builder.facts.files]
+        return source_input(builder, files), files
+    # An hf_text_only target of the same manifest: its planned node is named after it.
+    from modelforge.targets import hf_text_only
+
+    node = hf_text_only.plan(builder, spec.checkpoint, builder.manifest.targets[spec.checkpoint])
+    return InputRef("checkpoint", node), []
+
+
+def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
+    where = builder.where(target)
+    architectures = builder.facts.config.get("architectures", [])
+    if not any(name in SUPPORTED_ARCHITECTURES for name in architectures):
+        raise PlanError(
+            f"{where}: the source architecture {', '.join(architectures) or '(none)'} is not one litert-torch's "
+            f"export_hf handles here (supported: {', '.join(SUPPORTED_ARCHITECTURES)}); pick a Gemma 3 checkpoint"
+        )
+    multimodal = spec.task == "image_text_to_text"
+    if multimodal and spec.checkpoint != "source":
+        raise PlanError(f"{where}: task image_text_to_text needs the multimodal source, not the text-only {spec.checkpoint!r}; set checkpoint: source")
+    if multimodal and "Gemma3ForConditionalGeneration" not in architectures:
+        raise PlanError(f"{where}: task image_text_to_text needs a multimodal checkpoint (Gemma3ForConditionalGeneration); use text_generation")
+    unknown = [c for c in spec.components if c not in COMPONENT_FILES]
+    if unknown:
+        raise PlanError(f"{where}: component {unknown[0]!r} has no graph in a litertlm bundle; use {', '.join(COMPONENT_FILES)}")
+    checkpoint, _ = _checkpoint(builder, target, spec)
+    checkpoint = InputRef("checkpoint", checkpoint.node, checkpoint.select)
+    parts = ["text"] + (["vision"] if multimodal else [])
+    exports = {}
+    for part in parts:
+        exports[part] = builder.add(StepNode.make(
+            f"{target}.export_{part}", litert_export.KIND, litert_export.VERSION,
+            {
+                "part": part, "task": spec.task, "prefill_lengths": list(spec.prefill_lengths), "cache_length": spec.cache_length,
+                "hoists": [hoist.model_dump(mode="json") for hoist in spec.hoists],
+            },
+            (checkpoint,), litert_export.TOOLS,
+        ))
+    part_files = {"text": ["model.tflite"] + (["embedder.tflite"] if multimodal else []), "vision": ["vision_encoder.tflite", "vision_adapter.tflite"]}
+    sections: list[list[str]] = []
+    graph_inputs: list[InputRef] = []
+    final_by_part: dict[str, list[InputRef]] = {part: [] for part in parts}
+    for component in ("text_decoder", "vision_encoder", "projector"):
+        part, candidates = COMPONENT_FILES[component]
+        if part not in parts:
+            continue
+        files = [name for name in candidates if name in part_files[part]]
+        quantization = spec.quantization.get(component)
+        if component not in spec.components:
+            raise PlanError(f"{where}: task {spec.task} bundles component {component!r}; add it to components")
+        if quantization is None or quantization.recipe == "none":
+            ref = InputRef(f"{component}", exports[part], tuple(files))
+        else:
+            node = builder.add(StepNode.make(
+                f"{target}.quantize.{component}", litert_quantize.KIND, litert_quantize.VERSION,
+                {"component": component, "recipe": quantization.recipe, "files": files,
+                 "overrides": [override.model_dump(mode="json") for override in quantization.overrides]},
+                (InputRef("models", exports[part], tuple(files)),), litert_quantize.TOOLS,
+            ))
+            ref = InputRef(f"{component}", node)
+        graph_inputs.append(ref)
+        final_by_part[part].append(ref)
+        sections += [[component, name, SECTION_TYPES[name]] for name in files]
+    metadata_files = [spec.metadata.chat_template] + (["preprocessor_config.json"] if multimodal else [])
+    tokens = _token_strings(builder)
+    metadata = builder.add(StepNode.make(
+        f"{target}.metadata", litertlm_metadata.KIND, litertlm_metadata.VERSION,
+        {
+            "start_token": spec.metadata.start_token, "stop_tokens": list(spec.metadata.stop_tokens),
+            "max_tokens": spec.metadata.max_tokens or spec.cache_length, "sampler": spec.metadata.sampler.model_dump(mode="json"),
+            "chat_template": spec.metadata.chat_template, "multimodal": multimodal, "image_tokens": tokens,
+        },
+        (InputRef("checkpoint", checkpoint.node, tuple(sorted(metadata_files)) if checkpoint.node == builder.source.name else None),),
+        litertlm_metadata.TOOLS,
+    ))
+    # Section order is fixed: text graphs, then vision, as the runtime expects them.
+    order = {"model.tflite": 0, "embedder.tflite": 1, "vision_encoder.tflite": 2, "vision_adapter.tflite": 3}
+    sections.sort(key=lambda section: order[section[1]])
+    tokenizer_input = InputRef("tokenizer", checkpoint.node, ("tokenizer.json",) if checkpoint.node == builder.source.name else None)
+    package = builder.add(StepNode.make(
+        f"{target}.package", litertlm_package.KIND, litertlm_package.VERSION,
+        {"file": spec.file, "source_date_epoch": source_date_epoch(), "tokenizer": {"input": "tokenizer", "file": "tokenizer.json", "kind": "hf"}, "sections": sections},
+        (InputRef("metadata", metadata), tokenizer_input, *graph_inputs),
+        litertlm_package.TOOLS,
+    ))
+    if spec.parity is not None:
+        parity = spec.parity
+        inputs = [checkpoint]
+        for part, refs in final_by_part.items():
+            inputs += [InputRef(part if index == 0 else f"{part}{index}", ref.node, ref.select) for index, ref in enumerate(refs)]
+        builder.add(StepNode.make(
+            f"{target}.parity", litert_parity.KIND, litert_parity.VERSION,
+            {"prompts": list(parity.prompts), "steps": parity.steps, "thresholds": {
+                "max_abs_logit": parity.max_abs_logit, "min_top1_agreement": parity.min_top1_agreement,
+                "max_kl": parity.max_kl, "min_vision_cosine": parity.min_vision_cosine}},
+            tuple(inputs), litert_parity.TOOLS,
+        ))
+    return package
+
+
+def _token_strings(builder: PlanBuilder) -> dict[str, str]:
+    return {"start": "<start_of_image>", "end": "<end_of_image>"}

@@ -1,0 +1,6 @@
+"""The WebGPU web bundle: MediaPipe `.task` files, the static app, the vendored runtime, the
+server configurations (one declared header set) and a local server.
+
+Modules: `taskfile` (write/read `.task`), `headers` (header set and server-config generators),
+`serve` (local server), `vendor` (runtime files from web/node_modules), `bundle` (lay out a bundle).
+"""

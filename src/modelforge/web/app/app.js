@@ -1,0 +1,603 @@
+// modelforge web app: runs a MediaPipe LLM (.task) on WebGPU, entirely in the browser.
+//
+// Flow: read bundle.json → check WebGPU → load the vendored runtime → for each model variant in
+// priority order: get the model (Cache Storage, else download with progress), verify its size and
+// SHA-256, start it; on failure say why and fall back to the next variant → answer questions with
+// streamed output and a stop button. Every problem is reported in the page.
+
+import { StreamAccumulator, formatBytes } from "./accumulator.js";
+
+const CACHE_NAME = "modelforge-models-v1";
+// Up to this size the whole file's SHA-256 is also checked (one ArrayBuffer of the whole model);
+// beyond it the per-part SHA-256 list (bundle.json `chunk_sha256`) covers every byte.
+const WHOLE_DIGEST_LIMIT = 512 * 1024 * 1024;
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  bundle: null,
+  genai: null,
+  fileset: null,
+  llm: null,
+  variant: null,
+  generating: false,
+  stopRequested: false,
+  imageFile: null,
+  imageBitmap: null,
+  previewUrl: null,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Reporting: everything the user needs to know ends up in the page.
+// ---------------------------------------------------------------------------------------------
+
+function setPhase(phase) {
+  document.body.dataset.state = phase;
+}
+
+function setStatus(text) {
+  $("status-text").textContent = text;
+}
+
+function showError(message) {
+  const li = document.createElement("li");
+  li.textContent = message;
+  $("error-list").appendChild(li);
+  $("errors").hidden = false;
+}
+
+function notice(message) {
+  const li = document.createElement("li");
+  li.textContent = message;
+  $("notice-list").appendChild(li);
+  $("notices").hidden = false;
+}
+
+function describe(err) {
+  if (err instanceof Error) return err.message || err.name || String(err);
+  if (typeof Event !== "undefined" && err instanceof Event) {
+    const target = err.target;
+    const where = target && (target.src || target.href);
+    return where ? `could not load ${where}` : `${err.type} event`;
+  }
+  if (typeof err === "string") return err;
+  try {
+    return JSON.stringify(err);
+  } catch {
+    return String(err);
+  }
+}
+
+window.addEventListener("error", (event) => {
+  showError(`Unexpected error: ${event.message || describe(event.error || event)}`);
+});
+window.addEventListener("unhandledrejection", (event) => {
+  showError(`Unexpected error: ${describe(event.reason)}`);
+});
+document.addEventListener("securitypolicyviolation", (event) => {
+  showError(
+    `The page's Content-Security-Policy blocked ${event.blockedURI || "something"} ` +
+      `(${event.effectiveDirective || event.violatedDirective}). The bundle or its server configuration is inconsistent.`,
+  );
+});
+
+function showProgress(received, total, verb) {
+  const box = $("progress-box");
+  box.hidden = false;
+  const percent = total > 0 ? (100 * received) / total : 0;
+  $("progress").value = percent;
+  $("progress-text").textContent = `${verb}: ${formatBytes(received)} of ${formatBytes(total)} (${percent.toFixed(1)}%)`;
+}
+
+function hideProgress() {
+  $("progress-box").hidden = true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// bundle.json
+// ---------------------------------------------------------------------------------------------
+
+async function loadBundle() {
+  if (location.protocol === "file:") {
+    throw new Error(
+      "This page was opened as a file. Serve the bundle directory over HTTP(S) instead, " +
+        "e.g. `modelforge serve <bundle-dir>`, and open the address it prints.",
+    );
+  }
+  let response;
+  try {
+    response = await fetch("bundle.json", { cache: "no-cache" });
+  } catch (err) {
+    throw new Error(`Could not fetch bundle.json (${describe(err)}).`);
+  }
+  if (!response.ok) throw new Error(`Could not fetch bundle.json: HTTP ${response.status}.`);
+  let bundle;
+  try {
+    bundle = await response.json();
+  } catch (err) {
+    throw new Error(`bundle.json is not valid JSON (${describe(err)}).`);
+  }
+  const problems = [];
+  if (!bundle || typeof bundle !== "object") problems.push("not an object");
+  const files = bundle?.runtime?.files;
+  for (const name of ["genai_bundle.mjs", "genai_wasm_internal.js", "genai_wasm_internal.wasm"]) {
+    if (typeof files?.[name]?.url !== "string") problems.push(`runtime file ${name} missing`);
+  }
+  if (!Array.isArray(bundle?.variants) || bundle.variants.length === 0) problems.push("no model variants");
+  for (const [i, v] of (bundle?.variants || []).entries()) {
+    const where = `variant ${i + 1}`;
+    if (typeof v.url !== "string") problems.push(`${where}: no url`);
+    if (!/^[0-9a-f]{64}$/.test(v.sha256 || "")) problems.push(`${where}: no sha256`);
+    if (!Number.isSafeInteger(v.size) || v.size <= 0) problems.push(`${where}: no size`);
+    if (!Number.isSafeInteger(v.chunk_size) || v.chunk_size <= 0) problems.push(`${where}: no chunk_size`);
+    if (!Array.isArray(v.chunk_sha256) || v.chunk_sha256.length !== Math.ceil(v.size / v.chunk_size)) {
+      problems.push(`${where}: chunk_sha256 does not cover the file`);
+    }
+  }
+  if (problems.length) throw new Error(`bundle.json is malformed: ${problems.join("; ")}.`);
+  return bundle;
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebGPU gate
+// ---------------------------------------------------------------------------------------------
+
+const WEBGPU_HELP =
+  "Use one of:\n" +
+  "• Chrome or Edge 113 or newer on Windows, macOS or ChromeOS; Chrome 121 or newer on Android 12+.\n" +
+  "• Chrome or Chromium on Linux: turn on chrome://flags/#enable-unsafe-webgpu (and #enable-vulkan), " +
+  "or start it with --enable-unsafe-webgpu.\n" +
+  "• Safari 26 or newer on macOS, iOS and iPadOS (older Safari: Develop → Feature Flags → WebGPU).\n" +
+  "• Firefox 141 or newer on Windows; elsewhere Firefox Nightly with dom.webgpu.enabled.\n" +
+  "Also make sure hardware acceleration is on (chrome://settings/system) and that chrome://gpu does not " +
+  "list WebGPU as disabled or blocklisted.";
+
+async function checkWebGpu() {
+  if (!window.isSecureContext) {
+    return {
+      ok: false,
+      message:
+        "WebGPU only works on secure pages: open this bundle over https://, or on http://localhost / 127.0.0.1 " +
+        "of the machine serving it.",
+    };
+  }
+  if (!("gpu" in navigator) || !navigator.gpu) {
+    return { ok: false, message: `This browser does not offer WebGPU, which this page needs to run the model.\n${WEBGPU_HELP}` };
+  }
+  let adapter = null;
+  try {
+    adapter = await navigator.gpu.requestAdapter();
+  } catch (err) {
+    return { ok: false, message: `WebGPU is present but asking it for a GPU failed (${describe(err)}).\n${WEBGPU_HELP}` };
+  }
+  if (!adapter) {
+    return {
+      ok: false,
+      message:
+        "WebGPU is present but found no usable GPU adapter (the GPU may be blocklisted, or hardware " +
+        `acceleration is off).\n${WEBGPU_HELP}`,
+    };
+  }
+  return { ok: true, adapter };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runtime (vendored @mediapipe/tasks-genai; the file names carry content hashes)
+// ---------------------------------------------------------------------------------------------
+
+async function loadRuntime(bundle) {
+  const files = bundle.runtime.files;
+  const abs = (name) => new URL(files[name].url, location.href).href;
+  let genai;
+  try {
+    genai = await import(abs("genai_bundle.mjs"));
+  } catch (err) {
+    throw new Error(`Could not load the runtime module ${files["genai_bundle.mjs"].url} (${describe(err)}).`);
+  }
+  if (!(await genai.FilesetResolver.isSimdSupported())) {
+    throw new Error("This browser's WebAssembly lacks SIMD, which the runtime needs: update the browser.");
+  }
+  state.genai = genai;
+  state.fileset = {
+    wasmLoaderPath: abs("genai_wasm_internal.js"),
+    wasmBinaryPath: abs("genai_wasm_internal.wasm"),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model download, verification, caching
+// ---------------------------------------------------------------------------------------------
+
+function hex(buffer) {
+  return Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function concat(parts, length) {
+  if (parts.length === 1 && parts[0].byteLength === length) return parts[0];
+  const out = new Uint8Array(length);
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.byteLength;
+  }
+  return out;
+}
+
+// Reads a response body, checking size and SHA-256 (per part, and whole-file for small models).
+// Returns a Blob of the verified bytes.
+async function readVerified(response, variant, verb) {
+  if (!crypto?.subtle) throw new Error("this page is not a secure context, so it cannot check the model's SHA-256");
+  if (!response.body) throw new Error("the response has no body");
+  const total = variant.size;
+  const chunkSize = variant.chunk_size;
+  const reader = response.body.getReader();
+  const pieces = [];
+  let pending = [];
+  let pendingBytes = 0;
+  let received = 0;
+  let index = 0;
+
+  async function finishPiece() {
+    const piece = concat(pending, pendingBytes);
+    const digest = hex(await crypto.subtle.digest("SHA-256", piece));
+    if (digest !== variant.chunk_sha256[index]) {
+      throw new Error(
+        `SHA-256 mismatch in part ${index + 1} of ${variant.chunk_sha256.length} ` +
+          `(bytes ${index * chunkSize}–${index * chunkSize + pendingBytes - 1}): the file is damaged or not the one this bundle was built with`,
+      );
+    }
+    pieces.push(new Blob([piece]));
+    index += 1;
+    pending = [];
+    pendingBytes = 0;
+  }
+
+  showProgress(0, total, verb);
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    received += value.byteLength;
+    if (received > total) {
+      await reader.cancel();
+      throw new Error(`size mismatch: more than the expected ${total} bytes`);
+    }
+    let offset = 0;
+    while (offset < value.byteLength) {
+      const take = Math.min(chunkSize - pendingBytes, value.byteLength - offset);
+      pending.push(value.subarray(offset, offset + take));
+      pendingBytes += take;
+      offset += take;
+      if (pendingBytes === chunkSize) await finishPiece();
+    }
+    showProgress(received, total, verb);
+  }
+  if (pendingBytes > 0) await finishPiece();
+  if (received !== total) throw new Error(`size mismatch: expected ${total} bytes, got ${received}`);
+  const blob = new Blob(pieces, { type: "application/octet-stream" });
+  if (total <= WHOLE_DIGEST_LIMIT) {
+    const digest = hex(await crypto.subtle.digest("SHA-256", await blob.arrayBuffer()));
+    if (digest !== variant.sha256) throw new Error(`SHA-256 mismatch: expected ${variant.sha256}, got ${digest}`);
+  }
+  return blob;
+}
+
+async function openCache() {
+  if (!("caches" in window)) {
+    notice("This browser has no Cache Storage here; the model will be downloaded again on every visit.");
+    return null;
+  }
+  try {
+    return await caches.open(CACHE_NAME);
+  } catch (err) {
+    notice(`Model caching is unavailable (${describe(err)}); the model will be downloaded again on every visit.`);
+    return null;
+  }
+}
+
+async function getModel(variant) {
+  const url = new URL(variant.url, location.href).href;
+  const cache = await openCache();
+  if (cache) {
+    const cached = await cache.match(url);
+    if (cached) {
+      try {
+        setStatus(`Checking the stored copy of ${variant.label}…`);
+        const blob = await readVerified(cached, variant, "Checking stored copy");
+        return { blob, source: "stored in this browser" };
+      } catch (err) {
+        await cache.delete(url);
+        notice(`The stored copy of ${variant.label} was damaged (${describe(err)}); downloading it again.`);
+      }
+    }
+  }
+  if (navigator.storage?.estimate) {
+    try {
+      const { quota, usage } = await navigator.storage.estimate();
+      if (Number.isFinite(quota) && quota - (usage || 0) < variant.size) {
+        notice(
+          `This browser allows this site ${formatBytes(quota - (usage || 0))} of storage, less than the ` +
+            `${formatBytes(variant.size)} model: it cannot be kept and will be downloaded again next time.`,
+        );
+      }
+    } catch {
+      /* estimate is advisory */
+    }
+  }
+  setStatus(`Downloading ${variant.label} (${formatBytes(variant.size)}); it is kept in this browser for next time.`);
+  let response;
+  try {
+    // The HTTP cache is bypassed: Cache Storage keeps the one copy.
+    response = await fetch(url, { cache: "no-store" });
+  } catch (err) {
+    throw new Error(`download of ${variant.url} failed (${describe(err)})`);
+  }
+  if (!response.ok) throw new Error(`download of ${variant.url} failed: HTTP ${response.status}`);
+  const blob = await readVerified(response, variant, "Downloading");
+  if (cache) {
+    try {
+      if (navigator.storage?.persist) await navigator.storage.persist().catch(() => false);
+      await cache.put(
+        url,
+        new Response(blob, { headers: { "Content-Type": "application/octet-stream", "Content-Length": String(blob.size) } }),
+      );
+    } catch (err) {
+      notice(`Could not keep ${variant.label} in this browser (${describe(err)}); it will be downloaded again next time.`);
+    }
+  }
+  return { blob, source: "downloaded" };
+}
+
+// The model as a stream reader over the verified Blob, in parts (no second copy of the whole file in JS).
+function blobReader(blob, partSize = 1024 * 1024) {
+  let offset = 0;
+  return new ReadableStream({
+    async pull(controller) {
+      if (offset >= blob.size) {
+        controller.close();
+        return;
+      }
+      const end = Math.min(offset + partSize, blob.size);
+      const part = new Uint8Array(await blob.slice(offset, end).arrayBuffer());
+      offset = end;
+      controller.enqueue(part);
+    },
+  }).getReader();
+}
+
+async function startVariant(variant) {
+  const { blob, source } = await getModel(variant);
+  setStatus(`Starting ${variant.label} on the GPU…`);
+  hideProgress();
+  const options = {
+    baseOptions: { modelAssetBuffer: blobReader(blob) },
+    maxTokens: variant.max_tokens,
+  };
+  if (variant.top_k != null) options.topK = variant.top_k;
+  if (variant.temperature != null) options.temperature = variant.temperature;
+  if (variant.random_seed != null) options.randomSeed = variant.random_seed;
+  if (variant.multimodal) options.maxNumImages = 1;
+  let llm;
+  try {
+    llm = await state.genai.LlmInference.createFromOptions(state.fileset, options);
+  } catch (err) {
+    throw new Error(`the runtime could not start it (${describe(err)})`);
+  }
+  return { llm, source };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Asking
+// ---------------------------------------------------------------------------------------------
+
+function imageNote(text) {
+  const note = $("image-note");
+  note.textContent = text || "";
+  note.hidden = !text;
+}
+
+async function onImageChosen() {
+  const input = $("image");
+  const file = input.files && input.files[0];
+  clearImage(false);
+  if (!file) return;
+  if (!state.variant?.multimodal) {
+    state.imageFile = file;
+    $("clear-image").hidden = false;
+    imageNote(
+      `Images need a multimodal model variant; ${state.variant ? state.variant.label : "this model"} reads text only. ` +
+        "Remove the image to ask without it.",
+    );
+    return;
+  }
+  try {
+    state.imageBitmap = await createImageBitmap(file);
+  } catch (err) {
+    imageNote(`That file could not be read as an image (${describe(err)}).`);
+    input.value = "";
+    return;
+  }
+  state.imageFile = file;
+  state.previewUrl = URL.createObjectURL(file);
+  const preview = $("preview");
+  preview.src = state.previewUrl;
+  preview.hidden = false;
+  $("clear-image").hidden = false;
+}
+
+function clearImage(resetInput = true) {
+  if (resetInput) $("image").value = "";
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  if (state.imageBitmap?.close) state.imageBitmap.close();
+  state.imageFile = null;
+  state.imageBitmap = null;
+  state.previewUrl = null;
+  $("preview").hidden = true;
+  $("preview").removeAttribute("src");
+  $("clear-image").hidden = true;
+  imageNote("");
+}
+
+function makeRenderer(target) {
+  // One text node that only ever grows: appending the new part never re-lays out (or blanks) the rest.
+  target.textContent = "";
+  const node = document.createTextNode("");
+  target.appendChild(node);
+  let latest = "";
+  let scheduled = false;
+  const flush = () => {
+    scheduled = false;
+    if (latest.startsWith(node.data)) node.appendData(latest.slice(node.data.length));
+    else node.data = latest;
+  };
+  return {
+    update(text) {
+      latest = text;
+      if (!scheduled) {
+        scheduled = true;
+        requestAnimationFrame(flush);
+      }
+    },
+    flush() {
+      flush();
+    },
+  };
+}
+
+async function ask(event) {
+  event.preventDefault();
+  if (state.generating || !state.llm) return;
+  const text = $("prompt").value.trim();
+  if (!text) {
+    $("prompt").focus();
+    return;
+  }
+  if (state.imageFile && !state.variant.multimodal) {
+    imageNote(
+      `Images need a multimodal model variant; ${state.variant.label} reads text only. Remove the image to ask without it.`,
+    );
+    return;
+  }
+  const query = state.imageBitmap ? [text, { imageSource: state.imageBitmap }] : text;
+
+  state.generating = true;
+  state.stopRequested = false;
+  setPhase("generating");
+  $("send").disabled = true;
+  $("stop").disabled = false;
+  $("answer-box").hidden = false;
+  $("answer-state").textContent = "(writing…)";
+  setStatus(`${state.variant.label} is answering…`);
+  const renderer = makeRenderer($("answer"));
+  const acc = new StreamAccumulator({ onUpdate: (t) => renderer.update(t) });
+  const started = performance.now();
+  let failed = false;
+  try {
+    if (typeof state.llm.clearCancelSignals === "function") state.llm.clearCancelSignals();
+    const finalText = await state.llm.generateResponse(query, (partial, done) => acc.push(partial, done));
+    acc.finish(finalText);
+  } catch (err) {
+    if (state.stopRequested) {
+      acc.finish();
+    } else {
+      failed = true;
+      showError(`Generating the answer failed: ${describe(err)}`);
+    }
+  } finally {
+    renderer.update(acc.text);
+    renderer.flush();
+    const seconds = ((performance.now() - started) / 1000).toFixed(1);
+    let label = state.stopRequested ? `(stopped after ${seconds} s)` : `(${seconds} s)`;
+    if (failed) label = "(failed)";
+    else if (!acc.text) label += " — the model returned no text";
+    $("answer-state").textContent = label;
+    state.generating = false;
+    $("send").disabled = false;
+    $("stop").disabled = true;
+    setStatus(`Ready: ${state.variant.label}.`);
+    setPhase(failed ? "ready-with-error" : "ready");
+  }
+}
+
+function stop() {
+  if (!state.generating) return;
+  state.stopRequested = true;
+  $("answer-state").textContent = "(stopping…)";
+  try {
+    state.llm.cancelProcessing();
+  } catch (err) {
+    showError(`Could not stop the generation: ${describe(err)}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start-up
+// ---------------------------------------------------------------------------------------------
+
+async function main() {
+  setPhase("loading");
+  setStatus("Reading the bundle description…");
+  const bundle = await loadBundle();
+  state.bundle = bundle;
+  if (bundle.title) {
+    document.title = bundle.title;
+    $("title").textContent = bundle.title;
+  }
+
+  setStatus("Checking for WebGPU…");
+  const gpu = await checkWebGpu();
+  if (!gpu.ok) {
+    setPhase("unsupported");
+    setStatus("This browser cannot run the model.");
+    showError(gpu.message);
+    return;
+  }
+
+  setStatus("Loading the runtime…");
+  await loadRuntime(bundle);
+
+  const reasons = [];
+  const variants = bundle.variants;
+  for (const [i, variant] of variants.entries()) {
+    try {
+      const { llm, source } = await startVariant(variant);
+      state.llm = llm;
+      state.variant = variant;
+      $("model-info").textContent =
+        `Model: ${variant.label} (${formatBytes(variant.size)}, ${source}) · runtime ${bundle.runtime.package}@${bundle.runtime.version}`;
+      break;
+    } catch (err) {
+      hideProgress();
+      const reason = `${variant.label}: ${describe(err)}`;
+      reasons.push(reason);
+      const next = variants[i + 1];
+      if (next) notice(`Could not use ${reason}. Trying ${next.label} instead.`);
+    }
+  }
+  if (!state.llm) {
+    setPhase("error");
+    setStatus("No model could be started.");
+    showError(`No model variant could be started:\n${reasons.map((r) => `• ${r}`).join("\n")}`);
+    return;
+  }
+
+  $("chat").hidden = false;
+  $("chat").addEventListener("submit", ask);
+  $("stop").addEventListener("click", stop);
+  $("image").addEventListener("change", () => {
+    onImageChosen().catch((err) => imageNote(`Could not use that image (${describe(err)}).`));
+  });
+  $("clear-image").addEventListener("click", () => clearImage(true));
+  if (!state.variant.multimodal) {
+    $("image").title = "Images need a multimodal model variant";
+  }
+  setStatus(`Ready: ${state.variant.label}.`);
+  setPhase("ready");
+  $("prompt").focus();
+}
+
+main().catch((err) => {
+  hideProgress();
+  setPhase("error");
+  setStatus("Stopped because of the problem below.");
+  showError(describe(err));
+});

@@ -1,0 +1,272 @@
+"""Lay out a web bundle: the static app, the vendored runtime, the models, bundle.json and the
+server configurations — deterministic bytes for the same inputs.
+
+    <out_dir>/
+      index.html app.js accumulator.js style.css      the app (index.html gets the title)
+      bundle.json                                     what the app reads (see below)
+      runtime/<stem>-<sha16><ext>                     vendored runtime files, content-hashed names
+      models/<name>-<sha16>.task                      model variants, content-hashed names
+      nginx.conf Caddyfile .htaccess _headers firebase.json
+
+bundle.json (canonical JSON: sorted keys, 2-space indent, trailing newline):
+
+    {"schema": "modelforge-web-bundle/1", "title": ...,
+     "runtime": {"package": "@mediapipe/tasks-genai", "version": "0.10.29",
+                 "files": {"genai_bundle.mjs": {"url": "runtime/genai_bundle-<sha16>.mjs", "sha256": ..., "size": ...}, ...}},
+     "variants": [{"name", "label", "url": "models/<name>-<sha16>.task", "sha256", "size", "format": "task",
+                   "chunk_size", "chunk_sha256": [...], "multimodal", "max_tokens", ["top_k", "temperature", "random_seed"]}]}
+
+Variants are listed in priority order (the app tries them in that order). The app checks every
+`chunk_size` part of a model against `chunk_sha256` while downloading (WebCrypto has no incremental
+SHA-256, so a multi-GB file cannot be hashed in one piece in a browser) and, for files up to 512 MiB,
+the whole-file `sha256` too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .headers import APP_FILES, all_configs, is_hashed
+from .vendor import PACKAGE, RUNTIME_FILES
+
+__all__ = ["APP_SOURCE_FILES", "BUNDLE_SCHEMA", "CHUNK_SIZE", "BundleError", "Variant", "bundle_files", "write_bundle"]
+
+BUNDLE_SCHEMA = "modelforge-web-bundle/1"
+CHUNK_SIZE = 64 * 1024 * 1024
+APP_SOURCE_FILES = ("index.html", "app.js", "accumulator.js", "style.css")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_READ = 8 << 20
+
+
+class BundleError(ValueError):
+    """The inputs of a web bundle are inconsistent."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model the app may run, in the bundle's priority order.
+
+    name: slug used in the file name (`models/<name>-<sha16>.task`): [a-z0-9][a-z0-9._-]*.
+    task: the `.task` file (write_task).
+    label: what people read ("MedGemma 4B, int4").
+    max_tokens: the runtime's `maxTokens` (input + output tokens) — at most the KV-cache length the
+      graph was exported with.
+    multimodal: the .task carries a vision encoder; the app then offers image input (maxNumImages=1).
+    top_k / temperature / random_seed: sampling options passed to the runtime (None: runtime default).
+    """
+
+    name: str
+    task: Path
+    label: str
+    max_tokens: int
+    multimodal: bool = False
+    top_k: int | None = None
+    temperature: float | None = None
+    random_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise BundleError(f"variant name {self.name!r} must match {_NAME.pattern}")
+        if not self.label.strip():
+            raise BundleError(f"variant {self.name}: empty label")
+        if self.max_tokens <= 0:
+            raise BundleError(f"variant {self.name}: max_tokens must be positive")
+
+
+def _hash_file(path: Path, chunk_size: int) -> tuple[str, list[str], int]:
+    """(whole sha256, per-chunk sha256 list, size), in one pass."""
+    whole = hashlib.sha256()
+    chunks: list[str] = []
+    size = 0
+    part = hashlib.sha256()
+    part_bytes = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(_READ):
+            whole.update(block)
+            size += len(block)
+            view = memoryview(block)
+            while len(view):
+                take = min(chunk_size - part_bytes, len(view))
+                part.update(view[:take])
+                part_bytes += take
+                view = view[take:]
+                if part_bytes == chunk_size:
+                    chunks.append(part.hexdigest())
+                    part = hashlib.sha256()
+                    part_bytes = 0
+    if part_bytes:
+        chunks.append(part.hexdigest())
+    return whole.hexdigest(), chunks, size
+
+
+def _place(source: Path, target: Path) -> None:
+    """Copy `source` to `target`. A read-only source (an immutable store object: models are large) is
+    hard-linked instead when the file system allows; a writable one is always copied, so that editing
+    the bundle can never change the file it was built from."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not os.stat(source).st_mode & 0o222:
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(source, target)
+
+
+def _app_source(name: str) -> bytes:
+    return resources.files("modelforge.web").joinpath("app", name).read_bytes()
+
+
+def _canonical_json(value: object) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def write_bundle(
+    out_dir: Path,
+    *,
+    variants: Sequence[Variant],
+    runtime: Mapping[str, Path],
+    title: str,
+    runtime_version: str | None = None,
+) -> dict:
+    """Write the bundle into `out_dir` (created; must be absent, empty, or a previous bundle, which is
+    replaced). `runtime` is `vendor.runtime_files(web_dir)`; `runtime_version` defaults to the
+    version in the package.json next to the runtime files. Returns the bundle.json content."""
+    out_dir = Path(out_dir)
+    if not variants:
+        raise BundleError("a web bundle needs at least one model variant")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise BundleError(f"variant names must be unique: {names}")
+    missing = sorted(set(RUNTIME_FILES) - set(runtime))
+    if missing:
+        raise BundleError(f"runtime files missing: {missing}")
+    if not title.strip():
+        raise BundleError("empty title")
+    for variant in variants:
+        if not Path(variant.task).is_file():
+            raise BundleError(f"variant {variant.name}: {variant.task} does not exist")
+        with open(variant.task, "rb") as handle:
+            if handle.read(6) != b"\x00\x00\x00\x00PK":
+                raise BundleError(f"variant {variant.name}: {variant.task} is not a MediaPipe .task (see write_task)")
+
+    if runtime_version is None:
+        runtime_version = _version_near(Path(runtime["genai_bundle.mjs"]))
+
+    staging = out_dir.with_name(f".{out_dir.name}.staging-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        for name in APP_SOURCE_FILES:
+            data = _app_source(name)
+            if name == "index.html":
+                data = data.replace(b"%TITLE%", html.escape(title, quote=True).encode())
+            (staging / name).write_bytes(data)
+
+        runtime_entries: dict[str, dict] = {}
+        for logical in sorted(RUNTIME_FILES):
+            source = Path(runtime[logical])
+            digest, _, size = _hash_file(source, CHUNK_SIZE)
+            stem, ext = _split_ext(logical)
+            rel = f"runtime/{stem}-{digest[:16]}{ext}"
+            _place(source, staging / rel)
+            runtime_entries[logical] = {"url": rel, "sha256": digest, "size": size}
+
+        variant_entries = []
+        for variant in variants:
+            digest, chunks, size = _hash_file(Path(variant.task), CHUNK_SIZE)
+            rel = f"models/{variant.name}-{digest[:16]}.task"
+            _place(Path(variant.task), staging / rel)
+            entry: dict = {
+                "name": variant.name,
+                "label": variant.label,
+                "url": rel,
+                "sha256": digest,
+                "size": size,
+                "format": "task",
+                "chunk_size": CHUNK_SIZE,
+                "chunk_sha256": chunks,
+                "multimodal": variant.multimodal,
+                "max_tokens": variant.max_tokens,
+            }
+            for key in ("top_k", "temperature", "random_seed"):
+                value = getattr(variant, key)
+                if value is not None:
+                    entry[key] = value
+            variant_entries.append(entry)
+
+        manifest = {
+            "schema": BUNDLE_SCHEMA,
+            "title": title,
+            "runtime": {"package": PACKAGE, "version": runtime_version, "files": runtime_entries},
+            "variants": variant_entries,
+        }
+        (staging / "bundle.json").write_text(_canonical_json(manifest), encoding="utf-8")
+
+        served = bundle_files(staging)
+        for rel in served:
+            top = rel.split("/", 1)[0]
+            if top in ("models", "runtime") and not is_hashed(rel):
+                raise BundleError(f"{rel}: files under {top}/ must carry a content hash in their name")
+        for name, text in all_configs(served).items():
+            (staging / name).write_text(text, encoding="utf-8")
+
+        _replace(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return manifest
+
+
+def bundle_files(bundle_dir: Path) -> list[str]:
+    """The served files of a bundle (bundle-relative, sorted): app files, bundle.json, runtime/, models/."""
+    bundle_dir = Path(bundle_dir)
+    out = [name for name in APP_FILES if (bundle_dir / name).is_file()]
+    for directory in ("runtime", "models"):
+        base = bundle_dir / directory
+        if base.is_dir():
+            out += [f"{directory}/{p.name}" for p in sorted(base.iterdir()) if p.is_file()]
+    return sorted(out)
+
+
+def _split_ext(name: str) -> tuple[str, str]:
+    stem, dot, ext = name.rpartition(".")
+    return (stem, "." + ext) if dot else (name, "")
+
+
+def _version_near(path: Path) -> str:
+    for parent in path.parents:
+        package_json = parent / "package.json"
+        if package_json.is_file():
+            return json.loads(package_json.read_text())["version"]
+    raise BundleError(f"cannot tell the runtime version: no package.json above {path}; pass runtime_version")
+
+
+def _replace(staging: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise BundleError(f"{out_dir} exists and is not a directory")
+        entries = list(out_dir.iterdir())
+        if entries and not (out_dir / "bundle.json").is_file():
+            raise BundleError(f"{out_dir} is not empty and is not a previous web bundle; refusing to replace it")
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+        try:
+            os.replace(staging, out_dir)
+        except BaseException:
+            os.replace(old, out_dir)
+            raise
+        shutil.rmtree(old)
+    else:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, out_dir)

@@ -1,0 +1,72 @@
+"""The MediaPipe GenAI web runtime, vendored from the build-time npm project in `web/`.
+
+`web/package.json` + `web/package-lock.json` pin `@mediapipe/tasks-genai`; `npm ci --prefix web`
+installs it into `web/node_modules`. Nothing is ever loaded from a CDN: the build copies the files
+named here into the bundle (`runtime/`) and records their sha256.
+
+Files taken (all from the package root / its `wasm/` directory):
+- `genai_bundle.mjs`            the ES module (FilesetResolver, LlmInference)
+- `genai_wasm_internal.js`      the Emscripten loader (SIMD build; classic script, sets ModuleFactory)
+- `genai_wasm_internal.wasm`    the runtime itself (SIMD)
+
+Not taken: the `nosimd` build (every browser with WebGPU has WebAssembly SIMD; the app checks and
+says so), the `module` build (ES-module loader variant of the same wasm) and the source maps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["PACKAGE", "RUNTIME_FILES", "RuntimeMissingError", "runtime_files", "runtime_version"]
+
+PACKAGE = "@mediapipe/tasks-genai"
+# logical name (the name the app and bundle.json use) → path inside the npm package
+RUNTIME_FILES: dict[str, str] = {
+    "genai_bundle.mjs": "genai_bundle.mjs",
+    "genai_wasm_internal.js": "wasm/genai_wasm_internal.js",
+    "genai_wasm_internal.wasm": "wasm/genai_wasm_internal.wasm",
+}
+
+
+class RuntimeMissingError(FileNotFoundError):
+    """The vendored runtime is not installed (web/node_modules missing or incomplete)."""
+
+
+def _package_dir(web_dir: Path) -> Path:
+    return Path(web_dir) / "node_modules" / PACKAGE
+
+
+def _install_hint(web_dir: Path) -> str:
+    return f"run `npm ci --prefix {web_dir}` (installs the pinned {PACKAGE} from web/package-lock.json)"
+
+
+def runtime_version(web_dir: Path) -> str:
+    """The installed package's version (from node_modules), checked against the pin in web/package.json."""
+    package_json = _package_dir(web_dir) / "package.json"
+    if not package_json.is_file():
+        raise RuntimeMissingError(f"{PACKAGE} is not installed in {Path(web_dir) / 'node_modules'}: {_install_hint(web_dir)}")
+    installed = json.loads(package_json.read_text())["version"]
+    pinned = json.loads((Path(web_dir) / "package.json").read_text()).get("dependencies", {}).get(PACKAGE)
+    if pinned is not None and pinned != installed:
+        raise RuntimeMissingError(
+            f"{PACKAGE} {installed} is installed but web/package.json pins {pinned}: {_install_hint(web_dir)}"
+        )
+    return installed
+
+
+def runtime_files(web_dir: Path) -> dict[str, Path]:
+    """{logical file name: path in web/node_modules} of the runtime files the app needs.
+    Raises RuntimeMissingError (saying to run `npm ci --prefix web`) if they are not installed."""
+    web_dir = Path(web_dir)
+    if not (web_dir / "package.json").is_file():
+        raise RuntimeMissingError(f"{web_dir} is not the modelforge web/ npm project (no package.json)")
+    package = _package_dir(web_dir)
+    if not (web_dir / "node_modules").is_dir():
+        raise RuntimeMissingError(f"{web_dir / 'node_modules'} does not exist: {_install_hint(web_dir)}")
+    runtime_version(web_dir)
+    files = {name: package / rel for name, rel in RUNTIME_FILES.items()}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise RuntimeMissingError(f"runtime files missing: {', '.join(missing)}: {_install_hint(web_dir)}")
+    return files
