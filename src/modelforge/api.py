@@ -213,7 +213,10 @@ def make_lock(project: Project, the_plan: Plan, toolchain: Mapping[str, str], st
             checks[step.name] = json.loads(store.object_path(record.outputs["parity.json"].sha256).read_text())
     return Lock(
         checks=checks,
-        manifest=LockedManifest(name=project.manifest.name, path=project.relative_manifest, digest=the_plan.manifest_digest),
+        manifest=LockedManifest(
+            name=project.manifest.name, path=project.relative_manifest, digest=the_plan.manifest_digest,
+            content=project.manifest.model_dump(mode="json"),
+        ),
         source=LockedSource(
             kind=origin["kind"],
             repo=origin.get("repo"),
@@ -301,6 +304,8 @@ def lock(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir
     filled in from the store where a build already made them."""
     reporter = reporter or SilentReporter()
     project = open_project(manifest_path)
+    if check:
+        _check_manifest_against_lock(project)
     store = Store(store_dir or default_store_dir())
     try:
         gathered = gather(project, store, source_dir, reporter, need_weights=False)
@@ -316,9 +321,9 @@ def lock(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir
                     f"run `modelforge lock {project.relative_manifest}`"
                 )
             return project.lock_path, False
-        if project.lock_path.exists():
+        old = _read_lock_or_none(project.lock_path)
+        if old is not None:
             # Keep what a build recorded for targets when this lock cannot know it.
-            old = read_lock(project.lock_path)
             targets = {
                 name: (target.model_copy(update={"files": old.targets[name].files}) if target.files is None and name in old.targets and old.steps.get(target.node) and fresh.steps.get(target.node) and old.steps[target.node].key == fresh.steps[target.node].key else target)
                 for name, target in fresh.targets.items()
@@ -327,6 +332,33 @@ def lock(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir
         return project.lock_path, write_lock(project.lock_path, fresh)
     finally:
         store.close()
+
+
+def _read_lock_or_none(path: Path) -> Lock | None:
+    """An existing lock, or None when there is none or it is unreadable (it is about to be rewritten)."""
+    try:
+        return read_lock(path) if path.exists() else None
+    except LockError:
+        return None
+
+
+def _check_manifest_against_lock(project: Project) -> None:
+    """The offline half of `lock --check`: the manifest must be the one the lock was made from.
+    Names the changed fields, from the manifest content the lock keeps."""
+    if not project.lock_path.exists():
+        raise LockError(f"{project.lock_path} does not exist; run `modelforge lock {project.relative_manifest}` and commit it")
+    locked = read_lock(project.lock_path).manifest
+    if locked.digest == manifest_digest(project.manifest):
+        return
+    from modelforge.diff import _flatten
+
+    old, new = _flatten(locked.content), _flatten(project.manifest.model_dump(mode="json"))
+    changed = sorted(key for key in set(old) | set(new) if old.get(key, "∅") != new.get(key, "∅"))
+    shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+    raise LockError(
+        f"{project.relative_manifest} changed since {project.lock_path.name} was written ({shown or 'content'}); "
+        f"run `modelforge lock {project.relative_manifest}` and commit the lock"
+    )
 
 
 @dataclass(frozen=True)
@@ -358,6 +390,65 @@ def verify(lock_path: str | Path, *, directory: Path | None = None, sources: boo
                 raise LockError("--sources for a Hub source needs --source-dir (the downloaded snapshot); pass it")
         problems += _compare(Path(source_dir), the_lock.source.files, "source/", extra_ok=True)
     return problems
+
+
+def verify_artifacts(lock_path: str | Path, artifacts: list[Path]) -> list[Mismatch]:
+    """Check files someone downloaded or published (a .litertlm, a target directory, a web bundle)
+    against the lock: each file by its name within the targets, each directory as the target whose
+    file names it shares most with."""
+    the_lock = read_lock(Path(lock_path))
+    built = {name: target.files or {} for name, target in the_lock.targets.items()}
+    problems: list[Mismatch] = []
+    for artifact in artifacts:
+        artifact = Path(artifact)
+        if artifact.is_dir():
+            present = {p.relative_to(artifact).as_posix() for p in artifact.rglob("*") if p.is_file()}
+            best = max(built, key=lambda name: len(present & set(built[name])), default=None)
+            if best is None or not present & set(built[best]):
+                problems.append(Mismatch(str(artifact), "no target of the lock has files with these names"))
+                continue
+            problems += _compare(artifact, built[best], f"{artifact}/ ({best}) ")
+        elif artifact.is_file():
+            candidates = {(name, relative): item for name, files in built.items() for relative, item in files.items() if Path(relative).name == artifact.name}
+            if not candidates:
+                problems.append(Mismatch(str(artifact), "no file of this name in the lock"))
+                continue
+            actual = hash_file(artifact)
+            if not any(item.sha256 == actual and item.size == artifact.stat().st_size for item in candidates.values()):
+                problems.append(Mismatch(str(artifact), f"sha256 {actual[:16]}… matches no locked {artifact.name}"))
+        else:
+            problems.append(Mismatch(str(artifact), "missing"))
+    return problems
+
+
+def check_rebuild(manifest_path: str | Path, *, source_dir: Path | None = None, reporter: Reporter | None = None) -> list[Mismatch]:
+    """The reproducibility proof: rebuild everything in a fresh, empty store and compare every
+    target file byte for byte with the lock; nondeterminism is reported per file and per step."""
+    import tempfile
+
+    project = open_project(manifest_path)
+    the_lock = read_lock(project.lock_path)
+    with tempfile.TemporaryDirectory(prefix="modelforge-rebuild-") as scratch:
+        result = build(manifest_path, out=Path(scratch) / "out", source_dir=source_dir, store_dir=Path(scratch) / "store", write_lockfile=False, reporter=reporter)
+        problems = []
+        keys = {name: step.key for name, step in the_lock.steps.items()}
+        store = Store(Path(scratch) / "store")
+        try:
+            toolchain = tools_of(result.plan)
+            fresh_keys = compute_keys(result.plan, toolchain)
+            for name, key in sorted(keys.items()):
+                if name in fresh_keys and fresh_keys[name]["key"] != key:
+                    problems.append(Mismatch(f"step {name}", "its key differs from the lock (manifest, source or toolchain changed); run `modelforge lock`"))
+        finally:
+            store.close()
+        for target_name, target in sorted(the_lock.targets.items()):
+            if target.files is None:
+                problems.append(Mismatch(f"{target_name}/", "the lock has no output hashes to compare with; build once and commit the lock"))
+                continue
+            for mismatch in _compare(result.out_dir / target_name, target.files, f"{target_name}/"):
+                step = next((t.node for t in result.plan.targets if t.name == target_name), "?")
+                problems.append(Mismatch(mismatch.path, f"{mismatch.problem} (not reproducible: made by step {step})"))
+        return problems
 
 
 def _compare(base: Path, files: Mapping[str, LockedFile], label: str, extra_ok: bool = False) -> list[Mismatch]:

@@ -144,39 +144,65 @@ def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, as_jso
 
 
 @main.command()
-@manifest_argument
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @source_dir_option
 @store_option
-@click.option("--check", is_flag=True, help="Fail if the lockfile is missing or out of date; write nothing.")
+@click.option("--check", is_flag=True, help="Fail if a lockfile is missing or out of date; write nothing.")
 @_handle_errors
-def lock(manifest: Path, source_dir: Path | None, store_dir: Path | None, check: bool) -> None:
-    """Write lock/<name>.lock for MANIFEST without building."""
+def lock(manifests: tuple[Path, ...], source_dir: Path | None, store_dir: Path | None, check: bool) -> None:
+    """Write lock/<name>.lock for each MANIFEST without building."""
     from modelforge import api
 
-    path, written = api.lock(manifest, source_dir=source_dir, store_dir=store_dir, check=check)
-    if check:
-        click.echo(f"{path} is up to date")
-    else:
-        click.echo(f"{'wrote' if written else 'unchanged'} {path}")
+    for manifest in manifests:
+        path, written = api.lock(manifest, source_dir=source_dir, store_dir=store_dir, check=check)
+        if check:
+            click.echo(f"{path} is up to date")
+        else:
+            click.echo(f"{'wrote' if written else 'unchanged'} {path}")
 
 
 @main.command()
 @click.argument("lockfile", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("artifacts", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None, help="The built outputs (default: dist/<name>/ beside lock/).")
 @click.option("--sources", is_flag=True, help="Also re-hash the source files.")
 @source_dir_option
 @_handle_errors
-def verify(lockfile: Path, directory: Path | None, sources: bool, source_dir: Path | None) -> None:
-    """Re-hash built artifacts (and sources) against LOCKFILE; non-zero exit on any mismatch."""
+def verify(lockfile: Path, artifacts: tuple[Path, ...], directory: Path | None, sources: bool, source_dir: Path | None) -> None:
+    """Re-hash artifacts (and sources) against LOCKFILE; non-zero exit on any mismatch.
+
+    With ARTIFACTS (files or directories someone downloaded or published), check those instead of
+    dist/: a file by its name, a directory as the target it matches."""
     from modelforge import api
 
-    problems = api.verify(lockfile, directory=directory, sources=sources, source_dir=source_dir)
+    if artifacts:
+        problems = api.verify_artifacts(lockfile, list(artifacts))
+    else:
+        problems = api.verify(lockfile, directory=directory, sources=sources, source_dir=source_dir)
+    _report_mismatches(problems, f"do not match {lockfile}; rebuild with `modelforge build` or find out who changed them")
+    click.echo(f"ok: every file matches {lockfile}")
+
+
+def _report_mismatches(problems, advice: str) -> None:
     for problem in problems:
         click.echo(f"MISMATCH {problem.path}: {problem.problem}", err=True)
     if problems:
-        click.echo(f"error: {len(problems)} file(s) do not match {lockfile}; rebuild with `modelforge build` or find out who changed them", err=True)
+        click.echo(f"error: {len(problems)} file(s) {advice}", err=True)
         sys.exit(6)
-    click.echo(f"ok: every file matches {lockfile}")
+
+
+@main.command()
+@manifest_argument
+@click.option("--rebuild", is_flag=True, required=True, help="Rebuild from scratch in a fresh store and compare with the lock.")
+@source_dir_option
+@_handle_errors
+def check(manifest: Path, rebuild: bool, source_dir: Path | None) -> None:
+    """Prove reproducibility: rebuild MANIFEST in an empty store and compare byte for byte with its lock."""
+    from modelforge import api
+
+    problems = api.check_rebuild(manifest, source_dir=source_dir, reporter=RichReporter(verbose=False))
+    _report_mismatches(problems, "differ from the lock: the build is not reproducible here")
+    click.echo("ok: a rebuild from scratch reproduces every locked file byte for byte")
 
 
 @main.command()

@@ -29,6 +29,7 @@ class LockedManifest(LockSpec):
     name: str
     path: str = Field(description="POSIX path of the manifest, relative to the project root.")
     digest: str = Field(description="sha256 of the validated manifest's canonical JSON.")
+    content: dict[str, Any] = Field(description="The validated manifest, so `lock --check` can name changed fields offline.")
 
 
 class LockedSource(LockSpec):

@@ -200,10 +200,10 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:
         end = int(last) if last else size - 1
     except ValueError:
         return None
-    if end < start:
-        return None
     if start >= size:
         return "unsatisfiable"
+    if end < start:
+        return None
     return start, min(end, size - 1)
 
 
@@ -239,7 +239,9 @@ class BundleServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     def start(self) -> "BundleServer":
         if self._thread is None:
-            self._thread = threading.Thread(target=self.serve_forever, name="modelforge-serve", daemon=True)
+            self._thread = threading.Thread(
+                target=self.serve_forever, kwargs={"poll_interval": 0.1}, name="modelforge-serve", daemon=True
+            )
             self._thread.start()
         return self
 
