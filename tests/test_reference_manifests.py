@@ -11,20 +11,10 @@ import pytest
 from conftest import MANIFESTS, REFERENCE
 from modelforge.manifest import load_manifest, manifest_digest
 from modelforge.planner import make_plan
-from modelforge.testing.reference import facts_from_shapes, load_tensor_shapes
+from modelforge.testing.reference import facts_from_shapes, load_tensor_shapes, reference_files
 from modelforge.transforms import apply_config_edits, config_bytes
 
-CARRIED = {
-    "tokenizer.model": b"stand-in",
-    "tokenizer.json": b"{}",
-    "tokenizer_config.json": b"{}",
-    "special_tokens_map.json": (REFERENCE / "medgemma-27b-it-special_tokens_map.json").read_bytes(),
-    "added_tokens.json": (REFERENCE / "medgemma-27b-it-added_tokens.json").read_bytes(),
-    "generation_config.json": (REFERENCE / "medgemma-27b-it-generation_config.json").read_bytes(),
-    "chat_template.jinja": (REFERENCE / "medgemma-27b-it-chat_template.jinja").read_bytes(),
-    "preprocessor_config.json": (REFERENCE / "medgemma-27b-it-preprocessor_config.json").read_bytes(),
-    "processor_config.json": (REFERENCE / "medgemma-27b-it-processor_config.json").read_bytes(),
-}
+CARRIED = reference_files()
 
 
 @pytest.fixture(scope="module")

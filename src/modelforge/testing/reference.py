@@ -70,3 +70,27 @@ def facts_from_shapes(shapes: Mapping[str, tuple[int, ...]], dtype: str, config:
     for name, content in sorted(contents.items()):
         files.append(SourceFile(name, hashlib.sha256(content).hexdigest(), len(content)))
     return SourceFacts(tuple(sorted(files, key=lambda item: item.path)), tensors, dict(config), {"kind": "hub"})
+
+
+def reference_files() -> dict[str, bytes]:
+    """The small files of a MedGemma Hub checkpoint, from shared/reference (stand-ins where the
+    reference has none: the tokenizer files)."""
+    ref = REFERENCE
+    return {
+        "tokenizer.model": b"stand-in",
+        "tokenizer.json": b"{}",
+        "tokenizer_config.json": b"{}",
+        "special_tokens_map.json": (ref / "medgemma-27b-it-special_tokens_map.json").read_bytes(),
+        "added_tokens.json": (ref / "medgemma-27b-it-added_tokens.json").read_bytes(),
+        "generation_config.json": (ref / "medgemma-27b-it-generation_config.json").read_bytes(),
+        "chat_template.jinja": (ref / "medgemma-27b-it-chat_template.jinja").read_bytes(),
+        "preprocessor_config.json": (ref / "medgemma-27b-it-preprocessor_config.json").read_bytes(),
+        "processor_config.json": (ref / "medgemma-27b-it-processor_config.json").read_bytes(),
+    }
+
+
+def reference_facts() -> SourceFacts:
+    """Facts of the MedGemma 1.5 4B Hub checkpoint: real tensor names and shapes, real 4B config."""
+    shapes, dtype = load_tensor_shapes()
+    config = json.loads((REFERENCE / "mlx-community_gemma-3-4b-it-bf16-config.json").read_text())
+    return facts_from_shapes(shapes, dtype, config, reference_files())

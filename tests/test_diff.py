@@ -1,0 +1,89 @@
+"""`modelforge diff` on a real git repository with two commits of a manifest, and on two files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "modelforge.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def repo(tmp_project):
+    git("init", "-q", "-b", "main", cwd=tmp_project)
+    git("config", "user.email", "ci@example.org", cwd=tmp_project)
+    git("config", "user.name", "CI", cwd=tmp_project)
+    git("add", "-A", cwd=tmp_project)
+    git("commit", "-qm", "first", cwd=tmp_project)
+    return tmp_project
+
+
+def test_diff_against_the_previous_commit_shows_fields_steps_config_and_tensors(repo):
+    manifest = repo / "manifests" / "tiny-medgemma-text-only.yaml"
+    text = manifest.read_text()
+    text = text.replace("max_position_embeddings: 512", "max_position_embeddings: 2048")
+    text = text.replace("  - kind: drop\n    components: [vision_encoder, projector]\n", "  - kind: drop\n    components: [vision_encoder, projector]\n  - kind: drop\n    match: [\"language_model.model.layers.1.*\"]\n")
+    manifest.write_text(text)
+    git("commit", "-qam", "second", cwd=repo)
+    out = cli("diff", "manifests/tiny-medgemma-text-only.yaml", "--base", "HEAD~1", "--format", "json", cwd=repo)
+    assert out.returncode == 1, out.stderr  # something would rebuild
+    result = json.loads(out.stdout)
+    paths = {change["path"] for change in result["fields"]}
+    assert "config[1].values.max_position_embeddings" in paths
+    assert "weights[1].match[0]" in paths
+    status = {step["name"]: step["status"] for step in result["steps"]}
+    assert status == {"config": "invalidated", "files": "cached", "text.weights": "invalidated", "text": "invalidated"}
+    assert '"max_position_embeddings": 2048' in result["config"]["config.json"]["new"]
+    removed = result["tensors"]["text"]["removed"]
+    assert len(removed) == 13 and all(name.startswith("model.layers.1.") for name in removed)
+    assert result["sizes"]["text"]["new"] < result["sizes"]["text"]["old"]
+
+
+def test_markdown_has_collapsible_sections_and_default_base_is_the_merge_base(repo):
+    git("checkout", "-qb", "feature", cwd=repo)
+    manifest = repo / "manifests" / "tiny-medgemma-text-only.yaml"
+    manifest.write_text(manifest.read_text().replace("max_position_embeddings: 512", "max_position_embeddings: 1024"))
+    git("commit", "-qam", "feature", cwd=repo)
+    out = cli("diff", "manifests/tiny-medgemma-text-only.yaml", "--format", "markdown", cwd=repo)
+    assert out.returncode == 1, out.stderr
+    assert "<details>" in out.stdout and "config.json changes" in out.stdout
+    assert "| `config` | rewrite_config | invalidated |" in out.stdout
+    assert "| `text.weights` | transform_weights | cached |" in out.stdout
+
+
+def test_an_unchanged_manifest_exits_zero(repo):
+    out = cli("diff", "manifests/tiny-medgemma-text-only.yaml", "--base", "HEAD", cwd=repo)
+    assert out.returncode == 0, out.stderr
+    assert "nothing would rebuild" in out.stdout
+
+
+def test_two_files_and_a_recipe_change(repo):
+    old = repo / "manifests" / "tiny-medgemma-litertlm.yaml"
+    new = repo / "manifests" / "new.yaml"
+    new.write_text(old.read_text().replace("vision_encoder: {recipe: weight_only_wi8_afp32}", "vision_encoder: {recipe: dynamic_wi4b32_afp32}"))
+    out = cli("diff", str(old), str(new), "--format", "json", cwd=repo)
+    assert out.returncode == 1, out.stderr
+    result = json.loads(out.stdout)
+    assert [c["path"] for c in result["fields"]] == ["targets.bundle.quantization.vision_encoder.recipe"]
+    invalidated = sorted(s["name"] for s in result["steps"] if s["status"] != "cached")
+    assert invalidated == ["bundle.package", "bundle.parity", "bundle.quantize.vision_encoder"]
+
+
+def test_diff_imports_no_heavy_library(repo):
+    code = (
+        "import sys; from pathlib import Path; from modelforge import diff; "
+        "d = diff.diff_manifests(Path('manifests/tiny-medgemma-litertlm.yaml'), Path('manifests/tiny-medgemma-litertlm.yaml'), old_label='a', new_label='b'); "
+        "print(sorted(m for m in ('torch', 'transformers', 'litert_torch', 'tensorflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
