@@ -39,10 +39,12 @@ def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
 
 
 class HashCache:
-    """(device, inode, size, mtime_ns, ctime_ns) → sha256, in a small SQLite database.
+    """(device, inode, size, mtime_ns) → sha256, in a small SQLite database (DVC's state).
 
-    ctime is part of the stamp because a hard-linked object edited in place and then given its
-    old mtime back (touch -d) still changes ctime. The algorithm's name is stored with each row,
+    ctime is deliberately not part of the stamp: hard-linking a store object into dist/ changes its
+    ctime, which would re-hash every output on every no-op build. An in-place edit changes mtime;
+    one that also forges the old mtime back is caught by `verify`, which never trusts this cache.
+    The algorithm's name is stored with each row,
     so a future change of algorithm never reads an old hash as a new one.
     """
 
@@ -60,7 +62,7 @@ class HashCache:
 
     @staticmethod
     def _stamp(stat: os.stat_result) -> str:
-        return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
+        return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
 
     def lookup(self, path: Path) -> str | None:
         if self._connection is None:
