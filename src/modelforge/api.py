@@ -95,10 +95,7 @@ def gather(project: Project, store: Store, source_dir: Path | None, reporter: Re
     if source_dir is not None or isinstance(spec, LocalSourceSpec):
         root = Path(source_dir) if source_dir is not None else (project.manifest_path.resolve().parent / spec.path)
         paths = _local_files(root, spec.files)
-        files = []
-        for relative, path in paths.items():
-            reporter.message(f"hashing {relative}") if path.stat().st_size > (256 << 20) else None
-            files.append(SourceFile(relative, store.hashes.hash(path), path.stat().st_size))
+        files = _hash_sources(paths, store, reporter)
         if isinstance(spec, HubSourceSpec):
             origin = {"kind": "hub", "repo": spec.repo, "revision": spec.revision}
             _check_override(project, files, root)
@@ -137,6 +134,21 @@ def gather(project: Project, store: Store, source_dir: Path | None, reporter: Re
             raw = json.dumps(header).encode()
             tensors.update(parse_header(raw, 0, None, relative)[0])
     return Gathered(SourceFacts(tuple(files), tensors, _read_config(paths), {"kind": "hub", "repo": spec.repo, "revision": commit}), paths)
+
+
+def _hash_sources(paths: Mapping[str, Path], store: Store, reporter: Reporter) -> list[SourceFile]:
+    """sha256 of every source file, from the hash cache where the file is unchanged; files not
+    yet known are hashed on two threads (hashlib releases the GIL), largest first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sizes = {relative: path.stat().st_size for relative, path in paths.items()}
+    unknown = [relative for relative in paths if store.hashes.lookup(paths[relative]) is None]
+    if sum(sizes[relative] for relative in unknown) > (256 << 20):
+        reporter.message(f"hashing {len(unknown)} source file(s) once; later builds reuse the hashes")
+    order = sorted(paths, key=lambda relative: -sizes[relative])
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="modelforge-hash") as pool:
+        digests = dict(zip(order, pool.map(lambda relative: store.hashes.hash(paths[relative]), order)))
+    return [SourceFile(relative, digests[relative], sizes[relative]) for relative in paths]
 
 
 def _read_config(paths: Mapping[str, Path]) -> dict[str, Any]:
