@@ -253,6 +253,7 @@ class BuildResult:
     cached: list[str] = field(default_factory=list)
     out_dir: Path | None = None
     lock_written: bool = False
+    measurements: dict[str, dict[str, Any]] = field(default_factory=dict)  # per step that ran and measured itself
 
 
 class _Counting:
@@ -289,7 +290,9 @@ def build(
         if frozen:
             _check_frozen(project, make_lock(project, the_plan, toolchain, store))
         result = BuildResult(project, the_plan)
-        records = run_plan(the_plan, store, gathered.paths, toolchain, _previous_steps(project), _Counting(reporter, result))
+        records = run_plan(
+            the_plan, store, gathered.paths, toolchain, _previous_steps(project), _Counting(reporter, result), result.measurements
+        )
         result.out_dir = Path(out) if out else project.default_out
         for target in the_plan.targets:
             materialize(records[target.node].outputs, store, result.out_dir / target.name)

@@ -90,8 +90,10 @@ def run_plan(
     toolchain: Mapping[str, str],
     previous_steps: Mapping[str, Any],
     reporter: Reporter,
+    measurements: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, StepRecord]:
-    """Run every step that is not cached; return node name → record for all steps."""
+    """Run every step that is not cached; return node name → record for all steps. Steps that
+    measure themselves (seconds, peak memory of a worker) leave that in `measurements`."""
     keys = compute_keys(plan, toolchain)
     records: dict[str, StepRecord] = {}
     verified_sources: set[str] = set()
@@ -108,7 +110,7 @@ def run_plan(
             reporter.step_started(step.name, step.kind, reason)
             started = time.monotonic()
             inputs = _inputs(plan, step, store, records, source_paths, verified_sources)
-            records[step.name] = _run_step(step, key, inputs, store, reporter)
+            records[step.name] = _run_step(step, key, inputs, store, reporter, measurements)
             reporter.step_finished(step.name, True, time.monotonic() - started)
     return records
 
@@ -140,7 +142,7 @@ def _inputs(plan, step: StepNode, store: Store, records, source_paths, verified:
     return inputs
 
 
-def _run_step(step: StepNode, key: str, inputs, store: Store, reporter: Reporter) -> StepRecord:
+def _run_step(step: StepNode, key: str, inputs, store: Store, reporter: Reporter, measurements=None) -> StepRecord:
     module = STEPS[step.kind]
     with store.scratch(step.name) as scratch:
         out_dir = scratch / "out"
@@ -174,6 +176,8 @@ def _run_step(step: StepNode, key: str, inputs, store: Store, reporter: Reporter
                 sha = _hash(path)
             outputs[relative] = FileRecord(sha, path.stat().st_size)
             store.adopt(path, sha)
+        if measurements is not None and context.measurements:
+            measurements[step.name] = dict(context.measurements)
     record = StepRecord(key, step.kind, outputs)
     store.put_record(record)
     return record
