@@ -5,10 +5,9 @@ Quantization is a later step, so a recipe change never re-traces."""
 from __future__ import annotations
 
 import json
-import shutil
 
 from modelforge.steps.base import StepContext
-from modelforge.steps.litert_worker import launch
+from modelforge.steps.litert_worker import run_job
 
 KIND = "litert_export"
 VERSION = 1
@@ -30,10 +29,6 @@ def run(context: StepContext) -> None:
         "cache_length": params["cache_length"],
         "hoists": params["hoists"],
     }
-    result = launch(request, context.scratch_dir, context.progress, f"export {params['part']}")
-    for name, path in sorted(result["files"].items()):
-        shutil.move(path, context.output(name))
-    report = {"hoists": result["hoists"], "peak_rss_bytes": result["peak_rss_bytes"]}
+    result = run_job(context, request, f"export {params['part']}")
     # The report is an output (hoists are tested through it), so it holds no timings: bytes must repeat.
-    context.output("export_report.json").write_text(json.dumps({"hoists": report["hoists"]}, indent=1, sort_keys=True) + "\n")
-    context.measurements.update({"seconds": result["seconds"], "peak_rss_bytes": result["peak_rss_bytes"]})
+    context.output("export_report.json").write_text(json.dumps({"hoists": result["hoists"]}, indent=1, sort_keys=True) + "\n")

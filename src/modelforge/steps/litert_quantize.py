@@ -3,10 +3,8 @@ overrides) to that component's float graphs."""
 
 from __future__ import annotations
 
-import shutil
-
 from modelforge.steps.base import StepContext
-from modelforge.steps.litert_worker import launch
+from modelforge.steps.litert_worker import run_job
 
 KIND = "litert_quantize"
 VERSION = 1
@@ -26,7 +24,4 @@ def run(context: StepContext) -> None:
         "overrides": params["overrides"],
         "files": params["files"],
     }
-    result = launch(request, context.scratch_dir, context.progress, f"quantize {params['component']} ({params['recipe']})")
-    for name, path in sorted(result["files"].items()):
-        shutil.move(path, context.output(name))
-    context.measurements.update({"seconds": result["seconds"], "peak_rss_bytes": result["peak_rss_bytes"]})
+    run_job(context, request, f"quantize {params['component']} ({params['recipe']})")

@@ -162,3 +162,14 @@ def launch(request: dict, scratch: Path, progress, label: str) -> dict:
         tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()][-1:] or ["(no output)"]
         raise StepFailed(f"{label} failed (exit {code}): {tail[-1][:300]}")
     return json.loads((job / "result.json").read_text())
+
+
+def run_job(context, request: dict, label: str) -> dict:
+    """launch() for a step: the job's files become the step's outputs, its measurements the step's."""
+    import shutil
+
+    result = launch(request, context.scratch_dir, context.progress, label)
+    for name, path in sorted(result.get("files", {}).items()):
+        shutil.move(path, context.output(name))
+    context.measurements.update({"seconds": result["seconds"], "peak_rss_bytes": result["peak_rss_bytes"]})
+    return result
