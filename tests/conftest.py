@@ -29,7 +29,29 @@ def isolated_environment(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def tmp_project(tmp_path):
     """A copy of the project's manifests, fixtures and lock dir in tmp, so builds write nothing in the repo."""
+    return copy_project(tmp_path)
+
+
+MANIFEST_LITERTLM = "tiny-medgemma-litertlm.yaml"
+
+
+def copy_project(base: Path) -> Path:
     for name in ("manifests", "fixtures"):
-        shutil.copytree(ROOT / name, tmp_path / name)
-    (tmp_path / "lock").mkdir()
-    return tmp_path
+        shutil.copytree(ROOT / name, base / name)
+    (base / "lock").mkdir()
+    return base
+
+
+@pytest.fixture(scope="session")
+def litertlm_store(tmp_path_factory):
+    return tmp_path_factory.mktemp("litertlm-store")
+
+
+@pytest.fixture(scope="session")
+def litertlm_build(tmp_path_factory, litertlm_store):
+    """One real build of the tiny litertlm manifest (litert-torch exports, quantization, packaging,
+    parity, web bundle) shared by the litertlm and web tests: about two minutes."""
+    from modelforge import api
+
+    project = copy_project(tmp_path_factory.mktemp("litertlm-project"))
+    return api.build(project / "manifests" / MANIFEST_LITERTLM, store_dir=litertlm_store)

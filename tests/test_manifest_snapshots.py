@@ -26,7 +26,15 @@ def _plan(name):
     if isinstance(manifest.source, LocalSourceSpec):
         report = api.plan(path)
         return manifest, report.plan, report.plan.facts
-    facts = reference_facts()
+    from dataclasses import replace
+
+    from modelforge.store import Store, default_store_dir
+
+    store = Store(default_store_dir())
+    try:
+        facts = replace(reference_facts(), web_runtime=api.web_runtime_facts(store))
+    finally:
+        store.close()
     return manifest, make_plan(manifest, facts, f"manifests/{name}", manifest_digest(manifest)), facts
 
 

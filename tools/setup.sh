@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for modelforge: a virtualenv in .venv with the pinned toolchain
-# (constraints.txt), the web runtime's npm packages, and Debian's chromium for the browser tests.
+# (constraints.txt), the web runtime's npm packages, and Debian's chromium (browser tests; driven by
+# the playwright package, which never downloads a browser of its own) and nginx, caddy and apache2
+# (the generated server configs are tested by serving with them).
 # Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +17,13 @@ if [ -f web/package-lock.json ] && command -v npm >/dev/null; then
     npm ci --prefix web --no-audit --no-fund --loglevel=error
 fi
 
-if [ "${MODELFORGE_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-        || echo "setup: could not install chromium; browser tests will be skipped" >&2
+packages=""
+for tool in chromium nginx caddy apache2; do
+    command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || packages="$packages $tool"
+done
+if [ -n "$packages" ] && [ "${MODELFORGE_SKIP_APT:-0}" != 1 ] && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $packages fonts-dejavu-core >/dev/null) \
+        || echo "setup: could not install$packages; the tests that need them will be skipped" >&2
+    # The packages' own services are not wanted: the tests start their servers on 127.0.0.1 themselves.
+    for service in nginx apache2 caddy; do (service "$service" stop || true) >/dev/null 2>&1; done
 fi

@@ -90,7 +90,28 @@ def _local_files(root: Path, patterns: tuple[str, ...]) -> dict[str, Path]:
 
 def gather(project: Project, store: Store, source_dir: Path | None, reporter: Reporter, need_weights: bool) -> Gathered:
     """Facts about the source: file hashes (remembered by inode/size/mtime), safetensors headers and
-    config.json. A Hub source downloads small files always and weights only when need_weights."""
+    config.json (a Hub source downloads small files always and weights only when need_weights);
+    and the vendored web runtime's hashes when a web_bundle target needs them."""
+    gathered = _gather_source(project, store, source_dir, reporter, need_weights)
+    if any(spec.kind == "web_bundle" for spec in project.manifest.targets.values()):
+        from dataclasses import replace
+
+        gathered.facts = replace(gathered.facts, web_runtime=web_runtime_facts(store))
+    return gathered
+
+
+def web_runtime_facts(store: Store) -> dict[str, Any]:
+    from modelforge.web.vendor import RuntimeMissingError, runtime_files, runtime_version, web_dir
+
+    try:
+        files = runtime_files(web_dir())
+        version = runtime_version(web_dir())
+    except RuntimeMissingError:
+        return {}
+    return {"version": version, "files": {name: {"sha256": store.hashes.hash(path), "size": path.stat().st_size} for name, path in sorted(files.items())}}
+
+
+def _gather_source(project: Project, store: Store, source_dir: Path | None, reporter: Reporter, need_weights: bool) -> Gathered:
     spec = project.manifest.source
     if source_dir is not None or isinstance(spec, LocalSourceSpec):
         root = Path(source_dir) if source_dir is not None else (project.manifest_path.resolve().parent / spec.path)
@@ -279,6 +300,7 @@ def build(
     frozen: bool = False,
     write_lockfile: bool = True,
     reporter: Reporter | None = None,
+    memory_limit: str | int | None = None,
 ) -> BuildResult:
     reporter = reporter or SilentReporter()
     project = open_project(manifest_path)
@@ -287,6 +309,12 @@ def build(
         gathered = gather(project, store, source_dir, reporter, need_weights=True)
         the_plan = make_plan(project.manifest, gathered.facts, str(project.manifest_path), manifest_digest(project.manifest))
         toolchain = tools_of(the_plan)
+        if the_plan.facts.get("memory"):
+            # Refuse now, not after an hour of swapping: the largest predicted peak of a step that would run.
+            from modelforge.memory import refuse_if_too_large
+
+            to_run = [status.name for status in statuses(the_plan, store, toolchain, {}) if not status.cached]
+            refuse_if_too_large(the_plan.facts["memory"], to_run, memory_limit)
         if frozen:
             _check_frozen(project, make_lock(project, the_plan, toolchain, store))
         result = BuildResult(project, the_plan)

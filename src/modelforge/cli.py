@@ -4,7 +4,10 @@ stderr and an exit code here, in one place; a user never sees a traceback for ba
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -15,17 +18,49 @@ EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
 
+def _interrupt(signum, frame):  # noqa: ANN001 - signal handler
+    raise KeyboardInterrupt
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split("\n"))
+
+
 def _handle_errors(function):
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        # SIGTERM (kill, systemd, CI timeouts) and SIGHUP (a closed terminal) clean up as Ctrl-C does:
+        # their default action would leave scratch directories and an orphaned export worker behind.
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {number: signal.signal(number, _interrupt) for number in (signal.SIGTERM, signal.SIGHUP)}
         try:
             return function(*args, **kwargs)
         except ModelforgeError as error:
-            click.echo(f"error: {error}", err=True)
+            click.echo(f"error: {_one_line(error)}", err=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted: finished steps are kept in the store; temporaries were removed", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except OSError as error:
+            # Outside the store (which reports its own): a path given on the command line, dist/, lock/.
+            where = f" ({error.filename})" if error.filename else ""
+            click.echo(f"error: {_one_line(error.strerror or error)}{where}; check the path, its permissions and free space", err=True)
+            sys.exit(1)
+        except Exception as error:
+            if os.environ.get("MODELFORGE_DEBUG"):
+                raise
+            click.echo(
+                f"error: internal error ({type(error).__name__}: {_one_line(error)[:200]}); this is a modelforge bug: "
+                "run again with MODELFORGE_DEBUG=1 for the traceback and report it",
+                err=True,
+            )
+            sys.exit(EXIT_INTERNAL)
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
     return wrapper
 
@@ -102,12 +137,19 @@ def main() -> None:
 @source_dir_option
 @store_option
 @click.option("--frozen", is_flag=True, help="Refuse to build if the lockfile is out of date; do not rewrite it.")
+@click.option(
+    "--memory-limit", default=None, metavar="SIZE",
+    help="Memory a step may use, e.g. 16GiB or 16GB (default: env MODELFORGE_MEMORY_LIMIT, else the physical memory); "
+    "a step predicted to need more is refused before anything runs.",
+)
 @_handle_errors
-def build(manifest: Path, out: Path | None, source_dir: Path | None, store_dir: Path | None, frozen: bool) -> None:
+def build(manifest: Path, out: Path | None, source_dir: Path | None, store_dir: Path | None, frozen: bool, memory_limit: str | None) -> None:
     """Build every target of MANIFEST, reusing what the store already has."""
     from modelforge import api
 
-    result = api.build(manifest, out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, reporter=RichReporter())
+    result = api.build(
+        manifest, out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, reporter=RichReporter(), memory_limit=memory_limit
+    )
     click.echo(f"built {len(result.plan.targets)} target(s) into {result.out_dir}: {len(result.ran)} step(s) ran, {len(result.cached)} cached")
     if result.lock_written:
         click.echo(f"wrote {result.project.lock_path}")
@@ -132,6 +174,7 @@ def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, as_jso
             "steps": [{"name": s.name, "kind": s.kind, "key": s.key, "cached": s.cached, "reason": s.reason} for s in report.statuses],
             "targets": {t.name: t.node for t in report.plan.targets},
             "coverage": report.plan.facts["coverage"],
+            "memory": report.plan.facts.get("memory", {}),
         }, indent=2, sort_keys=True))
         return
     coverage = report.plan.facts["coverage"]
@@ -141,6 +184,11 @@ def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, as_jso
         click.echo(f"  {state} {status.name:<28} {status.kind:<18} {status.key[:12]}  {'' if status.cached else status.reason}".rstrip())
     for target in report.plan.targets:
         click.echo(f"  target {target.name} ({target.kind}) ← {target.node}")
+    if report.plan.facts.get("memory"):
+        from modelforge.memory import machine_memory
+
+        for name, peak in report.plan.facts["memory"].items():
+            click.echo(f"  memory {name:<28} predicted peak {peak / 2**30:.1f} GiB (this machine: {machine_memory() / 2**30:.1f} GiB)")
 
 
 @main.command()
@@ -261,6 +309,29 @@ def diff(manifests: tuple[Path, ...], base: str | None, output_format: str, sour
     render = {"text": diffing.render_text, "markdown": diffing.render_markdown, "json": diffing.render_json}[output_format]
     click.echo(render(result), nl=False)
     sys.exit(1 if result.rebuilds else 0)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; anything but loopback exposes the page to the network.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free one).")
+@click.option("--quiet", is_flag=True, help="Do not log requests.")
+@_handle_errors
+def serve(bundle: Path, host: str, port: int, quiet: bool) -> None:
+    """Serve a web bundle locally with the headers it needs (COOP/COEP, CSP, immutable caching, ranges)."""
+    from modelforge.web.serve import serve as start
+
+    if not (bundle / "bundle.json").is_file():
+        raise click.UsageError(f"{bundle} has no bundle.json; point at a built web_bundle target, e.g. dist/<name>/web")
+    try:
+        server = start(bundle, host=host, port=port, log=None if quiet else (lambda line: click.echo(line, err=True)))
+    except OSError as error:
+        raise click.UsageError(f"cannot listen on {host}:{port} ({error.strerror}); pick another --port") from None
+    click.echo(f"serving {bundle} at {server.url} (Ctrl-C to stop)")
+    try:
+        server.wait()
+    finally:
+        server.close()
 
 
 if __name__ == "__main__":

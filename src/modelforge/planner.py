@@ -37,6 +37,8 @@ class SourceFacts:
     tensors: Mapping[str, TensorInfo]  # by source tensor name
     config: Mapping[str, Any]
     origin: Mapping[str, Any] = field(default_factory=dict)
+    # The vendored web runtime, when a web_bundle target needs it: {"version", "files": {name: {sha256, size}}}.
+    web_runtime: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -50,6 +52,7 @@ class PlanBuilder:
     mapping: WeightMapping
     owner: Mapping[str, str]
     steps: dict[str, StepNode] = field(default_factory=dict)
+    plan_facts: dict[str, Any] = field(default_factory=dict)  # what target planners report beside the steps (e.g. "memory")
 
     def add(self, node: StepNode) -> str:
         existing = self.steps.get(node.name)
@@ -124,7 +127,7 @@ def make_plan(manifest: Manifest, facts: SourceFacts, manifest_path: str, manife
         source=source,
         steps=_topological(builder.steps, source.name),
         targets=tuple(targets),
-        facts={"coverage": coverage, "tensor_bytes": {name: facts.tensors[name].nbytes for name in names}},
+        facts={"coverage": coverage, "tensor_bytes": {name: facts.tensors[name].nbytes for name in names}, **builder.plan_facts},
     )
 
 

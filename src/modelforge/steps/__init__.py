@@ -16,6 +16,8 @@ from modelforge.steps import (
     litertlm_package,
     rewrite_config,
     transform_weights,
+    web_bundle,
+    web_task,
 )
 
 STEPS: dict[str, ModuleType] = {
@@ -23,5 +25,6 @@ STEPS: dict[str, ModuleType] = {
     for module in (
         transform_weights, rewrite_config, carry_files, assemble,
         litert_export, litert_quantize, litertlm_metadata, litertlm_package, litert_parity,
+        web_task, web_bundle,
     )
 }

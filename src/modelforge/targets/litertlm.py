@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from modelforge import memory
 from modelforge.errors import PlanError
 from modelforge.manifest.models import LitertlmTarget
 from modelforge.plan import InputRef, StepNode
@@ -85,6 +86,8 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
             },
             (checkpoint,), litert_export.TOOLS,
         ))
+    for part, step in exports.items():
+        predict_export_memory(builder, step, part, spec.checkpoint)
     part_files = {"text": ["model.tflite"] + (["embedder.tflite"] if multimodal else []), "vision": ["vision_encoder.tflite", "vision_adapter.tflite"]}
     sections: list[list[str]] = []
     graph_inputs: list[InputRef] = []
@@ -145,6 +148,24 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
             tuple(inputs), litert_parity.TOOLS,
         ))
     return package
+
+
+# The components each export part traces (the worker loads the whole checkpoint, see memory.py).
+PART_COMPONENTS = {"text": ("text_decoder",), "vision": ("vision_encoder", "projector")}
+
+
+def predict_export_memory(builder: PlanBuilder, step: str, part: str, checkpoint: str) -> None:
+    """Record the predicted peak bytes of export step `step` (of `part`, from `checkpoint`: 'source'
+    or an hf_text_only target) in plan.facts["memory"], from the source's tensor headers. Not a
+    parameter of the step: a prediction is no input of its output."""
+    tensors, owner = builder.facts.tensors, builder.owner
+    if checkpoint == "source":
+        loaded = memory.count_parameters(tensors, owner)
+    else:  # an hf_text_only target: its components, less what its rules drop
+        kept = {name: info for name, info in tensors.items() if name not in builder.mapping.dropped}
+        loaded = memory.count_parameters(kept, owner, builder.manifest.targets[checkpoint].components)
+    traced = memory.count_parameters(tensors, owner, PART_COMPONENTS[part])
+    builder.plan_facts.setdefault("memory", {})[step] = memory.predict_export_peak(part, traced, loaded)
 
 
 def _token_strings(builder: PlanBuilder) -> dict[str, str]:

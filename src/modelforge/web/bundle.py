@@ -2,7 +2,7 @@
 server configurations — deterministic bytes for the same inputs.
 
     <out_dir>/
-      index.html app.js accumulator.js style.css      the app (index.html gets the title)
+      index.html app.js accumulator.js style.css favicon.svg   the app (index.html gets the title)
       bundle.json                                     what the app reads (see below)
       runtime/<stem>-<sha16><ext>                     vendored runtime files, content-hashed names
       models/<name>-<sha16>.task                      model variants, content-hashed names
@@ -42,7 +42,7 @@ __all__ = ["APP_SOURCE_FILES", "BUNDLE_SCHEMA", "CHUNK_SIZE", "BundleError", "Va
 
 BUNDLE_SCHEMA = "modelforge-web-bundle/1"
 CHUNK_SIZE = 64 * 1024 * 1024
-APP_SOURCE_FILES = ("index.html", "app.js", "accumulator.js", "style.css")
+APP_SOURCE_FILES = ("index.html", "app.js", "accumulator.js", "style.css", "favicon.svg")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _READ = 8 << 20
 

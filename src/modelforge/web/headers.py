@@ -30,6 +30,10 @@ from collections.abc import Iterable, Mapping
 
 __all__ = [
     "APP_FILES",
+    "DEFAULT_TYPE",
+    "HASHED_DIRS",
+    "all_configs",
+    "error_headers",
     "CACHE_HASHED",
     "CACHE_REVALIDATE",
     "CONTENT_SECURITY_POLICY",
@@ -102,7 +106,7 @@ HASHED_NAME = re.compile(r"[-_.](?:[0-9a-f]{64}|[0-9a-f]{16})\.[A-Za-z0-9]+$")
 _HASHED_NAME_SOURCE = r"[-_.](?:[0-9a-f]{64}|[0-9a-f]{16})\.[A-Za-z0-9]+$"
 
 # The app's own (not content-hashed) files at the bundle root.
-APP_FILES = ("index.html", "app.js", "accumulator.js", "style.css", "bundle.json")
+APP_FILES = ("index.html", "app.js", "accumulator.js", "style.css", "favicon.svg", "bundle.json")
 # Server configuration files written into the bundle root: never served where a server can say so.
 CONFIG_FILES = ("nginx.conf", "Caddyfile", ".htaccess", "_headers", "firebase.json")
 # Directories of the bundle that hold only content-hashed files.

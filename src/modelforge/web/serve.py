@@ -17,6 +17,7 @@ import email.utils
 import http.server
 import os
 import posixpath
+import socket
 import socketserver
 import threading
 import urllib.parse
@@ -278,11 +279,9 @@ def serve(bundle_dir: Path, host: str = "127.0.0.1", port: int = 0, *, log=None)
         bundle_dir = Path(bundle_dir)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if ":" in host:
-        class _V6(BundleServer):
-            address_family = __import__("socket").AF_INET6
+    server_class = _BundleServerV6 if ":" in host else BundleServer
+    return server_class(bundle_dir, host, port, log=log).start()
 
-        server: BundleServer = _V6(bundle_dir, host, port, log=log)
-    else:
-        server = BundleServer(bundle_dir, host, port, log=log)
-    return server.start()
+
+class _BundleServerV6(BundleServer):
+    address_family = socket.AF_INET6

@@ -29,7 +29,7 @@ import os
 import shutil
 import struct
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
@@ -108,7 +108,7 @@ class LlmParams:
     end_role_token: str = ""
     enable_bytes_to_unicode_mapping: bool = False
     vocab_size: int = 0
-    max_tokens: int | None = field(default=None, compare=True)
+    max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop_tokens, (str, bytes)):
@@ -319,8 +319,9 @@ class _AlignedZipFile(zipfile.ZipFile):
         if zinfo.compress_type != zipfile.ZIP_STORED:
             raise TaskFormatError("only stored (uncompressed) members are allowed in a .task")
         offset = self.fp.tell()
-        # zipfile decides zip64 for the local header with this rule (`_open_to_write`); measuring
-        # the header the same way keeps the data aligned for members close to 4 GiB too.
+        # zipfile decides zip64 for the local header with this rule (`_open_to_write`); measure the
+        # header the same way (MediaPipe measures without the 20-byte zip64 extra, which happens to
+        # give the same padding for alignment 4, but this stays right for any alignment).
         zip64 = self._allowZip64 and zinfo.file_size * 1.05 > zipfile.ZIP64_LIMIT
         header_length = len(zinfo.FileHeader(zip64))
         padding = self._alignment - (offset + header_length) % self._alignment
@@ -472,3 +473,21 @@ def task_layout(path: Path) -> list[dict]:
             }
             for info in zf.infolist()
         ]
+
+
+def pad_sentencepiece(source: Path, target: Path, vocab_size: int) -> Path:
+    """A copy of a SentencePiece model with unused pieces appended up to `vocab_size`. Gemma's
+    tokenizer.model has fewer pieces than the model's vocabulary (the ids above are image soft
+    tokens); the web runtime's detokenizer aborts on an id it has no piece for, so the .task's
+    tokenizer must cover every id the model can emit. Unchanged if it already does."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(Path(source).read_bytes())
+    for index in range(len(proto.pieces), vocab_size):
+        piece = proto.pieces.add()
+        piece.piece = f"<unused_id_{index}>"
+        piece.score = 0.0
+        piece.type = sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
+    Path(target).write_bytes(proto.SerializeToString())
+    return Path(target)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["PACKAGE", "RUNTIME_FILES", "RuntimeMissingError", "runtime_files", "runtime_version"]
+__all__ = ["PACKAGE", "RUNTIME_FILES", "RuntimeMissingError", "runtime_files", "runtime_version", "web_dir"]
 
 PACKAGE = "@mediapipe/tasks-genai"
 # logical name (the name the app and bundle.json use) → path inside the npm package
@@ -27,6 +27,15 @@ RUNTIME_FILES: dict[str, str] = {
     "genai_wasm_internal.js": "wasm/genai_wasm_internal.js",
     "genai_wasm_internal.wasm": "wasm/genai_wasm_internal.wasm",
 }
+
+
+def web_dir() -> Path:
+    """$MODELFORGE_WEB_DIR, else the `web/` npm project of this checkout (tools/setup.sh runs npm ci there)."""
+    import os
+
+    if os.environ.get("MODELFORGE_WEB_DIR"):
+        return Path(os.environ["MODELFORGE_WEB_DIR"])
+    return Path(__file__).resolve().parents[3] / "web"
 
 
 class RuntimeMissingError(FileNotFoundError):
@@ -38,7 +47,7 @@ def _package_dir(web_dir: Path) -> Path:
 
 
 def _install_hint(web_dir: Path) -> str:
-    return f"run `npm ci --prefix {web_dir}` (installs the pinned {PACKAGE} from web/package-lock.json)"
+    return f"run `npm ci --prefix {web_dir}` (installs the {PACKAGE} pinned in its package-lock.json)"
 
 
 def runtime_version(web_dir: Path) -> str:
@@ -50,7 +59,8 @@ def runtime_version(web_dir: Path) -> str:
     pinned = json.loads((Path(web_dir) / "package.json").read_text()).get("dependencies", {}).get(PACKAGE)
     if pinned is not None and pinned != installed:
         raise RuntimeMissingError(
-            f"{PACKAGE} {installed} is installed but web/package.json pins {pinned}: {_install_hint(web_dir)}"
+            f"{PACKAGE} {installed} is installed but {Path(web_dir) / 'package.json'} pins {pinned}: "
+            f"{_install_hint(web_dir)}"
         )
     return installed
 

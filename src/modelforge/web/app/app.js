@@ -81,6 +81,33 @@ document.addEventListener("securitypolicyviolation", (event) => {
   );
 });
 
+// The runtime reports the real cause of a failure (e.g. an unsupported op before "Aborted()") only on
+// the console. Keep its recent error lines so that a failure shown in the page can quote them.
+const runtimeErrors = []; // {n, line}
+let runtimeErrorCount = 0;
+for (const level of ["error", "warn"]) {
+  const original = console[level].bind(console);
+  console[level] = (...args) => {
+    const line = args.map((a) => (typeof a === "string" ? a : describe(a))).join(" ");
+    // glog lines: "E1123 19:18:28.383000 ... file.cc:123] message" (E = error, F = fatal)
+    if (/^[EF]\d{4} /.test(line)) {
+      runtimeErrorCount += 1;
+      runtimeErrors.push({ n: runtimeErrorCount, line: line.replace(/^[EF]\d{4} [\d:.]+ +\d+ /, "") });
+      if (runtimeErrors.length > 20) runtimeErrors.shift();
+    }
+    original(...args);
+  };
+}
+
+function withRuntimeLog(message, since) {
+  const lines = runtimeErrors
+    .filter((entry) => entry.n > since)
+    .map((entry) => entry.line)
+    .filter((l, i, all) => all.indexOf(l) === i);
+  if (!lines.length || lines.some((l) => message.includes(l))) return message;
+  return `${message}; runtime log: ${lines.slice(-3).join(" | ")}`;
+}
+
 function showProgress(received, total, verb) {
   const box = $("progress-box");
   box.hidden = false;
@@ -347,7 +374,9 @@ async function getModel(variant) {
   return { blob, source: "downloaded" };
 }
 
-// The model as a stream reader over the verified Blob, in parts (no second copy of the whole file in JS).
+// The model as a stream reader over the verified Blob, in parts (no second copy of the whole file in
+// JS). Not `blob.stream().getReader()`: tasks-genai 0.10.29 fails on it ("Cannot close an errored
+// readable stream"), while a plain pull stream of Uint8Array parts loads fine.
 function blobReader(blob, partSize = 1024 * 1024) {
   let offset = 0;
   return new ReadableStream({
@@ -377,10 +406,11 @@ async function startVariant(variant) {
   if (variant.random_seed != null) options.randomSeed = variant.random_seed;
   if (variant.multimodal) options.maxNumImages = 1;
   let llm;
+  const mark = runtimeErrorCount;
   try {
     llm = await state.genai.LlmInference.createFromOptions(state.fileset, options);
   } catch (err) {
-    throw new Error(`the runtime could not start it (${describe(err)})`);
+    throw new Error(withRuntimeLog(`the runtime could not start it (${describe(err)})`, mark));
   }
   return { llm, source };
 }
@@ -505,6 +535,8 @@ async function ask(event) {
   } finally {
     renderer.update(acc.text);
     renderer.flush();
+    $("answer").dataset.streamMode = acc.mode; // how the runtime handed over text (diagnostics)
+    $("answer").dataset.chunks = String(acc.chunks);
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
     let label = state.stopRequested ? `(stopped after ${seconds} s)` : `(${seconds} s)`;
     if (failed) label = "(failed)";
