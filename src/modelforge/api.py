@@ -197,6 +197,10 @@ def _check_override(project: Project, files: list[SourceFile], root: Path) -> No
         )
 
 
+def plan_for(project: Project, gathered: Gathered) -> Plan:
+    return make_plan(project.manifest, gathered.facts, str(project.manifest_path), manifest_digest(project.manifest))
+
+
 def tools_of(plan: Plan) -> dict[str, str]:
     return versions(tool for step in plan.steps for tool in step.tools)
 
@@ -224,7 +228,7 @@ def plan(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir
     store = Store(store_dir or default_store_dir())
     try:
         gathered = gather(project, store, source_dir, reporter, need_weights=False)
-        the_plan = make_plan(project.manifest, gathered.facts, str(project.manifest_path), manifest_digest(project.manifest))
+        the_plan = plan_for(project, gathered)
         toolchain = tools_of(the_plan)
         return PlanReport(project, the_plan, toolchain, statuses(the_plan, store, toolchain, _previous_steps(project)))
     finally:
@@ -307,7 +311,7 @@ def build(
     store = Store(store_dir or default_store_dir())
     try:
         gathered = gather(project, store, source_dir, reporter, need_weights=True)
-        the_plan = make_plan(project.manifest, gathered.facts, str(project.manifest_path), manifest_digest(project.manifest))
+        the_plan = plan_for(project, gathered)
         toolchain = tools_of(the_plan)
         if the_plan.facts.get("memory"):
             # Refuse now, not after an hour of swapping: the largest predicted peak of a step that would run.
@@ -352,7 +356,7 @@ def lock(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir
     store = Store(store_dir or default_store_dir())
     try:
         gathered = gather(project, store, source_dir, reporter, need_weights=False)
-        the_plan = make_plan(project.manifest, gathered.facts, str(project.manifest_path), manifest_digest(project.manifest))
+        the_plan = plan_for(project, gathered)
         fresh = make_lock(project, the_plan, tools_of(the_plan), store)
         if check:
             if not project.lock_path.exists():
