@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from modelforge.errors import ManifestError
-from modelforge.manifest import Manifest, load_manifest, manifest_digest
+from modelforge.manifest import Manifest
 from modelforge.plan import Plan, compute_keys
-from modelforge.planner import make_plan
 from modelforge.transforms import apply_config_edits, config_bytes
 
 
@@ -93,8 +92,7 @@ def diff_manifests(old_path: Path, new_path: Path, *, old_label: str, new_label:
         new_gathered = api.gather(new_project, store, source_dir, reporter, need_weights=False)
         same_source = old_project.manifest.source == new_project.manifest.source
         old_gathered = new_gathered if same_source else api.gather(old_project, store, source_dir, reporter, need_weights=False)
-        old_plan = make_plan(old_project.manifest, old_gathered.facts, str(old_path), manifest_digest(old_project.manifest))
-        new_plan = make_plan(new_project.manifest, new_gathered.facts, str(new_path), manifest_digest(new_project.manifest))
+        old_plan, new_plan = api.plan_for(old_project, old_gathered), api.plan_for(new_project, new_gathered)
     finally:
         store.close()
     toolchain = api.tools_of(new_plan)
