@@ -179,3 +179,30 @@ def test_quantizer_recipe_list_matches_the_installed_quantizer():
     # Calibration recipes need data modelforge does not take yet; gemma4_* return per-section dicts.
     usable = {name for name in provided if not name.startswith(("static_", "gemma4_"))}
     assert set(QUANTIZER_RECIPES) == usable
+
+
+def test_a_regex_scoped_override_quantizes_only_the_ops_it_names(litertlm_build, litertlm_store):
+    from modelforge.plan import compute_keys
+    from modelforge.store import Store
+
+    manifest = litertlm_build.project.manifest_path.with_name("override.yaml")
+    manifest.write_text(
+        litertlm_build.project.manifest_path.read_text()
+        .replace("name: tiny-medgemma-litertlm", "name: override")
+        .replace("min_top1_agreement: 0.8", "min_top1_agreement: 0.3")  # int4 MLPs cost accuracy on this tiny model
+        .replace("max_kl: 0.1", "max_kl: 1.0")
+        .replace(
+            "text_decoder: {recipe: dynamic_wi8_afp32}",
+            "text_decoder: {recipe: dynamic_wi8_afp32, overrides: [{regex: '.*Gemma3MLP_mlp.*', recipe: dynamic_wi4b32_afp32}]}",
+        )
+    )
+    result = api.build(manifest, store_dir=litertlm_store)
+    assert "bundle.quantize.text_decoder" in result.ran and "bundle.export_text" not in result.ran
+    store = Store(litertlm_store)
+    sizes = {}
+    for name, build in (("int8", litertlm_build), ("mixed", result)):
+        report = api.plan(build.project.manifest_path, store_dir=litertlm_store)
+        record = store.get_record(compute_keys(report.plan, report.toolchain)["bundle.quantize.text_decoder"]["key"])
+        sizes[name] = record.outputs["model.tflite"].size
+    # int4 MLP weights: the mixed graph is smaller than the all-int8 one, but not float-sized.
+    assert sizes["mixed"] < sizes["int8"]

@@ -167,3 +167,20 @@ def test_plan_lock_verify_and_noop_build_import_no_heavy_library(built):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_check_rebuild_reproduces_the_lock_and_reports_a_file_that_differs(built):
+    manifest, _, result = built
+    project = result.project
+    ok = run_cli("check", str(manifest), "--rebuild", cwd=project.root)
+    assert ok.returncode == 0, ok.stderr
+    assert "reproduces every locked file" in ok.stdout
+    # Pretend an earlier build had produced other bytes for one file: the rebuild must say which.
+    lock_text = project.lock_path.read_text()
+    from modelforge.lock import read_lock
+
+    locked = read_lock(project.lock_path).targets["text"].files["config.json"].sha256
+    project.lock_path.write_text(lock_text.replace(locked, "ab" * 32))
+    bad = run_cli("check", str(manifest), "--rebuild", cwd=project.root)
+    assert bad.returncode != 0
+    assert "MISMATCH text/config.json" in bad.stderr and "not reproducible: made by step text" in bad.stderr
