@@ -66,10 +66,12 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
 
 def _export(builder: PlanBuilder, target: str, origin_name: str, origin, checkpoint: InputRef) -> str:
     """The plain text export of a litertlm target's settings (shared by all variants from it)."""
-    return builder.add(StepNode.make(
+    node = builder.add(StepNode.make(
         f"{target}.export.{origin_name}", litert_export.KIND, litert_export.VERSION,
         {"part": "text", "task": "text_generation", "prefill_lengths": list(origin.prefill_lengths),
          "cache_length": origin.cache_length, "hoists": [hoist.model_dump(mode="json") for hoist in origin.hoists]},
         (checkpoint,), litert_export.TOOLS,
     ))
+    litertlm.predict_export_memory(builder, node, "text", origin.checkpoint)
+    return node
 
