@@ -6,17 +6,17 @@ Imports plan, store, steps, errors; heavy imports happen inside the steps."""
 
 from __future__ import annotations
 
-import os
+import errno
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
-from modelforge.errors import ModelforgeError, SourceError, StepFailed
+from modelforge.errors import ModelforgeError, SourceError, StepFailed, StoreError
 from modelforge.plan import Plan, StepNode, compute_keys
 from modelforge.steps import STEPS
 from modelforge.steps.base import InputFile, StepContext
-from modelforge.store import FileRecord, StepRecord, Store, link_or_copy
+from modelforge.store import FileRecord, StepRecord, Store, fault_point, link_or_copy, swap_into_place
 
 
 class Reporter(Protocol):
@@ -152,8 +152,9 @@ def _run_step(step: StepNode, key: str, inputs, store: Store, reporter: Reporter
             inputs=inputs,
             out_dir=out_dir,
             scratch_dir=scratch,
-            progress=lambda done, total, message: reporter.step_progress(step.name, done, total, message),
+            progress=lambda done, total, message: _progress(reporter, step, done, total, message),
         )
+        fault_point(f"{step.kind}/start")
         try:
             module.run(context)
         except ModelforgeError:
@@ -166,6 +167,7 @@ def _run_step(step: StepNode, key: str, inputs, store: Store, reporter: Reporter
             raise _storage_error(error, f"running step {step.name}") from None
         except Exception as error:  # the user's model or the toolchain failed
             raise StepFailed(f"step {step.name} ({step.kind}) failed: {type(error).__name__}: {str(error)[:400]}") from error
+        fault_point(f"{step.kind}/ran")
         outputs: dict[str, FileRecord] = {}
         for path in sorted(out_dir.rglob("*")):
             if path.is_symlink() or not path.is_file():
@@ -175,12 +177,19 @@ def _run_step(step: StepNode, key: str, inputs, store: Store, reporter: Reporter
             if sha is None:
                 sha = _hash(path)
             outputs[relative] = FileRecord(sha, path.stat().st_size)
+            fault_point(f"{step.kind}/adopt")
             store.adopt(path, sha)
         if measurements is not None and context.measurements:
             measurements[step.name] = dict(context.measurements)
     record = StepRecord(key, step.kind, outputs)
+    fault_point(f"{step.kind}/record")
     store.put_record(record)
     return record
+
+
+def _progress(reporter: Reporter, step: StepNode, done: int, total: int, message: str) -> None:
+    fault_point(f"{step.kind}/progress")
+    reporter.step_progress(step.name, done, total, message)
 
 
 def _hash(path: Path) -> str:
@@ -190,19 +199,29 @@ def _hash(path: Path) -> str:
 
 
 def materialize(records: Mapping[str, FileRecord], store: Store, destination: Path) -> None:
-    """Lay out a target's files under destination, replacing what was there in one rename."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.parent / f".{destination.name}.staging-{os.getpid()}"
-    old = destination.parent / f".{destination.name}.old-{os.getpid()}"
-    import shutil
+    """Lay out a target's files under destination, replacing what was there in one atomic swap:
+    a crash, or a reader, sees the old complete target or the new one, never neither."""
+    from modelforge.store import _storage_error
 
-    shutil.rmtree(staging, ignore_errors=True)
     try:
-        for relative, item in sorted(records.items()):
-            link_or_copy(store.object_path(item.sha256), staging / relative)
-        if destination.exists():
-            os.replace(destination, old)
-        os.replace(staging, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with store.staging(destination) as staging:
+            for relative, item in sorted(records.items()):
+                fault_point("materialize/link")
+                # Checked again right before it is handed out (a cache lookup unless it changed).
+                if not store.has_object(item):
+                    raise StoreError(
+                        f"the store object for {destination.name}/{relative} changed during the build; run `modelforge build` again"
+                    )
+                link_or_copy(store.object_path(item.sha256), staging / relative)
+            fault_point("materialize/swap")
+            swap_into_place(staging, destination)
+            fault_point("materialize/swapped")
+        # Linking (and removing the old tree's links) changed the objects' ctime, not their content,
+        # which was checked just above: re-stamp them, or the next no-op build would re-hash them all.
+        for item in records.values():
+            store.hashes.remember(store.object_path(item.sha256), item.sha256)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _storage_error(error, f"writing {destination}") from None
+        raise StoreError(f"cannot write {destination} ({error.strerror}); check its permissions or pass --out") from None

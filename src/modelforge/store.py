@@ -1,14 +1,21 @@
 """The content-addressed store: immutable objects by sha256 and one record per step key.
-Writes are atomic (temporary file in the same directory, then os.replace), so a crash leaves the
-old state or the new, never half of one. Imports only `errors` and `hashing`."""
+Writes are atomic (a complete temporary file, then os.replace), so a crash leaves the old state
+or the new, never half of one; temporaries live only under tmp/, in one directory per open Store,
+and the next Store removes those of dead processes. Imports only `errors` and `hashing`."""
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import fnmatch
+import functools
 import json
 import os
+import re
 import shutil
+import signal
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +26,8 @@ from filelock import FileLock
 from modelforge.errors import StoreError
 from modelforge.hashing import HashCache
 
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
 
 def default_store_dir() -> Path:
     """$MODELFORGE_STORE, else the user cache directory."""
@@ -27,6 +36,43 @@ def default_store_dir() -> Path:
     from platformdirs import user_cache_path
 
     return user_cache_path("modelforge") / "store"
+
+
+# ------------------------------------------------------------------------------ fault injection
+
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """A named moment where the safety tests (tests/safety) stop or slow this process, from the
+    environment: MODELFORGE_KILL_AT="glob:N" sends SIGKILL to this process at the Nth point whose
+    name matches glob; MODELFORGE_FAIL_AT="glob:N" raises ENOSPC there instead;
+    MODELFORGE_PAUSE_AT="glob:seconds" sleeps at every match (to make concurrent builds overlap);
+    MODELFORGE_FAULT_TRACE=file appends the name of every point reached. Unset, it costs four
+    dictionary lookups."""
+    kill, fail, pause, trace = (os.environ.get(f"MODELFORGE_{var}") for var in ("KILL_AT", "FAIL_AT", "PAUSE_AT", "FAULT_TRACE"))
+    if trace:
+        with open(trace, "a") as log:
+            log.write(name + "\n")
+    if pause:
+        pattern, _, seconds = pause.rpartition(":")
+        if fnmatch.fnmatchcase(name, pattern):
+            time.sleep(float(seconds))
+    for spec, action in ((kill, "kill"), (fail, "fail")):
+        if not spec:
+            continue
+        pattern, _, nth = spec.rpartition(":")
+        if not fnmatch.fnmatchcase(name, pattern):
+            continue
+        _fault_counts[spec] = _fault_counts.get(spec, 0) + 1
+        if str(_fault_counts[spec]) != nth:
+            continue
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + f" (injected at {name})")
+
+
+# ------------------------------------------------------------------------------------- records
 
 
 @dataclass(frozen=True)
@@ -43,19 +89,31 @@ class StepRecord:
 
 
 def _storage_error(error: OSError, what: str) -> StoreError:
-    if error.errno == errno.ENOSPC:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreError(f"no space left on the device while {what}; free space or point MODELFORGE_STORE elsewhere")
     return StoreError(f"cannot write the store while {what} ({error.strerror}); check permissions of the store directory")
+
+
+def _safe_relative(name: object) -> bool:
+    """An output name a record may hold: relative, POSIX, never climbing out (records are read
+    back from disk, and materialize writes where they say)."""
+    return (
+        isinstance(name, str) and bool(name) and not name.startswith("/") and "\\" not in name and "\0" not in name
+        and all(part not in ("", ".", "..") for part in name.split("/"))
+    )
 
 
 class Store:
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._session: Path | None = None
+        self._session_fd: int | None = None
         try:
             for sub in ("objects", "steps", "tmp", "locks"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise _storage_error(error, f"creating {self.root}") from None
+        self._sweep_tmp()
         self.hashes = HashCache(self.root / "state.sqlite")
 
     # ------------------------------------------------------------------ objects
@@ -63,10 +121,12 @@ class Store:
         return self.root / "objects" / sha256[:2] / sha256
 
     def has_object(self, record: FileRecord) -> bool:
-        """True only if the object exists and its content still hashes to its name."""
+        """True only if the object exists and its content still hashes to its name; a damaged
+        object is removed, so that nothing can link to it again."""
         path = self.object_path(record.sha256)
         try:
             if path.stat().st_size != record.size:
+                path.unlink(missing_ok=True)  # objects never change size: truncated or appended to
                 return False
         except FileNotFoundError:
             return False
@@ -77,14 +137,24 @@ class Store:
         return True
 
     def adopt(self, file: Path, sha256: str) -> None:
-        """Move a finished file into the store under its hash (or drop it if already there)."""
+        """Move a finished file into the store under its hash. An object already there is kept
+        only if intact; the new file's bytes reach the disk before its name does."""
         target = self.object_path(sha256)
         try:
             target.parent.mkdir(exist_ok=True)
-            if target.exists():
+            if target.exists() and os.path.samefile(file, target):
+                # A step passed an input object through by hard link: it is that object, checked when
+                # its record was read moments ago; the link changed only its ctime.
+                file.unlink()
+                self.hashes.remember(target, sha256)
+                return
+            if self.has_object(FileRecord(sha256, file.stat().st_size)):
                 file.unlink()
                 return
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
             os.chmod(file, 0o444)
+            fault_point("store/object")
             os.replace(file, target)
             self.hashes.remember(target, sha256)
         except OSError as error:
@@ -98,11 +168,19 @@ class Store:
         try:
             data = json.loads(self._record_path(key).read_text())
             outputs = {name: FileRecord(**value) for name, value in data["outputs"].items()}
-            return StepRecord(data["key"], data["kind"], outputs)
+            record = StepRecord(data["key"], data["kind"], outputs)
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None  # a damaged record is a missing record: the step runs again
+        # Names become paths (objects/<sha>, out/<name>): anything else is damage, not a record.
+        if record.key != key or not all(
+            _safe_relative(name) and isinstance(item.sha256, str) and SHA256.match(item.sha256)
+            and isinstance(item.size, int) and item.size >= 0
+            for name, item in outputs.items()
+        ):
+            return None
+        return record
 
     def put_record(self, record: StepRecord) -> None:
         path = self._record_path(record.key)
@@ -111,41 +189,190 @@ class Store:
             "kind": record.kind,
             "outputs": {name: {"sha256": value.sha256, "size": value.size} for name, value in sorted(record.outputs.items())},
         }
-        write_atomic(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
+        write_atomic(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode(), temporary_dir=self._session_dir())
 
-    # ------------------------------------------------------------------ scratch and locks
+    # ------------------------------------------------------------------ temporaries and locks
+    def _session_dir(self) -> Path:
+        """This Store's directory under tmp/, created on first use and flock-held until close():
+        the lock is how a later Store tells a live build's temporaries from a dead one's."""
+        if self._session is None:
+            try:
+                # Created and locked under tmp.lock, so that a sweep never sees it unlocked.
+                with FileLock(str(self.root / "locks" / "tmp.lock")):
+                    path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}.", dir=self.root / "tmp"))
+                    descriptor = os.open(path, os.O_RDONLY)
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                raise _storage_error(error, "creating a temporary directory") from None
+            self._session, self._session_fd = path, descriptor
+        return self._session
+
+    def _sweep_tmp(self) -> None:
+        """Remove what dead builds left under tmp/ (SIGKILL, OOM and power cuts run no cleanup,
+        and an interrupted export can leave gigabytes). Best effort: never why a build fails."""
+        try:
+            with FileLock(str(self.root / "locks" / "tmp.lock")):
+                for entry in (self.root / "tmp").iterdir():
+                    if not _locked_elsewhere(entry):
+                        remove_path(entry)
+        except OSError:
+            pass
+
     @contextmanager
     def scratch(self, label: str) -> Iterator[Path]:
         """A temporary directory on the store's filesystem, removed afterwards whatever happens."""
-        path = Path(tempfile.mkdtemp(prefix=f"{label}.", dir=self.root / "tmp"))
+        try:
+            path = Path(tempfile.mkdtemp(prefix=f"{label}.", dir=self._session_dir()))
+        except OSError as error:
+            raise _storage_error(error, f"creating a scratch directory for {label}") from None
         try:
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+
+    @contextmanager
+    def staging(self, destination: Path) -> Iterator[Path]:
+        """An empty directory to lay out destination's new content in, on destination's filesystem
+        so that it can be swapped in by rename: under tmp/ when the store shares that filesystem (a
+        crash then leaves nothing beside the destination), else next to it. Whatever is at the
+        staging path afterwards (the replaced old tree, after a swap) is removed."""
+        session = self._session_dir()
+        try:
+            same_device = os.stat(session).st_dev == os.stat(destination.parent).st_dev
+            path = Path(tempfile.mkdtemp(prefix=f".{destination.name}.staging-", dir=session if same_device else destination.parent))
+        except OSError as error:
+            raise _storage_error(error, f"preparing {destination}") from None
+        try:
+            yield path
+        finally:
+            remove_path(path)
+            remove_path(path.with_name(path.name + ".old"))
 
     def lock(self, key: str) -> FileLock:
         return FileLock(str(self.root / "locks" / f"{key[:16]}.lock"), timeout=-1)
 
     def close(self) -> None:
         self.hashes.close()
+        if self._session is not None:
+            shutil.rmtree(self._session, ignore_errors=True)
+            os.close(self._session_fd)
+            self._session = self._session_fd = None
 
 
-def write_atomic(path: Path, content: bytes) -> None:
-    """Write a small file so that readers see the old content or the new, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def _locked_elsewhere(path: Path) -> bool:
     try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False  # a symlink or a vanished entry: nobody can hold it
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(descriptor)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, symlink or directory tree if it exists (never following a symlink)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def write_atomic(path: Path, content: bytes, temporary_dir: Path | None = None) -> None:
+    """Write a small file so that readers see the old content or the new, never a mix. The bytes
+    are written where no one sees them (temporary_dir, which must be on path's filesystem, or an
+    unnamed O_TMPFILE inode beside path) and get a name only when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = None
+    try:
+        if temporary_dir is None and hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd"):
+            try:
+                handle = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o644)
+            except OSError:
+                handle = None  # a filesystem without O_TMPFILE: a named temporary beside path
+        else:
+            handle = None
+        if handle is None:
+            handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=temporary_dir or path.parent)
+            temporary = Path(name)
         with os.fdopen(handle, "wb") as out:
             out.write(content)
             out.flush()
             os.fsync(out.fileno())
+            fault_point("store/write")
+            if temporary is None:
+                temporary = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.partial"
+                # A dir_fd makes os.link use linkat(AT_SYMLINK_FOLLOW), which can name an O_TMPFILE inode.
+                directory = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.link(f"/proc/self/fd/{out.fileno()}", temporary.name, dst_dir_fd=directory)
+                finally:
+                    os.close(directory)
         os.replace(temporary, path)
     except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
         raise _storage_error(error, f"writing {path.name}") from None
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
         raise
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    import ctypes
+
+    function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if function is not None:
+        function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return function
+
+
+def _exchange(first: Path, second: Path) -> bool | None:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE): True if swapped, False if
+    second does not exist, None where the system cannot."""
+    import ctypes
+
+    function = _renameat2()
+    if function is None:
+        return None
+    at_cwd, rename_exchange = -100, 2
+    if function(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code == errno.ENOENT:
+        return False
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV):
+        return None
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def swap_into_place(new: Path, destination: Path) -> None:
+    """Put directory `new` at `destination` in one rename; what was there ends up at `new` (the
+    caller removes it). Readers, and a crash at any moment, see the old complete tree or the new
+    one: never neither, never a mix."""
+    for _ in range(3):  # a concurrent build may create or swap destination between two calls
+        try:
+            os.rename(new, destination)  # nothing there (or an empty directory)
+            return
+        except OSError as error:
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise
+        swapped = _exchange(new, destination)
+        if swapped:
+            return
+        if swapped is None:
+            # No atomic exchange here (not Linux ≥ 3.15): two renames, with a moment without destination.
+            aside = new.with_name(new.name + ".old")
+            os.rename(destination, aside)
+            os.rename(new, destination)
+            os.rename(aside, new)
+            return
+    raise OSError(errno.EBUSY, "another build keeps replacing it", str(destination))
 
 
 def link_or_copy(source: Path, destination: Path) -> None:

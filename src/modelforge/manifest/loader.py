@@ -3,6 +3,9 @@ and column of every value, so validation errors point at the manifest's own text
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +14,11 @@ from pydantic import ValidationError
 
 from modelforge.errors import ManifestError
 from modelforge.hashing import digest
-from modelforge.manifest.models import Manifest
+from modelforge.manifest.models import LocalSourceSpec, Manifest
 
 MAX_MANIFEST_BYTES = 1 << 20
+# A source here is a mistake or an attack: pseudo-files that never end (/dev/zero, /proc/kmsg) or secrets.
+SYSTEM_DIRECTORIES = ("/proc", "/sys", "/dev", "/etc", "/boot", "/run")
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -49,6 +54,8 @@ def _positions(node: yaml.Node, path: tuple, out: dict[tuple, tuple[int, int]]) 
     out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # a list or mapping as a key: construct_mapping refuses it with its position
             out.setdefault(path + (key_node.value,), (key_node.start_mark.line + 1, key_node.start_mark.column + 1))
             _positions(value_node, path + (key_node.value,), out)
             out[path + (key_node.value,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
@@ -59,18 +66,26 @@ def _positions(node: yaml.Node, path: tuple, out: dict[tuple, tuple[int, int]]) 
 
 def _read_yaml(path: Path) -> tuple[Any, dict[tuple, tuple[int, int]], list[str]]:
     try:
-        raw = path.read_bytes()
+        # O_NONBLOCK: opening a FIFO must not hang; and never read more than the limit (/dev/zero).
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ManifestError(f"{path}: not a regular file (a directory, device or FIFO); give the path of a .yaml manifest")
+            raw = handle.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise ManifestError(f"{path}: no such manifest; check the path") from None
     except OSError as error:
         raise ManifestError(f"{path}: cannot read the manifest ({error.strerror}); check permissions") from None
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{path}: {len(raw)} bytes is too large for a manifest (limit 1 MiB); split or trim it")
+        raise ManifestError(f"{path}: more than 1 MiB is too large for a manifest; split or trim it")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ManifestError(f"{path}: not UTF-8 text (byte {error.start}); save the manifest as UTF-8") from None
-    loader = _StrictLoader(text)
+    try:
+        # The reader checks the characters as it is built: a NUL or a control character fails here.
+        loader = _StrictLoader(text)
+    except yaml.YAMLError as error:
+        raise ManifestError(f"{path}: {' '.join(str(error).split())}; remove it") from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -88,6 +103,9 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple, tuple[int, int]], list[str]
         raise ManifestError(f"{path}: invalid YAML ({error}); fix the YAML syntax") from None
     except RecursionError:
         raise ManifestError(f"{path}: the YAML nests too deeply; flatten it") from None
+    except (ValueError, OverflowError, TypeError) as error:
+        # PyYAML's own constructors: an int of more than 4300 digits, a timestamp like 2024-13-45.
+        raise ManifestError(f"{path}: a value cannot be read ({str(error)[:100]}); fix or quote it") from None
     finally:
         loader.dispose()
     return data, positions, text.splitlines()
@@ -106,7 +124,11 @@ def _yaml_loc(loc: tuple, positions: dict[tuple, tuple[int, int]]) -> tuple:
 def _dotted(loc: tuple) -> str:
     text = ""
     for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        if isinstance(part, int) or not re.fullmatch(r"[\w-]+", str(part)):
+            # An index, or a key a user cannot read plainly ('a b', '\n', ''): quoted, on one line.
+            text += f"[{part}]" if isinstance(part, int) else f"[{str(part)!r}]"
+        else:
+            text += f".{part}" if text else str(part)
     return text or "(top level)"
 
 
@@ -140,11 +162,34 @@ def load_manifest(path: str | Path) -> Manifest:
     if not isinstance(data, dict):
         raise ManifestError(f"{path}:1:1: a manifest is a mapping (name:, source:, targets: …); got {type(data).__name__}")
     try:
-        return Manifest.model_validate(data)
+        digest(data)  # what the digest and the lock will need: JSON-able, encodable text
+    except UnicodeEncodeError as error:
+        raise ManifestError(f"{path}: {error.object[error.start:error.end]!r} is an unpaired surrogate escape; remove it") from None
+    except (TypeError, ValueError):
+        pass  # a date, bytes or a set: validation names the field
+    try:
+        manifest = Manifest.model_validate(data)
     except ValidationError as error:
         raise ManifestError(_validation_message(path, error, positions)) from None
     except RecursionError:
         raise ManifestError(f"{path}: the manifest nests too deeply; flatten it") from None
+    _check_source_path(path, manifest, positions)
+    return manifest
+
+
+def _check_source_path(path: Path, manifest: Manifest, positions: dict) -> None:
+    """A local source must not be a system directory (resolved here: validators do no I/O)."""
+    spec = manifest.source
+    if not isinstance(spec, LocalSourceSpec):
+        return
+    resolved = os.path.realpath(path.resolve().parent / spec.path)
+    if resolved == "/" or any(resolved == system or resolved.startswith(system + "/") for system in SYSTEM_DIRECTORIES):
+        position = positions.get(("source", "path"))
+        where = f"{path}:{position[0]}:{position[1]}" if position else str(path)
+        raise ManifestError(
+            f"{where}: source.path: {spec.path!r} is the system directory {resolved}, not a checkpoint; "
+            "point it at the directory holding config.json and the *.safetensors files"
+        )
 
 
 def manifest_digest(manifest: Manifest) -> str:

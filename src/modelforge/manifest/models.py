@@ -8,7 +8,7 @@ import fnmatch
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 SHA40 = re.compile(r"^[0-9a-f]{40}$")
 NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -20,9 +20,23 @@ class Spec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        # pydantic reads true as 1: `max_shard_size: true` would silently mean one byte.
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(name)
+                values = value if isinstance(value, (list, tuple)) else [value]
+                if any(isinstance(item, bool) for item in values) and re.search(r"\b(int|float)\b|Literal\[1\]", str(field.annotation)):
+                    raise ValueError(f"{name}: {str(value).lower()} is not a number; write a number")
+        return data
+
 
 def _parse_size(value: Any) -> Any:
     """Sizes may be written '2GB' or '512MiB'; stored as bytes."""
+    if isinstance(value, str) and len(value) > 40:
+        raise ValueError(f"size {value[:20]!r}… is not a number of bytes; write e.g. 2GB, 500MB or 4294967296")
     if isinstance(value, str):
         match = re.fullmatch(r"\s*(\d+)\s*([KMG]i?B|B)?\s*", value, flags=re.IGNORECASE)
         if not match:
@@ -32,11 +46,14 @@ def _parse_size(value: Any) -> Any:
 
 
 def _check_relative(path: str) -> str:
-    """Paths inside an output must stay inside it: no absolute paths, no '..'."""
+    """Paths inside an output must stay inside it: no absolute paths, no '..'; and name a file."""
     if path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", path):
         raise ValueError(f"path {path!r} is absolute; write a path relative to the output directory")
-    if ".." in re.split(r"[/\\]", path):
+    parts = re.split(r"[/\\]", path)
+    if ".." in parts:
         raise ValueError(f"path {path!r} climbs out with '..'; write a path inside the output directory")
+    if any(part in ("", ".") for part in parts) or "\0" in path or len(path) > 255:
+        raise ValueError(f"path {path!r} does not name a file; write a relative file name such as model.litertlm")
     return path
 
 
@@ -47,10 +64,156 @@ def _check_glob(pattern: str) -> str:
     return pattern
 
 
+# Formats whose loading runs code: torch's .bin/.pt (pickles), plain pickles, joblib, Lightning checkpoints.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+
+
+def _glob_can_end_with(pattern: str, suffix: str) -> bool:
+    """Whether some file name this glob matches ends with suffix (compared case-insensitively):
+    the glob is read backwards until a '*', which can end with anything."""
+    tokens = re.findall(r"\*|\?|\[!?\]?[^\]]*\]|.", pattern, flags=re.DOTALL)
+    for token, char in zip(reversed(tokens), reversed(suffix)):
+        if token == "*":
+            return True
+        if token == "?":
+            continue
+        if len(token) > 1:  # a [class]
+            if not (fnmatch.fnmatchcase(char, token) or fnmatch.fnmatchcase(char.upper(), token)):
+                return False
+        elif token.lower() != char:
+            return False
+    return len(tokens) >= len(suffix)
+
+
+def _check_no_pickles(patterns: tuple[str, ...], allow_pickle: bool) -> None:
+    if allow_pickle:
+        return
+    for pattern in patterns:
+        for suffix in PICKLE_SUFFIXES:
+            if _glob_can_end_with(pattern, suffix):
+                raise ValueError(
+                    f"files pattern {pattern!r} can take {suffix} files, which are pickles: loading one can run any code; "
+                    "take *.safetensors instead, or set allow_pickle: true if you trust this source"
+                )
+
+
+def _check_regex(value: str) -> str:
+    """A regular expression that compiles and cannot backtrack for exponential (or high polynomial)
+    time on a tensor name: manifests come from pull requests, and `plan` must not hang on one."""
+    if len(value) > 1000:
+        raise ValueError(f"pattern of {len(value)} characters is too long (limit 1000); write a shorter expression")
+    try:
+        parsed = re.compile(value)
+    except (re.error, OverflowError, RecursionError) as error:
+        raise ValueError(f"pattern {value!r} is not a valid regular expression ({error}); fix the pattern") from None
+    problem = _backtracking(_parser.parse(parsed.pattern, parsed.flags), inside_repeat=False)
+    unbounded = _count_unbounded(_parser.parse(parsed.pattern, parsed.flags))
+    if problem is None and unbounded > 4:
+        problem = f"has {unbounded} unbounded repetitions (at most 4), which can take high polynomial time"
+    if problem:
+        raise ValueError(f"pattern {value!r} {problem}; rewrite it without nested or overlapping quantifiers")
+    return value
+
+
+from re import _constants as _sre, _parser  # noqa: E402  (the parser `re` itself uses)
+
+_REPEATS = (_sre.MAX_REPEAT, _sre.MIN_REPEAT, getattr(_sre, "POSSESSIVE_REPEAT", _sre.MAX_REPEAT))
+
+
+def _children(op, argument) -> list:
+    """The sub-patterns of one parsed regex item."""
+    if op in _REPEATS:
+        return [argument[2]]
+    if op == _sre.SUBPATTERN:
+        return [argument[3]]
+    if op == _sre.BRANCH:
+        return list(argument[1])
+    if op in (_sre.ASSERT, _sre.ASSERT_NOT):
+        return [argument[1]]
+    if op == getattr(_sre, "ATOMIC_GROUP", None):
+        return [argument]
+    if op == _sre.GROUPREF_EXISTS:
+        return [branch for branch in argument[1:] if branch is not None]
+    return []
+
+
+def _first_literal(pattern) -> int | None:
+    for op, argument in pattern:
+        if op == _sre.LITERAL:
+            return argument
+        if op == _sre.SUBPATTERN:
+            return _first_literal(argument[3])
+        return None
+    return None
+
+
+def _backtracking(pattern, inside_repeat: bool) -> str | None:
+    """Why this parsed pattern can backtrack catastrophically, or None: a variable repetition
+    inside a repetition (`(a+)+`, `(\\w+\\s?)*`, `((.*))*`), or inside a repetition an alternation
+    whose branches can start alike (`(.|a)*`)."""
+    for op, argument in pattern:
+        if op in _REPEATS:
+            low, high, body = argument
+            if inside_repeat and high != low:
+                return "nests a repetition inside a repetition, which can take exponential time"
+            found = _backtracking(body, inside_repeat or high > 1)
+        elif op == _sre.BRANCH and inside_repeat:
+            firsts = [_first_literal(branch) for branch in argument[1]]
+            if None in firsts or len(set(firsts)) != len(firsts):
+                return "repeats an alternation whose branches can match the same text, which can take exponential time"
+            found = next((p for branch in argument[1] if (p := _backtracking(branch, inside_repeat))), None)
+        else:
+            found = next((p for child in _children(op, argument) if (p := _backtracking(child, inside_repeat))), None)
+        if found:
+            return found
+    return None
+
+
+def _count_unbounded(pattern) -> int:
+    count = 0
+    for op, argument in pattern:
+        if op in _REPEATS and argument[1] == _sre.MAXREPEAT:
+            count += 1
+        count += sum(_count_unbounded(child) for child in _children(op, argument))
+    return count
+
+
 # ----------------------------------------------------------------------------------------- source
 
 
-class HubSourceSpec(Spec):
+class _SourceSpec(Spec):
+    """What every source kind has: the two safety opt-ins."""
+
+    allow_pickle: bool = Field(
+        default=False,
+        description="Take pickle files (.bin, .pt, .pth, .pkl, .ckpt) that `files` matches. Off: loading a pickle can run any code.",
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Must stay false: modelforge never runs Python code shipped inside a checkpoint.",
+    )
+
+    @field_validator("trust_remote_code")
+    @classmethod
+    def _no_remote_code(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "trust_remote_code: true would run Python code shipped inside the checkpoint; modelforge builds only "
+                "architectures built into transformers, so remove it"
+            )
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_opt_ins(self, handler):
+        # The opt-ins enter the manifest's digest and the lock only when set: adding them changed no lock.
+        data = handler(self)
+        for key in ("allow_pickle", "trust_remote_code"):
+            if data.get(key) is False:
+                del data[key]
+        return data
+
+
+class HubSourceSpec(_SourceSpec):
     kind: Literal["hub"] = Field(description="Fetch from the Hugging Face Hub.")
     repo: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$",
@@ -90,19 +253,30 @@ class HubSourceSpec(Spec):
                 f"revision {self.revision!r} is not a commit; pin `revision` to a 40-hex commit "
                 "(branch names are not reproducible), or set allow_branch: true"
             )
+        # A branch name becomes a path in the Hub cache (refs/<name>): no climbing out of it.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}", self.revision) or ".." in self.revision:
+            raise ValueError(f"revision {self.revision!r} is not a valid branch, tag or commit name; fix it")
+        _check_no_pickles(self.files, self.allow_pickle)
         return self
 
     _files = field_validator("files")(lambda cls, value: tuple(_check_glob(p) for p in value))
 
 
-class LocalSourceSpec(Spec):
+class LocalSourceSpec(_SourceSpec):
     kind: Literal["local"] = Field(description="Read a checkpoint directory on this machine.")
-    path: str = Field(description="The directory, relative to the manifest file (or absolute).")
+    path: str = Field(min_length=1, description="The directory, relative to the manifest file (or absolute).")
     files: tuple[str, ...] = Field(
         default=("*.safetensors", "*.json", "tokenizer.model", "*.jinja"),
         description="Glob patterns of the directory's files to take.",
     )
     _files = field_validator("files")(lambda cls, value: tuple(_check_glob(p) for p in value))
+
+    @model_validator(mode="after")
+    def _safe(self) -> "LocalSourceSpec":
+        if "\0" in self.path:
+            raise ValueError("source.path contains a NUL character; fix the path")
+        _check_no_pickles(self.files, self.allow_pickle)
+        return self
 
 
 SourceSpec = Annotated[Union[HubSourceSpec, LocalSourceSpec], Field(discriminator="kind")]
@@ -147,16 +321,7 @@ class RenameRegexRule(Spec):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as error:
-            raise ValueError(f"pattern {value!r} is not a valid regular expression ({error}); fix the pattern") from None
-        if re.search(r"\((?:[^()]*[+*])\)[+*{]", value):
-            raise ValueError(
-                f"pattern {value!r} nests a repetition inside a repetition, which can take exponential time; "
-                "rewrite it without nested quantifiers"
-            )
-        return value
+        return _check_regex(value)
 
 
 WeightRule = Annotated[Union[DropRule, RenamePrefixRule, RenameRegexRule], Field(discriminator="kind")]
@@ -217,6 +382,14 @@ class HoistSpec(Spec):
     )
     to: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Top-level attribute name it becomes, e.g. vision_tower.")
 
+    @field_validator("path", "to")
+    @classmethod
+    def _no_dunders(cls, value: str) -> str:
+        # __class__, __globals__… lead from a model to any object of the process; modules never need them.
+        if any(part.startswith("__") for part in value.split(".")):
+            raise ValueError(f"{value!r} names a private attribute (__…); hoist a submodule such as model.vision_tower")
+        return value
+
 
 # The recipes of ai-edge-quantizer 0.10.0 that need no calibration data and return a plain recipe
 # (a test checks this list against the installed quantizer, so a toolchain bump cannot drift silently).
@@ -267,6 +440,7 @@ class LlmMetadataSpec(Spec):
     max_tokens: int | None = Field(default=None, ge=1, le=1 << 24, description="Maximum tokens (default: cache_length).")
     sampler: SamplerSpec = Field(default_factory=SamplerSpec, description="Sampler defaults.")
     chat_template: str = Field(default="chat_template.jinja", description="Source file with the Jinja chat template.")
+    _chat_template = field_validator("chat_template")(lambda cls, value: _check_relative(value))
 
 
 class ParitySpec(Spec):
@@ -317,7 +491,42 @@ class LitertlmTarget(Spec):
         return self
 
 
-TargetSpec = Annotated[Union[HfTextOnlyTarget, LitertlmTarget], Field(discriminator="kind")]
+class WebVariantSpec(Spec):
+    name: str = Field(pattern=NAME, description="Slug of the model file (models/<name>-<sha16>.task).")
+    label: str = Field(min_length=1, max_length=200, description="What the page shows, e.g. 'MedGemma 4B · int8'.")
+    source_target: str = Field(
+        alias="from", description="The litertlm target of this manifest whose export settings and metadata the variant reuses."
+    )
+    recipe: str | None = Field(
+        default=None,
+        description="Quantization of the text decoder (default: the litertlm target's). The web runtime needs quantized embeddings: not none.",
+    )
+    max_tokens: int | None = Field(default=None, ge=1, le=1 << 20, description="Input + output tokens (default: the cache length).")
+
+    @field_validator("recipe")
+    @classmethod
+    def _quantized(cls, value: str | None) -> str | None:
+        if value == "none":
+            raise ValueError("the MediaPipe web runtime rejects float embedding tables; pick a quantization recipe such as dynamic_wi8_afp32")
+        return None if value is None else _check_recipe(value)
+
+
+class WebBundleTarget(Spec):
+    kind: Literal["web_bundle"] = Field(description="A static page that runs the model in the browser on WebGPU, with server configs.")
+    title: str = Field(min_length=1, max_length=200, description="Page title.")
+    variants: tuple[WebVariantSpec, ...] = Field(
+        min_length=1, description="Models in priority order; the page falls back to the next one and says why."
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> "WebBundleTarget":
+        names = [variant.name for variant in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique; {names} repeats one")
+        return self
+
+
+TargetSpec = Annotated[Union[HfTextOnlyTarget, LitertlmTarget, WebBundleTarget], Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------------------------------- manifest
@@ -353,6 +562,12 @@ class Manifest(Spec):
                 used += [(f"weights[{index}].components", name) for name in rule.components]
         for name, target in self.targets.items():
             used += [(f"targets.{name}.components", component) for component in getattr(target, "components", ())]
+            for variant in getattr(target, "variants", ()):
+                if getattr(self.targets.get(variant.source_target), "kind", None) != "litertlm":
+                    raise ValueError(
+                        f"targets.{name}.variants: 'from: {variant.source_target}' is not a litertlm target of this manifest; "
+                        "name one of its litertlm targets"
+                    )
             checkpoint = getattr(target, "checkpoint", "source")
             if checkpoint != "source" and getattr(self.targets.get(checkpoint), "kind", None) != "hf_text_only":
                 raise ValueError(
