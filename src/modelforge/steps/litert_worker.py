@@ -112,7 +112,21 @@ def parity(request: dict) -> dict:
 ACTIONS = {"export": export, "quantize": quantize, "parity": parity}
 
 
+def _die_with_parent() -> None:
+    """A worker outlives a SIGKILLed build otherwise, burning CPU on a job nobody will collect."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    parent = os.environ.get("MODELFORGE_PARENT_PID")
+    if parent and os.getppid() != int(parent):  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def main() -> None:
+    _die_with_parent()
     request_path = Path(sys.argv[1])
     request = json.loads(request_path.read_text())
     started = time.monotonic()
@@ -141,7 +155,7 @@ def launch(request: dict, scratch: Path, progress, label: str) -> dict:
     job = scratch / f"job-{request['action']}"
     job.mkdir(parents=True, exist_ok=True)
     (job / "request.json").write_text(json.dumps(request, indent=1, sort_keys=True))
-    env = {**os.environ, "PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "MODELFORGE_PARENT_PID": str(os.getpid()), "PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     log_path = job / "log.txt"
     started = time.monotonic()
     with open(log_path, "wb") as log:

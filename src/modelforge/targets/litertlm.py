@@ -114,6 +114,19 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
         final_by_part[part].append(ref)
         sections += [[component, name, SECTION_TYPES[name]] for name in files]
     metadata_files = [spec.metadata.chat_template] + (["preprocessor_config.json"] if multimodal else [])
+    if checkpoint.node == builder.source.name:
+        present = {item.path for item in builder.facts.files}
+        if spec.metadata.chat_template not in present:
+            raise PlanError(
+                f"{where}: metadata.chat_template {spec.metadata.chat_template!r} is not a file of the source; "
+                "take it with source.files or name the file that holds the chat template"
+            )
+        missing = [name for name in metadata_files + ["tokenizer.json"] if name not in present]
+        if missing:
+            raise PlanError(
+                f"{where}: the source has no {', '.join(missing)}, which the bundle's metadata and tokenizer need; "
+                "take it with source.files or set metadata.chat_template to the file that has the template"
+            )
     tokens = _token_strings(builder)
     metadata = builder.add(StepNode.make(
         f"{target}.metadata", litertlm_metadata.KIND, litertlm_metadata.VERSION,
