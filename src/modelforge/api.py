@@ -5,6 +5,7 @@ Imports executor, planner, store, lock, manifest; never torch."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -222,17 +223,22 @@ def _previous_steps(project: Project) -> dict[str, Any]:
         return {}
 
 
-def plan(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir: Path | None = None, reporter: Reporter | None = None) -> PlanReport:
-    reporter = reporter or SilentReporter()
-    project = open_project(manifest_path)
+@contextmanager
+def _planned(project: Project, store_dir: Path | None, source_dir: Path | None, reporter: Reporter, need_weights: bool):
+    """The opening every command shares: the store, the source's facts, the plan. Closes the store."""
     store = Store(store_dir or default_store_dir())
     try:
-        gathered = gather(project, store, source_dir, reporter, need_weights=False)
-        the_plan = plan_for(project, gathered)
-        toolchain = tools_of(the_plan)
-        return PlanReport(project, the_plan, toolchain, statuses(the_plan, store, toolchain, _previous_steps(project)))
+        gathered = gather(project, store, source_dir, reporter, need_weights=need_weights)
+        yield store, gathered, plan_for(project, gathered)
     finally:
         store.close()
+
+
+def plan(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir: Path | None = None, reporter: Reporter | None = None) -> PlanReport:
+    project = open_project(manifest_path)
+    with _planned(project, store_dir, source_dir, reporter or SilentReporter(), need_weights=False) as (store, _, the_plan):
+        toolchain = tools_of(the_plan)
+        return PlanReport(project, the_plan, toolchain, statuses(the_plan, store, toolchain, _previous_steps(project)))
 
 
 def make_lock(project: Project, the_plan: Plan, toolchain: Mapping[str, str], store: Store) -> Lock:
@@ -308,10 +314,7 @@ def build(
 ) -> BuildResult:
     reporter = reporter or SilentReporter()
     project = open_project(manifest_path)
-    store = Store(store_dir or default_store_dir())
-    try:
-        gathered = gather(project, store, source_dir, reporter, need_weights=True)
-        the_plan = plan_for(project, gathered)
+    with _planned(project, store_dir, source_dir, reporter, need_weights=True) as (store, gathered, the_plan):
         toolchain = tools_of(the_plan)
         if the_plan.facts.get("memory"):
             # Refuse now, not after an hour of swapping: the largest predicted peak of a step that would run.
@@ -331,8 +334,6 @@ def build(
         if write_lockfile and not frozen:
             result.lock_written = write_lock(project.lock_path, make_lock(project, the_plan, toolchain, store))
         return result
-    finally:
-        store.close()
 
 
 def _check_frozen(project: Project, fresh: Lock) -> None:
@@ -349,36 +350,30 @@ def _check_frozen(project: Project, fresh: Lock) -> None:
 def lock(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir: Path | None = None, check: bool = False, reporter: Reporter | None = None) -> tuple[Path, bool]:
     """Write (or with check, compare) lock/<name>.lock without building. Target outputs are
     filled in from the store where a build already made them."""
-    reporter = reporter or SilentReporter()
     project = open_project(manifest_path)
     if check:
         _check_manifest_against_lock(project)
-    store = Store(store_dir or default_store_dir())
-    try:
-        gathered = gather(project, store, source_dir, reporter, need_weights=False)
-        the_plan = plan_for(project, gathered)
+    with _planned(project, store_dir, source_dir, reporter or SilentReporter(), need_weights=False) as (store, _, the_plan):
         fresh = make_lock(project, the_plan, tools_of(the_plan), store)
-        if check:
-            if not project.lock_path.exists():
-                raise LockError(f"{project.lock_path} does not exist; run `modelforge lock {project.relative_manifest}` and commit it")
-            found = differences(read_lock(project.lock_path), fresh)
-            if found:
-                raise LockError(
-                    f"{project.relative_manifest}: {project.lock_path.name} is out of date ({'; '.join(found)}); "
-                    f"run `modelforge lock {project.relative_manifest}`"
-                )
-            return project.lock_path, False
-        old = _read_lock_or_none(project.lock_path)
-        if old is not None:
-            # Keep what a build recorded for targets when this lock cannot know it.
-            targets = {
-                name: (target.model_copy(update={"files": old.targets[name].files}) if target.files is None and name in old.targets and old.steps.get(target.node) and fresh.steps.get(target.node) and old.steps[target.node].key == fresh.steps[target.node].key else target)
-                for name, target in fresh.targets.items()
-            }
-            fresh = fresh.model_copy(update={"targets": targets, "checks": fresh.checks or old.checks})
-        return project.lock_path, write_lock(project.lock_path, fresh)
-    finally:
-        store.close()
+    if check:
+        found = differences(read_lock(project.lock_path), fresh)
+        if found:
+            raise LockError(
+                f"{project.relative_manifest}: {project.lock_path.name} is out of date ({'; '.join(found)}); "
+                f"run `modelforge lock {project.relative_manifest}`"
+            )
+        return project.lock_path, False
+    old = _read_lock_or_none(project.lock_path)
+    if old is not None:
+        # Keep what a build recorded for targets when this lock cannot know it (same step key only).
+        def kept(name: str, target: LockedTarget) -> LockedTarget:
+            before = old.targets.get(name)
+            same = old.steps.get(target.node) and fresh.steps.get(target.node) and old.steps[target.node].key == fresh.steps[target.node].key
+            return target.model_copy(update={"files": before.files}) if target.files is None and before and same else target
+
+        targets = {name: kept(name, target) for name, target in fresh.targets.items()}
+        fresh = fresh.model_copy(update={"targets": targets, "checks": fresh.checks or old.checks})
+    return project.lock_path, write_lock(project.lock_path, fresh)
 
 
 def _read_lock_or_none(path: Path) -> Lock | None:
