@@ -152,6 +152,8 @@ def _validation_message(path: Path, error: ValidationError, positions: dict) -> 
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
     # A missing or unknown key is not in the YAML at its own position; name it after its parent.
     field = _dotted(yaml_loc + ((loc[-1],) if first["type"] in ("missing", "extra_forbidden") and loc[-1] not in yaml_loc[-1:] else ()))
+    if field == "(top level)" and first["type"] == "value_error":
+        return f"{where}: {message}{more}"  # a whole-manifest check names its own fields
     return f"{where}: {field}: {message}{more}"
 
 
