@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol
 
 from modelforge.errors import ModelforgeError, SourceError, StepFailed, StoreError
+from modelforge.hashing import hash_file
 from modelforge.plan import Plan, StepNode, compute_keys
 from modelforge.steps import STEPS
 from modelforge.steps.base import InputFile, StepContext
@@ -175,7 +176,7 @@ def _run_step(step: StepNode, key: str, inputs, store: Store, reporter: Reporter
             relative = path.relative_to(out_dir).as_posix()
             sha = context.known_hashes.get(relative)
             if sha is None:
-                sha = _hash(path)
+                sha = hash_file(path)
             outputs[relative] = FileRecord(sha, path.stat().st_size)
             fault_point(f"{step.kind}/adopt")
             store.adopt(path, sha)
@@ -191,11 +192,6 @@ def _progress(reporter: Reporter, step: StepNode, done: int, total: int, message
     fault_point(f"{step.kind}/progress")
     reporter.step_progress(step.name, done, total, message)
 
-
-def _hash(path: Path) -> str:
-    from modelforge.hashing import hash_file
-
-    return hash_file(path)
 
 
 def materialize(records: Mapping[str, FileRecord], store: Store, destination: Path) -> None:

@@ -3,6 +3,7 @@ Imports only `hashing`; nothing here touches the filesystem."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -58,8 +59,6 @@ class StepNode:
 
     @property
     def params(self) -> Any:
-        import json
-
         return json.loads(self.params_json)
 
     @staticmethod
