@@ -17,7 +17,7 @@ from modelforge.hashing import hash_file
 from modelforge.plan import Plan, StepNode, compute_keys
 from modelforge.steps import STEPS
 from modelforge.steps.base import InputFile, StepContext
-from modelforge.store import FileRecord, StepRecord, Store, fault_point, link_or_copy, swap_into_place
+from modelforge.store import FileRecord, StepRecord, Store, fault_point, link_or_copy, swap_into_place, storage_error
 
 
 class Reporter(Protocol):
@@ -163,9 +163,7 @@ def _run_step(step: StepNode, key: str, inputs, store: Store, reporter: Reporter
         except MemoryError:
             raise StepFailed(f"step {step.name} ({step.kind}) ran out of memory; build on a machine with more RAM") from None
         except OSError as error:
-            from modelforge.store import _storage_error
-
-            raise _storage_error(error, f"running step {step.name}") from None
+            raise storage_error(error, f"running step {step.name}") from None
         except Exception as error:  # the user's model or the toolchain failed
             raise StepFailed(f"step {step.name} ({step.kind}) failed: {type(error).__name__}: {str(error)[:400]}") from error
         fault_point(f"{step.kind}/ran")
@@ -197,7 +195,6 @@ def _progress(reporter: Reporter, step: StepNode, done: int, total: int, message
 def materialize(records: Mapping[str, FileRecord], store: Store, destination: Path) -> None:
     """Lay out a target's files under destination, replacing what was there in one atomic swap:
     a crash, or a reader, sees the old complete target or the new one, never neither."""
-    from modelforge.store import _storage_error
 
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -219,5 +216,5 @@ def materialize(records: Mapping[str, FileRecord], store: Store, destination: Pa
             store.hashes.remember(store.object_path(item.sha256), item.sha256)
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _storage_error(error, f"writing {destination}") from None
+            raise storage_error(error, f"writing {destination}") from None
         raise StoreError(f"cannot write {destination} ({error.strerror}); check its permissions or pass --out") from None

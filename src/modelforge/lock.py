@@ -100,7 +100,10 @@ def differences(old: Lock, new: Lock) -> list[str]:
     changed_tools = sorted(t for t in set(old.toolchain) | set(new.toolchain) if old.toolchain.get(t) != new.toolchain.get(t))
     if changed_tools:
         found.append("toolchain: " + ", ".join(f"{t} {old.toolchain.get(t, 'absent')}→{new.toolchain.get(t, 'absent')}" for t in changed_tools))
-    changed_steps = sorted(s for s in set(old.steps) | set(new.steps) if (old.steps.get(s) and old.steps[s].key) != (new.steps.get(s) and new.steps[s].key))
+    def key(lock: Lock, step: str) -> str | None:
+        return lock.steps[step].key if step in lock.steps else None
+
+    changed_steps = sorted(step for step in set(old.steps) | set(new.steps) if key(old, step) != key(new, step))
     if changed_steps:
         found.append("steps: " + ", ".join(changed_steps))
     if set(old.targets) != set(new.targets):

@@ -88,7 +88,7 @@ class StepRecord:
     outputs: Mapping[str, FileRecord]
 
 
-def _storage_error(error: OSError, what: str) -> StoreError:
+def storage_error(error: OSError, what: str) -> StoreError:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreError(f"no space left on the device while {what}; free space or point MODELFORGE_STORE elsewhere")
     return StoreError(f"cannot write the store while {what} ({error.strerror}); check permissions of the store directory")
@@ -112,7 +112,7 @@ class Store:
             for sub in ("objects", "steps", "tmp", "locks"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise _storage_error(error, f"creating {self.root}") from None
+            raise storage_error(error, f"creating {self.root}") from None
         self._sweep_tmp()
         self.hashes = HashCache(self.root / "state.sqlite")
 
@@ -158,7 +158,7 @@ class Store:
             os.replace(file, target)
             self.hashes.remember(target, sha256)
         except OSError as error:
-            raise _storage_error(error, f"storing {file.name}") from None
+            raise storage_error(error, f"storing {file.name}") from None
 
     # ------------------------------------------------------------------ records
     def _record_path(self, key: str) -> Path:
@@ -203,7 +203,7 @@ class Store:
                     descriptor = os.open(path, os.O_RDONLY)
                     fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
-                raise _storage_error(error, "creating a temporary directory") from None
+                raise storage_error(error, "creating a temporary directory") from None
             self._session, self._session_fd = path, descriptor
         return self._session
 
@@ -224,7 +224,7 @@ class Store:
         try:
             path = Path(tempfile.mkdtemp(prefix=f"{label}.", dir=self._session_dir()))
         except OSError as error:
-            raise _storage_error(error, f"creating a scratch directory for {label}") from None
+            raise storage_error(error, f"creating a scratch directory for {label}") from None
         try:
             yield path
         finally:
@@ -241,7 +241,7 @@ class Store:
             same_device = os.stat(session).st_dev == os.stat(destination.parent).st_dev
             path = Path(tempfile.mkdtemp(prefix=f".{destination.name}.staging-", dir=session if same_device else destination.parent))
         except OSError as error:
-            raise _storage_error(error, f"preparing {destination}") from None
+            raise storage_error(error, f"preparing {destination}") from None
         try:
             yield path
         finally:
@@ -315,7 +315,7 @@ def write_atomic(path: Path, content: bytes, temporary_dir: Path | None = None) 
     except OSError as error:
         if temporary is not None:
             temporary.unlink(missing_ok=True)
-        raise _storage_error(error, f"writing {path.name}") from None
+        raise storage_error(error, f"writing {path.name}") from None
     except BaseException:
         if temporary is not None:
             temporary.unlink(missing_ok=True)

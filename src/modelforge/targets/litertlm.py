@@ -34,6 +34,8 @@ SECTION_TYPES = {
     "vision_encoder.tflite": "VISION_ENCODER",
     "vision_adapter.tflite": "VISION_ADAPTER",
 }
+# The Gemma 3 image delimiters the runtime looks for (token strings: ids differ between checkpoints).
+IMAGE_TOKENS = {"start": "<start_of_image>", "end": "<end_of_image>"}
 SUPPORTED_ARCHITECTURES = ("Gemma3ForConditionalGeneration", "Gemma3ForCausalLM")
 
 
@@ -127,13 +129,12 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
                 f"{where}: the source has no {', '.join(missing)}, which the bundle's metadata and tokenizer need; "
                 "take it with source.files or set metadata.chat_template to the file that has the template"
             )
-    tokens = _token_strings(builder)
     metadata = builder.add(StepNode.make(
         f"{target}.metadata", litertlm_metadata.KIND, litertlm_metadata.VERSION,
         {
             "start_token": spec.metadata.start_token, "stop_tokens": list(spec.metadata.stop_tokens),
             "max_tokens": spec.metadata.max_tokens or spec.cache_length, "sampler": spec.metadata.sampler.model_dump(mode="json"),
-            "chat_template": spec.metadata.chat_template, "multimodal": multimodal, "image_tokens": tokens,
+            "chat_template": spec.metadata.chat_template, "multimodal": multimodal, "image_tokens": IMAGE_TOKENS,
         },
         (InputRef("checkpoint", checkpoint.node, tuple(sorted(metadata_files)) if checkpoint.node == builder.source.name else None),),
         litertlm_metadata.TOOLS,
@@ -180,6 +181,3 @@ def predict_export_memory(builder: PlanBuilder, step: str, part: str, checkpoint
     traced = memory.count_parameters(tensors, owner, PART_COMPONENTS[part])
     builder.plan_facts.setdefault("memory", {})[step] = memory.predict_export_peak(part, traced, loaded)
 
-
-def _token_strings(builder: PlanBuilder) -> dict[str, str]:
-    return {"start": "<start_of_image>", "end": "<end_of_image>"}
