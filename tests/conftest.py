@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 TINY = ROOT / "fixtures" / "tiny-medgemma"
-REFERENCE = ROOT.parent / "shared" / "reference"
+REFERENCE = ROOT / "reference"
 
 
 @pytest.fixture(autouse=True)

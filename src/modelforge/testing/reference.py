@@ -1,5 +1,5 @@
 """Source facts and synthetic checkpoints from a tensor list (name → shape), such as the real
-MedGemma 4B list in shared/reference. Used by tests (no weights needed) and by bench/ (which
+MedGemma 4B list in reference/. Used by tests (no weights needed) and by bench/ (which
 writes a full-scale checkpoint). Imports planner, plan and safetensors_io only."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from modelforge.plan import SourceFile
 from modelforge.planner import SourceFacts
 from modelforge.safetensors_io import DTYPE_BYTES, TensorInfo, _header_bytes
 
-REFERENCE = Path(__file__).resolve().parents[3].parent / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[3] / "reference"
 
 
 def reference_dir() -> Path:
-    """shared/reference beside the checkout (CI clones main with ../shared beside it)."""
+    """reference/ in the checkout: public MedGemma / Gemma 3 data files, copied from the team's
+    shared/reference with their provenance (reference/README.md)."""
     return REFERENCE
 
 
@@ -73,7 +74,7 @@ def facts_from_shapes(shapes: Mapping[str, tuple[int, ...]], dtype: str, config:
 
 
 def reference_files() -> dict[str, bytes]:
-    """The small files of a MedGemma Hub checkpoint, from shared/reference (stand-ins where the
+    """The small files of a MedGemma Hub checkpoint, from reference/ (stand-ins where the
     reference has none: the tokenizer files)."""
     ref = REFERENCE
     return {
