@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from modelforge.errors import LockError, SourceError
 from modelforge.executor import NodeStatus, Reporter, SilentReporter, materialize, run_plan, statuses
-from modelforge.hashing import hash_file
+from modelforge.hashing import HashCache, hash_file
 from modelforge.lock import (
     Lock,
     LockedFile,
@@ -30,7 +30,7 @@ from modelforge.manifest.models import HubSourceSpec, LocalSourceSpec
 from modelforge.plan import Plan, SourceFile, compute_keys
 from modelforge.planner import SourceFacts, make_plan
 from modelforge.safetensors_io import TensorInfo, parse_header_object, read_header
-from modelforge.source_checks import check_index, check_shards, check_source_file, read_json_file
+from modelforge.source_checks import STRICT_JSON_RULE, check_index, check_shards, check_source_file, read_json_file
 from modelforge.steps import STEPS
 from modelforge.store import Store, default_store_dir
 from modelforge.toolchain import versions
@@ -102,10 +102,23 @@ def _local_files(root: Path, patterns: tuple[str, ...]) -> dict[str, Path]:
     return found
 
 
-def _checked_facts(paths: Mapping[str, Path], headers: Mapping[str, Mapping[str, TensorInfo]] | None) -> tuple[dict[str, TensorInfo], dict[str, Any]]:
+def _checked_facts(
+    paths: Mapping[str, Path], headers: Mapping[str, Mapping[str, TensorInfo]] | None, hashes: HashCache
+) -> tuple[dict[str, TensorInfo], dict[str, Any]]:
     """Every JSON file strictly parsed; the shards' headers agreeing with each other and with the
-    index. `headers` (shard → tensors) None: read from the local shards. Returns (tensors, config)."""
-    documents = {relative: read_json_file(path, relative) for relative, path in paths.items() if relative.endswith(".json")}
+    index. `headers` (shard → tensors) None: read from the local shards. Returns (tensors, config).
+    A JSON file only carried (tokenizer.json: tens of MB) is parsed once per content, not per plan."""
+    documents = {}
+    for relative, path in paths.items():
+        if not relative.endswith(".json"):
+            continue
+        if relative in ("config.json", INDEX_FILE):
+            documents[relative] = read_json_file(path, relative)
+            continue
+        content = hashes.hash(path)
+        if not hashes.is_checked(content, STRICT_JSON_RULE):
+            read_json_file(path, relative)
+            hashes.mark_checked(content, STRICT_JSON_RULE)
     config = documents.get("config.json", {})
     if not isinstance(config, dict):
         raise SourceError(f"config.json: holds a JSON {type(config).__name__}, not an object; re-fetch the source")
@@ -149,7 +162,7 @@ def _gather_source(project: Project, store: Store, source_dir: Path | None, repo
         root = Path(source_dir) if source_dir is not None else (project.manifest_path.resolve().parent / spec.path)
         paths = _local_files(root, spec.files)
         # Headers and JSON first: a damaged source is refused before its weights are hashed.
-        tensors, config = _checked_facts(paths, None)
+        tensors, config = _checked_facts(paths, None, store.hashes)
         files = _hash_sources(paths, store, reporter)
         if isinstance(spec, HubSourceSpec):
             origin = {"kind": "hub", "repo": spec.repo, "revision": spec.revision}
@@ -173,7 +186,7 @@ def _gather_source(project: Project, store: Store, source_dir: Path | None, repo
     headers = None
     if not need_weights:
         headers = {relative: parse_header_object(header, relative) for relative, header in hub.safetensors_headers(spec.repo, commit).items()}
-    tensors, config = _checked_facts(paths, headers)
+    tensors, config = _checked_facts(paths, headers, store.hashes)
     files = []
     for item in remote:
         if item.path in paths:

@@ -21,6 +21,8 @@ MAX_HEADER_BYTES = 100_000_000
 # Deeper JSON than this is no configuration file a model library writes; it is an attack on parsers.
 MAX_JSON_DEPTH = 64
 _MAX_UINT64 = (1 << 64) - 1
+# The name under which a JSON file's content is remembered as strictly valid (change it with the rules).
+STRICT_JSON_RULE = f"strict-json-1-depth-{MAX_JSON_DEPTH}"
 
 # Bits per element of every dtype the pinned safetensors (0.8.0) accepts: the spec's dtypes plus
 # the sub-byte and fnuz float formats it added.
@@ -88,16 +90,50 @@ def _path_text(path: tuple) -> str:
 def strict_json(data: bytes, file_name: str, what: str = "JSON") -> Any:
     """Parse JSON the way strict parsers do: UTF-8, no NaN/Infinity (nor a number too large for a
     double), no repeated key in any object, nesting at most MAX_JSON_DEPTH deep."""
+    suspicious = []  # the hooks note a problem; the slow walk then finds its key path
+
+    def constant(literal: str) -> _NonFinite:
+        suspicious.append(literal)
+        return _NonFinite(literal)
+
+    def number(text: str) -> Any:
+        value = _number(text)
+        if isinstance(value, _NonFinite):
+            suspicious.append(text)
+        return value
+
+    def pairs(items: list[tuple[str, Any]]) -> dict:
+        value = _object(items)
+        if type(value) is _DuplicatedKeys:
+            suspicious.append(value)
+        return value
+
     try:
-        value = json.loads(data.decode("utf-8"), object_pairs_hook=_object, parse_constant=_NonFinite, parse_float=_number)
+        value = json.loads(data.decode("utf-8"), object_pairs_hook=pairs, parse_constant=constant, parse_float=number)
     except UnicodeDecodeError:
         raise SourceError(f"{file_name}: the {what} is not UTF-8 text; the file is damaged, re-fetch the source") from None
     except RecursionError:
         raise SourceError(f"{file_name}: the {what} nests deeper than {MAX_JSON_DEPTH} levels; the file is damaged or hostile, re-fetch the source") from None
     except ValueError as error:  # JSONDecodeError, and integers beyond Python's digit limit
         raise SourceError(f"{file_name}: the {what} is not valid JSON ({_first_line(error)}); the file is damaged, re-fetch the source") from None
-    _walk(value, file_name, what)
+    if suspicious or _depth_exceeds(value):
+        _walk(value, file_name, what)
     return value
+
+
+def _depth_exceeds(value: Any) -> bool:
+    """Whether containers nest deeper than MAX_JSON_DEPTH; no paths kept (a tokenizer.json has a
+    million small containers, and this runs on every plan)."""
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth >= MAX_JSON_DEPTH:
+            return True
+        for child in node.values() if type(node) is dict else node if type(node) is list else ():
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+    return False
 
 
 def _first_line(error: Exception) -> str:

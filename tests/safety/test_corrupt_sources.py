@@ -479,3 +479,13 @@ def test_validating_a_shard_reads_its_header_only(tmp_path):
     tensors, _ = read_header(path)
     assert _bytes_read() - before < (1 << 16)
     assert tensors["big"].nbytes == size
+
+
+def test_a_carried_json_file_checked_once_is_checked_again_when_its_content_changes(project, tmp_path):
+    # Large carried JSON files are validated once per content (remembered by sha256 in the store).
+    store = tmp_path / "store"
+    api.plan(_manifest(project), store_dir=store)
+    api.plan(_manifest(project), store_dir=store)
+    _duplicate_key_in_tokenizer_config(_source(project))
+    with pytest.raises(SourceError, match=r"tokenizer_config.json: the top level of the file repeats the key 'model_max_length'"):
+        api.plan(_manifest(project), store_dir=store)
