@@ -161,13 +161,17 @@ def _gather_source(project: Project, store: Store, source_dir: Path | None, repo
     if source_dir is not None or isinstance(spec, LocalSourceSpec):
         root = Path(source_dir) if source_dir is not None else (project.manifest_path.resolve().parent / spec.path)
         paths = _local_files(root, spec.files)
-        # Headers and JSON first: a damaged source is refused before its weights are hashed.
-        tensors, config = _checked_facts(paths, None, store.hashes)
-        files = _hash_sources(paths, store, reporter)
         if isinstance(spec, HubSourceSpec):
-            origin = {"kind": "hub", "repo": spec.repo, "revision": spec.revision}
+            # A download stands in for a pinned revision: "not the locked files" is the diagnosis
+            # that matters first, and it needs the hashes anyway.
+            files = _hash_sources(paths, store, reporter)
             _check_override(project, files, root)
+            tensors, config = _checked_facts(paths, None, store.hashes)
+            origin = {"kind": "hub", "repo": spec.repo, "revision": spec.revision}
         else:
+            # Headers and JSON first: a damaged source is refused before its weights are hashed.
+            tensors, config = _checked_facts(paths, None, store.hashes)
+            files = _hash_sources(paths, store, reporter)
             origin = {"kind": "local", "path": spec.path}
         return Gathered(SourceFacts(tuple(files), tensors, config, origin), paths)
     from modelforge import hub
