@@ -5,6 +5,7 @@ Imports executor, planner, store, lock, manifest; never torch."""
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, Mapping
 
 from modelforge.errors import LockError, SourceError
 from modelforge.executor import NodeStatus, Reporter, SilentReporter, materialize, run_plan, statuses
-from modelforge.hashing import hash_file
+from modelforge.hashing import HashCache, hash_file
 from modelforge.lock import (
     Lock,
     LockedFile,
@@ -28,7 +29,8 @@ from modelforge.manifest import Manifest, load_manifest, manifest_digest
 from modelforge.manifest.models import HubSourceSpec, LocalSourceSpec
 from modelforge.plan import Plan, SourceFile, compute_keys
 from modelforge.planner import SourceFacts, make_plan
-from modelforge.safetensors_io import read_header
+from modelforge.safetensors_io import TensorInfo, parse_header_object, read_header
+from modelforge.source_checks import STRICT_JSON_RULE, check_index, check_shards, check_source_file, read_json_file
 from modelforge.steps import STEPS
 from modelforge.store import Store, default_store_dir
 from modelforge.toolchain import versions
@@ -68,6 +70,9 @@ def open_project(manifest_path: str | Path) -> Project:
     return Project(path, manifest, root)
 
 
+INDEX_FILE = "model.safetensors.index.json"
+
+
 @dataclass
 class Gathered:
     facts: SourceFacts
@@ -75,18 +80,57 @@ class Gathered:
 
 
 def _local_files(root: Path, patterns: tuple[str, ...]) -> dict[str, Path]:
+    """The files of a source directory the patterns take. Each must be a regular file reached
+    without leaving the directory (a Hub snapshot's links into its own blob store are its layout):
+    a FIFO, a device, a directory or a symlink elsewhere where a file should be is refused, by name."""
     if not root.is_dir():
         raise SourceError(f"source directory {root} does not exist; fix source.path or --source-dir")
+    real_root = Path(os.path.realpath(root))
+    allowed = [real_root]
+    if real_root.parent.name == "snapshots" and (real_root.parent.parent / "blobs").is_dir():
+        allowed.append(real_root.parent.parent / "blobs")
     found = {}
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in relative.split("/")) or not path.is_file():
+        if any(part.startswith(".") for part in relative.split("/")):
             continue
         if matches(relative, patterns) or matches(path.name, patterns):
+            check_source_file(path, relative, allowed)
             found[relative] = path
     if not found:
         raise SourceError(f"source directory {root} has no files matching {', '.join(patterns)}; check source.files")
     return found
+
+
+def _checked_facts(
+    paths: Mapping[str, Path], headers: Mapping[str, Mapping[str, TensorInfo]] | None, hashes: HashCache
+) -> tuple[dict[str, TensorInfo], dict[str, Any]]:
+    """Every JSON file strictly parsed; the shards' headers agreeing with each other and with the
+    index. `headers` (shard → tensors) None: read from the local shards. Returns (tensors, config).
+    A JSON file only carried (tokenizer.json: tens of MB) is parsed once per content, not per plan."""
+    documents = {}
+    for relative, path in paths.items():
+        if not relative.endswith(".json"):
+            continue
+        if relative in ("config.json", INDEX_FILE):
+            documents[relative] = read_json_file(path, relative)
+            continue
+        content = hashes.hash(path)
+        if not hashes.is_checked(content, STRICT_JSON_RULE):
+            read_json_file(path, relative)
+            hashes.mark_checked(content, STRICT_JSON_RULE)
+    config = documents.get("config.json", {})
+    if not isinstance(config, dict):
+        raise SourceError(f"config.json: holds a JSON {type(config).__name__}, not an object; re-fetch the source")
+    if headers is None:
+        headers = {relative: read_header(path, relative)[0] for relative, path in paths.items() if relative.endswith(".safetensors")}
+    check_shards(headers)
+    if INDEX_FILE in documents:
+        check_index(documents[INDEX_FILE], headers, INDEX_FILE)
+    tensors: dict[str, TensorInfo] = {}
+    for shard in sorted(headers):
+        tensors.update(headers[shard])
+    return tensors, config
 
 
 def gather(project: Project, store: Store, source_dir: Path | None, reporter: Reporter, need_weights: bool) -> Gathered:
@@ -117,17 +161,18 @@ def _gather_source(project: Project, store: Store, source_dir: Path | None, repo
     if source_dir is not None or isinstance(spec, LocalSourceSpec):
         root = Path(source_dir) if source_dir is not None else (project.manifest_path.resolve().parent / spec.path)
         paths = _local_files(root, spec.files)
-        files = _hash_sources(paths, store, reporter)
         if isinstance(spec, HubSourceSpec):
-            origin = {"kind": "hub", "repo": spec.repo, "revision": spec.revision}
+            # A download stands in for a pinned revision: "not the locked files" is the diagnosis
+            # that matters first, and it needs the hashes anyway.
+            files = _hash_sources(paths, store, reporter)
             _check_override(project, files, root)
+            tensors, config = _checked_facts(paths, None, store.hashes)
+            origin = {"kind": "hub", "repo": spec.repo, "revision": spec.revision}
         else:
+            # Headers and JSON first: a damaged source is refused before its weights are hashed.
+            tensors, config = _checked_facts(paths, None, store.hashes)
+            files = _hash_sources(paths, store, reporter)
             origin = {"kind": "local", "path": spec.path}
-        tensors = {}
-        for relative, path in paths.items():
-            if relative.endswith(".safetensors"):
-                tensors.update(read_header(path, relative)[0])
-        config = _read_config(paths)
         return Gathered(SourceFacts(tuple(files), tensors, config, origin), paths)
     from modelforge import hub
 
@@ -138,24 +183,21 @@ def _gather_source(project: Project, store: Store, source_dir: Path | None, repo
         spec.repo, commit, wanted, cache_dir=None, hash_cache=store.hashes,
         progress=lambda name, done, total: reporter.step_progress(f"download {name}", done, total, f"downloading {name}"),
     )
+    # The snapshot's files are links into the repository's blob store; nothing may lead elsewhere.
+    allowed = [Path(os.path.realpath(hub.repo_cache_dir(spec.repo)))]
+    for relative, path in paths.items():
+        check_source_file(path, relative, allowed)
+    headers = None
+    if not need_weights:
+        headers = {relative: parse_header_object(header, relative) for relative, header in hub.safetensors_headers(spec.repo, commit).items()}
+    tensors, config = _checked_facts(paths, headers, store.hashes)
     files = []
     for item in remote:
         if item.path in paths:
             files.append(SourceFile(item.path, store.hashes.hash(paths[item.path]), item.size))
         elif item.sha256:
             files.append(SourceFile(item.path, item.sha256, item.size))
-    tensors = {}
-    if need_weights:
-        for relative, path in paths.items():
-            if relative.endswith(".safetensors"):
-                tensors.update(read_header(path, relative)[0])
-    else:
-        from modelforge.safetensors_io import parse_header
-
-        for relative, header in hub.safetensors_headers(spec.repo, commit).items():
-            raw = json.dumps(header).encode()
-            tensors.update(parse_header(raw, 0, None, relative)[0])
-    return Gathered(SourceFacts(tuple(files), tensors, _read_config(paths), {"kind": "hub", "repo": spec.repo, "revision": commit}), paths)
+    return Gathered(SourceFacts(tuple(files), tensors, config, {"kind": "hub", "repo": spec.repo, "revision": commit}), paths)
 
 
 def _hash_sources(paths: Mapping[str, Path], store: Store, reporter: Reporter) -> list[SourceFile]:
@@ -171,15 +213,6 @@ def _hash_sources(paths: Mapping[str, Path], store: Store, reporter: Reporter) -
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="modelforge-hash") as pool:
         digests = dict(zip(order, pool.map(lambda relative: store.hashes.hash(paths[relative]), order)))
     return [SourceFile(relative, digests[relative], sizes[relative]) for relative in paths]
-
-
-def _read_config(paths: Mapping[str, Path]) -> dict[str, Any]:
-    if "config.json" not in paths:
-        return {}
-    try:
-        return json.loads(paths["config.json"].read_text())
-    except ValueError as error:
-        raise SourceError(f"config.json of the source is not valid JSON ({error}); re-fetch the source") from None
 
 
 def _check_override(project: Project, files: list[SourceFile], root: Path) -> None:

@@ -66,6 +66,9 @@ class HashCache:
                     "CREATE TABLE IF NOT EXISTS state (path TEXT PRIMARY KEY, stamp TEXT NOT NULL, "
                     "algorithm TEXT NOT NULL, hash TEXT NOT NULL)"
                 )
+                self._connection.execute(
+                    "CREATE TABLE IF NOT EXISTS checked (hash TEXT NOT NULL, rule TEXT NOT NULL, PRIMARY KEY (hash, rule))"
+                )
             except sqlite3.Error:
                 # The cache only saves re-reading files: on a full or read-only disk, or with a damaged
                 # database, builds go on without it (and fail, if they must, on their own writes).
@@ -116,6 +119,27 @@ class HashCache:
         value = hash_file(path, progress)
         self._remember(resolved, stamp, value)
         return value
+
+    def is_checked(self, value: str, rule: str) -> bool:
+        """Whether content with this sha256 once passed the named check (a rule name carries its
+        version): a large file is validated once per content, not on every plan."""
+        if self._connection is None:
+            return False
+        try:
+            with self._lock:
+                row = self._connection.execute("SELECT 1 FROM checked WHERE hash = ? AND rule = ?", (value, rule)).fetchone()
+        except sqlite3.Error:
+            return False
+        return row is not None
+
+    def mark_checked(self, value: str, rule: str) -> None:
+        if self._connection is None:
+            return
+        try:
+            with self._lock:
+                self._connection.execute("INSERT OR IGNORE INTO checked (hash, rule) VALUES (?, ?)", (value, rule))
+        except sqlite3.Error:
+            pass  # checked again next time
 
     def close(self) -> None:
         if self._connection is not None:

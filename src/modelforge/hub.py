@@ -97,6 +97,11 @@ def _api() -> HfApi:
     return HfApi(endpoint=endpoint(), library_name="modelforge", library_version=__version__)
 
 
+def repo_cache_dir(repo: str) -> Path:
+    """The repository's folder in the Hugging Face cache (its snapshots link into its blobs/)."""
+    return cache_dir_default() / repo_folder_name(repo_id=repo, repo_type="model")
+
+
 def _snapshot_dir(cache: Path, repo: str, commit: str) -> Path:
     return cache / repo_folder_name(repo_id=repo, repo_type="model") / "snapshots" / commit
 

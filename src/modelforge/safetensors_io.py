@@ -1,5 +1,6 @@
 """Reads safetensors headers and writes shards by streaming byte ranges, never loading a shard:
-memory stays at one copy buffer whatever the model size. Imports only `errors` and `hashing`."""
+memory stays at one copy buffer whatever the model size. Imports only `errors`, `hashing` and
+`source_checks` (which holds every rule a header must meet)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,18 @@ from typing import Callable, Mapping, Sequence
 
 from modelforge.errors import SourceError
 from modelforge.hashing import CHUNK
+from modelforge.source_checks import (
+    DTYPE_BITS,
+    MAX_HEADER_BYTES,
+    FiniteScanner,
+    HeaderEntry,
+    check_header,
+    check_header_object,
+    open_regular,
+)
 
-MAX_HEADER_BYTES = 100 << 20
-DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
-}
+# Bytes per element of the whole-byte dtypes (the sub-byte ones have no whole size; see DTYPE_BITS).
+DTYPE_BYTES = {dtype: bits // 8 for dtype, bits in DTYPE_BITS.items() if bits % 8 == 0}
 
 
 @dataclass(frozen=True)
@@ -38,46 +45,48 @@ class TensorInfo:
 
 
 def read_header(path: Path, file_name: str | None = None) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Tensors and metadata of one safetensors file, from its header only."""
+    """Tensors and metadata of one safetensors file, from its header only (never its data), held
+    to the reference parser's rules (source_checks.check_header). Refuses a FIFO or a device
+    without blocking on it."""
     file_name = file_name or path.name
+    descriptor = open_regular(path, file_name)
     try:
-        with open(path, "rb") as handle:
+        with open(descriptor, "rb", buffering=0) as handle:
+            size = os.fstat(handle.fileno()).st_size
             prefix = handle.read(8)
             if len(prefix) != 8:
-                raise SourceError(f"{file_name}: too short to be a safetensors file; re-download it")
+                raise SourceError(f"{file_name}: {size} bytes is too short to be a safetensors file; re-fetch the source")
             (length,) = struct.unpack("<Q", prefix)
             if length > MAX_HEADER_BYTES:
-                raise SourceError(f"{file_name}: safetensors header of {length} bytes is implausible; the file is damaged")
+                raise SourceError(f"{file_name}: safetensors header length {length} is over the limit of {MAX_HEADER_BYTES} bytes; the file is damaged")
+            if 8 + length > size:
+                raise SourceError(f"{file_name}: safetensors header length {length} runs past the end of the {size}-byte file; the file is truncated or damaged")
             raw = handle.read(length)
-            size = os.fstat(handle.fileno()).st_size
+            if len(raw) != length:
+                raise SourceError(f"{file_name}: shrank while its header was read; re-fetch the source")
     except OSError as error:
         raise SourceError(f"{file_name}: cannot read ({error.strerror}); check the source directory") from None
     return parse_header(raw, 8 + length, size, file_name)
 
 
 def parse_header(raw: bytes, data_start: int, file_size: int | None, file_name: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise SourceError(f"{file_name}: the safetensors header is not valid JSON; the file is damaged") from None
-    metadata = header.pop("__metadata__", None) or {}
-    tensors: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        try:
-            begin, end = entry["data_offsets"]
-            info = TensorInfo(name, entry["dtype"], tuple(entry["shape"]), file_name, data_start + begin, data_start + end)
-        except (KeyError, TypeError, ValueError):
-            raise SourceError(f"{file_name}: header entry for {name!r} is malformed; the file is damaged") from None
-        expected = DTYPE_BYTES.get(info.dtype)
-        count = 1
-        for dimension in info.shape:
-            count *= dimension
-        if expected is not None and count * expected != info.nbytes:
-            raise SourceError(f"{file_name}: tensor {name!r} has {info.nbytes} bytes for shape {list(info.shape)}; the file is damaged")
-        if file_size is not None and info.end > file_size:
-            raise SourceError(f"{file_name}: tensor {name!r} runs past the end of the file; the file is truncated, re-fetch it")
-        tensors[name] = info
-    return tensors, metadata
+    """Tensors (absolute offsets) and metadata of a header's bytes; file_size None when only the
+    header is known (then the data area's length cannot be checked)."""
+    entries, metadata = check_header(raw, None if file_size is None else file_size - data_start, file_name)
+    return _infos(entries, data_start, file_name), metadata
+
+
+def parse_header_object(header: dict, file_name: str) -> dict[str, TensorInfo]:
+    """Tensors of a header the Hub already parsed (its data area's length unknown)."""
+    entries, _ = check_header_object(header, None, file_name)
+    return _infos(entries, 0, file_name)
+
+
+def _infos(entries: Mapping[str, HeaderEntry], data_start: int, file_name: str) -> dict[str, TensorInfo]:
+    return {
+        name: TensorInfo(name, entry.dtype, entry.shape, file_name, data_start + entry.begin, data_start + entry.end)
+        for name, entry in entries.items()
+    }
 
 
 def _header_bytes(entries: Sequence[tuple[str, TensorInfo]], metadata: dict[str, str]) -> tuple[bytes, list[int]]:
@@ -100,6 +109,7 @@ def write_shard(
     source_paths: Mapping[str, Path],
     metadata: dict[str, str],
     progress: Callable[[int], None] | None = None,
+    check_finite: bool = False,
 ) -> str:
     """Write one safetensors file whose tensors are byte ranges of source shards, in the given
     order (`source_paths` maps each TensorInfo.file to where it is). Returns the output's sha256.
@@ -107,12 +117,20 @@ def write_shard(
     The bytes move in the kernel (copy_file_range: no trip through Python, a reflink where the
     filesystem offers one) while a second thread hashes the output as it grows, reading it back
     from the page cache: the two cores overlap I/O and hashing, and the hash is of the bytes that
-    are really in the file. Memory is one hashing buffer whatever the model size."""
-    header, _ = _header_bytes(entries, metadata)
+    are really in the file. Memory is one hashing buffer whatever the model size. With
+    check_finite, the hashing thread also looks for NaN and infinity in the float tensors in the
+    same pass (no second read) and a SourceError names the first source tensor that holds one."""
+    header, offsets = _header_bytes(entries, metadata)
     prefix = struct.pack("<Q", len(header)) + header
     total = len(prefix) + sum(info.nbytes for _, info in entries)
+    scanner = None
+    if check_finite:
+        scanner = FiniteScanner([
+            (info.file, info.name, info.dtype, len(prefix) + offset, len(prefix) + offset + info.nbytes)
+            for (_, info), offset in zip(entries, offsets)
+        ])
     written = _Progress()
-    hasher = _TailHasher(path, total, written)
+    hasher = _TailHasher(path, total, written, scanner)
     handles: dict[str, object] = {}
     try:
         with open(path, "wb", buffering=0) as out:
@@ -122,9 +140,11 @@ def write_shard(
             for _, info in entries:
                 source = handles.get(info.file)
                 if source is None:
-                    source = handles[info.file] = open(source_paths[info.file], "rb", buffering=0)
-                _copy_range(source, out, info, written, progress)
-            os.fsync(out.fileno())
+                    source = handles[info.file] = open(open_regular(source_paths[info.file], info.file), "rb", buffering=0)
+                if not _copy_range(source, out, info, written, progress):
+                    break  # the hashing thread refused what it read; result() says why
+            else:
+                os.fsync(out.fileno())
     except BaseException:
         written.abort()
         raise
@@ -142,6 +162,7 @@ class _Progress:
         self._condition = threading.Condition()
         self.count = 0
         self.aborted = False
+        self.refused = False  # set by the hasher when the bytes it read are refused: copying stops
 
     def advance(self, count: int) -> None:
         with self._condition:
@@ -161,9 +182,9 @@ class _Progress:
 
 
 class _TailHasher(threading.Thread):
-    def __init__(self, path: Path, total: int, written: _Progress):
+    def __init__(self, path: Path, total: int, written: _Progress, scanner: FiniteScanner | None = None):
         super().__init__(daemon=True, name="modelforge-hash")
-        self.path, self.total, self.written = path, total, written
+        self.path, self.total, self.written, self.scanner = path, total, written, scanner
         self.sha = hashlib.sha256()
         self.error: BaseException | None = None
 
@@ -182,9 +203,12 @@ class _TailHasher(threading.Thread):
                         if not count:
                             raise OSError(f"{self.path.name} shrank while being hashed")
                         self.sha.update(view[:count])
+                        if self.scanner is not None:
+                            self.scanner.feed(position, view[:count])
                         position += count
         except BaseException as error:  # reported by result()
             self.error = error
+            self.written.refused = True
 
     def result(self) -> str:
         if self.error is not None:
@@ -192,9 +216,12 @@ class _TailHasher(threading.Thread):
         return self.sha.hexdigest()
 
 
-def _copy_range(source, out, info: TensorInfo, written: _Progress, progress) -> None:
+def _copy_range(source, out, info: TensorInfo, written: _Progress, progress) -> bool:
+    """Copy one tensor's bytes; False when the hashing thread refused what it read (stop copying)."""
     position, remaining = info.begin, info.nbytes
     while remaining:
+        if written.refused:
+            return False
         step = min(remaining, 64 << 20)
         try:
             count = os.copy_file_range(source.fileno(), out.fileno(), step, position)
@@ -209,6 +236,7 @@ def _copy_range(source, out, info: TensorInfo, written: _Progress, progress) -> 
         written.advance(count)
         if progress:
             progress(count)
+    return True
 
 
 def _copy_chunk(source, out, position: int, count: int) -> int:

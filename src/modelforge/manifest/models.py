@@ -182,7 +182,7 @@ def _count_unbounded(pattern) -> int:
 
 
 class _SourceSpec(Spec):
-    """What every source kind has: the two safety opt-ins."""
+    """What every source kind has: the safety opt-ins."""
 
     allow_pickle: bool = Field(
         default=False,
@@ -191,6 +191,13 @@ class _SourceSpec(Spec):
     trust_remote_code: bool = Field(
         default=False,
         description="Must stay false: modelforge never runs Python code shipped inside a checkpoint.",
+    )
+    non_finite_weights: Literal["refuse", "allow"] = Field(
+        default="refuse",
+        description=(
+            "What to do with a weight tensor that holds NaN or infinity, checked as its bytes are copied: "
+            "refuse (the default: the build fails naming the tensor) or allow (ship it as the source has it)."
+        ),
     )
 
     @field_validator("trust_remote_code")
@@ -210,6 +217,8 @@ class _SourceSpec(Spec):
         for key in ("allow_pickle", "trust_remote_code"):
             if data.get(key) is False:
                 del data[key]
+        if data.get("non_finite_weights") == "refuse":
+            del data["non_finite_weights"]
         return data
 
 

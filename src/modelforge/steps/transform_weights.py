@@ -1,5 +1,6 @@
 """Step `transform_weights`: write output shards whose tensors are renamed byte ranges of the
-source shards, plus the index. Streams; never imports torch."""
+source shards, plus the index. Streams; never imports torch. Under the non-finite policy
+"refuse" the hashing pass also checks every float tensor for NaN and infinity (no second read)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from modelforge.safetensors_io import read_header, write_shard
 from modelforge.steps.base import StepContext
 
 KIND = "transform_weights"
-VERSION = 1
+VERSION = 2  # 2: refuses NaN/infinity in weights unless params.non_finite is "allow"
 TOOLS: tuple[str, ...] = ()
 
 
 def run(context: StepContext) -> None:
     """params: {"shards": [{"file": name, "tensors": [[out_name, src_file, src_name], ...]}],
-    "metadata": {...}, "index": bool}. The planner decided every name and shard."""
+    "metadata": {...}, "index": bool, "non_finite": "refuse" | "allow"}. The planner decided every
+    name and shard."""
     params = context.params
     source_files = sorted({src_file for shard in params["shards"] for _, src_file, _ in shard["tensors"]})
     headers = {}
@@ -40,7 +42,10 @@ def run(context: StepContext) -> None:
             entries.append((out_name, info))
             weight_map[out_name] = shard["file"]
             total_size += info.nbytes
-        sha = write_shard(context.output(shard["file"]), entries, source_paths, params["metadata"], advance)
+        sha = write_shard(
+            context.output(shard["file"]), entries, source_paths, params["metadata"], advance,
+            check_finite=params["non_finite"] != "allow",
+        )
         context.known_hashes[shard["file"]] = sha
     if params["index"]:
         index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}

@@ -42,7 +42,10 @@ def plan(builder: PlanBuilder, target: str, spec: HfTextOnlyTarget) -> str:
             f"{target}.weights",
             transform_weights.KIND,
             transform_weights.VERSION,
-            {"shards": shards, "metadata": {"format": "pt"}, "index": len(shards) > 1},
+            {
+                "shards": shards, "metadata": {"format": "pt"}, "index": len(shards) > 1,
+                "non_finite": builder.manifest.source.non_finite_weights,
+            },
             (source_input(builder, source_shards),),
             transform_weights.TOOLS,
         )
