@@ -44,115 +44,41 @@ def apply_hoists(model, hoists: list[dict]) -> dict:
     return report
 
 
-# The modules each export part traces, by their names in transformers' Gemma3ForConditionalGeneration;
-# everything else stays on the meta device and is never read from the checkpoint.
-VISION_MODULES = ("model.vision_tower", "model.multi_modal_projector")
-# The Hub's legacy Gemma 3 key layout → transformers' module names (transformers' own "llava" renamings).
-LEGACY_PREFIXES = (
-    ("language_model.lm_head.", "lm_head."),
-    ("language_model.model.", "model.language_model."),
-    ("vision_tower.vision_model.", "model.vision_tower."),
-    ("model.vision_tower.vision_model.", "model.vision_tower."),
-    ("vision_tower.", "model.vision_tower."),
-    ("multi_modal_projector.", "model.multi_modal_projector."),
-)
-
-
-def _module_name(key: str) -> str:
-    for old, new in LEGACY_PREFIXES:
-        if key.startswith(old):
-            return new + key[len(old):]
-    return key
-
-
-def _checkpoint_keys(checkpoint: Path) -> dict[str, tuple[Path, str]]:
-    """transformers' parameter name → (shard, checkpoint key), from the safetensors headers."""
-    from modelforge.safetensors_io import read_header
-
-    keys = {}
-    for shard in sorted(checkpoint.glob("*.safetensors")):
-        for key in read_header(shard)[0]:
-            keys[_module_name(key)] = (shard, key)
-    return keys
-
-
 def load_part(checkpoint: Path, config, part: str):
     """litert-torch's load_model with every parameter on the meta device, then only the tensors
-    `part` traces read from the checkpoint into float32 (what from_pretrained would give them):
-    the text decoder for 'text', the vision tower and projector for 'vision'. The checkpoint's
-    mapping is closed before returning, so no file pages stay resident."""
+    `part` traces read from the checkpoint (modelforge.steps.partial_load): the text decoder for
+    'text', the vision tower and projector (and the end-of-image embedding rows) for 'vision'.
+    The shards are closed before returning, so no file pages stay mapped."""
     import dataclasses
 
-    import safetensors
-    import torch
     from litert_torch.generative.export_hf.core import export_lib
-    from litert_torch.generative.export_hf.core import weights_loader
 
-    with weights_loader.init_params_on_meta():
+    from modelforge.steps import partial_load
+
+    with partial_load.meta_parameters():
         source = export_lib.load_model(str(checkpoint), dataclasses.replace(config, use_random_weights=True),
                                        trust_remote_code=False, task=config.task)
-    model = source.model
-    model.eval()
-    wanted = lambda name: name.startswith(VISION_MODULES) == (part == "vision")  # noqa: E731
-    keys = _checkpoint_keys(checkpoint)
-    handles: dict[Path, object] = {}
-    replaced: dict[int, torch.nn.Parameter] = {}
-    with torch.no_grad():
-        for module_name, module in model.named_modules():
-            for name, parameter in list(module._parameters.items()):
-                full = f"{module_name}.{name}" if module_name else name
-                if parameter is None or not wanted(full):
-                    continue
-                if id(parameter) not in replaced:
-                    if full not in keys:
-                        continue  # a tied alias (lm_head): filled through the parameter it shares
-                    shard, key = keys[full]
-                    handle = handles.setdefault(shard, safetensors.safe_open(str(shard), framework="pt", device="cpu"))
-                    tensor = handle.get_tensor(key)
-                    if tuple(tensor.shape) != tuple(parameter.shape):
-                        raise ValueError(f"{shard.name}: {key} has shape {tuple(tensor.shape)}, the model expects {tuple(parameter.shape)}")
-                    replaced[id(parameter)] = torch.nn.Parameter(tensor.to(torch.float32), requires_grad=False)
-                    del tensor
-                module._parameters[name] = replaced[id(parameter)]
-        # Tied aliases whose own name has no key: share the filled parameter (lm_head ↔ embed_tokens).
-        model.tie_weights()
-    eoi_rows = None
-    if part == "vision":
-        eoi_rows = _eoi_embedding_rows(model, source.tokenizer, keys, handles)
-    handles.clear()
-    missing = [name for name, parameter in model.named_parameters() if parameter.is_meta and wanted(name)]
-    if missing:
-        raise LookupError(f"{checkpoint}: no tensor for {len(missing)} parameters of the {part} export, e.g. {missing[0]}")
+    source.model.eval()
+    shards = partial_load.Shards(checkpoint)
+    try:
+        partial_load.materialize(source.model, shards, partial_load.wants(part))
+        eoi_rows = _eoi_embedding_rows(source.model, source.tokenizer, shards) if part == "vision" else None
+    finally:
+        shards.close()
     return source, eoi_rows
 
 
-def _eoi_embedding_rows(model, tokenizer, keys, handles):
+def _eoi_embedding_rows(model, tokenizer, shards):
     """The scaled embedding rows of the end-of-image token(s), the only part of the 262k-row table
-    the vision adapter uses: read as one slice instead of loading the table."""
-    import safetensors
+    the vision adapter uses: read as a slice instead of loading the table."""
     import torch
 
     embedder = model.get_input_embeddings()
     ids = tokenizer.encode(tokenizer.special_tokens_map["eoi_token"], add_special_tokens=False)
-    shard, key = keys[next(name for name, parameter in model.named_parameters(remove_duplicate=False) if parameter is embedder.weight)]
-    handle = handles.setdefault(shard, safetensors.safe_open(str(shard), framework="pt", device="cpu"))
-    table = handle.get_slice(key)
-    rows = torch.cat([table[index : index + 1] for index in ids]).to(torch.float32)
+    name = next(name for name, parameter in model.named_parameters(remove_duplicate=False) if parameter is embedder.weight)
+    rows = shards.rows(name, ids).to(torch.float32)
     # Gemma3TextScaledWordEmbedding.forward: embedding(ids) * embed_scale in the weight's dtype.
     return rows * embedder.embed_scale.to(torch.float32)
-
-
-def _strip_unloaded(model) -> None:
-    """Detach every submodule whose parameters were never loaded, so tracing sees no meta tensor
-    (and the exportables' `device`, the first parameter's, is a real one)."""
-    for parent in list(model.modules()):
-        for name, child in list(parent._modules.items()):
-            parameters = list(child.parameters()) if child is not None else []
-            if parameters and all(parameter.is_meta for parameter in parameters):
-                parent._modules[name] = None
-    left = [name for name, parameter in model.named_parameters() if parameter.is_meta]
-    if left:
-        raise LookupError(f"parameters left unloaded inside traced modules: {', '.join(left[:3])}")
 
 
 def _vision_holder(model, eoi_rows):
@@ -217,7 +143,7 @@ def export(request: dict) -> dict:
 
     from litert_torch.generative.export_hf.core import export_lib, exportable_module
 
-    from modelforge.steps import tflite_layout
+    from modelforge.steps import partial_load, tflite_layout
 
     work_dir = request["work_dir"]
     multimodal = request["task"] == "image_text_to_text"
@@ -243,7 +169,7 @@ def export(request: dict) -> dict:
     config = export_lib.update_export_config(config, source)
     artifacts = export_lib.ExportedModelArtifacts()
     if request["part"] == "text":
-        _strip_unloaded(source.model)
+        partial_load.strip_unloaded(source.model)
         tasks = ([export_lib.export_embedder_model] if multimodal else []) + [export_lib.export_text_prefill_decode_model]
         for task in tasks:
             artifacts = task(source, config, artifacts)
