@@ -10,7 +10,7 @@ from modelforge.steps.base import StepContext
 from modelforge.steps.litert_worker import run_job
 
 KIND = "litert_export"
-VERSION = 1
+VERSION = 2
 TOOLS = ("litert-torch", "litert-converter", "torch", "transformers", "tensorflow-cpu")
 
 

@@ -44,8 +44,106 @@ def apply_hoists(model, hoists: list[dict]) -> dict:
     return report
 
 
+def load_part(checkpoint: Path, config, part: str):
+    """litert-torch's load_model with every parameter on the meta device, then only the tensors
+    `part` traces read from the checkpoint (modelforge.steps.partial_load): the text decoder for
+    'text', the vision tower and projector (and the end-of-image embedding rows) for 'vision'.
+    The shards are closed before returning, so no file pages stay mapped."""
+    import dataclasses
+
+    from litert_torch.generative.export_hf.core import export_lib
+
+    from modelforge.steps import partial_load
+
+    with partial_load.meta_parameters():
+        source = export_lib.load_model(str(checkpoint), dataclasses.replace(config, use_random_weights=True),
+                                       trust_remote_code=False, task=config.task)
+    source.model.eval()
+    shards = partial_load.Shards(checkpoint)
+    try:
+        partial_load.materialize(source.model, shards, partial_load.wants(part))
+        eoi_rows = _eoi_embedding_rows(source.model, source.tokenizer, shards) if part == "vision" else None
+    finally:
+        shards.close()
+    return source, eoi_rows
+
+
+def _eoi_embedding_rows(model, tokenizer, shards):
+    """The scaled embedding rows of the end-of-image token(s), the only part of the 262k-row table
+    the vision adapter uses: read as a slice instead of loading the table."""
+    import torch
+
+    embedder = model.get_input_embeddings()
+    ids = tokenizer.encode(tokenizer.special_tokens_map["eoi_token"], add_special_tokens=False)
+    name = next(name for name, parameter in model.named_parameters(remove_duplicate=False) if parameter is embedder.weight)
+    rows = shards.rows(name, ids).to(torch.float32)
+    # Gemma3TextScaledWordEmbedding.forward: embedding(ids) * embed_scale in the weight's dtype.
+    return rows * embedder.embed_scale.to(torch.float32)
+
+
+def _vision_holder(model, eoi_rows):
+    """An nn.Module that answers the attributes litert-torch's Gemma 3 vision exportables use
+    (model.vision_tower, model.multi_modal_projector, get_input_embeddings()) and holds nothing
+    else: no text decoder, no 262k-row embedding table, only the end-of-image rows."""
+    import torch
+
+    class Rows(torch.nn.Module):
+        def __init__(self, rows):
+            super().__init__()
+            self.register_buffer("rows", rows, persistent=False)
+
+        def forward(self, ids):  # the adapter asks for exactly the end-of-image ids
+            return self.rows[None]
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Module()
+            self.model.vision_tower = model.model.vision_tower
+            self.model.multi_modal_projector = model.model.multi_modal_projector
+            self.end_of_image = Rows(eoi_rows)
+
+        def get_input_embeddings(self):
+            return self.end_of_image
+
+    holder = Holder()
+    holder.model.vision_tower.set_attn_implementation("eager")  # as export_vision_encoder_models does
+    return holder
+
+
+def _export_vision(source, config, holder, work_dir: str) -> dict:
+    """export_lib.export_vision_encoder_models (litert-torch 0.10.0) for Gemma 3, with its float
+    path only (quantization is our own step), traced on `holder` and converted with the
+    lightweight conversion the text export gets from its config flag (the function itself passes
+    no flag: `Converter.convert(lightweight_conversion=...)` is the same switch)."""
+    import gc
+
+    from litert_torch._convert import interface as converter_interface
+    from litert_torch.generative.export_hf.model_ext import exportables
+
+    encoder_class, adapter_class, eoi_class = exportables.get_vision_exportables(source.model_config)
+    if eoi_class is not None:
+        raise LookupError(f"{source.model_config.model_type}: a separate end-of-image graph is not supported here")
+    paths = {}
+    for name, module in (("vision_encoder", encoder_class(holder, config)), ("vision_adapter", adapter_class(holder, config, source.tokenizer))):
+        converter = converter_interface.Converter()
+        samples = module.get_sample_inputs(source.model_config, image_processor=source.image_processor, **config.extra_kwargs)
+        for signature, (inputs, _) in samples.items():
+            converter.add_signature(signature, module.eval(), sample_kwargs=inputs)
+        lite = converter.convert(strict_export=False, lightweight_conversion=config.experimental_lightweight_conversion)
+        paths[name] = str(Path(work_dir) / f"{name}.tflite")
+        lite.export(paths[name])
+        del lite, converter, module
+        gc.collect()
+    return paths
+
+
 def export(request: dict) -> dict:
+    import gc
+
     from litert_torch.generative.export_hf.core import export_lib, exportable_module
+
+    from modelforge.steps import partial_load, tflite_layout
 
     work_dir = request["work_dir"]
     multimodal = request["task"] == "image_text_to_text"
@@ -63,24 +161,31 @@ def export(request: dict) -> dict:
         single_token_embedder=multimodal,
         export_vision_encoder=multimodal and request["part"] == "vision",
         trust_remote_code=False,
+        # MLIR constants share the PyTorch tensors instead of copying them (≈ half the peak).
+        experimental_lightweight_conversion=True,
     )
-    source = export_lib.load_model(request["checkpoint"], config, trust_remote_code=False, task=request["task"])
+    source, eoi_rows = load_part(Path(request["checkpoint"]), config, request["part"])
     hoists = apply_hoists(source.model, request.get("hoists", []))
     config = export_lib.update_export_config(config, source)
     artifacts = export_lib.ExportedModelArtifacts()
     if request["part"] == "text":
+        partial_load.strip_unloaded(source.model)
         tasks = ([export_lib.export_embedder_model] if multimodal else []) + [export_lib.export_text_prefill_decode_model]
+        for task in tasks:
+            artifacts = task(source, config, artifacts)
+        files = {"model.tflite": artifacts.prefill_decode_model_path, "embedder.tflite": artifacts.embedder_model_path}
     else:
-        tasks = [export_lib.export_vision_encoder_models]
-    for task in tasks:
-        artifacts = task(source, config, artifacts)
-    files = {
-        "model.tflite": artifacts.prefill_decode_model_path,
-        "embedder.tflite": artifacts.embedder_model_path,
-        "vision_encoder.tflite": artifacts.vision_encoder_model_path,
-        "vision_adapter.tflite": artifacts.vision_adapter_model_path,
-    }
-    return {"files": {name: path for name, path in files.items() if path}, "hoists": hoists}
+        holder = _vision_holder(source.model, eoi_rows)
+        source.model = None
+        gc.collect()
+        paths = _export_vision(source, config, holder, work_dir)
+        files = {"vision_encoder.tflite": paths["vision_encoder"], "vision_adapter.tflite": paths["vision_adapter"]}
+    del source
+    gc.collect()
+    files = {name: path for name, path in files.items() if path}
+    for path in files.values():
+        tflite_layout.normalize(Path(path))
+    return {"files": files, "hoists": hoists}
 
 
 def quantize(request: dict) -> dict:
@@ -125,14 +230,48 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+class AnonymousPeak:
+    """The largest RssAnon of this process, sampled every 50 ms: the memory a job really takes
+    (ru_maxrss also counts pages of mapped checkpoint and .tflite files, which the kernel can drop)."""
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def sample() -> int:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.peak = max(self.peak, self.sample())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, self.sample())
+
+
 def main() -> None:
     _die_with_parent()
     request_path = Path(sys.argv[1])
     request = json.loads(request_path.read_text())
+    anonymous = AnonymousPeak()
     started = time.monotonic()
     result = ACTIONS[request["action"]](request)
     result["seconds"] = round(time.monotonic() - started, 3)
     result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_anonymous_bytes"] = anonymous.stop()
     request_path.with_name("result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
 
 
@@ -189,5 +328,5 @@ def run_job(context, request: dict, label: str) -> dict:
     result = launch(request, context.scratch_dir, context.progress, label)
     for name, path in sorted(result.get("files", {}).items()):
         shutil.move(path, context.output(name))
-    context.measurements.update({"seconds": result["seconds"], "peak_rss_bytes": result["peak_rss_bytes"]})
+    context.measurements.update({key: result[key] for key in ("seconds", "peak_rss_bytes", "peak_anonymous_bytes")})
     return result

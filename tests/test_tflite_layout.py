@@ -1,0 +1,107 @@
+"""The deterministic layout of .tflite files whose weights live after the flatbuffer (>2 GB graphs):
+the same buffers in any tail order normalize to the same bytes, and the model still runs the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelforge.steps import tflite_layout
+
+def _external(source: Path, target: Path, order: str) -> None:
+    """Rewrite `source` (inline buffers) the way the converter writes a >2 GB graph: every
+    non-empty buffer after the flatbuffer, 16-byte aligned, in the given order of buffer indices."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(source.read_bytes(), 0))
+    data = {index: bytes(bytearray(buffer.data)) for index, buffer in enumerate(model.buffers) if buffer.data is not None and len(buffer.data)}
+    for index in data:
+        model.buffers[index].data, model.buffers[index].offset, model.buffers[index].size = None, 1, len(data[index])
+
+    def serialize() -> bytes:
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+        return bytes(builder.Output())
+
+    header = serialize()
+    indices = sorted(data, reverse=order == "reversed")
+    if order == "shuffled":
+        indices = list(np.random.default_rng(7).permutation(indices))
+    cursor = len(header) + (-len(header) % 16)
+    for index in indices:
+        model.buffers[index].offset = cursor
+        cursor += len(data[index]) + 16 - len(data[index]) % 16 + 16  # a different gap than the converter's
+    header = serialize()
+    with open(target, "wb") as out:
+        out.write(header)
+        for index in indices:
+            out.write(b"\0" * (model.buffers[index].offset - out.tell()))
+            out.write(data[index])
+        out.write(b"\0" * 32)
+
+
+@pytest.fixture(scope="module")
+def float_graph(tmp_path_factory) -> Path:
+    """A small graph converted by litert-torch (inline buffers, as every graph under 2 GB)."""
+    import torch
+    import litert_torch
+
+    class Small(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            generator = torch.Generator().manual_seed(0)
+            self.first = torch.nn.Parameter(torch.randn(64, 96, generator=generator))
+            self.second = torch.nn.Parameter(torch.randn(96, 32, generator=generator))
+            self.bias = torch.nn.Parameter(torch.randn(32, generator=generator))
+
+        def forward(self, x):
+            return torch.tanh(x @ self.first) @ self.second + self.bias
+
+    path = tmp_path_factory.mktemp("graph") / "small.tflite"
+    litert_torch.convert(Small().eval(), (torch.zeros(1, 64),)).export(str(path))
+    return path
+
+
+def _run(path: Path) -> np.ndarray:
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path)).get_signature_runner()
+    name = next(iter(runner.get_input_details()))
+    x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
+    return next(iter(runner(**{name: x}).values()))
+
+
+def test_any_tail_order_normalizes_to_the_same_bytes_and_runs_the_same(float_graph, tmp_path):
+    expected = _run(float_graph)
+    files = {}
+    for order in ("forward", "reversed", "shuffled"):
+        files[order] = tmp_path / f"{order}.tflite"
+        _external(float_graph, files[order], order)
+        assert len(tflite_layout.external_buffers(files[order].read_bytes())) >= 3
+        np.testing.assert_array_equal(_run(files[order]), expected)
+    assert files["forward"].read_bytes() != files["reversed"].read_bytes()
+    for path in files.values():
+        tflite_layout.normalize(path)
+    assert files["forward"].read_bytes() == files["reversed"].read_bytes() == files["shuffled"].read_bytes()
+    np.testing.assert_array_equal(_run(files["shuffled"]), expected)
+    assert tflite_layout.normalize(files["shuffled"]) is False  # idempotent: already in index order
+
+
+def test_graphs_with_inline_buffers_are_left_alone(float_graph, tmp_path):
+    copy = tmp_path / "inline.tflite"
+    copy.write_bytes(float_graph.read_bytes())
+    assert tflite_layout.normalize(copy) is False
+    assert copy.read_bytes() == float_graph.read_bytes()
+
+
+def test_bytes_after_the_flatbuffer_that_belong_to_no_buffer_fail_loudly(float_graph, tmp_path):
+    path = tmp_path / "odd.tflite"
+    _external(float_graph, path, "reversed")
+    data = bytearray(path.read_bytes())
+    data[-1] = 7  # the trailing padding is no longer padding
+    path.write_bytes(bytes(data))
+    with pytest.raises(tflite_layout.LayoutError, match="non-zero bytes between buffers"):
+        tflite_layout.normalize(path)
