@@ -30,7 +30,7 @@ from modelforge.plan import Plan, SourceFile, compute_keys
 from modelforge.planner import SourceFacts, make_plan
 from modelforge.safetensors_io import read_header
 from modelforge.steps import STEPS
-from modelforge.store import Store, default_store_dir
+from modelforge.store import LINK_FROM, Materialized, Store, default_store_dir
 from modelforge.toolchain import versions
 from modelforge.transforms import matches
 
@@ -285,6 +285,22 @@ class BuildResult:
     out_dir: Path | None = None
     lock_written: bool = False
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)  # per step that ran and measured itself
+    materialized: dict[str, list[Materialized]] = field(default_factory=dict)  # per target: how each file was laid out
+
+
+def describe_materialized(directory: Path, placed: list[Materialized]) -> str:
+    """One line for the build's output: how a target's files were laid out, and that hard-linked
+    files are store objects (read-only, never to be edited in place)."""
+    counts = {how: [item for item in placed if item.how == how] for how in ("copy", "reflink", "link")}
+    parts = [f"{len(counts['copy'])} copied"] + ([f"{len(counts['reflink'])} reflinked"] if counts["reflink"] else [])
+    line = f"{directory}: {', '.join(parts)} (0644, directories 0755)"
+    if counts["link"]:
+        names = ", ".join(item.relative for item in counts["link"][:3]) + (" …" if len(counts["link"]) > 3 else "")
+        line += (
+            f"; {len(counts['link'])} hard-linked to read-only store objects (files of {LINK_FROM >> 20} MiB or more, mode 0444: "
+            f"{names}): copy one before editing it"
+        )
+    return line
 
 
 class _Counting:
@@ -330,7 +346,9 @@ def build(
         )
         result.out_dir = Path(out) if out else project.default_out
         for target in the_plan.targets:
-            materialize(records[target.node].outputs, store, result.out_dir / target.name)
+            placed = materialize(records[target.node].outputs, store, result.out_dir / target.name)
+            result.materialized[target.name] = placed
+            reporter.message(describe_materialized(result.out_dir / target.name, placed))
         if write_lockfile and not frozen:
             result.lock_written = write_lock(project.lock_path, make_lock(project, the_plan, toolchain, store))
         return result
