@@ -218,7 +218,7 @@ def lock(manifests: tuple[Path, ...], source_dir: Path | None, store_dir: Path |
     stale = []
     for manifest in manifests:
         try:
-            path, written = api.lock(manifest, source_dir=source_dir, store_dir=store_dir, check=check)
+            path, written = api.lock(manifest, source_dir=source_dir, store_dir=store_dir, check=check, reporter=RichReporter(verbose=False))
         except LockError as error:
             if not check:
                 raise
