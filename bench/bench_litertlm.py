@@ -506,7 +506,7 @@ def medgemma_prediction() -> dict | None:
     try:
         facts = reference_facts()
     except OSError:
-        return None  # no reference/ in the checkout
+        return None  # no reference data in the package
     manifest = load_manifest(ROOT / "manifests" / "medgemma-1.5-litertlm.yaml")
     manifest = manifest.model_copy(update={"targets": {n: t for n, t in manifest.targets.items() if t.kind == "litertlm"}})
     predicted = dict(make_plan(manifest, facts, "manifests/medgemma-1.5-litertlm.yaml", manifest_digest(manifest)).facts["memory"])

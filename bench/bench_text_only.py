@@ -51,7 +51,7 @@ NOOP_LIMIT_S = 1.0
 
 METHODS = ("cp", "naive", "modelforge_build", "modelforge_noop", "modelforge_noop_warm", "modelforge_verify", "sha256sum", "modelforge_build_profiled")
 
-SMALL_FILES = {  # name in the checkpoint → file in reference/ (None: a stand-in written here)
+SMALL_FILES = {  # name in the checkpoint → file in the package reference data (None: a stand-in written here)
     "config.json": "mlx-community_gemma-3-4b-it-bf16-config.json",
     "generation_config.json": "medgemma-27b-it-generation_config.json",
     "special_tokens_map.json": "medgemma-27b-it-special_tokens_map.json",

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 TINY = ROOT / "fixtures" / "tiny-medgemma"
-REFERENCE = ROOT / "reference"
+REFERENCE = ROOT / "src" / "modelforge" / "reference_data"
 
 
 @pytest.fixture(autouse=True)

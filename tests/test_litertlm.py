@@ -81,7 +81,11 @@ def test_lock_records_toolchain_stage_outputs_and_parity(litertlm_build):
     assert set(lock.targets["bundle"].files) == {"tiny-medgemma.litertlm"}
     parity = lock.checks["bundle.parity"]
     assert parity["passed"] is True
-    assert parity["top1_agreement"] >= 0.8 and parity["vision_cosine"] >= 0.99
+    assert parity["top1_agreement"] >= 0.75 and parity["vision_cosine"] >= 0.99
+    # The gate has margin: the measured figures sit well clear of the thresholds (see the manifest).
+    assert parity["steps"] == 8 * 24
+    assert parity["top1_agreement"] - parity["thresholds"]["min_top1_agreement"] >= 0.08
+    assert parity["mean_kl"] <= parity["thresholds"]["max_kl"] / 2
 
 
 def test_hoists_put_the_modules_where_the_manifest_says(litertlm_build, litertlm_store):
@@ -119,7 +123,7 @@ def test_float_export_matches_pytorch_and_greedy_tokens_agree(litertlm_build, li
     text = litertlm_build.project.manifest_path.read_text().replace("name: tiny-medgemma-litertlm", "name: tiny-float")
     text = text.split("\n  web:\n")[0] + "\n"  # the web runtime takes no float graphs
     text = re.sub(r"    quantization:\n(      .*\n)+?    metadata:", "    metadata:", text)
-    text = text.replace("      min_top1_agreement: 0.8\n      max_kl: 0.1\n", "      max_abs_logit: 0.001\n      min_top1_agreement: 1.0\n")
+    text = text.replace("      min_top1_agreement: 0.75\n      max_kl: 0.1\n", "      max_abs_logit: 0.001\n      min_top1_agreement: 1.0\n")
     manifest.write_text(text)
     result = api.build(manifest, store_dir=litertlm_store)
     assert "bundle.export_text" not in result.ran  # the float graphs are the ones the int8 build already traced
@@ -127,7 +131,7 @@ def test_float_export_matches_pytorch_and_greedy_tokens_agree(litertlm_build, li
 
     parity = read_lock(result.project.lock_path).checks["bundle.parity"]
     assert parity["max_abs_logit"] < 1e-3
-    assert parity["greedy_identical_steps"] == [24, 24]
+    assert parity["greedy_identical_steps"] == [24] * 8
     assert parity["vision_cosine"] > 0.9999
 
 
@@ -136,9 +140,22 @@ def test_missed_parity_threshold_fails_the_build_with_the_numbers(litertlm_build
     manifest.write_text(
         litertlm_build.project.manifest_path.read_text()
         .replace("name: tiny-medgemma-litertlm", "name: strict")
-        .replace("min_top1_agreement: 0.8", "min_top1_agreement: 1.0")
+        .replace("min_top1_agreement: 0.75", "min_top1_agreement: 1.0")
     )
     with pytest.raises(StepFailed, match=r"parity check failed: top1_agreement = 0\.\d+ \(required ≥ 1\.0\).*measured"):
+        api.build(manifest, store_dir=litertlm_store)
+
+
+@pytest.mark.parametrize("recipe", ["dynamic_wi4b32_afp32"])
+def test_a_broken_quantization_fails_the_int8_gate(litertlm_build, litertlm_store, recipe):
+    """The gate still catches a real quantization bug: the same thresholds with the text decoder
+    quantized to int4 (top-1 agreement about 0.23, mean KL about 2.6 on this model) fail the build."""
+    manifest = litertlm_build.project.manifest_path.with_name("broken.yaml")
+    text = litertlm_build.project.manifest_path.read_text().replace("name: tiny-medgemma-litertlm", "name: broken")
+    text = text.split("\n  web:\n")[0] + "\n"
+    assert "text_decoder: {recipe: dynamic_wi8_afp32}" in text
+    manifest.write_text(text.replace("text_decoder: {recipe: dynamic_wi8_afp32}", f"text_decoder: {{recipe: {recipe}}}"))
+    with pytest.raises(StepFailed, match=r"parity check failed: top1_agreement = 0\.[0-5]\d* \(required ≥ 0\.75\); mean_kl = \d"):
         api.build(manifest, store_dir=litertlm_store)
 
 
@@ -189,7 +206,7 @@ def test_a_regex_scoped_override_quantizes_only_the_ops_it_names(litertlm_build,
     manifest.write_text(
         litertlm_build.project.manifest_path.read_text()
         .replace("name: tiny-medgemma-litertlm", "name: override")
-        .replace("min_top1_agreement: 0.8", "min_top1_agreement: 0.3")  # int4 MLPs cost accuracy on this tiny model
+        .replace("min_top1_agreement: 0.75", "min_top1_agreement: 0.3")  # int4 MLPs cost accuracy on this tiny model
         .replace("max_kl: 0.1", "max_kl: 1.0")
         .replace(
             "text_decoder: {recipe: dynamic_wi8_afp32}",

@@ -1,5 +1,5 @@
 """The real MedGemma manifests, planned against the real 4B tensor list and reference configs
-from reference/ (no weights exist here): coverage, the exact key set Gemma3ForCausalLM
+from src/modelforge/reference_data/ (no weights exist here): coverage, the exact key set Gemma3ForCausalLM
 expects, and snapshots of the rewritten config.json."""
 
 from __future__ import annotations

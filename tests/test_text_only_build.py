@@ -11,6 +11,7 @@ import yaml
 
 from conftest import TINY
 from modelforge import api
+from modelforge.lock import read_lock
 
 
 def run_cli(*args, cwd):
@@ -93,9 +94,10 @@ def test_flipping_one_output_byte_makes_verify_fail_naming_that_file(built):
 
 def test_a_damaged_store_object_is_rebuilt_not_reused(built):
     manifest, store, result = built
-    shard = result.out_dir / "text" / "model-00002-of-00002.safetensors"
+    locked = read_lock(result.project.lock_path).targets["text"].files["model-00002-of-00002.safetensors"]
+    shard = store / "objects" / locked.sha256[:2] / locked.sha256  # dist/ holds a copy: damage the object itself
     shard.chmod(0o644)
-    with open(shard, "r+b") as handle:  # edits the store object too: it is the same inode
+    with open(shard, "r+b") as handle:
         handle.seek(100)
         handle.write(b"\xff\xff")
     rebuilt = api.build(manifest, store_dir=store)

@@ -209,7 +209,7 @@ def added_token_entry(content: str) -> dict:
 
 def tokenizer_config() -> dict:
     """tokenizer_config.json with the keys of the Hub's Gemma 3 ones (written by transformers 4.5x; no
-    verbatim copy is in reference/, so this follows the published files' key set)."""
+    verbatim copy is in src/modelforge/reference_data/, so this follows the published files' key set)."""
     special_tokens = ("<pad>", "<eos>", "<bos>", "<unk>", *USER_DEFINED_SYMBOLS, IMAGE_SOFT_TOKEN)
     return {
         "add_bos_token": True,

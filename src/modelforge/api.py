@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from modelforge.errors import LockError, SourceError
+from modelforge.errors import HubUnavailableError, LockError, SourceError
 from modelforge.executor import NodeStatus, Reporter, SilentReporter, materialize, run_plan, statuses
 from modelforge.hashing import HashCache, hash_file
 from modelforge.lock import (
+    PENDING,
     Lock,
     LockedFile,
     LockedManifest,
@@ -32,7 +33,7 @@ from modelforge.planner import SourceFacts, make_plan
 from modelforge.safetensors_io import TensorInfo, parse_header_object, read_header
 from modelforge.source_checks import STRICT_JSON_RULE, check_index, check_shards, check_source_file, read_json_file
 from modelforge.steps import STEPS
-from modelforge.store import Store, default_store_dir
+from modelforge.store import LINK_FROM, Materialized, Store, default_store_dir
 from modelforge.toolchain import versions
 from modelforge.transforms import matches
 
@@ -77,6 +78,9 @@ INDEX_FILE = "model.safetensors.index.json"
 class Gathered:
     facts: SourceFacts
     paths: dict[str, Path]  # source relative path → local file (weights may be absent when not needed)
+    # Set when the Hub was out of reach and the facts come from modelforge's reference data: what they
+    # were made from, in words. Such facts plan truly (tensors, coverage, memory) but hash nothing real.
+    planned_from: str | None = None
 
 
 def _local_files(root: Path, patterns: tuple[str, ...]) -> dict[str, Path]:
@@ -136,13 +140,44 @@ def _checked_facts(
 def gather(project: Project, store: Store, source_dir: Path | None, reporter: Reporter, need_weights: bool) -> Gathered:
     """Facts about the source: file hashes (remembered by inode/size/mtime), safetensors headers and
     config.json (a Hub source downloads small files always and weights only when need_weights);
-    and the vendored web runtime's hashes when a web_bundle target needs them."""
-    gathered = _gather_source(project, store, source_dir, reporter, need_weights)
+    and the vendored web runtime's hashes when a web_bundle target needs them. When the Hub is out
+    of reach, what can be planned without it is (see _without_the_hub)."""
+    try:
+        gathered = _gather_source(project, store, source_dir, reporter, need_weights)
+    except HubUnavailableError as error:
+        gathered = _without_the_hub(project, error, need_weights)
     if any(spec.kind == "web_bundle" for spec in project.manifest.targets.values()):
         from dataclasses import replace
 
         gathered.facts = replace(gathered.facts, web_runtime=web_runtime_facts(store))
     return gathered
+
+
+def _without_the_hub(project: Project, error: HubUnavailableError, need_weights: bool) -> Gathered:
+    """The Hub cannot be reached and the cache lacks the source. Without the bytes (plan, diff,
+    lock) a checkpoint modelforge has reference data for is planned from it, and says so; anything
+    else fails with every way forward: the network, --source-dir, and planning offline."""
+    from modelforge import reference
+
+    spec = project.manifest.source
+    described = reference.describe(spec.repo)
+    pinned = len(spec.revision) == 40 and all(character in "0123456789abcdefABCDEF" for character in spec.revision)
+    if need_weights or described is None or not pinned:
+        existing = _read_lock_or_none(project.lock_path)
+        if existing is None:
+            checked = f"its files are hashed and recorded in lock/{project.lock_path.name}"
+        elif existing.source.files is None:
+            checked = f"its files are recorded in lock/{project.lock_path.name}, which pins the commit but no files yet"
+        else:
+            checked = f"checked file by file against lock/{project.lock_path.name}"
+        ways = [f"or pass `--source-dir DIR` with a local download of {spec.repo}@{spec.revision} ({checked})"]
+        if described is not None and pinned:
+            ways.append(f"`modelforge plan {project.relative_manifest}` and `modelforge diff` work offline, from reference data")
+        raise HubUnavailableError(f"{error}; {'; '.join(ways)}") from None
+    from dataclasses import replace
+
+    facts = replace(reference.reference_facts(), origin={"kind": "hub", "repo": spec.repo, "revision": spec.revision.lower()})
+    return Gathered(facts, {}, planned_from=described)
 
 
 def web_runtime_facts(store: Store) -> dict[str, Any]:
@@ -165,7 +200,7 @@ def _gather_source(project: Project, store: Store, source_dir: Path | None, repo
             # A download stands in for a pinned revision: "not the locked files" is the diagnosis
             # that matters first, and it needs the hashes anyway.
             files = _hash_sources(paths, store, reporter)
-            _check_override(project, files, root)
+            _check_override(project, files, root, reporter)
             tensors, config = _checked_facts(paths, None, store.hashes)
             origin = {"kind": "hub", "repo": spec.repo, "revision": spec.revision}
         else:
@@ -215,11 +250,20 @@ def _hash_sources(paths: Mapping[str, Path], store: Store, reporter: Reporter) -
     return [SourceFile(relative, digests[relative], sizes[relative]) for relative in paths]
 
 
-def _check_override(project: Project, files: list[SourceFile], root: Path) -> None:
-    """A --source-dir must hold exactly the files the lock pinned, byte for byte."""
+def _check_override(project: Project, files: list[SourceFile], root: Path, reporter: Reporter) -> None:
+    """A --source-dir must hold exactly the files the lock pinned, byte for byte. A lock whose
+    source files are pending (written without access to the Hub) has nothing to check against:
+    the directory's files are what the next lock records, and the user is told so."""
     if not project.lock_path.exists():
         return
-    locked = read_lock(project.lock_path).source.files
+    source = read_lock(project.lock_path).source
+    if source.files is None:
+        reporter.message(
+            f"{project.lock_path.name} pins {source.repo}@{source.revision} but not its files yet (pending first access): "
+            f"the {len(files)} file(s) of {root} will be recorded as that commit's; make sure it is a download of that revision"
+        )
+        return
+    locked = source.files
     present = {item.path: item for item in files}
     problems = [f"{name} (missing)" for name in sorted(locked) if name not in present]
     problems += [f"{name} (sha256 differs)" for name, item in sorted(present.items()) if name in locked and locked[name].sha256 != item.sha256]
@@ -245,6 +289,7 @@ class PlanReport:
     plan: Plan
     toolchain: dict[str, str]
     statuses: list[NodeStatus]
+    planned_from: str | None = None  # set when planned from reference data (the Hub out of reach)
 
 
 def _previous_steps(project: Project) -> dict[str, Any]:
@@ -269,12 +314,28 @@ def _planned(project: Project, store_dir: Path | None, source_dir: Path | None, 
 
 def plan(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir: Path | None = None, reporter: Reporter | None = None) -> PlanReport:
     project = open_project(manifest_path)
-    with _planned(project, store_dir, source_dir, reporter or SilentReporter(), need_weights=False) as (store, _, the_plan):
+    with _planned(project, store_dir, source_dir, reporter or SilentReporter(), need_weights=False) as (store, gathered, the_plan):
         toolchain = tools_of(the_plan)
-        return PlanReport(project, the_plan, toolchain, statuses(the_plan, store, toolchain, _previous_steps(project)))
+        previous = {} if gathered.planned_from else _previous_steps(project)
+        return PlanReport(project, the_plan, toolchain, statuses(the_plan, store, toolchain, previous), gathered.planned_from)
 
 
-def make_lock(project: Project, the_plan: Plan, toolchain: Mapping[str, str], store: Store) -> Lock:
+def make_lock(project: Project, the_plan: Plan, toolchain: Mapping[str, str], store: Store, pending: bool = False) -> Lock:
+    """The lock of a plan. pending: the plan was made from reference data (the Hub out of reach), so
+    the lock pins what is known without the bytes (manifest, repo and commit, toolchain, targets)
+    and marks the source's files as pending; step keys, which hash those files, are left out."""
+    if pending:
+        origin = the_plan.source.origin
+        return Lock(
+            manifest=LockedManifest(
+                name=project.manifest.name, path=project.relative_manifest, digest=the_plan.manifest_digest,
+                content=project.manifest.model_dump(mode="json"),
+            ),
+            source=LockedSource(kind="hub", repo=origin["repo"], revision=origin["revision"], files=None, status=PENDING),
+            toolchain=dict(toolchain),
+            steps={},
+            targets={target.name: LockedTarget(kind=target.kind, node=target.node) for target in the_plan.targets},
+        )
     keys = compute_keys(the_plan, toolchain)
     origin = the_plan.source.origin
     targets = {}
@@ -318,6 +379,22 @@ class BuildResult:
     out_dir: Path | None = None
     lock_written: bool = False
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)  # per step that ran and measured itself
+    materialized: dict[str, list[Materialized]] = field(default_factory=dict)  # per target: how each file was laid out
+
+
+def describe_materialized(directory: Path, placed: list[Materialized]) -> str:
+    """One line for the build's output: how a target's files were laid out, and that hard-linked
+    files are store objects (read-only, never to be edited in place)."""
+    counts = {how: [item for item in placed if item.how == how] for how in ("copy", "reflink", "link")}
+    parts = [f"{len(counts['copy'])} copied"] + ([f"{len(counts['reflink'])} reflinked"] if counts["reflink"] else [])
+    line = f"{directory}: {', '.join(parts)} (0644, directories 0755)"
+    if counts["link"]:
+        names = ", ".join(item.relative for item in counts["link"][:3]) + (" …" if len(counts["link"]) > 3 else "")
+        line += (
+            f"; {len(counts['link'])} hard-linked to read-only store objects (files of {LINK_FROM >> 20} MiB or more, mode 0444: "
+            f"{names}): copy one before editing it"
+        )
+    return line
 
 
 class _Counting:
@@ -363,7 +440,9 @@ def build(
         )
         result.out_dir = Path(out) if out else project.default_out
         for target in the_plan.targets:
-            materialize(records[target.node].outputs, store, result.out_dir / target.name)
+            placed = materialize(records[target.node].outputs, store, result.out_dir / target.name)
+            result.materialized[target.name] = placed
+            reporter.message(describe_materialized(result.out_dir / target.name, placed))
         if write_lockfile and not frozen:
             result.lock_written = write_lock(project.lock_path, make_lock(project, the_plan, toolchain, store))
         return result
@@ -386,10 +465,18 @@ def lock(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir
     project = open_project(manifest_path)
     if check:
         _check_manifest_against_lock(project)
-    with _planned(project, store_dir, source_dir, reporter or SilentReporter(), need_weights=False) as (store, _, the_plan):
-        fresh = make_lock(project, the_plan, tools_of(the_plan), store)
+    with _planned(project, store_dir, source_dir, reporter or SilentReporter(), need_weights=False) as (store, gathered, the_plan):
+        fresh = make_lock(project, the_plan, tools_of(the_plan), store, pending=gathered.planned_from is not None)
     if check:
-        found = differences(read_lock(project.lock_path), fresh)
+        old = read_lock(project.lock_path)
+        found = differences(old, fresh)
+        if old.source.files is None and fresh.source.files is not None:
+            found = ["source (its files are pending first access, and the source is reachable now)", *[f for f in found if f != "source"]]
+        elif fresh.source.files is None:
+            # Planned from reference data: the files and step keys cannot be checked, everything else can.
+            found = [f for f in found if f != "source" and not f.startswith("steps")]
+            if (old.source.repo, old.source.revision) != (fresh.source.repo, fresh.source.revision):
+                found.append("source (repository or revision)")
         if found:
             raise LockError(
                 f"{project.relative_manifest}: {project.lock_path.name} is out of date ({'; '.join(found)}); "
@@ -397,6 +484,11 @@ def lock(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir
             )
         return project.lock_path, False
     old = _read_lock_or_none(project.lock_path)
+    if old is not None and old.source.files is not None and fresh.source.files is None:
+        raise LockError(
+            f"{project.lock_path.name} pins the files of {old.source.repo}@{old.source.revision} and the Hub cannot be reached "
+            "to check them; it is kept as it is: run again with the Hub reachable, or with `--source-dir DIR`"
+        )
     if old is not None:
         # Keep what a build recorded for targets when this lock cannot know it (same step key only).
         def kept(name: str, target: LockedTarget) -> LockedTarget:
@@ -463,6 +555,11 @@ def verify(lock_path: str | Path, *, directory: Path | None = None, sources: boo
                 source_dir = manifest_dir / the_lock.source.path
             else:
                 raise LockError("--sources for a Hub source needs --source-dir (the downloaded snapshot); pass it")
+        if the_lock.source.files is None:
+            raise LockError(
+                f"{lock_path}: the source's files are pending first access (the lock was written without the Hub), so there is "
+                "nothing to check them against; run `modelforge lock` with the Hub reachable, or with `--source-dir DIR`"
+            )
         problems += _compare(Path(source_dir), the_lock.source.files, "source/", extra_ok=True)
     return problems
 

@@ -175,20 +175,31 @@ def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, as_jso
             "targets": {t.name: t.node for t in report.plan.targets},
             "coverage": report.plan.facts["coverage"],
             "memory": report.plan.facts.get("memory", {}),
+            "planned_from": report.planned_from,
         }, indent=2, sort_keys=True))
         return
     coverage = report.plan.facts["coverage"]
+    if report.planned_from:
+        click.echo(
+            f"planned offline from reference data: the Hub cannot be reached and nothing is cached, so this plan uses {report.planned_from}. "
+            "Tensors, coverage and memory are the checkpoint's; file hashes are stand-ins, so no step key is shown. "
+            "To build, make the Hub reachable or pass --source-dir DIR with a local download."
+        )
     click.echo(f"{report.project.manifest.name}: {coverage['tensors']} source tensors, {coverage['kept']} kept, {coverage['dropped']} dropped")
     for status in report.statuses:
         state = "cached" if status.cached else "run   "
-        click.echo(f"  {state} {status.name:<28} {status.kind:<18} {status.key[:12]}  {'' if status.cached else status.reason}".rstrip())
+        key = "(reference) " if report.planned_from else status.key[:12]
+        reason = "planned from reference data" if report.planned_from else status.reason
+        click.echo(f"  {state} {status.name:<28} {status.kind:<18} {key}  {'' if status.cached else reason}".rstrip())
     for target in report.plan.targets:
         click.echo(f"  target {target.name} ({target.kind}) ← {target.node}")
     if report.plan.facts.get("memory"):
-        from modelforge.memory import machine_memory
+        from modelforge.memory import memory_limit
 
+        limit, origin = memory_limit()
         for name, peak in report.plan.facts["memory"].items():
-            click.echo(f"  memory {name:<28} predicted peak {peak / 2**30:.1f} GiB (this machine: {machine_memory() / 2**30:.1f} GiB)")
+            verdict = f"; `build` would refuse it (limit {limit / 2**30:.1f} GiB: {origin})" if peak > limit else ""
+            click.echo(f"  memory {name:<28} predicted peak {peak / 2**30:.1f} GiB (this machine: {limit / 2**30:.1f} GiB){verdict}")
 
 
 @main.command()
@@ -201,12 +212,27 @@ def lock(manifests: tuple[Path, ...], source_dir: Path | None, store_dir: Path |
     """Write lock/<name>.lock for each MANIFEST without building."""
     from modelforge import api
 
+    from modelforge.errors import LockError
+    from modelforge.lock import PENDING, read_lock
+
+    stale = []
     for manifest in manifests:
-        path, written = api.lock(manifest, source_dir=source_dir, store_dir=store_dir, check=check)
+        try:
+            path, written = api.lock(manifest, source_dir=source_dir, store_dir=store_dir, check=check, reporter=RichReporter(verbose=False))
+        except LockError as error:
+            if not check:
+                raise
+            # Every stale manifest is named, not only the first (a pre-commit hook passes them all).
+            click.echo(f"error: {_one_line(error)}", err=True)
+            stale.append(manifest)
+            continue
+        pending = " (source files pending first access to the Hub)" if read_lock(path).source.status == PENDING else ""
         if check:
-            click.echo(f"{path} is up to date")
+            click.echo(f"{path} is up to date{pending}")
         else:
-            click.echo(f"{'wrote' if written else 'unchanged'} {path}")
+            click.echo(f"{'wrote' if written else 'unchanged'} {path}{pending}")
+    if stale:
+        raise LockError(f"{len(stale)} of {len(manifests)} lockfile(s) missing or out of date: {', '.join(map(str, stale))}; run `modelforge lock` on them and commit the locks")
 
 
 @main.command()

@@ -29,6 +29,7 @@ class ManifestDiff:
     config: dict[str, Any] = field(default_factory=dict)  # target → {old, new} rewritten config.json text
     tensors: dict[str, Any] = field(default_factory=dict)  # target → {added, removed, renamed}
     sizes: dict[str, Any] = field(default_factory=dict)  # target → {old, new} bytes of weights
+    planned_from: str | None = None  # set when the source came from reference data (the Hub out of reach)
 
     @property
     def rebuilds(self) -> bool:
@@ -93,6 +94,7 @@ def diff_manifests(old_path: Path, new_path: Path, *, old_label: str, new_label:
         same_source = old_project.manifest.source == new_project.manifest.source
         old_gathered = new_gathered if same_source else api.gather(old_project, store, source_dir, reporter, need_weights=False)
         old_plan, new_plan = api.plan_for(old_project, old_gathered), api.plan_for(new_project, new_gathered)
+        result.planned_from = new_gathered.planned_from or old_gathered.planned_from
     finally:
         store.close()
     toolchain = api.tools_of(new_plan)
@@ -149,8 +151,17 @@ def _nbytes(plan: Plan, source_tensor: str) -> int:
     return plan.facts["tensor_bytes"].get(source_tensor, 0)
 
 
+def _reference_note(diff: ManifestDiff) -> str:
+    return (
+        f"planned offline from reference data: the Hub cannot be reached and nothing is cached, so both sides use {diff.planned_from}; "
+        "which steps rebuild is exact, file hashes are stand-ins"
+    )
+
+
 def render_text(diff: ManifestDiff) -> str:
     lines = [f"modelforge diff {diff.old_label} → {diff.new_label}"]
+    if diff.planned_from:
+        lines.append(_reference_note(diff))
     if not diff.fields:
         lines.append("no manifest field changed")
     for change in diff.fields:
@@ -177,6 +188,8 @@ def _details(summary: str, body: list[str]) -> list[str]:
 
 def render_markdown(diff: ManifestDiff) -> str:
     lines = [f"### modelforge diff: `{diff.old_label}` → `{diff.new_label}`", ""]
+    if diff.planned_from:
+        lines += [f"> {_reference_note(diff)}", ""]
     lines.append(f"**{'Rebuilds' if diff.rebuilds else 'Nothing rebuilds'}**: "
                  f"{sum(s['status'] != 'cached' for s in diff.steps)} step(s) invalidated, {sum(s['status'] == 'cached' for s in diff.steps)} cached.")
     lines.append("")
@@ -201,6 +214,6 @@ def render_markdown(diff: ManifestDiff) -> str:
 def render_json(diff: ManifestDiff) -> str:
     return json.dumps(
         {"old": diff.old_label, "new": diff.new_label, "rebuilds": diff.rebuilds, "fields": diff.fields, "steps": diff.steps,
-         "targets": diff.targets, "config": diff.config, "tensors": diff.tensors, "sizes": diff.sizes},
+         "targets": diff.targets, "config": diff.config, "tensors": diff.tensors, "sizes": diff.sizes, "planned_from": diff.planned_from},
         indent=2, sort_keys=True,
     ) + "\n"

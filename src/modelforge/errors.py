@@ -35,6 +35,10 @@ class HubError(SourceError):
     """The Hub (or the local Hub cache in offline mode) could not give what was asked."""
 
 
+class HubUnavailableError(HubError):
+    """The Hub cannot be reached (no network, or offline mode) and the Hugging Face cache lacks what is needed."""
+
+
 class StepFailed(ModelforgeError):
     """A step failed because of the user's model or the toolchain (not modelforge itself)."""
 

@@ -7,6 +7,7 @@ Imports plan, store, steps, errors; heavy imports happen inside the steps."""
 from __future__ import annotations
 
 import errno
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,18 @@ from modelforge.hashing import hash_file
 from modelforge.plan import Plan, StepNode, compute_keys
 from modelforge.steps import STEPS
 from modelforge.steps.base import InputFile, StepContext
-from modelforge.store import FileRecord, StepRecord, Store, fault_point, link_or_copy, swap_into_place, storage_error
+from modelforge.store import (
+    LINK_FROM,
+    OUTPUT_DIR_MODE,
+    FileRecord,
+    Materialized,
+    StepRecord,
+    Store,
+    fault_point,
+    place_output,
+    swap_into_place,
+    storage_error,
+)
 
 
 class Reporter(Protocol):
@@ -192,13 +204,17 @@ def _progress(reporter: Reporter, step: StepNode, done: int, total: int, message
 
 
 
-def materialize(records: Mapping[str, FileRecord], store: Store, destination: Path) -> None:
+def materialize(records: Mapping[str, FileRecord], store: Store, destination: Path, link_from: int = LINK_FROM) -> list[Materialized]:
     """Lay out a target's files under destination, replacing what was there in one atomic swap:
-    a crash, or a reader, sees the old complete target or the new one, never neither."""
+    a crash, or a reader, sees the old complete target or the new one, never neither. Directories
+    are 0755 and files 0644 (copies or reflinks), so that the tree deploys by copying; only files of
+    link_from bytes or more that cannot be reflinked are hard links to their read-only store object."""
 
+    placed = []
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
         with store.staging(destination) as staging:
+            os.chmod(staging, OUTPUT_DIR_MODE)  # it becomes destination; mkdtemp made it 0700
             for relative, item in sorted(records.items()):
                 fault_point("materialize/link")
                 # Checked again right before it is handed out (a cache lookup unless it changed).
@@ -206,14 +222,19 @@ def materialize(records: Mapping[str, FileRecord], store: Store, destination: Pa
                     raise StoreError(
                         f"the store object for {destination.name}/{relative} changed during the build; run `modelforge build` again"
                     )
-                link_or_copy(store.object_path(item.sha256), staging / relative)
+                how = place_output(store.object_path(item.sha256), staging / relative, link_from)
+                placed.append(Materialized(relative, how, item.size))
+            for directory in [path for path in staging.rglob("*") if path.is_dir() and not path.is_symlink()]:
+                os.chmod(directory, OUTPUT_DIR_MODE)
             fault_point("materialize/swap")
             swap_into_place(staging, destination)
             fault_point("materialize/swapped")
-        # Linking (and removing the old tree's links) changed the objects' ctime, not their content,
-        # which was checked just above: re-stamp them, or the next no-op build would re-hash them all.
+        # Reading (and linking, and removing the old tree's links) changed the objects' atime or
+        # ctime, not their content, which was checked just above: re-stamp them, or the next no-op
+        # build would re-hash them all.
         for item in records.values():
             store.hashes.remember(store.object_path(item.sha256), item.sha256)
+        return placed
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise storage_error(error, f"writing {destination}") from None

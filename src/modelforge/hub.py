@@ -26,7 +26,7 @@ from huggingface_hub.utils import tqdm as hf_tqdm
 from huggingface_hub.utils import validate_repo_id
 
 from modelforge import __version__
-from modelforge.errors import HubError
+from modelforge.errors import HubError, HubUnavailableError
 from modelforge.hashing import CHUNK, hash_file
 
 if TYPE_CHECKING:
@@ -142,6 +142,11 @@ def _fail(message: str) -> HubError:
     return HubError(_redact(message))
 
 
+def _unavailable(message: str) -> HubUnavailableError:
+    """The Hub is out of reach (network or offline mode) and the cache cannot stand in for it."""
+    return HubUnavailableError(_redact(message))
+
+
 def _translate(error: BaseException, what: str) -> HubError | None:
     """A HubError for a failure of huggingface_hub or the network, or None for anything else (a bug)."""
     where = endpoint()
@@ -168,15 +173,15 @@ def _translate(error: BaseException, what: str) -> HubError | None:
             return _fail(f"{what}: rate limited by the Hub (HTTP 429); wait a few minutes and run again, or set HF_TOKEN")
         return _fail(f"{what}: the Hub at {where} answered HTTP {status}; run again later, or check HF_ENDPOINT")
     if isinstance(error, hf_errors.OfflineModeIsEnabled):
-        return _fail(f"{what}: offline mode is on (HF_HUB_OFFLINE) and this needs the Hub; unset HF_HUB_OFFLINE")
+        return _unavailable(f"{what}: offline mode is on (HF_HUB_OFFLINE) and this needs the Hub; unset HF_HUB_OFFLINE")
     if isinstance(error, hf_errors.LocalEntryNotFoundError):
-        return _fail(f"{what}: not in the Hugging Face cache and the Hub at {where} cannot be reached; check the network and HF_ENDPOINT")
+        return _unavailable(f"{what}: not in the Hugging Face cache and the Hub at {where} cannot be reached; check the network and HF_ENDPOINT")
     if isinstance(error, hf_errors.HFValidationError):
         return _fail(f"{what}: not a valid Hub repo id or revision; use 'owner/name' and a 40-hex commit")
     if isinstance(error, (hf_errors.SafetensorsParsingError, hf_errors.NotASafetensorsRepoError)):
         return _fail(f"{what}: the Hub's file is not a readable safetensors file; check the source repository")
     if _TRANSPORT_ERRORS and isinstance(error, _TRANSPORT_ERRORS):
-        return _fail(
+        return _unavailable(
             f"{what}: cannot reach the Hub at {where} ({type(error).__name__}); check the network and HF_ENDPOINT, "
             "or set HF_HUB_OFFLINE=1 to use only the Hugging Face cache"
         )
@@ -294,7 +299,7 @@ def _write_listing(cache: Path, repo: str, commit: str, entries: Sequence[Any]) 
 
 
 def _offline_missing(what: str, cache: Path) -> HubError:
-    return _fail(
+    return _unavailable(
         f"{what}: not in the Hugging Face cache ({cache}) and offline mode (HF_HUB_OFFLINE) is on; "
         "unset HF_HUB_OFFLINE to fetch it once"
     )
@@ -527,7 +532,7 @@ def download(
         named = ", ".join(missing[:_LISTED_MISSING])
         if len(missing) > _LISTED_MISSING:
             named += f" and {len(missing) - _LISTED_MISSING} more"
-        raise _fail(
+        raise _unavailable(
             f"{repo}@{commit[:12]}: offline mode (HF_HUB_OFFLINE) is on and the Hugging Face cache ({cache}) lacks "
             f"{named}; unset HF_HUB_OFFLINE and run again to download them"
         )
@@ -549,7 +554,7 @@ def safetensors_headers(repo: str, commit: str) -> dict[str, dict]:
     remote = [path for path in shards if not (snapshot / path).is_file()]
     if remote and is_offline():
         named = ", ".join(remote[:_LISTED_MISSING]) + (f" and {len(remote) - _LISTED_MISSING} more" if len(remote) > _LISTED_MISSING else "")
-        raise _fail(
+        raise _unavailable(
             f"{repo}@{commit[:12]}: offline mode (HF_HUB_OFFLINE) is on and the Hugging Face cache lacks {named}, "
             "whose tensor headers are needed; unset HF_HUB_OFFLINE and run again"
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modelforge.errors import LockError
 from modelforge.store import write_atomic
@@ -32,12 +32,31 @@ class LockedManifest(LockSpec):
     content: dict[str, Any] = Field(description="The validated manifest, so `lock --check` can name changed fields offline.")
 
 
+RESOLVED = "resolved"
+PENDING = "pending-first-access"
+
+
 class LockedSource(LockSpec):
     kind: Literal["hub", "local"]
     repo: str | None = None
     revision: str | None = None
     path: str | None = None
-    files: dict[str, LockedFile]
+    files: dict[str, LockedFile] | None = Field(
+        description="Each source file's sha256 and size; null while status is pending-first-access."
+    )
+    status: Literal["resolved", "pending-first-access"] = Field(
+        default=RESOLVED,
+        description="pending-first-access: written without access to the Hub (planned from reference data); the pinned "
+        "commit is known, its files are not, and `modelforge lock` records them on first access to the Hub or with --source-dir.",
+    )
+
+    @model_validator(mode="after")
+    def _files_match_status(self) -> "LockedSource":
+        if (self.files is None) != (self.status == PENDING):
+            raise ValueError(f"source.files must be null exactly when source.status is {PENDING}")
+        if self.status == PENDING and (self.kind != "hub" or not self.revision):
+            raise ValueError(f"only a Hub source pinned to a commit can be {PENDING}")
+        return self
 
 
 class LockedStep(LockSpec):
@@ -64,7 +83,16 @@ class Lock(LockSpec):
 
 def render(lock: Lock) -> str:
     header = f"# modelforge lockfile — generated, do not edit. Regenerate with: modelforge lock {lock.manifest.path}\n"
-    body = yaml.safe_dump(lock.model_dump(mode="json", exclude_none=False), sort_keys=True, default_flow_style=False, width=200, allow_unicode=True)
+    data = lock.model_dump(mode="json", exclude_none=False)
+    if data["source"]["status"] == RESOLVED:
+        del data["source"]["status"]  # the usual case says nothing (and locks written before the field stay byte-identical)
+    body = yaml.safe_dump(data, sort_keys=True, default_flow_style=False, width=200, allow_unicode=True)
+    if lock.source.status == PENDING:
+        header += (
+            f"# source.files: pending first access. Written without the Hub (planned from reference data): the commit is pinned,\n"
+            f"# its files are not yet. `modelforge lock {lock.manifest.path}` records them when the Hub is reachable, or\n"
+            f"# `modelforge lock {lock.manifest.path} --source-dir DIR` from a local download of that commit.\n"
+        )
     return header + body
 
 
