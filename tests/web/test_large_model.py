@@ -24,7 +24,7 @@ import pytest
 from modelforge.web.bundle import CHUNK_SIZE, Variant, write_bundle
 from modelforge.web.serve import serve
 
-from .test_browser import CHROMIUM, SETTLED, WEBGPU, playwright, runtime, session_factory  # noqa: F401 - fixtures
+from .test_browser import BASE_FLAGS, CHROMIUM, SETTLED, WEBGPU, Session, playwright, runtime  # noqa: F401 - fixtures
 
 pytestmark = [
     pytest.mark.browser,
@@ -143,6 +143,27 @@ class BrowserMemory:
         return f"peak RSS of the browser tree {self.peak_total / GIB:.2f} GiB over {self.samples} samples (per process kind, GiB: {kinds})"
 
 
+class ProfileSession(Session):
+    """Session's recording, in a browser with an on-disk profile, as people have: Playwright's
+    `new_context()` is off the record, where Chromium keeps Cache Storage and Blobs in memory."""
+
+    def __init__(self, playwright, flags, profile: Path):  # noqa: F811 - fixture name
+        self.browser = None
+        self.context = playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=str(CHROMIUM), headless=True, args=[*BASE_FLAGS, *flags]
+        )
+        self.requests: list[str] = []
+        self.console: list[str] = []
+        self.page_errors: list[str] = []
+        self.context.on("request", lambda r: self.requests.append(r.url))
+        self.page = self.context.pages[0] if self.context.pages else self.context.new_page()
+        self.page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
+        self.page.on("pageerror", lambda e: self.page_errors.append(str(e)))
+
+    def close(self):
+        self.context.close()
+
+
 def _verified(console: list[str], verb: str) -> list[str]:
     return [line for line in console if f"modelforge: {verb}: {NAME}: all " in line]
 
@@ -162,11 +183,18 @@ def _cached_size(page, url: str) -> int:
     )
 
 
-def test_a_multi_gb_model_is_downloaded_checked_and_cached_in_bounded_memory(large_bundle, session_factory):  # noqa: F811
+@pytest.fixture
+def profile_session(playwright, tmp_path):  # noqa: F811 - fixture
+    session = ProfileSession(playwright, WEBGPU, tmp_path / "profile")
+    yield session
+    session.close()
+
+
+def test_a_multi_gb_model_is_downloaded_checked_and_cached_in_bounded_memory(large_bundle, profile_session):
     bundle, variant = large_bundle
     parts = len(variant["chunk_sha256"])
     with serve(bundle) as server, BrowserMemory() as memory:
-        session = session_factory(WEBGPU)
+        session = profile_session
         baseline = memory.sample()
         model_url = f"{server.url.rstrip('/')}/{variant['url']}"
 
