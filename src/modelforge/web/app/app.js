@@ -244,17 +244,6 @@ function hex(buffer) {
   return Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-function concat(parts, length) {
-  if (parts.length === 1 && parts[0].byteLength === length) return parts[0];
-  const out = new Uint8Array(length);
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.byteLength;
-  }
-  return out;
-}
-
 // The verified parts of a response body, in order, one at a time (at most one part is held). Throws
 // on a SHA-256 mismatch, a short or long body; reports progress under `verb`.
 async function* verifiedParts(response, variant, verb) {
@@ -264,14 +253,15 @@ async function* verifiedParts(response, variant, verb) {
   const chunkSize = variant.chunk_size;
   const parts = variant.chunk_sha256.length;
   const reader = response.body.getReader();
-  let pending = [];
+  // Network chunks are copied into the part as they arrive (and dropped): one part-sized buffer.
+  let pending = null;
   let pendingBytes = 0;
   let received = 0;
   let index = 0;
 
   async function finishPart() {
-    const part = concat(pending, pendingBytes);
-    pending = [];
+    const part = pending.subarray(0, pendingBytes);
+    pending = null;
     pendingBytes = 0;
     const digest = hex(await crypto.subtle.digest("SHA-256", part));
     if (digest !== variant.chunk_sha256[index]) {
@@ -295,7 +285,8 @@ async function* verifiedParts(response, variant, verb) {
       let offset = 0;
       while (offset < value.byteLength) {
         const take = Math.min(chunkSize - pendingBytes, value.byteLength - offset);
-        pending.push(value.subarray(offset, offset + take));
+        pending ??= new Uint8Array(Math.min(chunkSize, total - index * chunkSize));
+        pending.set(value.subarray(offset, offset + take), pendingBytes);
         pendingBytes += take;
         offset += take;
         if (pendingBytes === chunkSize) yield await finishPart();
