@@ -5,6 +5,10 @@ quantization, packed as a MediaPipe `.task`::
     checkpoint ─► export (text_generation) ─► quantize <variant> ─► web_task <variant> ─┐
                                                                                          ├─► web_bundle
     vendored runtime (web/node_modules, hashed at plan time) ───────────────────────────┘
+
+Each variant's `.task` size and largest weight are predicted from the tensor shapes and its recipe
+(`modelforge.web.limits`) and recorded in plan.facts["web"]; a variant that cannot fit the browser
+runtime's limits is refused here, before anything is exported.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from modelforge.plan import InputRef, StepNode
 from modelforge.planner import PlanBuilder
 from modelforge.steps import litert_export, litert_quantize, web_bundle, web_task
 from modelforge.targets import litertlm
+from modelforge.web import limits
 
 KIND = "web_bundle"
 
@@ -45,6 +50,7 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
             {"component": "text_decoder", "recipe": recipe, "files": ["model.tflite"], "overrides": []},
             (InputRef("models", export, ("model.tflite",)),), litert_quantize.TOOLS,
         ))
+        _check_size(builder, target, variant.name, recipe)
         max_tokens = variant.max_tokens or origin.cache_length
         if max_tokens > origin.cache_length:
             raise PlanError(f"{where}: variant {variant.name!r} max_tokens {max_tokens} exceeds the cache length {origin.cache_length}; lower it")
@@ -62,6 +68,20 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
         {"title": spec.title, "variants": variants, "runtime": dict(builder.facts.web_runtime)},
         tuple(inputs), web_bundle.TOOLS,
     ))
+
+
+def _check_size(builder: PlanBuilder, target: str, variant: str, recipe: str) -> None:
+    """Predict the variant's .task from the text decoder's shapes and refuse it when it cannot fit."""
+    shapes = limits.text_decoder_shapes(builder.facts.tensors, builder.owner, litertlm.PART_COMPONENTS["text"])
+    tokenizer = next((item.size for item in builder.facts.files if item.path == "tokenizer.model"), 0)
+    prediction = limits.predict_task_size(shapes, recipe, tokenizer)
+    builder.plan_facts.setdefault("web", {})[f"{target}.task.{variant}"] = prediction.as_fact()
+    problems = limits.check_task_size(prediction)
+    if problems:
+        raise PlanError(
+            f"{builder.where(target)}: variant {variant!r} ({recipe}) cannot run in the browser: {'; and '.join(problems)}. "
+            "Quantize it harder (e.g. recipe: dynamic_wi4b32_afp32) or drop the variant; see docs/web-limits.md"
+        )
 
 
 def _export(builder: PlanBuilder, target: str, origin_name: str, origin, checkpoint: InputRef) -> str:

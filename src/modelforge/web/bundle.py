@@ -17,9 +17,11 @@ bundle.json (canonical JSON: sorted keys, 2-space indent, trailing newline):
                    "chunk_size", "chunk_sha256": [...], "multimodal", "max_tokens", ["top_k", "temperature", "random_seed"]}]}
 
 Variants are listed in priority order (the app tries them in that order). The app checks every
-`chunk_size` part of a model against `chunk_sha256` while downloading (WebCrypto has no incremental
-SHA-256, so a multi-GB file cannot be hashed in one piece in a browser) and, for files up to 512 MiB,
-the whole-file `sha256` too.
+`chunk_size` part of a model against `chunk_sha256` as it streams, whenever it reads the model (download,
+stored copy, loading into the runtime), and never holds more than a part: WebCrypto has no
+incremental SHA-256, so a multi-GB file cannot be hashed in one piece in a browser without holding it
+whole. The parts in order and the exact size cover every byte; the whole-file `sha256` is for
+`modelforge verify` and other tools.
 """
 
 from __future__ import annotations

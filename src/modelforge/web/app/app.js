@@ -8,9 +8,6 @@
 import { StreamAccumulator, formatBytes } from "./accumulator.js";
 
 const CACHE_NAME = "modelforge-models-v1";
-// Up to this size the whole file's SHA-256 is also checked (one ArrayBuffer of the whole model);
-// beyond it the per-part SHA-256 list (bundle.json `chunk_sha256`) covers every byte.
-const WHOLE_DIGEST_LIMIT = 512 * 1024 * 1024;
 
 const $ = (id) => document.getElementById(id);
 
@@ -233,79 +230,97 @@ async function loadRuntime(bundle) {
 
 // ---------------------------------------------------------------------------------------------
 // Model download, verification, caching
+//
+// A model is never held whole here: it flows in `chunk_size` parts (bundle.json; 64 MiB), and each
+// part goes on only after its SHA-256 matched `chunk_sha256` — into Cache Storage, which writes the
+// stream to disk as it arrives, and from there (or straight from the network when there is no
+// cache) to the runtime as a stream of verified parts. Every byte is covered by the part hashes and
+// the exact size, so the whole-file `sha256` (for `modelforge verify` and other tools) is not
+// recomputed: WebCrypto cannot hash incrementally, and hashing it whole would mean one ArrayBuffer of
+// the whole model. (The runtime itself then gathers a `.task` into its memory: docs/web-limits.md.)
 // ---------------------------------------------------------------------------------------------
 
 function hex(buffer) {
   return Array.from(new Uint8Array(buffer), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-function concat(parts, length) {
-  if (parts.length === 1 && parts[0].byteLength === length) return parts[0];
-  const out = new Uint8Array(length);
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.byteLength;
-  }
-  return out;
-}
-
-// Reads a response body, checking size and SHA-256 (per part, and whole-file for small models).
-// Returns a Blob of the verified bytes.
-async function readVerified(response, variant, verb) {
+// The verified parts of a response body, in order, one at a time (at most one part is held). Throws
+// on a SHA-256 mismatch, a short or long body; reports progress under `verb`.
+async function* verifiedParts(response, variant, verb) {
   if (!crypto?.subtle) throw new Error("this page is not a secure context, so it cannot check the model's SHA-256");
   if (!response.body) throw new Error("the response has no body");
   const total = variant.size;
   const chunkSize = variant.chunk_size;
+  const parts = variant.chunk_sha256.length;
   const reader = response.body.getReader();
-  const pieces = [];
-  let pending = [];
+  // Network chunks are copied into the part as they arrive (and dropped): one part-sized buffer.
+  let pending = null;
   let pendingBytes = 0;
   let received = 0;
   let index = 0;
 
-  async function finishPiece() {
-    const piece = concat(pending, pendingBytes);
-    const digest = hex(await crypto.subtle.digest("SHA-256", piece));
+  async function finishPart() {
+    const part = pending.subarray(0, pendingBytes);
+    pending = null;
+    pendingBytes = 0;
+    const digest = hex(await crypto.subtle.digest("SHA-256", part));
     if (digest !== variant.chunk_sha256[index]) {
       throw new Error(
-        `SHA-256 mismatch in part ${index + 1} of ${variant.chunk_sha256.length} ` +
-          `(bytes ${index * chunkSize}–${index * chunkSize + pendingBytes - 1}): the file is damaged or not the one this bundle was built with`,
+        `SHA-256 mismatch in part ${index + 1} of ${parts} ` +
+          `(bytes ${index * chunkSize}–${index * chunkSize + part.byteLength - 1}): the file is damaged or not the one this bundle was built with`,
       );
     }
-    pieces.push(new Blob([piece]));
     index += 1;
-    pending = [];
-    pendingBytes = 0;
+    return part;
   }
 
-  showProgress(0, total, verb);
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    received += value.byteLength;
-    if (received > total) {
-      await reader.cancel();
-      throw new Error(`size mismatch: more than the expected ${total} bytes`);
+  let finished = false;
+  try {
+    showProgress(0, total, verb);
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      received += value.byteLength;
+      if (received > total) throw new Error(`size mismatch: more than the expected ${total} bytes`);
+      let offset = 0;
+      while (offset < value.byteLength) {
+        const take = Math.min(chunkSize - pendingBytes, value.byteLength - offset);
+        pending ??= new Uint8Array(Math.min(chunkSize, total - index * chunkSize));
+        pending.set(value.subarray(offset, offset + take), pendingBytes);
+        pendingBytes += take;
+        offset += take;
+        if (pendingBytes === chunkSize) yield await finishPart();
+      }
+      showProgress(received, total, verb);
     }
-    let offset = 0;
-    while (offset < value.byteLength) {
-      const take = Math.min(chunkSize - pendingBytes, value.byteLength - offset);
-      pending.push(value.subarray(offset, offset + take));
-      pendingBytes += take;
-      offset += take;
-      if (pendingBytes === chunkSize) await finishPiece();
-    }
-    showProgress(received, total, verb);
+    if (pendingBytes > 0) yield await finishPart();
+    if (received !== total || index !== parts) throw new Error(`size mismatch: expected ${total} bytes, got ${received}`);
+    finished = true;
+    console.info(`modelforge: ${verb}: ${variant.name}: all ${parts} parts verified (${total} bytes)`);
+  } finally {
+    if (!finished) await reader.cancel().catch(() => {});
   }
-  if (pendingBytes > 0) await finishPiece();
-  if (received !== total) throw new Error(`size mismatch: expected ${total} bytes, got ${received}`);
-  const blob = new Blob(pieces, { type: "application/octet-stream" });
-  if (total <= WHOLE_DIGEST_LIMIT) {
-    const digest = hex(await crypto.subtle.digest("SHA-256", await blob.arrayBuffer()));
-    if (digest !== variant.sha256) throw new Error(`SHA-256 mismatch: expected ${variant.sha256}, got ${digest}`);
-  }
-  return blob;
+}
+
+// A stream reader over verified parts, pulled one part at a time (what `modelAssetBuffer` takes).
+// Not a Blob's `stream()`: tasks-genai 0.10.29 fails on those ("Cannot close an errored readable
+// stream"), while a plain pull stream of Uint8Array parts loads fine.
+function partStream(parts) {
+  return new ReadableStream({
+    async pull(controller) {
+      const { value, done } = await parts.next();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    async cancel() {
+      await parts.return();
+    },
+  });
+}
+
+// Reads every part of `response`, verifying it, holding none: the check of a stored copy.
+async function verifyAll(response, variant, verb) {
+  for await (const part of verifiedParts(response, variant, verb)) void part;
 }
 
 async function openCache() {
@@ -321,6 +336,31 @@ async function openCache() {
   }
 }
 
+async function download(url, variant) {
+  let response;
+  try {
+    // The HTTP cache is bypassed: Cache Storage keeps the one copy.
+    response = await fetch(url, { cache: "no-store" });
+  } catch (err) {
+    throw new Error(`download of ${variant.url} failed (${describe(err)})`);
+  }
+  if (!response.ok) throw new Error(`download of ${variant.url} failed: HTTP ${response.status}`);
+  return response;
+}
+
+// Where the runtime reads a verified model from: the stored copy, verified again as it is read.
+function storedModel(cache, url, variant, source) {
+  return {
+    source,
+    async reader() {
+      const stored = await cache.match(url);
+      if (!stored) throw new Error("the stored copy disappeared from Cache Storage");
+      return partStream(verifiedParts(stored, variant, "Loading")).getReader();
+    },
+  };
+}
+
+// The model of `variant`, checked: {source, reader()} where reader() streams its verified parts.
 async function getModel(variant) {
   const url = new URL(variant.url, location.href).href;
   const cache = await openCache();
@@ -329,8 +369,8 @@ async function getModel(variant) {
     if (cached) {
       try {
         setStatus(`Checking the stored copy of ${variant.label}…`);
-        const blob = await readVerified(cached, variant, "Checking stored copy");
-        return { blob, source: "stored in this browser" };
+        await verifyAll(cached, variant, "Checking stored copy");
+        return storedModel(cache, url, variant, "stored in this browser");
       } catch (err) {
         await cache.delete(url);
         notice(`The stored copy of ${variant.label} was damaged (${describe(err)}); downloading it again.`);
@@ -351,54 +391,46 @@ async function getModel(variant) {
     }
   }
   setStatus(`Downloading ${variant.label} (${formatBytes(variant.size)}); it is kept in this browser for next time.`);
-  let response;
-  try {
-    // The HTTP cache is bypassed: Cache Storage keeps the one copy.
-    response = await fetch(url, { cache: "no-store" });
-  } catch (err) {
-    throw new Error(`download of ${variant.url} failed (${describe(err)})`);
-  }
-  if (!response.ok) throw new Error(`download of ${variant.url} failed: HTTP ${response.status}`);
-  const blob = await readVerified(response, variant, "Downloading");
   if (cache) {
+    // Verified parts stream into Cache Storage; a damaged download fails the put and is not kept.
+    let damaged = null;
+    const parts = (async function* () {
+      try {
+        yield* verifiedParts(await download(url, variant), variant, "Downloading");
+      } catch (err) {
+        damaged = err;
+        throw err;
+      }
+    })();
     try {
       if (navigator.storage?.persist) await navigator.storage.persist().catch(() => false);
       await cache.put(
         url,
-        new Response(blob, { headers: { "Content-Type": "application/octet-stream", "Content-Length": String(blob.size) } }),
+        new Response(partStream(parts), {
+          headers: { "Content-Type": "application/octet-stream", "Content-Length": String(variant.size) },
+        }),
       );
+      return storedModel(cache, url, variant, "downloaded");
     } catch (err) {
+      await cache.delete(url).catch(() => false);
+      if (damaged) throw damaged;
       notice(`Could not keep ${variant.label} in this browser (${describe(err)}); it will be downloaded again next time.`);
     }
   }
-  return { blob, source: "downloaded" };
-}
-
-// The model as a stream reader over the verified Blob, in parts (no second copy of the whole file in
-// JS). Not `blob.stream().getReader()`: tasks-genai 0.10.29 fails on it ("Cannot close an errored
-// readable stream"), while a plain pull stream of Uint8Array parts loads fine.
-function blobReader(blob, partSize = 1024 * 1024) {
-  let offset = 0;
-  return new ReadableStream({
-    async pull(controller) {
-      if (offset >= blob.size) {
-        controller.close();
-        return;
-      }
-      const end = Math.min(offset + partSize, blob.size);
-      const part = new Uint8Array(await blob.slice(offset, end).arrayBuffer());
-      offset = end;
-      controller.enqueue(part);
+  // No cache (or it refused the model): the runtime reads the download itself, part by verified part.
+  return {
+    source: "downloaded",
+    async reader() {
+      return partStream(verifiedParts(await download(url, variant), variant, "Downloading")).getReader();
     },
-  }).getReader();
+  };
 }
 
 async function startVariant(variant) {
-  const { blob, source } = await getModel(variant);
+  const model = await getModel(variant);
   setStatus(`Starting ${variant.label} on the GPU…`);
-  hideProgress();
   const options = {
-    baseOptions: { modelAssetBuffer: blobReader(blob) },
+    baseOptions: { modelAssetBuffer: await model.reader() },
     maxTokens: variant.max_tokens,
   };
   if (variant.top_k != null) options.topK = variant.top_k;
@@ -412,7 +444,8 @@ async function startVariant(variant) {
   } catch (err) {
     throw new Error(withRuntimeLog(`the runtime could not start it (${describe(err)})`, mark));
   }
-  return { llm, source };
+  hideProgress();
+  return { llm, source: model.source };
 }
 
 // ---------------------------------------------------------------------------------------------

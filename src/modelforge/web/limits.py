@@ -1,0 +1,161 @@
+"""What a web variant may weigh: the browser runtime's model-size limits, and the size of a variant's
+`.task` predicted from tensor shapes and the quantization recipe at plan time (no export needed).
+
+Owns the limit constants and the prediction; imports nothing but the standard library (the planner
+calls it, so no model library may come in). Where each number comes from: docs/web-limits.md.
+
+The prediction mirrors what the pinned toolchain writes (checked against the tiny model's real
+`.task` files in tests/web/test_limits.py): every 2-D text-decoder weight (the linear layers and the
+embedding table, which the LM head shares: the graph holds it once) is stored quantized, 1-D weights
+(norms) stay float32; channelwise recipes keep a float32 scale and an int64 zero point per output row in
+the flatbuffer's quantization parameters; blockwise recipes (`…b32`, `…b64`) keep one float16 scale per
+block in a separate tensor.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+__all__ = [
+    "GRAPH_BYTES_PER_LAYER",
+    "MAX_TASK_BYTES",
+    "MAX_TENSOR_BYTES",
+    "WASM32_HEAP_MAX",
+    "RecipeStorage",
+    "TaskSizePrediction",
+    "WebLimitError",
+    "check_task_size",
+    "predict_task_size",
+    "recipe_storage",
+]
+
+# Emscripten's heap ceiling in @mediapipe/tasks-genai 0.10.29 (genai_wasm_internal.js `getHeapMax`: one
+# wasm page short of 4 GiB). The runtime's `.task` path copies the whole file into MEMFS and maps it,
+# and Emscripten's MEMFS `mmap` copies the mapped bytes into this heap.
+WASM32_HEAP_MAX = 4_294_901_760
+# The largest `.task` a variant may be: the wasm32 heap less 1 GiB for what the runtime itself keeps
+# there (graph, tokenizer, interpreter arenas, staging of weights on their way to the GPU).
+MAX_TASK_BYTES = 3 * 2**30
+# The runtime asks the WebGPU adapter for its largest maxBufferSize / maxStorageBufferBindingSize and
+# warns that an adapter below 524,550,144 bytes "is unable to execute most LLM tasks" (genai_bundle.mjs,
+# `createWebGpuDevice`). A weight tensor up to this size fits one buffer binding on every adapter the
+# runtime itself accepts; a larger one only on some (WebGPU's defaults are 256 MiB and 128 MiB).
+MAX_TENSOR_BYTES = 524_550_144
+# Graph structure (ops, signatures, small constants) besides the weights, per decoder layer: the tiny
+# model's export measures ~260 KB per layer with two prefill signatures and a decode one; doubled.
+GRAPH_BYTES_PER_LAYER = 512 * 1024
+# Zip headers and alignment of the .task's three members, and the LLM metadata.
+TASK_OVERHEAD_BYTES = 64 * 1024
+
+_RECIPE = re.compile(r"^(?:dynamic|weight_only)(?:_legacy)?_wi(?P<bits>\d+)(?:b(?P<block>\d+)|c(?:_hr)?)?_afp32$")
+
+
+class WebLimitError(ValueError):
+    """A web variant cannot fit the browser runtime's limits."""
+
+
+@dataclass(frozen=True)
+class RecipeStorage:
+    """How a quantization recipe stores a 2-D weight: bits per element and, for blockwise recipes, the
+    block length (one float16 scale per block); channelwise recipes have block None."""
+
+    bits: int
+    block: int | None
+
+    def tensor_bytes(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """(bytes of the quantized data tensor, bytes of its scales: a separate float16 tensor when
+        blockwise, the flatbuffer's quantization parameters when channelwise)."""
+        numel = _numel(shape)
+        data = (numel * self.bits + 7) // 8
+        if self.block is not None:
+            return data, -(-numel // self.block) * 2
+        return data, shape[0] * (4 + 8)  # float32 scale + int64 zero point per output row
+
+
+def recipe_storage(recipe: str) -> RecipeStorage:
+    """The storage of an ai-edge-quantizer recipe name (e.g. dynamic_wi8_afp32 → 8 bits channelwise,
+    dynamic_wi4b32_afp32 → 4 bits in blocks of 32)."""
+    match = _RECIPE.match(recipe)
+    if match is None:
+        raise WebLimitError(f"cannot tell how recipe {recipe!r} stores weights; expected a name like dynamic_wi4b32_afp32")
+    block = match.group("block")
+    return RecipeStorage(int(match.group("bits")), int(block) if block else None)
+
+
+@dataclass(frozen=True)
+class TaskSizePrediction:
+    """The predicted `.task` of one variant."""
+
+    task_bytes: int
+    weight_bytes: int
+    largest_tensor: str
+    largest_tensor_bytes: int
+    layers: int
+
+    def as_fact(self) -> dict:
+        return {
+            "task_bytes": self.task_bytes,
+            "weight_bytes": self.weight_bytes,
+            "largest_tensor": self.largest_tensor,
+            "largest_tensor_bytes": self.largest_tensor_bytes,
+        }
+
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def predict_task_size(shapes: Mapping[str, tuple[int, ...]], recipe: str, tokenizer_bytes: int) -> TaskSizePrediction:
+    """The `.task` of a plain text export of the decoder whose weights have `shapes` (name → shape),
+    quantized with `recipe`, with a tokenizer of `tokenizer_bytes`."""
+    storage = recipe_storage(recipe)
+    weights = 0
+    largest, largest_bytes = "", 0
+    layers: set[str] = set()
+    for name, shape in sorted(shapes.items()):
+        layer = _LAYER.search(name)
+        if layer:
+            layers.add(layer.group(1))
+        if len(shape) >= 2:
+            data, scales = storage.tensor_bytes(tuple(shape))
+            weights += data + scales
+            if data > largest_bytes:
+                largest, largest_bytes = name, data
+        else:
+            weights += 4 * _numel(tuple(shape))
+    graph = GRAPH_BYTES_PER_LAYER * max(1, len(layers))
+    return TaskSizePrediction(weights + graph + tokenizer_bytes + TASK_OVERHEAD_BYTES, weights, largest, largest_bytes, len(layers))
+
+
+def check_task_size(prediction: TaskSizePrediction, *, max_task_bytes: int = MAX_TASK_BYTES, max_tensor_bytes: int = MAX_TENSOR_BYTES) -> list[str]:
+    """The limits `prediction` breaks, one sentence each (empty: it fits)."""
+    problems = []
+    if prediction.task_bytes > max_task_bytes:
+        problems.append(
+            f"its .task would be about {_gb(prediction.task_bytes)}, above the {_gb(max_task_bytes)} a page can hand the runtime "
+            f"(@mediapipe/tasks-genai loads the whole .task into its wasm32 heap, at most {_gb(WASM32_HEAP_MAX)})"
+        )
+    if prediction.largest_tensor_bytes > max_tensor_bytes:
+        problems.append(
+            f"its largest weight, {prediction.largest_tensor} at {_gb(prediction.largest_tensor_bytes)}, is above the "
+            f"{_gb(max_tensor_bytes)} WebGPU buffer binding the runtime requires of an adapter (maxStorageBufferBindingSize)"
+        )
+    return problems
+
+
+def text_decoder_shapes(tensors: Mapping[str, object], owner: Mapping[str, str], components: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """name → shape of the tensors (TensorInfo-like, with .shape) owned by `components`."""
+    wanted = set(components)
+    return {name: tuple(info.shape) for name, info in tensors.items() if owner.get(name) in wanted}
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dimension in shape:
+        count *= dimension
+    return count
+
+
+def _gb(value: int) -> str:
+    return f"{value / 1e9:.2f} GB ({value / 2**30:.2f} GiB)"
