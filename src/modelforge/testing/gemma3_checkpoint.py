@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from modelforge.testing.reference import REFERENCE, load_tensor_shapes, shard_assignment, shard_file_names
+from modelforge.testing.reference import load_tensor_shapes, reference_dir, shard_assignment, shard_file_names
 
-FIXTURE = REFERENCE.parent / "fixtures" / "tiny-medgemma"
+REFERENCE = reference_dir()
+
+FIXTURE = Path(__file__).resolve().parents[3] / "fixtures" / "tiny-medgemma"
 GENERATOR_VERSION = 1
 REAL_VOCABULARY = 262208
 TEXT_LAYERS = 34
