@@ -42,7 +42,7 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
             )
         quantized = builder.add(StepNode.make(
             f"{target}.quantize.{variant.name}", litert_quantize.KIND, litert_quantize.VERSION,
-            {"component": "text_decoder", "recipe": recipe, "files": ["model.tflite"], "overrides": []},
+            {"recipe": recipe, "files": ["model.tflite"], "overrides": []},
             (InputRef("models", export, ("model.tflite",)),), litert_quantize.TOOLS,
         ))
         max_tokens = variant.max_tokens or origin.cache_length
