@@ -241,6 +241,10 @@ def plan(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir
         return PlanReport(project, the_plan, toolchain, statuses(the_plan, store, toolchain, _previous_steps(project)))
 
 
+# Steps whose report the lock records under `checks`: step kind → the report's file.
+CHECK_REPORTS = {"litert_parity": "parity.json", "check_architecture": "architecture.json"}
+
+
 def make_lock(project: Project, the_plan: Plan, toolchain: Mapping[str, str], store: Store) -> Lock:
     keys = compute_keys(the_plan, toolchain)
     origin = the_plan.source.origin
@@ -251,9 +255,10 @@ def make_lock(project: Project, the_plan: Plan, toolchain: Mapping[str, str], st
         targets[target.name] = LockedTarget(kind=target.kind, node=target.node, files=files)
     checks = {}
     for step in the_plan.steps:
-        record = store.get_record(keys[step.name]["key"]) if step.kind == "litert_parity" else None
-        if record is not None and "parity.json" in record.outputs:
-            checks[step.name] = json.loads(store.object_path(record.outputs["parity.json"].sha256).read_text())
+        report = CHECK_REPORTS.get(step.kind)
+        record = store.get_record(keys[step.name]["key"]) if report else None
+        if record is not None and report in record.outputs:
+            checks[step.name] = json.loads(store.object_path(record.outputs[report].sha256).read_text())
     return Lock(
         checks=checks,
         manifest=LockedManifest(
