@@ -290,6 +290,7 @@ class BuildResult:
     out_dir: Path | None = None
     lock_written: bool = False
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)  # per step that ran and measured itself
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)  # the lock's `checks`: parity and architecture reports
 
 
 class _Counting:
@@ -336,8 +337,10 @@ def build(
         result.out_dir = Path(out) if out else project.default_out
         for target in the_plan.targets:
             materialize(records[target.node].outputs, store, result.out_dir / target.name)
+        fresh = make_lock(project, the_plan, toolchain, store)
+        result.checks = dict(fresh.checks)
         if write_lockfile and not frozen:
-            result.lock_written = write_lock(project.lock_path, make_lock(project, the_plan, toolchain, store))
+            result.lock_written = write_lock(project.lock_path, fresh)
         return result
 
 

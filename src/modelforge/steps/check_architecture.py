@@ -26,8 +26,8 @@ SHOWN = 5  # tensors named per kind of mismatch; the count says how many more
 
 
 def run(context: StepContext) -> None:
-    """params: {"target": the target's name, for messages}. Input `checkpoint`: the assembled target."""
-    target = context.params["target"]
+    """params: {}. Input `checkpoint`: the assembled target, as it will be published."""
+    target = context.name.removesuffix(".check") or "(unnamed)"
     files = context.inputs["checkpoint"]
     if "config.json" not in files:
         raise StepFailed(f"target {target}: the checkpoint has no config.json; carry or rewrite one (config: edits)")

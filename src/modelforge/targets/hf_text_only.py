@@ -84,7 +84,7 @@ def plan(builder: PlanBuilder, target: str, spec: HfTextOnlyTarget) -> str:
             f"{target}.check",
             check_architecture.KIND,
             check_architecture.VERSION,
-            {"target": target},
+            {},
             (InputRef("checkpoint", assembled),),
             check_architecture.TOOLS,
         )

@@ -57,9 +57,12 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
         ))
         inputs.append(InputRef(f"variant.{variant.name}", task))
         variants.append({"name": variant.name, "label": variant.label, "max_tokens": max_tokens, "input": f"variant.{variant.name}"})
+    params = {"title": spec.title, "variants": variants, "runtime": dict(builder.facts.web_runtime)}
+    if builder.manifest.notice:  # absent, not empty, where there is none: those bundles keep their keys
+        params["notice"] = builder.manifest.notice
     return builder.add(StepNode.make(
         target, web_bundle.KIND, web_bundle.VERSION,
-        {"title": spec.title, "variants": variants, "runtime": dict(builder.facts.web_runtime)},
+        params,
         tuple(inputs), web_bundle.TOOLS,
     ))
 
