@@ -54,7 +54,7 @@ def test_parity_and_architecture_checks_become_one_line_each():
         "text.check": {"architecture": "Gemma3ForCausalLM", "tensors": 28, "tied_absent": ["lm_head.weight"], "dtype": "F32"},
     })
     assert lines == [
-        "parity bundle.parity: passed: top-1 agreement 0.8125 (≥ 0.8), mean KL 0.05381 (≤ 0.1), max |logit difference| 5.76, vision cosine 1 (≥ 0.99)",
+        "parity bundle.parity: passed: top-1 agreement 0.8125 (≥ 0.8), mean KL 0.05381 (≤ 0.1), max |logit difference| 5.76, vision cosine 0.999952 (≥ 0.99)",
         "checked text.check: 28 tensors fit Gemma3ForCausalLM; tied, so absent: lm_head.weight",
     ]
 

@@ -164,11 +164,12 @@ def build(manifest: Path, out: Path | None, source_dir: Path | None, store_dir: 
 
 
 # What each parity figure is called on screen, its threshold, and the comparison the threshold makes.
+# Cosines near 1 need their digits: 0.99995 is not 1.
 PARITY_FIGURES = (
-    ("top1_agreement", "top-1 agreement", "min_top1_agreement", "≥"),
-    ("mean_kl", "mean KL", "max_kl", "≤"),
-    ("max_abs_logit", "max |logit difference|", "max_abs_logit", "≤"),
-    ("vision_cosine", "vision cosine", "min_vision_cosine", "≥"),
+    ("top1_agreement", "top-1 agreement", "min_top1_agreement", "≥", ".4g"),
+    ("mean_kl", "mean KL", "max_kl", "≤", ".4g"),
+    ("max_abs_logit", "max |logit difference|", "max_abs_logit", "≤", ".4g"),
+    ("vision_cosine", "vision cosine", "min_vision_cosine", "≥", ".6f"),
 )
 
 
@@ -182,11 +183,11 @@ def check_lines(checks: dict) -> list[str]:
             lines.append(f"checked {name}: {report['tensors']} tensors fit {report['architecture']}{tied}")
             continue
         figures = []
-        for key, label, threshold, sign in PARITY_FIGURES:
+        for key, label, threshold, sign, style in PARITY_FIGURES:
             if report.get(key) is None:
                 continue
             limit = report.get("thresholds", {}).get(threshold)
-            figures.append(f"{label} {report[key]:.4g}" + (f" ({sign} {limit})" if limit is not None else ""))
+            figures.append(f"{label} {report[key]:{style}}" + (f" ({sign} {limit})" if limit is not None else ""))
         verdict = "passed" if report.get("passed") else "FAILED"
         lines.append(f"parity {name}: {verdict}: {', '.join(figures)}")
     return lines
