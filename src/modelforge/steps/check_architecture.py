@@ -143,7 +143,7 @@ def _meta_model(context: StepContext, target: str, raw_config: Mapping[str, Any]
         config = transformers.AutoConfig.from_pretrained(str(context.input_dir("checkpoint")))
         with torch.device("meta"):
             return model_class(config)
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
+    except Exception as error:  # transformers' own validation errors are of many types
         raise StepFailed(
             f"target {target}: transformers cannot build {architectures[0]} from the rewritten config.json "
             f"({type(error).__name__}: {str(error)[:200]}); fix the config edits"
