@@ -2,7 +2,9 @@
 """Benchmark: MedGemma 4B multimodal checkpoint → text-only checkpoint.
 
 Writes a synthetic checkpoint with the real MedGemma 4B layout (883 tensors, real names and
-shapes, bf16, 2 shards, index and the small files; every first dimension scaled by --scale), then
+shapes, bf16, 2 shards, index and the small files; scaled by --scale: the text decoder's dimensions
+together, with config.json to match, so the text-only output still fits its architecture, and the
+first dimension of every other tensor), then
 measures side by side, each method as its own subprocess (wall seconds, CPU seconds, peak RSS):
 
   cp                 baseline: `cp` of the input shards to a fresh directory
@@ -38,7 +40,7 @@ from modelforge.testing.reference import load_tensor_shapes, reference_dir, shar
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 MANIFEST = ROOT / "manifests" / "medgemma-1.5-text-only.yaml"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DTYPE = "BF16"
 DTYPE_BYTES = 2
 BLOCK = 4 << 20  # bytes written per call while generating
@@ -105,13 +107,62 @@ def scale_label(scale: float) -> str:
     return repr(float(scale))
 
 
+# MedGemma 4B's text decoder (the reference config's text_config, and Gemma3TextConfig's defaults
+# for what it leaves out). Every dimension of a language_model.* tensor is one of these products.
+TEXT_DIMENSIONS = {"hidden_size": 2560, "intermediate_size": 10240, "vocab_size": 262208, "head_dim": 256}
+ATTENTION_HEADS, KEY_VALUE_HEADS = 8, 4
+
+
+def text_dimensions(scale: float) -> dict[str, int]:
+    """The text decoder's dimensions at a scale: each matrix scales by about `scale`."""
+    if scale == 1.0:
+        return dict(TEXT_DIMENSIONS)
+    factor = math.sqrt(scale)
+    return {
+        # transformers wants the hidden size a multiple of the attention heads.
+        "hidden_size": ATTENTION_HEADS * max(1, round(TEXT_DIMENSIONS["hidden_size"] * factor / ATTENTION_HEADS)),
+        "intermediate_size": max(8, round(TEXT_DIMENSIONS["intermediate_size"] * factor)),
+        "vocab_size": max(16, round(TEXT_DIMENSIONS["vocab_size"] * factor)),
+        "head_dim": max(2, 2 * round(TEXT_DIMENSIONS["head_dim"] * factor / 2)),  # even: rotary halves
+    }
+
+
 def scaled_shapes(scale: float) -> dict[str, tuple[int, ...]]:
+    """Text decoder tensors with all their dimensions scaled together (modelforge checks the
+    text-only output against its config's architecture, so they must stay consistent); every
+    other tensor (vision, projector: dropped by the text-only target) by its first dimension."""
     shapes, dtype = load_tensor_shapes()
     if dtype.upper() != DTYPE:
         raise SystemExit(f"reference tensor list is {dtype}, expected {DTYPE}")
     if scale == 1.0:
         return shapes
-    return {name: ((max(1, round(shape[0] * scale)),) + tuple(shape[1:])) if shape else shape for name, shape in shapes.items()}
+    old, new = TEXT_DIMENSIONS, text_dimensions(scale)
+    mapping = {
+        old["hidden_size"]: new["hidden_size"], old["intermediate_size"]: new["intermediate_size"],
+        old["vocab_size"]: new["vocab_size"], old["head_dim"]: new["head_dim"],
+        ATTENTION_HEADS * old["head_dim"]: ATTENTION_HEADS * new["head_dim"],
+        KEY_VALUE_HEADS * old["head_dim"]: KEY_VALUE_HEADS * new["head_dim"],
+    }
+    result = {}
+    for name, shape in shapes.items():
+        if name.startswith("language_model."):
+            unknown = [dimension for dimension in shape if dimension not in mapping]
+            if unknown:
+                raise SystemExit(f"{name}: dimension {unknown[0]} is none of the text decoder's; update TEXT_DIMENSIONS")
+            result[name] = tuple(mapping[dimension] for dimension in shape)
+        else:
+            result[name] = ((max(1, round(shape[0] * scale)),) + tuple(shape[1:])) if shape else shape
+    return result
+
+
+def scaled_config(scale: float) -> bytes:
+    """The reference config.json with the text decoder's dimensions at the scale."""
+    config = json.loads((reference_dir() / SMALL_FILES["config.json"]).read_text())
+    if scale != 1.0:
+        config["text_config"].update(
+            text_dimensions(scale), num_attention_heads=ATTENTION_HEADS, num_key_value_heads=KEY_VALUE_HEADS
+        )
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
 
 
 def _numel(shape) -> int:
@@ -194,6 +245,7 @@ def ensure_checkpoint(directory: Path, scale: float, log) -> dict:
     small = {"model.safetensors.index.json": (json.dumps(index, indent=2) + "\n").encode()}
     for name, reference in SMALL_FILES.items():
         small[name] = (reference_dir() / reference).read_bytes() if reference else _stand_in(name)
+    small["config.json"] = scaled_config(scale)
     for name, content in small.items():
         (directory / name).write_bytes(content)
         files[name] = len(content)

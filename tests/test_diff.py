@@ -41,7 +41,7 @@ def test_diff_against_the_previous_commit_shows_fields_steps_config_and_tensors(
     assert "config[1].values.max_position_embeddings" in paths
     assert "weights[1].match[0]" in paths
     status = {step["name"]: step["status"] for step in result["steps"]}
-    assert status == {"config": "invalidated", "files": "cached", "text.weights": "invalidated", "text": "invalidated"}
+    assert status == {"config": "invalidated", "files": "cached", "text.weights": "invalidated", "text": "invalidated", "text.check": "invalidated"}
     assert '"max_position_embeddings": 2048' in result["config"]["config.json"]["new"]
     removed = result["tensors"]["text"]["removed"]
     assert len(removed) == 13 and all(name.startswith("model.layers.1.") for name in removed)

@@ -174,6 +174,24 @@ def test_bad_litertlm_manifests_are_clear_errors(tmp_project, change, error, pat
         api.plan(manifest)
 
 
+def test_changing_only_the_prefill_and_cache_lengths_keeps_the_vision_export_and_its_quantization(tmp_project):
+    """The vision graphs have no prefill signatures and no KV cache (litert-torch's Gemma 3 vision
+    exportables never read either), so the lengths are no parameters of the vision export."""
+    manifest = tmp_project / "manifests" / MANIFEST
+    before = {status.name: status.key for status in api.plan(manifest).statuses}
+    manifest.write_text(manifest.read_text().replace("prefill_lengths: [32, 128]", "prefill_lengths: [16, 64]").replace("cache_length: 256", "cache_length: 384"))
+    after = {status.name: status.key for status in api.plan(manifest).statuses}
+    unchanged = sorted(name for name in before if before[name] == after[name])
+    assert {"bundle.export_vision", "bundle.quantize.vision_encoder", "bundle.quantize.projector"} <= set(unchanged)
+    assert before["bundle.export_text"] != after["bundle.export_text"]
+
+
+def test_the_component_name_is_no_parameter_of_a_quantization(tmp_project):
+    plan = api.plan(tmp_project / "manifests" / MANIFEST).plan
+    quantizations = [step for step in plan.steps if step.kind == "litert_quantize"]
+    assert quantizations and all(set(step.params) == {"recipe", "files", "overrides"} for step in quantizations)
+
+
 def test_an_architecture_the_exporter_cannot_handle_is_refused_before_building(tmp_project):
     import json
 

@@ -21,9 +21,18 @@ packages=""
 for tool in chromium nginx caddy apache2; do
     command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] || packages="$packages $tool"
 done
+# Another apt (unattended-upgrades on a fresh machine) may hold the dpkg lock: wait for it, up to
+# ten minutes, instead of giving up at once.
+apt_wait=(-o DPkg::Lock::Timeout=600)
 if [ -n "$packages" ] && [ "${MODELFORGE_SKIP_APT:-0}" != 1 ] && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $packages fonts-dejavu-core >/dev/null) \
+    (apt-get "${apt_wait[@]}" update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get "${apt_wait[@]}" install -y -qq --no-install-recommends $packages fonts-dejavu-core >/dev/null) \
         || echo "setup: could not install$packages; the tests that need them will be skipped" >&2
     # The packages' own services are not wanted: the tests start their servers on 127.0.0.1 themselves.
     for service in nginx apache2 caddy; do (service "$service" stop || true) >/dev/null 2>&1; done
+fi
+# In CI a skipped browser test is a silent gap, not a convenience: the page is what users run.
+if [ "${CI:-}" = true ] && ! command -v chromium >/dev/null; then
+    echo "setup: CI=true but chromium is not installed, so the browser tests would be skipped; install it (apt-get install chromium) and run again" >&2
+    exit 1
 fi

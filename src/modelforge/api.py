@@ -320,6 +320,10 @@ def plan(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir
         return PlanReport(project, the_plan, toolchain, statuses(the_plan, store, toolchain, previous), gathered.planned_from)
 
 
+# Steps whose report the lock records under `checks`: step kind → the report's file.
+CHECK_REPORTS = {"litert_parity": "parity.json", "check_architecture": "architecture.json"}
+
+
 def make_lock(project: Project, the_plan: Plan, toolchain: Mapping[str, str], store: Store, pending: bool = False) -> Lock:
     """The lock of a plan. pending: the plan was made from reference data (the Hub out of reach), so
     the lock pins what is known without the bytes (manifest, repo and commit, toolchain, targets)
@@ -345,9 +349,10 @@ def make_lock(project: Project, the_plan: Plan, toolchain: Mapping[str, str], st
         targets[target.name] = LockedTarget(kind=target.kind, node=target.node, files=files)
     checks = {}
     for step in the_plan.steps:
-        record = store.get_record(keys[step.name]["key"]) if step.kind == "litert_parity" else None
-        if record is not None and "parity.json" in record.outputs:
-            checks[step.name] = json.loads(store.object_path(record.outputs["parity.json"].sha256).read_text())
+        report = CHECK_REPORTS.get(step.kind)
+        record = store.get_record(keys[step.name]["key"]) if report else None
+        if record is not None and report in record.outputs:
+            checks[step.name] = json.loads(store.object_path(record.outputs[report].sha256).read_text())
     return Lock(
         checks=checks,
         manifest=LockedManifest(
@@ -380,6 +385,7 @@ class BuildResult:
     lock_written: bool = False
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)  # per step that ran and measured itself
     materialized: dict[str, list[Materialized]] = field(default_factory=dict)  # per target: how each file was laid out
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)  # the lock's `checks`: parity and architecture reports
 
 
 def describe_materialized(directory: Path, placed: list[Materialized]) -> str:
@@ -443,8 +449,10 @@ def build(
             placed = materialize(records[target.node].outputs, store, result.out_dir / target.name)
             result.materialized[target.name] = placed
             reporter.message(describe_materialized(result.out_dir / target.name, placed))
+        fresh = make_lock(project, the_plan, toolchain, store)
+        result.checks = dict(fresh.checks)
         if write_lockfile and not frozen:
-            result.lock_written = write_lock(project.lock_path, make_lock(project, the_plan, toolchain, store))
+            result.lock_written = write_lock(project.lock_path, fresh)
         return result
 
 

@@ -84,6 +84,9 @@ class RichReporter:
         from rich.console import Console
 
         self.console = Console(stderr=True, highlight=False)
+        # A log file or a CI log has no width: wrapping at rich's default 80 columns would break
+        # lines mid-phrase. A terminal wraps at word boundaries, as rich does.
+        self.console.soft_wrap = not self.console.is_terminal
         self.verbose = verbose
         self._progress = None
         self._task = None
@@ -100,7 +103,8 @@ class RichReporter:
         self.console.print(f"[bold]run[/bold]    {name} ({kind}) — {reason}")
 
     def step_progress(self, name: str, done: int, total: int, message: str) -> None:
-        if total <= 0:
+        # Not on a terminal there is nothing to redraw: a transient bar would leave a blank line behind.
+        if total <= 0 or not self.console.is_terminal:
             return
         if self._progress is None:
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -151,8 +155,42 @@ def build(manifest: Path, out: Path | None, source_dir: Path | None, store_dir: 
         manifest, out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, reporter=RichReporter(), memory_limit=memory_limit
     )
     click.echo(f"built {len(result.plan.targets)} target(s) into {result.out_dir}: {len(result.ran)} step(s) ran, {len(result.cached)} cached")
+    for line in check_lines(result.checks):
+        click.echo(line)
     if result.lock_written:
         click.echo(f"wrote {result.project.lock_path}")
+    if result.project.manifest.notice:
+        click.echo(f"note: {result.project.manifest.notice}")
+
+
+# What each parity figure is called on screen, its threshold, and the comparison the threshold makes.
+# Cosines near 1 need their digits: 0.99995 is not 1.
+PARITY_FIGURES = (
+    ("top1_agreement", "top-1 agreement", "min_top1_agreement", "≥", ".4g"),
+    ("mean_kl", "mean KL", "max_kl", "≤", ".4g"),
+    ("max_abs_logit", "max |logit difference|", "max_abs_logit", "≤", ".4g"),
+    ("vision_cosine", "vision cosine", "min_vision_cosine", "≥", ".6f"),
+)
+
+
+def check_lines(checks: dict) -> list[str]:
+    """One line per recorded check (the lock's `checks`): the parity figures against their
+    thresholds, and what the architecture check compared."""
+    lines = []
+    for name, report in sorted(checks.items()):
+        if "architecture" in report:
+            tied = f"; tied, so absent: {', '.join(report['tied_absent'])}" if report.get("tied_absent") else ""
+            lines.append(f"checked {name}: {report['tensors']} tensors fit {report['architecture']}{tied}")
+            continue
+        figures = []
+        for key, label, threshold, sign, style in PARITY_FIGURES:
+            if report.get(key) is None:
+                continue
+            limit = report.get("thresholds", {}).get(threshold)
+            figures.append(f"{label} {report[key]:{style}}" + (f" ({sign} {limit})" if limit is not None else ""))
+        verdict = "passed" if report.get("passed") else "FAILED"
+        lines.append(f"parity {name}: {verdict}: {', '.join(figures)}")
+    return lines
 
 
 @main.command()
@@ -186,11 +224,14 @@ def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, as_jso
             "To build, make the Hub reachable or pass --source-dir DIR with a local download."
         )
     click.echo(f"{report.project.manifest.name}: {coverage['tensors']} source tensors, {coverage['kept']} kept, {coverage['dropped']} dropped")
+    # Columns as wide as their longest entry: a fixed width overflowed on names like bundle.quantize.vision_encoder.
+    name_width = max([len(status.name) for status in report.statuses] + [len(name) for name in report.plan.facts.get("memory", {})] + [1])
+    kind_width = max([len(status.kind) for status in report.statuses] + [1])
     for status in report.statuses:
         state = "cached" if status.cached else "run   "
         key = "(reference) " if report.planned_from else status.key[:12]
         reason = "planned from reference data" if report.planned_from else status.reason
-        click.echo(f"  {state} {status.name:<28} {status.kind:<18} {key}  {'' if status.cached else reason}".rstrip())
+        click.echo(f"  {state} {status.name:<{name_width}} {status.kind:<{kind_width}} {key}  {'' if status.cached else reason}".rstrip())
     for target in report.plan.targets:
         click.echo(f"  target {target.name} ({target.kind}) ← {target.node}")
     if report.plan.facts.get("memory"):
@@ -199,7 +240,7 @@ def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, as_jso
         limit, origin = memory_limit()
         for name, peak in report.plan.facts["memory"].items():
             verdict = f"; `build` would refuse it (limit {limit / 2**30:.1f} GiB: {origin})" if peak > limit else ""
-            click.echo(f"  memory {name:<28} predicted peak {peak / 2**30:.1f} GiB (this machine: {limit / 2**30:.1f} GiB){verdict}")
+            click.echo(f"  memory {name:<{name_width}} predicted peak {peak / 2**30:.1f} GiB (this machine: {limit / 2**30:.1f} GiB){verdict}")
 
 
 @main.command()
@@ -267,11 +308,13 @@ def _report_mismatches(problems, advice: str) -> None:
 
 @main.command()
 @manifest_argument
-@click.option("--rebuild", is_flag=True, required=True, help="Rebuild from scratch in a fresh store and compare with the lock.")
+@click.option("--rebuild", is_flag=True, help="Rebuild from scratch in a fresh store and compare with the lock (the only mode, and the default).")
 @source_dir_option
 @_handle_errors
 def check(manifest: Path, rebuild: bool, source_dir: Path | None) -> None:
-    """Prove reproducibility: rebuild MANIFEST in an empty store and compare byte for byte with its lock."""
+    """Prove reproducibility: rebuild MANIFEST in an empty store and compare byte for byte with its lock.
+
+    A rebuild is the only kind of check, so `--rebuild` may be left out."""
     from modelforge import api
 
     problems = api.check_rebuild(manifest, source_dir=source_dir, reporter=RichReporter(verbose=False))

@@ -166,6 +166,7 @@ def _run_step(step: StepNode, key: str, inputs, store: Store, reporter: Reporter
             out_dir=out_dir,
             scratch_dir=scratch,
             progress=lambda done, total, message: _progress(reporter, step, done, total, message),
+            name=step.name,
         )
         fault_point(f"{step.kind}/start")
         try:

@@ -26,6 +26,21 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
+# A tensor name is dot-separated words (model.layers.0.self_attn.q_proj.weight). Anything else
+# ('../x', 'a/b', spaces, an empty segment) is a mistake in a rule or a hostile source, and names
+# become paths in some loaders and converters.
+SAFE_TENSOR_NAME = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
+
+
+def unsafe_tensor_name(name: str) -> str | None:
+    """Why a tensor name is unsafe, or None when it is fine."""
+    if not isinstance(name, str) or not name:
+        return "it is empty"
+    if SAFE_TENSOR_NAME.fullmatch(name) is None:
+        return "it is not dot-separated words of letters, digits, '_' and '-'"
+    return None
+
+
 @dataclass
 class WeightMapping:
     """Outcome of the rules: output name per kept source tensor, and who dropped what."""
@@ -97,6 +112,17 @@ def apply_weight_rules(manifest: Manifest, names: Sequence[str], owner: Mapping[
             )
         if not output_name:
             raise PlanError(f"{where}: tensor {source_name!r} is renamed to an empty name; fix the rename rules")
+        reason = unsafe_tensor_name(output_name)
+        if reason and output_name == source_name:
+            raise PlanError(
+                f"{where}: source tensor {source_name!r} has an unsafe name ({reason}); "
+                "drop it with a weights rule or rename it to dot-separated words"
+            )
+        if reason:
+            raise PlanError(
+                f"{where}: tensor {source_name!r} becomes {output_name!r}, an unsafe name ({reason}); "
+                "fix the rename rules so every output name is dot-separated words"
+            )
         seen[output_name] = source_name
     mapping.renamed = current
     return mapping

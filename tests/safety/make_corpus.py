@@ -64,7 +64,7 @@ targets:
 
 HUB = GOOD.replace("source:\n  kind: local\n  path: ../fixtures/tiny-medgemma\n", "source:\n  kind: hub\n  repo: example/tiny-medgemma\n  revision: " + "ab" * 20 + "\n")
 
-UNKNOWN_KEY = r"unknown key '{}'; remove it"
+UNKNOWN_KEY = r"unknown key '{}'; (remove it|did you mean)"
 TYPE = r"[Ii]nput should be|not a number|is not a|got "
 
 
@@ -213,7 +213,7 @@ def cases() -> dict[str, tuple[bytes | str | Path, str]]:
     # ------------------------------------------------------------------ unknown keys
     add("unknown-top-level.yaml", replace(GOOD, "name: corpus\n", "name: corpus\ncolour: blue\n"), UNKNOWN_KEY.format("colour"))
     add("unknown-targets-typo.yaml", replace(GOOD, "targets:", "targetz:"), r"unknown key 'targetz'|required key 'targets'")
-    add("unknown-source-key.yaml", replace(GOOD, "  path: ../fixtures/tiny-medgemma\n", "  path: ../fixtures/tiny-medgemma\n  paht: x\n"), UNKNOWN_KEY.format("paht"))
+    add("unknown-source-key.yaml", replace(GOOD, "  path: ../fixtures/tiny-medgemma\n", "  path: ../fixtures/tiny-medgemma\n  paht: x\n"), r"unknown key 'paht'; did you mean 'path'\?")
     add("unknown-target-key.yaml", replace(GOOD, "max_shard_size: 400KB}", "max_shard_size: 400KB, shards: 2}"), UNKNOWN_KEY.format("shards"))
     add("unknown-component-key.yaml", replace(GOOD, '{match: ["language_model.*"]}', '{matches: ["language_model.*"]}'), r"unknown key 'matches'|required key 'match'")
     add("unknown-rule-key.yaml", rule('{kind: rename_prefix, prefix: language_model., to: "", also: x}'), UNKNOWN_KEY.format("also"))

@@ -175,6 +175,27 @@ def test_title_is_escaped(tmp_path, small_task, fake_runtime):
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; co" in html
 
 
+def test_the_manifests_notice_reaches_bundle_json_and_the_pages_model_line(tmp_path, small_task, fake_runtime):
+    variants = [Variant(name="a", task=small_task, label="A", max_tokens=8)]
+    written = write_bundle(tmp_path / "b", variants=variants, runtime=fake_runtime, title="T", runtime_version="1", notice="Random weights.")
+    assert written["notice"] == "Random weights."
+    assert json.loads((tmp_path / "b" / "bundle.json").read_text())["notice"] == "Random weights."
+    plain = write_bundle(tmp_path / "c", variants=variants, runtime=fake_runtime, title="T", runtime_version="1")
+    assert "notice" not in plain  # bundles of manifests without one are unchanged
+    app = (tmp_path / "b" / "app.js").read_text()
+    assert "bundle.notice ? ` · Note: ${bundle.notice}`" in app
+
+
+def test_the_tiny_manifests_say_their_weights_are_random_and_the_web_step_carries_it(tmp_path):
+    from modelforge import api
+
+    for name in ("tiny-medgemma-litertlm.yaml", "tiny-medgemma-text-only.yaml"):
+        manifest = api.open_project(ROOT / "manifests" / name).manifest
+        assert "random weights" in manifest.notice and "gibberish" in manifest.notice
+    plan = api.plan(ROOT / "manifests" / "tiny-medgemma-litertlm.yaml", store_dir=tmp_path / "store").plan
+    assert plan.node("web").params["notice"] == manifest.notice
+
+
 # ---------------------------------------------------------------------------------------------
 # vendor
 # ---------------------------------------------------------------------------------------------

@@ -3,14 +3,18 @@ and column of every value, so validation errors point at the manifest's own text
 
 from __future__ import annotations
 
+import collections.abc
+import difflib
 import os
 import re
 import stat
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from modelforge.errors import ManifestError
 from modelforge.hashing import digest
@@ -132,15 +136,68 @@ def _dotted(loc: tuple) -> str:
     return text or "(top level)"
 
 
+def _field_names(loc: tuple) -> set[str]:
+    """The keys the manifest's models allow at `loc` (pydantic's loc, union tags included), for a
+    'did you mean'. Walks the type annotations from Manifest down; empty when the walk gets lost."""
+    candidates: list[Any] = [Manifest]
+    for part in loc:
+        following: list[Any] = []
+        for kind in _leaves(candidates):
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                fields = {field.alias or name: field.annotation for name, field in kind.model_fields.items()}
+                if part in fields:
+                    following.append(fields[part])
+                elif getattr(kind.model_fields.get("kind"), "default", None) == part:
+                    following.append(kind)  # a discriminated union's tag: the same model
+            elif typing.get_origin(kind) in (dict, collections.abc.Mapping) and isinstance(part, str):
+                following.append(typing.get_args(kind)[-1])
+            elif typing.get_origin(kind) in (list, tuple, collections.abc.Sequence) and isinstance(part, int):
+                following.append(typing.get_args(kind)[0])
+        candidates = following or candidates  # a part of pydantic's own ('function-after[…]') names no key
+    return {
+        field.alias or name
+        for kind in _leaves(candidates) if isinstance(kind, type) and issubclass(kind, BaseModel)
+        for name, field in kind.model_fields.items()
+    }
+
+
+def _leaves(kinds: list[Any]) -> list[Any]:
+    """Annotated, Optional and Union unwrapped into the types they allow."""
+    result: list[Any] = []
+    for kind in kinds:
+        origin = typing.get_origin(kind)
+        if origin is typing.Annotated:
+            result += _leaves([typing.get_args(kind)[0]])
+        elif origin in (typing.Union, types.UnionType):
+            result += _leaves(list(typing.get_args(kind)))
+        else:
+            result.append(kind)
+    return result
+
+
 def _validation_message(path: Path, error: ValidationError, positions: dict) -> str:
-    first = error.errors()[0]
+    errors = error.errors()
+    first = errors[0]
+    # A misspelled required key is two errors: the key missing and an unknown key beside it. The
+    # unknown key is the one to point at, with its 'did you mean'.
+    missing = {(tuple(item["loc"][:-1]), str(item["loc"][-1])) for item in errors if item["type"] == "missing" and item["loc"]}
+    for item in errors:
+        if item["type"] == "extra_forbidden" and item["loc"]:
+            parent = tuple(item["loc"][:-1])
+            if difflib.get_close_matches(str(item["loc"][-1]), [name for where, name in missing if where == parent], n=1, cutoff=0.75):
+                first = item
+                break
     loc = tuple(first["loc"])
     yaml_loc = _yaml_loc(loc, positions)
     position = positions.get(yaml_loc)
     where = f"{path}:{position[0]}:{position[1]}" if position else str(path)
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        message = f"unknown key {loc[-1]!r}; remove it or check its spelling against schemas/manifest.schema.json"
+        close = difflib.get_close_matches(str(loc[-1]), sorted(_field_names(loc[:-1])), n=1, cutoff=0.75)
+        if close:
+            message = f"unknown key {loc[-1]!r}; did you mean {close[0]!r}? fix its spelling"
+        else:
+            message = f"unknown key {loc[-1]!r}; remove it or check its spelling against schemas/manifest.schema.json"
     elif first["type"] == "missing":
         message = f"required key {loc[-1]!r} is missing; add it"
     elif first["type"] == "union_tag_invalid":

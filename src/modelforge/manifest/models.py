@@ -545,6 +545,12 @@ class Manifest(Spec):
     schema_version: Literal[1] = Field(default=1, description="Version of the manifest format.")
     name: str = Field(pattern=NAME, description="Name of the build; the lockfile is lock/<name>.lock.")
     description: str = Field(default="", description="What this manifest builds, for reviewers.")
+    notice: str = Field(
+        default="",
+        max_length=300,
+        description="One sentence everyone who runs the outputs must know, e.g. that the weights are random and the "
+        "answers gibberish. `build` prints it last, and the web page shows it on its model line.",
+    )
     source: SourceSpec = Field(description="Where the checkpoint comes from.")
     components: dict[str, ComponentSpec] = Field(
         default_factory=dict, description="Named groups of source tensors that rules and targets refer to."

@@ -9,6 +9,7 @@ from types import ModuleType
 from modelforge.steps import (
     assemble,
     carry_files,
+    check_architecture,
     litert_export,
     litert_parity,
     litert_quantize,
@@ -23,7 +24,7 @@ from modelforge.steps import (
 STEPS: dict[str, ModuleType] = {
     module.KIND: module
     for module in (
-        transform_weights, rewrite_config, carry_files, assemble,
+        transform_weights, rewrite_config, carry_files, assemble, check_architecture,
         litert_export, litert_quantize, litertlm_metadata, litertlm_package, litert_parity,
         web_task, web_bundle,
     )

@@ -28,6 +28,7 @@ class StepContext:
     progress: Callable[[int, int, str], None] = lambda done, total, message: None
     known_hashes: dict[str, str] = field(default_factory=dict)  # out relative path → sha256 the step computed
     measurements: dict[str, Any] = field(default_factory=dict)  # seconds, peak memory: reported, never in outputs
+    name: str = ""  # the step's node name, for messages only: a label is never a parameter (it changes no byte)
 
     def input_path(self, name: str, relative: str) -> Path:
         return self.inputs[name][relative].path

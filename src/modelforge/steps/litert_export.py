@@ -12,10 +12,12 @@ from modelforge.steps.litert_worker import run_job
 KIND = "litert_export"
 VERSION = 2
 TOOLS = ("litert-torch", "litert-converter", "torch", "transformers", "tensorflow-cpu")
+# ExportableModuleConfig's own defaults, for the vision part whose graphs do not depend on them.
+VISION_PLACEHOLDER = {"prefill_lengths": [128], "cache_length": 4096}
 
 
 def run(context: StepContext) -> None:
-    """params: {part: text|vision, task, prefill_lengths, cache_length, hoists}."""
+    """params: {part: text|vision, task, hoists} and, for the text part only, {prefill_lengths, cache_length}."""
     params = context.params
     work = context.scratch_dir / "export"
     work.mkdir()
@@ -25,8 +27,10 @@ def run(context: StepContext) -> None:
         "work_dir": str(work),
         "part": params["part"],
         "task": params["task"],
-        "prefill_lengths": params["prefill_lengths"],
-        "cache_length": params["cache_length"],
+        # The vision exportables (litert_torch/generative/export_hf/model_ext/gemma3/vision_exportable.py)
+        # never read these; the worker's config still wants values, so it gets litert-torch's defaults.
+        "prefill_lengths": params.get("prefill_lengths", VISION_PLACEHOLDER["prefill_lengths"]),
+        "cache_length": params.get("cache_length", VISION_PLACEHOLDER["cache_length"]),
         "hoists": params["hoists"],
     }
     result = run_job(context, request, f"export {params['part']}")

@@ -12,7 +12,8 @@ TOOLS = ("ai-edge-quantizer", "ai-edge-litert")
 
 
 def run(context: StepContext) -> None:
-    """params: {component, recipe, overrides: [{regex, recipe}], files: [...]}."""
+    """params: {recipe, overrides: [{regex, recipe}], files: [...]}. The component's name is not a
+    parameter: it changes no byte, and the step's name in the plan already says which it is."""
     params = context.params
     work = context.scratch_dir / "quantized"
     work.mkdir()
@@ -24,4 +25,4 @@ def run(context: StepContext) -> None:
         "overrides": params["overrides"],
         "files": params["files"],
     }
-    run_job(context, request, f"quantize {params['component']} ({params['recipe']})")
+    run_job(context, request, f"quantize {', '.join(params['files'])} ({params['recipe']})")

@@ -12,7 +12,7 @@ TOOLS: tuple[str, ...] = ()
 
 
 def run(context: StepContext) -> None:
-    """params: {title, variants: [{name, label, max_tokens, input}], runtime: {version, files}}."""
+    """params: {title, notice, variants: [{name, label, max_tokens, input}], runtime: {version, files}}."""
     from modelforge.hashing import hash_file
     from modelforge.web.bundle import Variant, write_bundle
     from modelforge.web.vendor import runtime_files, web_dir
@@ -29,4 +29,7 @@ def run(context: StepContext) -> None:
             name=variant["name"], task=context.input_path(variant["input"], task_name), label=variant["label"],
             max_tokens=variant["max_tokens"],
         ))
-    write_bundle(context.out_dir, variants=variants, runtime=runtime, title=params["title"], runtime_version=params["runtime"]["version"])
+    write_bundle(
+        context.out_dir, variants=variants, runtime=runtime, title=params["title"],
+        runtime_version=params["runtime"]["version"], notice=params.get("notice", ""),
+    )

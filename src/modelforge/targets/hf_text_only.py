@@ -6,7 +6,7 @@ from __future__ import annotations
 from modelforge.manifest.models import HfTextOnlyTarget
 from modelforge.plan import InputRef, StepNode
 from modelforge.planner import PlanBuilder, source_input
-from modelforge.steps import assemble, carry_files, rewrite_config, transform_weights
+from modelforge.steps import assemble, carry_files, check_architecture, rewrite_config, transform_weights
 
 KIND = "hf_text_only"
 
@@ -70,7 +70,7 @@ def plan(builder: PlanBuilder, target: str, spec: HfTextOnlyTarget) -> str:
             carry_files.TOOLS,
         )
     )
-    return builder.add(
+    assembled = builder.add(
         StepNode.make(
             target,
             assemble.KIND,
@@ -80,6 +80,19 @@ def plan(builder: PlanBuilder, target: str, spec: HfTextOnlyTarget) -> str:
             assemble.TOOLS,
         )
     )
+    # Not upstream of the target, but every step runs before any target is materialized: a
+    # checkpoint that does not fit its config is never published.
+    builder.add(
+        StepNode.make(
+            f"{target}.check",
+            check_architecture.KIND,
+            check_architecture.VERSION,
+            {},
+            (InputRef("checkpoint", assembled),),
+            check_architecture.TOOLS,
+        )
+    )
+    return assembled
 
 
 def _carried(builder: PlanBuilder) -> list[str]:

@@ -80,13 +80,13 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
     parts = ["text"] + (["vision"] if multimodal else [])
     exports = {}
     for part in parts:
+        params = {"part": part, "task": spec.task, "hoists": [hoist.model_dump(mode="json") for hoist in spec.hoists]}
+        if part == "text":
+            # Only the text graphs have prefill signatures and a KV cache: a parameter the vision
+            # graphs never read would re-export them (and re-quantize them) for nothing.
+            params |= {"prefill_lengths": list(spec.prefill_lengths), "cache_length": spec.cache_length}
         exports[part] = builder.add(StepNode.make(
-            f"{target}.export_{part}", litert_export.KIND, litert_export.VERSION,
-            {
-                "part": part, "task": spec.task, "prefill_lengths": list(spec.prefill_lengths), "cache_length": spec.cache_length,
-                "hoists": [hoist.model_dump(mode="json") for hoist in spec.hoists],
-            },
-            (checkpoint,), litert_export.TOOLS,
+            f"{target}.export_{part}", litert_export.KIND, litert_export.VERSION, params, (checkpoint,), litert_export.TOOLS,
         ))
     for part, step in exports.items():
         predict_export_memory(builder, step, part, spec.checkpoint)
@@ -107,7 +107,7 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
         else:
             node = builder.add(StepNode.make(
                 f"{target}.quantize.{component}", litert_quantize.KIND, litert_quantize.VERSION,
-                {"component": component, "recipe": quantization.recipe, "files": files,
+                {"recipe": quantization.recipe, "files": files,
                  "overrides": [override.model_dump(mode="json") for override in quantization.overrides]},
                 (InputRef("models", exports[part], tuple(files)),), litert_quantize.TOOLS,
             ))

@@ -47,7 +47,7 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
             )
         quantized = builder.add(StepNode.make(
             f"{target}.quantize.{variant.name}", litert_quantize.KIND, litert_quantize.VERSION,
-            {"component": "text_decoder", "recipe": recipe, "files": ["model.tflite"], "overrides": []},
+            {"recipe": recipe, "files": ["model.tflite"], "overrides": []},
             (InputRef("models", export, ("model.tflite",)),), litert_quantize.TOOLS,
         ))
         _check_size(builder, target, variant.name, recipe)
@@ -63,9 +63,12 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
         ))
         inputs.append(InputRef(f"variant.{variant.name}", task))
         variants.append({"name": variant.name, "label": variant.label, "max_tokens": max_tokens, "input": f"variant.{variant.name}"})
+    params = {"title": spec.title, "variants": variants, "runtime": dict(builder.facts.web_runtime)}
+    if builder.manifest.notice:  # absent, not empty, where there is none: those bundles keep their keys
+        params["notice"] = builder.manifest.notice
     return builder.add(StepNode.make(
         target, web_bundle.KIND, web_bundle.VERSION,
-        {"title": spec.title, "variants": variants, "runtime": dict(builder.facts.web_runtime)},
+        params,
         tuple(inputs), web_bundle.TOOLS,
     ))
 

@@ -139,6 +139,7 @@ def write_bundle(
     runtime: Mapping[str, Path],
     title: str,
     runtime_version: str | None = None,
+    notice: str = "",
 ) -> dict:
     """Write the bundle into `out_dir` (created; must be absent, empty, or a previous bundle, which is
     replaced). `runtime` is `vendor.runtime_files(web_dir)`; `runtime_version` defaults to the
@@ -213,6 +214,8 @@ def write_bundle(
             "runtime": {"package": PACKAGE, "version": runtime_version, "files": runtime_entries},
             "variants": variant_entries,
         }
+        if notice:
+            manifest["notice"] = notice  # the page shows it on its model line (e.g. random weights: gibberish)
         (staging / "bundle.json").write_text(_canonical_json(manifest), encoding="utf-8")
 
         served = bundle_files(staging)

@@ -158,6 +158,7 @@ async function loadBundle() {
       problems.push(`${where}: chunk_sha256 does not cover the file`);
     }
   }
+  if (bundle?.notice !== undefined && typeof bundle.notice !== "string") problems.push("notice is not text");
   if (problems.length) throw new Error(`bundle.json is malformed: ${problems.join("; ")}.`);
   return bundle;
 }
@@ -628,7 +629,8 @@ async function main() {
       state.llm = llm;
       state.variant = variant;
       $("model-info").textContent =
-        `Model: ${variant.label} (${formatBytes(variant.size)}, ${source}) · runtime ${bundle.runtime.package}@${bundle.runtime.version}`;
+        `Model: ${variant.label} (${formatBytes(variant.size)}, ${source}) · runtime ${bundle.runtime.package}@${bundle.runtime.version}` +
+        (bundle.notice ? ` · Note: ${bundle.notice}` : "");
       break;
     } catch (err) {
       hideProgress();

@@ -1,0 +1,158 @@
+"""Step `check_architecture`: before an HF-layout target is published, prove that its checkpoint is
+what its own config.json describes. The architecture named in `architectures` is instantiated on
+the meta device (no weights, no memory) and its state dict is compared with the shards' headers:
+every expected tensor present (a weight tied to another may be absent), no tensor it does not
+expect, every shape equal, and the dtype config.json declares. A mismatch fails the build naming
+the tensors: transformers would otherwise refuse the output, or load it with random weights.
+Imports torch and transformers inside `run` only."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from modelforge.errors import ModelforgeError, StepFailed
+from modelforge.safetensors_io import TensorInfo, read_header
+from modelforge.steps.base import StepContext
+from modelforge.transforms import unsafe_tensor_name
+
+KIND = "check_architecture"
+VERSION = 1
+TOOLS = ("torch", "transformers")
+
+FLOATING = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
+SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
+SHOWN = 5  # tensors named per kind of mismatch; the count says how many more
+
+
+def run(context: StepContext) -> None:
+    """params: {}. Input `checkpoint`: the assembled target, as it will be published."""
+    target = context.name.removesuffix(".check") or "(unnamed)"
+    files = context.inputs["checkpoint"]
+    if "config.json" not in files:
+        raise StepFailed(f"target {target}: the checkpoint has no config.json; carry or rewrite one (config: edits)")
+    raw_config = json.loads(context.input_path("checkpoint", "config.json").read_text())
+    actual = _tensors(context, target)
+    unsafe = sorted(name for name in actual if unsafe_tensor_name(name))
+    if unsafe:
+        raise StepFailed(f"target {target}: unsafe tensor names {_sample(unsafe)}; fix the weights rules so names are dot-separated words")
+    model = _meta_model(context, target, raw_config)
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    tied = _tied(model)
+    declared = raw_config.get("dtype", raw_config.get("torch_dtype"))
+    report = compare(expected, tied, actual, declared, getattr(model, "_keep_in_fp32_modules", None) or ())
+    problems = report.pop("problems")
+    if problems:
+        architecture = type(model).__name__
+        raise StepFailed(
+            f"target {target}: the checkpoint does not fit its config's architecture {architecture}: {'; '.join(problems)}; "
+            "fix the weights rules, the components or the config edits so that every tensor is the one the config expects"
+        )
+    report["architecture"] = type(model).__name__
+    context.output("architecture.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+
+
+def compare(
+    expected: Mapping[str, tuple[int, ...]],
+    tied: Mapping[str, str],
+    actual: Mapping[str, TensorInfo],
+    declared_dtype: Any,
+    fp32_modules=(),
+) -> dict[str, Any]:
+    """The comparison, apart from transformers: expected name → shape, tied name → the name it
+    shares storage with, the checkpoint's tensors. Returns the report with its `problems`."""
+    missing = sorted(
+        name for name in expected
+        if name not in actual and not (name in tied and tied[name] in actual)
+    )
+    unexpected = sorted(name for name in actual if name not in expected)
+    shapes = sorted(
+        f"{name} {list(actual[name].shape)} (expected {list(expected[name])})"
+        for name in actual if name in expected and tuple(actual[name].shape) != tuple(expected[name])
+    )
+    dtypes = []
+    wanted = SAFETENSORS_DTYPES.get(str(declared_dtype)) if declared_dtype is not None else None
+    if wanted is not None:
+        for name, info in sorted(actual.items()):
+            if info.dtype in FLOATING and info.dtype != wanted and not any(f".{module}." in f".{name}" for module in fp32_modules):
+                dtypes.append(f"{name} {info.dtype} (config.json says {declared_dtype})")
+    problems = []
+    for label, names in (("missing tensors", missing), ("unexpected tensors", unexpected), ("wrong shapes", shapes), ("wrong dtypes", dtypes)):
+        if names:
+            problems.append(f"{label} {_sample(names)}")
+    return {
+        "problems": problems,
+        "tensors": len(actual),
+        "tied_absent": sorted(name for name in tied if name not in actual and name in expected),
+        "dtype": wanted,
+    }
+
+
+def _sample(names: list[str]) -> str:
+    shown = ", ".join(names[:SHOWN])
+    return f"{shown} and {len(names) - SHOWN} more" if len(names) > SHOWN else shown
+
+
+def _tensors(context: StepContext, target: str) -> dict[str, TensorInfo]:
+    """Every tensor of the checkpoint's shards; the index, when there is one, must agree with them."""
+    shards = sorted(name for name in context.inputs["checkpoint"] if name.endswith(".safetensors"))
+    if not shards:
+        raise StepFailed(f"target {target}: the checkpoint has no .safetensors shard; give the target a component with tensors")
+    tensors: dict[str, TensorInfo] = {}
+    for shard in shards:
+        try:
+            found, _ = read_header(context.input_path("checkpoint", shard), shard)
+        except ModelforgeError as error:
+            raise StepFailed(f"target {target}: {error}") from None
+        for name, info in found.items():
+            if name in tensors:
+                raise StepFailed(f"target {target}: tensor {name!r} is in both {tensors[name].file} and {shard}; fix the weights rules")
+            tensors[name] = info
+    if "model.safetensors.index.json" in context.inputs["checkpoint"]:
+        index = json.loads(context.input_path("checkpoint", "model.safetensors.index.json").read_text())
+        weight_map = index.get("weight_map", {})
+        wrong = sorted(name for name in set(weight_map) | set(tensors) if weight_map.get(name) != getattr(tensors.get(name), "file", None))
+        if wrong:
+            raise StepFailed(f"target {target}: model.safetensors.index.json disagrees with the shards on {_sample(wrong)}; this is a modelforge bug")
+    return tensors
+
+
+def _meta_model(context: StepContext, target: str, raw_config: Mapping[str, Any]):
+    import logging
+
+    # Import-time warnings about optional kernels this CPU-only check never uses would land in the
+    # middle of the build's progress lines.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import torch
+    import transformers
+
+    architectures = raw_config.get("architectures") or []
+    if len(architectures) != 1 or not isinstance(architectures[0], str):
+        raise StepFailed(
+            f"target {target}: config.json's architectures is {architectures!r}; set exactly one class with a config edit "
+            "(e.g. architectures: [Gemma3ForCausalLM])"
+        )
+    model_class = getattr(transformers, architectures[0], None)
+    if model_class is None or not isinstance(model_class, type) or not issubclass(model_class, transformers.PreTrainedModel):
+        raise StepFailed(
+            f"target {target}: config.json names the architecture {architectures[0]!r}, which transformers "
+            f"{transformers.__version__} does not have; fix `architectures` with a config edit"
+        )
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(context.input_dir("checkpoint")))
+        with torch.device("meta"):
+            return model_class(config)
+    except Exception as error:  # transformers' own validation errors are of many types
+        raise StepFailed(
+            f"target {target}: transformers cannot build {architectures[0]} from the rewritten config.json "
+            f"({type(error).__name__}: {str(error)[:200]}); fix the config edits"
+        ) from None
+
+
+def _tied(model) -> dict[str, str]:
+    """Tensor name → the name it shares storage with, when the config ties them (absent is fine)."""
+    tied = getattr(model, "all_tied_weights_keys", None)
+    if tied is None:  # transformers before 5
+        tied = {}
+    return {str(name): str(source) for name, source in dict(tied).items()}
