@@ -538,6 +538,10 @@ def run_measured(label: str, command: list[str], cgroup: MemoryCgroup, logs: Pat
                 elif match := re.match(r"done\s+(\S+) in ([0-9.]+)s", text):
                     sampler.leave(match.group(1))
                     steps.setdefault(match.group(1), {})["cli_s"] = float(match.group(2))
+                elif match := re.match(r"error: (.*)", text):
+                    for name, step in steps.items():
+                        if "cli_s" not in step and step.get("ran"):
+                            step["error"] = match.group(1)[:200]
                 elif match := re.match(r"cached (\S+)", text):
                     steps[match.group(1)] = {"ran": False}
     try:
@@ -641,7 +645,11 @@ def step_rows(build: dict, predicted: dict) -> list[dict]:
     for name, phase in build["phases"].items():
         if name.startswith("("):
             continue
-        rows.append({"step": name, "kind": build["steps"].get(name, {}).get("kind"), "wall_s": phase.get("wall_s"),
+        step = dict(build["steps"].get(name, {}))
+        if "cli_s" not in step and not step.get("error") and (error := re.search(r"^error: (.*)$", build.get("tail", ""), re.MULTILINE)):
+            step["error"] = error.group(1)[:200]
+        rows.append({"step": name, "kind": step.get("kind"), "wall_s": phase.get("wall_s"),
+                     "status": "ok" if "cli_s" in step else ("failed: " + step["error"] if step.get("error") else "did not finish"),
                      "peak_rss_bytes": max(phase.get("process_hwm_bytes") or 0, phase.get("process_rss_bytes") or 0) or None,
                      "tree_rss_bytes": phase.get("tree_rss_bytes"), "anon_peak_bytes": phase.get("process_anon_bytes"),
                      "tree_anon_bytes": phase.get("tree_anon_bytes"), "cgroup_anon_bytes": phase.get("cgroup_anon_bytes"),
@@ -667,7 +675,8 @@ def summarize(result: dict) -> tuple[dict, list[dict]]:
     ratios = {
         "text_export_peak_over_text_f32": _ratio(text_row and text_row["peak_rss_bytes"], text_f32),
         "text_export_anon_over_text_f32": _ratio(text_row and text_row["anon_peak_bytes"], text_f32),
-        "modelforge_peak_over_export_hf_peak": _ratio(build_peak, export_hf.get("peaks", {}).get("tree_rss_bytes")),
+        # Only between two runs that completed: a killed run's peak is the limit, not its need.
+        "modelforge_peak_over_export_hf_peak": _ratio(build_peak, export_hf.get("peaks", {}).get("tree_rss_bytes")) if build.get("rc") == 0 and export_hf.get("rc") == 0 else None,
         "modelforge_wall_over_export_hf_wall": _ratio(build.get("wall_s"), export_hf.get("wall_s")) if export_hf.get("rc") == 0 else None,
     }
     largest_step = max((row["tree_rss_bytes"] or 0 for row in rows), default=0)
@@ -676,7 +685,7 @@ def summarize(result: dict) -> tuple[dict, list[dict]]:
         {"target": f"whole build completes inside a {MACHINE_TARGET_GIB} GiB budget (cgroup {_gib(cg.get('limit_bytes'))} GiB)",
          "value": f"rc {build.get('rc')}, OOM kills {cg.get('oom_kills')}", "passed": build.get("rc") == 0 and not cg.get("oom_kills")},
         {"target": f"no step peaks above {STEP_TARGET_GIB} GiB (RSS of the step's processes)", "value": f"{_gib(largest_step)} GiB",
-         "passed": bool(rows) and largest_step <= STEP_TARGET_GIB * GIB},
+         "passed": None if build.get("rc") != 0 else largest_step <= STEP_TARGET_GIB * GIB},  # a killed step has no peak to judge
         {"target": f"text export peak ≤ {TEXT_EXPORT_FACTOR} × text decoder f32 bytes ({_gib(text_f32)} GiB)",
          "value": ratios["text_export_peak_over_text_f32"], "passed": None if ratios["text_export_peak_over_text_f32"] is None else ratios["text_export_peak_over_text_f32"] <= TEXT_EXPORT_FACTOR},
         {"target": "second build in a fresh store byte-identical (every output)", "value": result.get("rebuild", {}).get("identical"),
@@ -690,11 +699,11 @@ def summarize(result: dict) -> tuple[dict, list[dict]]:
 def tables(result: dict) -> list[tuple[str, list[str], list[list]]]:
     out = []
     rows = [[r["step"], r["kind"] or "", f"{r['wall_s']:.1f}" if r["wall_s"] is not None else "—", _gib(r["peak_rss_bytes"]), _gib(r["anon_peak_bytes"]),
-             _gib(r["tree_rss_bytes"]), _gib(r["predicted_bytes"]), _gib(r["cgroup_max_usage_bytes"])] for r in result.get("steps", [])]
+             _gib(r["tree_rss_bytes"]), _gib(r["predicted_bytes"]), _gib(r["cgroup_max_usage_bytes"]), r.get("status", "")] for r in result.get("steps", [])]
     build = result.get("build", {})
     rows.append(["(whole build)", "", f"{build.get('wall_s', 0):.1f}", _gib(build.get("peaks", {}).get("process_hwm_bytes")), "", _gib(build.get("peaks", {}).get("tree_rss_bytes")), "",
-                 _gib(build.get("cgroup", {}).get("max_usage_bytes"))])
-    out.append(("Steps of the first build (fresh store)", ["step", "kind", "wall s", "peak RSS GiB", "anon peak GiB", "all processes GiB", "predicted GiB", "cgroup max GiB (incl. page cache)"], rows))
+                 _gib(build.get("cgroup", {}).get("max_usage_bytes")), f"rc {build.get('rc')}, OOM kills {build.get('cgroup', {}).get('oom_kills')}"])
+    out.append(("Steps of the first build (fresh store)", ["step", "kind", "wall s", "peak RSS GiB", "anon peak GiB", "all processes GiB", "predicted GiB", "cgroup max GiB (incl. page cache)", "status"], rows))
     outputs = result.get("outputs", {})
     out.append(("Outputs", ["file", "MB", "identical in the second build"],
                 [[name, f"{info['bytes'] / 1e6:.1f}", str(info.get("identical"))] for name, info in outputs.items() if not name.endswith(".json")]))
@@ -776,8 +785,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ignore-prediction", action="store_true", help="pass --memory-limit 1024GiB so a too-high prediction does not refuse the build (the cgroup still bounds it)")
     parser.add_argument("--runtime-tokens", type=int, default=16)
     parser.add_argument("--no-cgroup", action="store_true", help="run without memory cgroups (unbounded; only where cgroups are not available)")
+    parser.add_argument("--render", type=Path, default=None, help="only re-render the figures and RESULTS.md section of a results JSON")
     args = parser.parse_args(argv)
     from modelforge.memory import parse_size
+
+    if args.render:
+        result = json.loads(args.render.read_text())
+        result["steps"] = step_rows(result["build"], result["plan"]["memory_predicted_bytes"])
+        result["ratios"], result["targets"] = summarize(result)
+        args.render.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        update_markdown(args.markdown, render_markdown(result), result["label"])
+        print(render_text(result))
+        return 0
 
     vision_layers = args.vision_layers if args.vision_layers is not None else (FULL_VISION_LAYERS if args.text_layers == FULL_TEXT_LAYERS else 2)
     if not (1 <= args.text_layers <= FULL_TEXT_LAYERS and 1 <= vision_layers <= FULL_VISION_LAYERS):
