@@ -706,7 +706,9 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list]]]:
     out.append(("Steps of the first build (fresh store)", ["step", "kind", "wall s", "peak RSS GiB", "anon peak GiB", "all processes GiB", "predicted GiB", "cgroup max GiB (incl. page cache)", "status"], rows))
     outputs = result.get("outputs", {})
     out.append(("Outputs", ["file", "MB", "identical in the second build"],
-                [[name, f"{info['bytes'] / 1e6:.1f}", str(info.get("identical"))] for name, info in outputs.items() if not name.endswith(".json")]))
+                [[name, f"{info['bytes'] / 1e6:.1f}", str(info.get("identical"))] for name, info in outputs.items() if info["bytes"] >= 1e6]
+                + [[f"({sum(1 for info in outputs.values() if info['bytes'] < 1e6)} files under 1 MB)", f"{sum(info['bytes'] for info in outputs.values() if info['bytes'] < 1e6) / 1e6:.1f}",
+                    str(all(info.get("identical") for info in outputs.values() if info["bytes"] < 1e6))]]))
     export_hf = result.get("export_hf")
     if export_hf:
         cg = export_hf.get("cgroup", {})
@@ -718,7 +720,7 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list]]]:
         out.append(("LiteRT-LM runtime on CPU (2 threads, greedy)", ["load s", "time to first token s", "decode tokens/s", "chunks", "text (head)"],
                     [[runtime.get("load_s"), runtime.get("time_to_first_token_s"), runtime.get("decode_tokens_per_s"), runtime.get("chunks"),
                       "`" + str(runtime.get("text", runtime.get("error", "")))[:60].replace("|", "/").replace("\n", " ") + "`"]]))
-    parity = result.get("parity")
+    parity = {name: value for name, value in (result.get("parity") or {}).items() if "passed" in value}  # the results, not the step key or thresholds
     if parity:
         out.append(("Parity (from the build's lock)", ["entry", "figures"], [[name, json.dumps(value, sort_keys=True)[:300]] for name, value in parity.items()]))
     out.append(("Ratios (same run)", ["ratio", "value"], [[k, v] for k, v in result.get("ratios", {}).items()]))
