@@ -702,7 +702,7 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list]]]:
              _gib(r["tree_rss_bytes"]), _gib(r["predicted_bytes"]), _gib(r["cgroup_max_usage_bytes"]), r.get("status", "")] for r in result.get("steps", [])]
     build = result.get("build", {})
     rows.append(["(whole build)", "", f"{build.get('wall_s', 0):.1f}", _gib(build.get("peaks", {}).get("process_hwm_bytes")), "", _gib(build.get("peaks", {}).get("tree_rss_bytes")), "",
-                 _gib(build.get("cgroup", {}).get("max_usage_bytes")), f"rc {build.get('rc')}, OOM kills {build.get('cgroup', {}).get('oom_kills')}"])
+                 _gib(max([build.get("cgroup", {}).get("max_usage_bytes") or 0] + [r["cgroup_max_usage_bytes"] or 0 for r in result.get("steps", [])]) or None), f"rc {build.get('rc')}, OOM kills {build.get('cgroup', {}).get('oom_kills')}"])
     out.append(("Steps of the first build (fresh store)", ["step", "kind", "wall s", "peak RSS GiB", "anon peak GiB", "all processes GiB", "predicted GiB", "cgroup max GiB (incl. page cache)", "status"], rows))
     outputs = result.get("outputs", {})
     out.append(("Outputs", ["file", "MB", "identical in the second build"],
@@ -887,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
             runtime = run_measured("runtime", [sys.executable, "-c", RUNTIME_SCRIPT, str(bundles[0]), str(args.runtime_tokens)], cgroup, logs, env, timeout=1800)
         finally:
             cgroup.close()
-        lines = [line for line in runtime["tail"].splitlines() if line.startswith("{")]
+        lines = [line for line in (logs / "runtime.log").read_text(errors="replace").splitlines() if line.startswith("{")]
         result["runtime"] = (json.loads(lines[-1]) if runtime["rc"] == 0 and lines else {"error": runtime["tail"][-600:]}) | {
             "peak_rss_bytes": runtime["peaks"].get("process_hwm_bytes"), "rc": runtime["rc"]}
         log(f"  {result['runtime']}")
