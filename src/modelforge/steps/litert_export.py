@@ -15,7 +15,9 @@ TOOLS = ("litert-torch", "litert-converter", "torch", "transformers", "tensorflo
 
 
 def run(context: StepContext) -> None:
-    """params: {part: text|vision, task, prefill_lengths, cache_length, hoists}."""
+    """params: {part: text|vision, task, prefill_lengths, cache_length, hoists} and, for the vision
+    part, image_input: 'runtime' (the graph takes the LiteRT-LM runtime's [0, 1] pixels and applies
+    the source's image processor normalization itself; see image_input.py)."""
     params = context.params
     work = context.scratch_dir / "export"
     work.mkdir()
@@ -28,7 +30,11 @@ def run(context: StepContext) -> None:
         "prefill_lengths": params["prefill_lengths"],
         "cache_length": params["cache_length"],
         "hoists": params["hoists"],
+        "image_input": params.get("image_input"),
     }
     result = run_job(context, request, f"export {params['part']}")
     # The report is an output (hoists are tested through it), so it holds no timings: bytes must repeat.
-    context.output("export_report.json").write_text(json.dumps({"hoists": result["hoists"]}, indent=1, sort_keys=True) + "\n")
+    report = {"hoists": result["hoists"]}
+    if "image_input" in result:  # the affine map put in front of the vision tower
+        report["image_input"] = result["image_input"]
+    context.output("export_report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")

@@ -66,6 +66,7 @@ def export(request: dict) -> dict:
     )
     source = export_lib.load_model(request["checkpoint"], config, trust_remote_code=False, task=request["task"])
     hoists = apply_hoists(source.model, request.get("hoists", []))
+    image_input = _take_runtime_pixels(source, request) if request["part"] == "vision" else None
     config = export_lib.update_export_config(config, source)
     artifacts = export_lib.ExportedModelArtifacts()
     if request["part"] == "text":
@@ -80,7 +81,22 @@ def export(request: dict) -> dict:
         "vision_encoder.tflite": artifacts.vision_encoder_model_path,
         "vision_adapter.tflite": artifacts.vision_adapter_model_path,
     }
-    return {"files": {name: path for name, path in files.items() if path}, "hoists": hoists}
+    result = {"files": {name: path for name, path in files.items() if path}, "hoists": hoists}
+    if image_input is not None:
+        result["image_input"] = image_input
+    return result
+
+
+def _take_runtime_pixels(source, request: dict) -> dict | None:
+    """Vision export, image_input 'runtime': the graph takes the LiteRT-LM runtime's [0, 1] pixels
+    and applies the source processor's normalization itself (see image_input.py)."""
+    if request.get("image_input") != "runtime":
+        return None
+    from modelforge.steps.image_input import normalize_runtime_pixels, processor_affine
+
+    affine = processor_affine(source.image_processor)
+    normalize_runtime_pixels(source.model.model.vision_tower, affine)
+    return {"pixel_range": [0.0, 1.0], **affine}
 
 
 def quantize(request: dict) -> dict:
