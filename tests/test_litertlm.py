@@ -82,6 +82,9 @@ def test_lock_records_toolchain_stage_outputs_and_parity(litertlm_build):
     parity = lock.checks["bundle.parity"]
     assert parity["passed"] is True
     assert parity["top1_agreement"] >= 0.8 and parity["vision_cosine"] >= 0.99
+    # Images went through the LiteRT-LM runtime, on the bundle as shipped.
+    assert parity["image_prompts"] == 2 and parity["image_token_agreement"] >= 0.15
+    assert parity["thresholds"]["min_image_token_agreement"] == 0.15
 
 
 def test_hoists_put_the_modules_where_the_manifest_says(litertlm_build, litertlm_store):
@@ -112,23 +115,134 @@ def test_changing_the_vision_recipe_reruns_only_vision_quantization_packaging_an
     assert statuses["bundle.quantize.vision_encoder"].reason == "parameters changed"
 
 
-def test_float_export_matches_pytorch_and_greedy_tokens_agree(litertlm_build, litertlm_store):
+@pytest.fixture(scope="module")
+def float_build(litertlm_build, litertlm_store):
+    """The tiny manifest without quantization, with float-tight thresholds: image answers through
+    the runtime must be identical to PyTorch's (min_image_token_agreement 1.0)."""
     import re
 
     manifest = litertlm_build.project.manifest_path.with_name("tiny-float.yaml")
     text = litertlm_build.project.manifest_path.read_text().replace("name: tiny-medgemma-litertlm", "name: tiny-float")
     text = text.split("\n  web:\n")[0] + "\n"  # the web runtime takes no float graphs
     text = re.sub(r"    quantization:\n(      .*\n)+?    metadata:", "    metadata:", text)
-    text = text.replace("      min_top1_agreement: 0.8\n      max_kl: 0.1\n", "      max_abs_logit: 0.001\n      min_top1_agreement: 1.0\n")
+    text = text.replace(
+        "      min_top1_agreement: 0.8\n      max_kl: 0.1\n",
+        "      max_abs_logit: 0.001\n      min_top1_agreement: 1.0\n      min_image_token_agreement: 1.0\n",
+    )
     manifest.write_text(text)
-    result = api.build(manifest, store_dir=litertlm_store)
-    assert "bundle.export_text" not in result.ran  # the float graphs are the ones the int8 build already traced
+    return api.build(manifest, store_dir=litertlm_store)
+
+
+def test_float_export_matches_pytorch_and_greedy_tokens_agree(float_build):
+    assert "bundle.export_text" not in float_build.ran  # the float graphs are the ones the int8 build already traced
     from modelforge.lock import read_lock
 
-    parity = read_lock(result.project.lock_path).checks["bundle.parity"]
+    parity = read_lock(float_build.project.lock_path).checks["bundle.parity"]
     assert parity["max_abs_logit"] < 1e-3
     assert parity["greedy_identical_steps"] == [24, 24]
     assert parity["vision_cosine"] > 0.9999
+    # Through the LiteRT-LM runtime, on two generated images: PyTorch's greedy answer, every token.
+    assert parity["image_identical_tokens"] == parity["image_tokens"] == [24, 24]
+    assert parity["image_token_agreement"] == 1.0
+
+
+def _test_card(path: Path, size: int = 56) -> Path:
+    """An RGB PNG of exactly the processor's size (no resize on either side), different per channel."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:size, 0:size]
+    pixels = np.stack([(x * 9 + y * 4) % 256, (y * 13 + x * x) % 256, ((x // 3 + y // 6) % 2) * 180 + 40], axis=-1)
+    Image.fromarray(pixels.astype("uint8"), mode="RGB").save(path)
+    return path
+
+
+def _runtime_image_answer(bundle: Path, image: Path, prompt: str, steps: int) -> str:
+    import litert_lm
+
+    engine = litert_lm.Engine(
+        str(bundle), backend=litert_lm.Backend.CPU(thread_count=1), vision_backend=litert_lm.Backend.CPU(),
+        max_num_images=1, cache_dir=":nocache",
+    )
+    conversation = engine.create_conversation(sampler_config=litert_lm.SamplerConfig(top_k=1, seed=0), max_output_tokens=steps)
+    reply = str(conversation.send_message({"role": "user", "content": [{"type": "image", "path": str(image)}, {"type": "text", "text": prompt}]}))
+    conversation.close()
+    engine.close()
+    return reply
+
+
+def _pytorch_image_answer(checkpoint: Path, image: Path, prompt: str, steps: int, pixels: str = "processor") -> str:
+    """transformers' Gemma3ForConditionalGeneration, greedy, on the processor's own input_ids and
+    pixel_values (from the checkpoint's preprocessor_config.json), attending causally as the
+    runtime does; pixels='unit' feeds raw [0, 1] pixels instead (what the runtime hands the graph)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, Gemma3ForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    model = Gemma3ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    with Image.open(image) as picture:
+        rgb = picture.convert("RGB")
+        inputs = processor(text=text, images=rgb, return_tensors="pt", add_special_tokens=False)
+        unit = torch.tensor(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    stops = [processor.tokenizer.convert_tokens_to_ids(token) for token in ("<eos>", "<end_of_turn>")]
+    with torch.no_grad():
+        generated = model.generate(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+            pixel_values=inputs["pixel_values"] if pixels == "processor" else unit,
+            max_new_tokens=steps, do_sample=False, eos_token_id=stops,
+        )
+    tokens = generated[0, inputs["input_ids"].shape[1]:].tolist()
+    tokens = tokens[: next((index for index, token in enumerate(tokens) if token in stops), len(tokens))]
+    return processor.tokenizer.decode(tokens)
+
+
+def test_runtime_image_answer_equals_pytorch_with_the_processors_preprocessing(float_build, tmp_path):
+    from conftest import TINY
+
+    image = _test_card(tmp_path / "card.png")
+    prompt = "Describe the findings."
+    runtime = _runtime_image_answer(_bundle(float_build), image, prompt, 24)
+    assert runtime == _pytorch_image_answer(TINY, image, prompt, 24)
+    # The answer depends on the normalization: [0, 1] pixels (the unfolded bundle's input) answer otherwise.
+    assert runtime != _pytorch_image_answer(TINY, image, prompt, 24, pixels="unit")
+
+
+def test_parity_catches_a_bundle_whose_vision_graph_expects_normalized_pixels(float_build, tmp_path):
+    """The old behaviour: the vision graph exported as the source model is (expecting [-1, 1]
+    pixels), packed in an otherwise identical float bundle. The runtime feeds it [0, 1]; the parity
+    check must see the answers and embeddings differ from PyTorch's."""
+    import litert_lm_builder
+
+    from conftest import TINY
+    from modelforge.steps.litert_worker import launch
+
+    progress = lambda done, total, message: None  # noqa: E731
+    export = launch({
+        "action": "export", "checkpoint": str(TINY), "work_dir": str(tmp_path), "part": "vision", "task": "image_text_to_text",
+        "prefill_lengths": [32, 128], "cache_length": 256, "hoists": [], "image_input": None,
+    }, tmp_path / "scratch-export", progress, "export vision")
+    assert "image_input" not in export
+    unpacked = tmp_path / "unpacked"
+    litert_lm_builder.unpack(str(_bundle(float_build)), str(unpacked))
+    models = tmp_path / "models"
+    models.mkdir()
+    for section, name in (("prefill_decode", "model.tflite"), ("embedder", "embedder.tflite")):
+        shutil.copyfile(next(unpacked.glob(f"*_tf_lite_{section}.tflite")), models / name)
+    for name in ("vision_encoder.tflite", "vision_adapter.tflite"):
+        shutil.copyfile(export["files"][name], models / name)
+        shutil.copyfile(export["files"][name], next(unpacked.glob(f"*_tf_lite_{name.removesuffix('.tflite')}.tflite")))
+    bundle = tmp_path / "unfolded.litertlm"
+    litert_lm_builder.pack(str(unpacked / "model.toml"), str(bundle))
+    report = launch({
+        "action": "parity", "checkpoint": str(TINY), "models_dir": str(models), "prompts": ["Describe the findings."], "steps": 24,
+        "stop_tokens": ["<eos>", "<end_of_turn>"], "bundle": str(bundle), "scratch_dir": str(tmp_path),
+    }, tmp_path / "scratch-parity", progress, "parity")["report"]
+    assert report["top1_agreement"] == 1.0  # the text graphs are the float ones
+    assert report["image_token_agreement"] < 1.0 and report["vision_cosine"] < 0.99  # both image gates fail
 
 
 def test_missed_parity_threshold_fails_the_build_with_the_numbers(litertlm_build, litertlm_store):

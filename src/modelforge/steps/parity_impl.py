@@ -186,47 +186,56 @@ def _leading_identical(reference_tokens: list[int], reply: str, tokenizer) -> in
     return count
 
 
-def runtime_image_parity(model, processor, bundle: Path, prompt: str, steps: int, stop_tokens: list[str], cards: list[Path]) -> dict:
-    """The .litertlm through the LiteRT-LM runtime (its own image decoding, resize, pixel range,
-    prompt layout and attention) on an image prompt, greedy, against PyTorch greedy on the
-    processor's own input_ids and pixel_values. The reference attends causally inside the image
-    block, as the runtime does (measured: litert_lm 0.18.1 gives no Gemma 3 bidirectional image
-    mask); agreement with transformers' bidirectional image block (token_type_ids) is reported too."""
-    import torch
+def runtime_image_answers(bundle: Path, prompt: str, steps: int, cards: list[Path]) -> list[str]:
+    """The .litertlm's greedy answers through the LiteRT-LM runtime (its own image decoding, resize,
+    pixel range, prompt layout and attention), one fresh conversation per card. Run before PyTorch
+    loads the source, and the engine closed, so the two models are never in memory together."""
     import litert_lm
-    from PIL import Image
 
-    stop_ids = sorted({processor.tokenizer.convert_tokens_to_ids(token) for token in stop_tokens} - {None, processor.tokenizer.unk_token_id})
     engine = litert_lm.Engine(
         str(bundle), backend=litert_lm.Backend.CPU(thread_count=1), vision_backend=litert_lm.Backend.CPU(),
         max_num_images=1, cache_dir=":nocache",
     )
-    identical, lengths, bidirectional = [], [], []
+    replies = []
     try:
         for card in cards:
             conversation = engine.create_conversation(sampler_config=litert_lm.SamplerConfig(top_k=1, seed=0), max_output_tokens=steps)
-            reply = str(conversation.send_message(
+            replies.append(str(conversation.send_message(
                 {"role": "user", "content": [{"type": "image", "path": str(card.resolve())}, {"type": "text", "text": prompt}]}
-            ))
+            )))
             conversation.close()
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-            text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            with Image.open(card) as image:
-                inputs = processor(text=text, images=image.convert("RGB"), return_tensors="pt", add_special_tokens=False)
-            for attention, counts in (("causal", identical), ("bidirectional", bidirectional)):
-                arguments = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "pixel_values": inputs["pixel_values"]}
-                if attention == "bidirectional":
-                    arguments["token_type_ids"] = inputs["token_type_ids"]
-                with torch.no_grad():
-                    generated = model.generate(**arguments, max_new_tokens=steps, do_sample=False, eos_token_id=stop_ids or None,
-                                               pad_token_id=processor.tokenizer.pad_token_id)
-                tokens = generated[0, inputs["input_ids"].shape[1]:].tolist()
-                tokens = tokens[: next((index for index, token in enumerate(tokens) if token in stop_ids), len(tokens))]
-                counts.append(_leading_identical(tokens, reply, processor.tokenizer))
-                if attention == "causal":
-                    lengths.append(len(tokens))
     finally:
         engine.close()
+    return replies
+
+
+def runtime_image_parity(model, processor, replies: list[str], prompt: str, steps: int, stop_tokens: list[str], cards: list[Path]) -> dict:
+    """The runtime's answers against PyTorch greedy on the processor's own input_ids and
+    pixel_values. The reference attends causally inside the image block, as the runtime does
+    (measured: litert_lm 0.18.1 gives Gemma 3 no bidirectional image mask); agreement with
+    transformers' bidirectional image block (the processor's token_type_ids) is reported too."""
+    import torch
+    from PIL import Image
+
+    stop_ids = sorted({processor.tokenizer.convert_tokens_to_ids(token) for token in stop_tokens} - {None, processor.tokenizer.unk_token_id})
+    identical, lengths, bidirectional = [], [], []
+    for card, reply in zip(cards, replies):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        with Image.open(card) as image:
+            inputs = processor(text=text, images=image.convert("RGB"), return_tensors="pt", add_special_tokens=False)
+        for attention, counts in (("causal", identical), ("bidirectional", bidirectional)):
+            arguments = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "pixel_values": inputs["pixel_values"]}
+            if attention == "bidirectional":
+                arguments["token_type_ids"] = inputs["token_type_ids"]
+            with torch.no_grad():
+                generated = model.generate(**arguments, max_new_tokens=steps, do_sample=False, eos_token_id=stop_ids or None,
+                                           pad_token_id=processor.tokenizer.pad_token_id)
+            tokens = generated[0, inputs["input_ids"].shape[1]:].tolist()
+            tokens = tokens[: next((index for index, token in enumerate(tokens) if token in stop_ids), len(tokens))]
+            counts.append(_leading_identical(tokens, reply, processor.tokenizer))
+            if attention == "causal":
+                lengths.append(len(tokens))
     return {
         "image_prompts": len(cards),
         "image_tokens": lengths,
@@ -244,12 +253,12 @@ def run_parity(request: dict) -> dict:
         from transformers import AutoProcessor, Gemma3ForConditionalGeneration
 
         processor = AutoProcessor.from_pretrained(checkpoint)
-        model = Gemma3ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
         size = processor.image_processor.size["height"], processor.image_processor.size["width"]
         cards = test_cards(size, Path(request["scratch_dir"]))
+        prompt = request["prompts"][0]
+        replies = runtime_image_answers(Path(request["bundle"]), prompt, request["steps"], cards) if request.get("bundle") else None
+        model = Gemma3ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
         report.update(vision_parity(model, processor, models_dir, cards))
-        if request.get("bundle"):
-            report.update(runtime_image_parity(
-                model, processor, Path(request["bundle"]), request["prompts"][0], request["steps"], request["stop_tokens"], cards,
-            ))
+        if replies is not None:
+            report.update(runtime_image_parity(model, processor, replies, prompt, request["steps"], request["stop_tokens"], cards))
     return {"report": report}
