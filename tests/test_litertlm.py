@@ -320,3 +320,46 @@ def test_a_regex_scoped_override_quantizes_only_the_ops_it_names(litertlm_build,
         sizes[name] = record.outputs["model.tflite"].size
     # int4 MLP weights: the mixed graph is smaller than the all-int8 one, but not float-sized.
     assert sizes["mixed"] < sizes["int8"]
+
+
+def test_the_pixel_map_is_the_source_processors_own_normalization(tmp_path):
+    """Not hard-coded to Gemma: ImageNet mean/std and a different rescale give the map under which
+    the runtime's [0, 1] pixels become exactly what transformers' processor makes of the image."""
+    import json
+
+    import numpy as np
+    from transformers import AutoImageProcessor
+
+    from conftest import TINY
+    from modelforge.steps.image_input import processor_affine
+
+    config = json.loads((TINY / "preprocessor_config.json").read_text())
+    for changes in ({}, {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]},
+                    {"rescale_factor": 1 / 127.5, "do_normalize": False}):
+        directory = tmp_path / str(len(list(tmp_path.iterdir())))
+        directory.mkdir()
+        (directory / "preprocessor_config.json").write_text(json.dumps({**config, **changes}))
+        processor = AutoImageProcessor.from_pretrained(directory)
+        image = (np.arange(56 * 56 * 3).reshape(56, 56, 3) * 37 % 256).astype(np.uint8)
+        expected = processor(images=image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+        affine = processor_affine(processor)
+        mapped = image / 255.0 * np.array(affine["scale"]) + np.array(affine["offset"])
+        assert np.abs(mapped - expected).max() < 1e-5, changes
+
+
+def test_the_vision_export_records_the_map_it_put_in_front_of_the_vision_tower(litertlm_build, litertlm_store):
+    import json
+
+    from modelforge.plan import compute_keys
+    from modelforge.store import Store
+
+    report = api.plan(litertlm_build.project.manifest_path, store_dir=litertlm_store)
+    steps = {step.name: step for step in report.plan.steps}
+    assert steps["bundle.export_vision"].params["image_input"] == "runtime"
+    assert "image_input" not in steps["bundle.export_text"].params  # the text export keeps its key
+    store = Store(litertlm_store)
+    record = store.get_record(compute_keys(report.plan, report.toolchain)["bundle.export_vision"]["key"])
+    image_input = json.loads(store.object_path(record.outputs["export_report.json"].sha256).read_text())["image_input"]
+    # Gemma 3: rescale 1/255, mean 0.5, std 0.5 → [-1, 1] = 2 · runtime pixel − 1.
+    assert image_input["pixel_range"] == [0.0, 1.0]
+    assert image_input["scale"] == pytest.approx([2.0] * 3) and image_input["offset"] == pytest.approx([-1.0] * 3)
