@@ -243,6 +243,11 @@ def test_parity_catches_a_bundle_whose_vision_graph_expects_normalized_pixels(fl
     }, tmp_path / "scratch-parity", progress, "parity")["report"]
     assert report["top1_agreement"] == 1.0  # the text graphs are the float ones
     assert report["image_token_agreement"] < 1.0 and report["vision_cosine"] < 0.99  # both image gates fail
+    # Why: the runtime hands the graph [0, 1] pixels, so this bundle answers as PyTorch does on those.
+    card, prompt = _test_card(tmp_path / "card.png"), "Describe the findings."
+    answer = _runtime_image_answer(bundle, card, prompt, 24)
+    assert answer == _pytorch_image_answer(TINY, card, prompt, 24, pixels="unit")
+    assert answer != _pytorch_image_answer(TINY, card, prompt, 24)
 
 
 def test_missed_parity_threshold_fails_the_build_with_the_numbers(litertlm_build, litertlm_store):

@@ -13,8 +13,9 @@ The runtime's side (litert-lm-api 0.18.1, `litert_lm`), with its evidence:
   `Gemma3N` carry only the image delimiter tokens and the tensor height/width; only `Lfm2` has
   `normalization_mean` / `normalization_std` / `normalization_rescale_factor`, read by the LFM2
   data processor alone. So no metadata can ask the runtime to normalize a Gemma 3 image.
-- Measured (tests/test_litertlm.py): a bundle exported without this map answers an image prompt
-  exactly as PyTorch does when fed [0, 1] pixels, and unlike PyTorch fed the processor's pixels.
+- Measured (tests/test_litertlm.py, tiny model, float bundle): exported without this map, the
+  bundle's greedy image answer in the runtime equals PyTorch's on [0, 1] pixels and differs from
+  PyTorch's on the processor's pixels; with it, it equals the latter token for token.
 
 Gemma 3's processor (preprocessor_config.json) rescales by 1/255 and normalizes with mean 0.5 and
 std 0.5, i.e. to [-1, 1]. The export therefore puts `pixel = scale · runtime_pixel + offset` (per
