@@ -125,10 +125,8 @@ def float_build(litertlm_build, litertlm_store):
     text = litertlm_build.project.manifest_path.read_text().replace("name: tiny-medgemma-litertlm", "name: tiny-float")
     text = text.split("\n  web:\n")[0] + "\n"  # the web runtime takes no float graphs
     text = re.sub(r"    quantization:\n(      .*\n)+?    metadata:", "    metadata:", text)
-    text = text.replace(
-        "      min_top1_agreement: 0.8\n      max_kl: 0.1\n",
-        "      max_abs_logit: 0.001\n      min_top1_agreement: 1.0\n      min_image_token_agreement: 1.0\n",
-    )
+    text = text.replace("      min_top1_agreement: 0.8\n      max_kl: 0.1\n", "      max_abs_logit: 0.001\n      min_top1_agreement: 1.0\n")
+    text = text.replace("min_image_token_agreement: 0.15", "min_image_token_agreement: 1.0")
     manifest.write_text(text)
     return api.build(manifest, store_dir=litertlm_store)
 
@@ -310,6 +308,7 @@ def test_a_regex_scoped_override_quantizes_only_the_ops_it_names(litertlm_build,
         .replace("name: tiny-medgemma-litertlm", "name: override")
         .replace("min_top1_agreement: 0.8", "min_top1_agreement: 0.3")  # int4 MLPs cost accuracy on this tiny model
         .replace("max_kl: 0.1", "max_kl: 1.0")
+        .replace("min_image_token_agreement: 0.15", "min_image_token_agreement: 0.0")
         .replace(
             "text_decoder: {recipe: dynamic_wi8_afp32}",
             "text_decoder: {recipe: dynamic_wi8_afp32, overrides: [{regex: '.*Gemma3MLP_mlp.*', recipe: dynamic_wi4b32_afp32}]}",
