@@ -86,6 +86,9 @@ def test_lock_records_toolchain_stage_outputs_and_parity(litertlm_build):
     assert parity["steps"] == 8 * 24
     assert parity["top1_agreement"] - parity["thresholds"]["min_top1_agreement"] >= 0.08
     assert parity["mean_kl"] <= parity["thresholds"]["max_kl"] / 2
+    # Images went through the LiteRT-LM runtime, on the bundle as shipped.
+    assert parity["image_prompts"] == 2 and parity["image_token_agreement"] >= 0.1
+    assert parity["thresholds"]["min_image_token_agreement"] == 0.1
 
 
 def test_hoists_put_the_modules_where_the_manifest_says(litertlm_build, litertlm_store):
@@ -116,7 +119,10 @@ def test_changing_the_vision_recipe_reruns_only_vision_quantization_packaging_an
     assert statuses["bundle.quantize.vision_encoder"].reason == "parameters changed"
 
 
-def test_float_export_matches_pytorch_and_greedy_tokens_agree(litertlm_build, litertlm_store):
+@pytest.fixture(scope="module")
+def float_build(litertlm_build, litertlm_store):
+    """The tiny manifest without quantization, with float-tight thresholds: image answers through
+    the runtime must be identical to PyTorch's (min_image_token_agreement 1.0)."""
     import re
 
     manifest = litertlm_build.project.manifest_path.with_name("tiny-float.yaml")
@@ -124,15 +130,126 @@ def test_float_export_matches_pytorch_and_greedy_tokens_agree(litertlm_build, li
     text = text.split("\n  web:\n")[0] + "\n"  # the web runtime takes no float graphs
     text = re.sub(r"    quantization:\n(      .*\n)+?    metadata:", "    metadata:", text)
     text = text.replace("      min_top1_agreement: 0.75\n      max_kl: 0.1\n", "      max_abs_logit: 0.001\n      min_top1_agreement: 1.0\n")
+    text = text.replace("min_image_token_agreement: 0.1", "min_image_token_agreement: 1.0")
     manifest.write_text(text)
-    result = api.build(manifest, store_dir=litertlm_store)
-    assert "bundle.export_text" not in result.ran  # the float graphs are the ones the int8 build already traced
+    return api.build(manifest, store_dir=litertlm_store)
+
+
+def test_float_export_matches_pytorch_and_greedy_tokens_agree(float_build):
+    assert "bundle.export_text" not in float_build.ran  # the float graphs are the ones the int8 build already traced
     from modelforge.lock import read_lock
 
-    parity = read_lock(result.project.lock_path).checks["bundle.parity"]
+    parity = read_lock(float_build.project.lock_path).checks["bundle.parity"]
     assert parity["max_abs_logit"] < 1e-3
     assert parity["greedy_identical_steps"] == [24] * 8
     assert parity["vision_cosine"] > 0.9999
+    # Through the LiteRT-LM runtime, on two generated images: PyTorch's greedy answer, every token.
+    assert parity["image_identical_tokens"] == parity["image_tokens"] == [24, 24]
+    assert parity["image_token_agreement"] == 1.0
+
+
+def _test_card(path: Path, size: int = 56) -> Path:
+    """An RGB PNG of exactly the processor's size (no resize on either side), different per channel."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:size, 0:size]
+    pixels = np.stack([(x * 9 + y * 4) % 256, (y * 13 + x * x) % 256, ((x // 3 + y // 6) % 2) * 180 + 40], axis=-1)
+    Image.fromarray(pixels.astype("uint8"), mode="RGB").save(path)
+    return path
+
+
+def _runtime_image_answer(bundle: Path, image: Path, prompt: str, steps: int) -> str:
+    import litert_lm
+
+    engine = litert_lm.Engine(
+        str(bundle), backend=litert_lm.Backend.CPU(thread_count=1), vision_backend=litert_lm.Backend.CPU(),
+        max_num_images=1, cache_dir=":nocache",
+    )
+    conversation = engine.create_conversation(sampler_config=litert_lm.SamplerConfig(top_k=1, seed=0), max_output_tokens=steps)
+    reply = str(conversation.send_message({"role": "user", "content": [{"type": "image", "path": str(image)}, {"type": "text", "text": prompt}]}))
+    conversation.close()
+    engine.close()
+    return reply
+
+
+def _pytorch_image_answer(checkpoint: Path, image: Path, prompt: str, steps: int, pixels: str = "processor") -> str:
+    """transformers' Gemma3ForConditionalGeneration, greedy, on the processor's own input_ids and
+    pixel_values (from the checkpoint's preprocessor_config.json), attending causally as the
+    runtime does; pixels='unit' feeds raw [0, 1] pixels instead (what the runtime hands the graph)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, Gemma3ForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    model = Gemma3ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    with Image.open(image) as picture:
+        rgb = picture.convert("RGB")
+        inputs = processor(text=text, images=rgb, return_tensors="pt", add_special_tokens=False)
+        unit = torch.tensor(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    stops = [processor.tokenizer.convert_tokens_to_ids(token) for token in ("<eos>", "<end_of_turn>")]
+    with torch.no_grad():
+        generated = model.generate(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+            pixel_values=inputs["pixel_values"] if pixels == "processor" else unit,
+            max_new_tokens=steps, do_sample=False, eos_token_id=stops,
+        )
+    tokens = generated[0, inputs["input_ids"].shape[1]:].tolist()
+    tokens = tokens[: next((index for index, token in enumerate(tokens) if token in stops), len(tokens))]
+    return processor.tokenizer.decode(tokens)
+
+
+def test_runtime_image_answer_equals_pytorch_with_the_processors_preprocessing(float_build, tmp_path):
+    from conftest import TINY
+
+    image = _test_card(tmp_path / "card.png")
+    prompt = "Describe the findings."
+    runtime = _runtime_image_answer(_bundle(float_build), image, prompt, 24)
+    assert runtime == _pytorch_image_answer(TINY, image, prompt, 24)
+    # The answer depends on the normalization: [0, 1] pixels (the unfolded bundle's input) answer otherwise.
+    assert runtime != _pytorch_image_answer(TINY, image, prompt, 24, pixels="unit")
+
+
+def test_parity_catches_a_bundle_whose_vision_graph_expects_normalized_pixels(float_build, tmp_path):
+    """The old behaviour: the vision graph exported as the source model is (expecting [-1, 1]
+    pixels), packed in an otherwise identical float bundle. The runtime feeds it [0, 1]; the parity
+    check must see the answers and embeddings differ from PyTorch's."""
+    import litert_lm_builder
+
+    from conftest import TINY
+    from modelforge.steps.litert_worker import launch
+
+    progress = lambda done, total, message: None  # noqa: E731
+    export = launch({
+        "action": "export", "checkpoint": str(TINY), "work_dir": str(tmp_path), "part": "vision", "task": "image_text_to_text",
+        "prefill_lengths": [32, 128], "cache_length": 256, "hoists": [], "image_input": None,
+    }, tmp_path / "scratch-export", progress, "export vision")
+    assert "image_input" not in export
+    unpacked = tmp_path / "unpacked"
+    litert_lm_builder.unpack(str(_bundle(float_build)), str(unpacked))
+    models = tmp_path / "models"
+    models.mkdir()
+    for section, name in (("prefill_decode", "model.tflite"), ("embedder", "embedder.tflite")):
+        shutil.copyfile(next(unpacked.glob(f"*_tf_lite_{section}.tflite")), models / name)
+    for name in ("vision_encoder.tflite", "vision_adapter.tflite"):
+        shutil.copyfile(export["files"][name], models / name)
+        shutil.copyfile(export["files"][name], next(unpacked.glob(f"*_tf_lite_{name.removesuffix('.tflite')}.tflite")))
+    bundle = tmp_path / "unfolded.litertlm"
+    litert_lm_builder.pack(str(unpacked / "model.toml"), str(bundle))
+    report = launch({
+        "action": "parity", "checkpoint": str(TINY), "models_dir": str(models), "prompts": ["Describe the findings."], "steps": 24,
+        "stop_tokens": ["<eos>", "<end_of_turn>"], "bundle": str(bundle), "scratch_dir": str(tmp_path),
+    }, tmp_path / "scratch-parity", progress, "parity")["report"]
+    assert report["top1_agreement"] == 1.0  # the text graphs are the float ones
+    assert report["image_token_agreement"] < 1.0 and report["vision_cosine"] < 0.99  # both image gates fail
+    # Why: the runtime hands the graph [0, 1] pixels, so this bundle answers as PyTorch does on those.
+    card, prompt = _test_card(tmp_path / "card.png"), "Describe the findings."
+    answer = _runtime_image_answer(bundle, card, prompt, 24)
+    assert answer == _pytorch_image_answer(TINY, card, prompt, 24, pixels="unit")
+    assert answer != _pytorch_image_answer(TINY, card, prompt, 24)
 
 
 def test_missed_parity_threshold_fails_the_build_with_the_numbers(litertlm_build, litertlm_store):
@@ -226,6 +343,7 @@ def test_a_regex_scoped_override_quantizes_only_the_ops_it_names(litertlm_build,
         .replace("name: tiny-medgemma-litertlm", "name: override")
         .replace("min_top1_agreement: 0.75", "min_top1_agreement: 0.3")  # int4 MLPs cost accuracy on this tiny model
         .replace("max_kl: 0.1", "max_kl: 1.0")
+        .replace("min_image_token_agreement: 0.1", "min_image_token_agreement: 0.0")
         .replace(
             "text_decoder: {recipe: dynamic_wi8_afp32}",
             "text_decoder: {recipe: dynamic_wi8_afp32, overrides: [{regex: '.*Gemma3MLP_mlp.*', recipe: dynamic_wi4b32_afp32}]}",
@@ -241,3 +359,46 @@ def test_a_regex_scoped_override_quantizes_only_the_ops_it_names(litertlm_build,
         sizes[name] = record.outputs["model.tflite"].size
     # int4 MLP weights: the mixed graph is smaller than the all-int8 one, but not float-sized.
     assert sizes["mixed"] < sizes["int8"]
+
+
+def test_the_pixel_map_is_the_source_processors_own_normalization(tmp_path):
+    """Not hard-coded to Gemma: ImageNet mean/std and a different rescale give the map under which
+    the runtime's [0, 1] pixels become exactly what transformers' processor makes of the image."""
+    import json
+
+    import numpy as np
+    from transformers import AutoImageProcessor
+
+    from conftest import TINY
+    from modelforge.steps.image_input import processor_affine
+
+    config = json.loads((TINY / "preprocessor_config.json").read_text())
+    for changes in ({}, {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]},
+                    {"rescale_factor": 1 / 127.5, "do_normalize": False}):
+        directory = tmp_path / str(len(list(tmp_path.iterdir())))
+        directory.mkdir()
+        (directory / "preprocessor_config.json").write_text(json.dumps({**config, **changes}))
+        processor = AutoImageProcessor.from_pretrained(directory)
+        image = (np.arange(56 * 56 * 3).reshape(56, 56, 3) * 37 % 256).astype(np.uint8)
+        expected = processor(images=image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+        affine = processor_affine(processor)
+        mapped = image / 255.0 * np.array(affine["scale"]) + np.array(affine["offset"])
+        assert np.abs(mapped - expected).max() < 1e-5, changes
+
+
+def test_the_vision_export_records_the_map_it_put_in_front_of_the_vision_tower(litertlm_build, litertlm_store):
+    import json
+
+    from modelforge.plan import compute_keys
+    from modelforge.store import Store
+
+    report = api.plan(litertlm_build.project.manifest_path, store_dir=litertlm_store)
+    steps = {step.name: step for step in report.plan.steps}
+    assert steps["bundle.export_vision"].params["image_input"] == "runtime"
+    assert "image_input" not in steps["bundle.export_text"].params  # the text export keeps its key
+    store = Store(litertlm_store)
+    record = store.get_record(compute_keys(report.plan, report.toolchain)["bundle.export_vision"]["key"])
+    image_input = json.loads(store.object_path(record.outputs["export_report.json"].sha256).read_text())["image_input"]
+    # Gemma 3: rescale 1/255, mean 0.5, std 0.5 → [-1, 1] = 2 · runtime pixel − 1.
+    assert image_input["pixel_range"] == [0.0, 1.0]
+    assert image_input["scale"] == pytest.approx([2.0] * 3) and image_input["offset"] == pytest.approx([-1.0] * 3)

@@ -463,7 +463,16 @@ class ParitySpec(Spec):
     max_abs_logit: float | None = Field(default=None, gt=0, description="Fail if max |Δlogit| exceeds this (float exports).")
     min_top1_agreement: float | None = Field(default=None, ge=0, le=1, description="Fail if top-1 agreement is lower.")
     max_kl: float | None = Field(default=None, ge=0, description="Fail if the mean KL divergence exceeds this.")
-    min_vision_cosine: float | None = Field(default=None, ge=-1, le=1, description="Fail if vision embedding cosine similarity is lower.")
+    min_vision_cosine: float | None = Field(
+        default=None, ge=-1, le=1,
+        description="Fail if the cosine similarity of the vision graphs' image embeddings (fed the runtime's [0, 1] pixels) "
+        "with PyTorch's (fed the image processor's pixels) is lower.",
+    )
+    min_image_token_agreement: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Fail if the bundle, run in the LiteRT-LM runtime on image prompts (greedy), reproduces a smaller share of "
+        "PyTorch's greedy answer tokens (counted from the first) than this; 1.0 requires identical answers (float bundles).",
+    )
 
 
 class LitertlmTarget(Spec):

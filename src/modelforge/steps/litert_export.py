@@ -17,7 +17,10 @@ VISION_PLACEHOLDER = {"prefill_lengths": [128], "cache_length": 4096}
 
 
 def run(context: StepContext) -> None:
-    """params: {part: text|vision, task, hoists} and, for the text part only, {prefill_lengths, cache_length}."""
+    """params: {part: text|vision, task, hoists}; for the text part only, {prefill_lengths,
+    cache_length}; for the vision part, image_input: 'runtime' (the graph takes the LiteRT-LM
+    runtime's [0, 1] pixels and applies the source's image processor normalization itself; see
+    image_input.py)."""
     params = context.params
     work = context.scratch_dir / "export"
     work.mkdir()
@@ -32,7 +35,11 @@ def run(context: StepContext) -> None:
         "prefill_lengths": params.get("prefill_lengths", VISION_PLACEHOLDER["prefill_lengths"]),
         "cache_length": params.get("cache_length", VISION_PLACEHOLDER["cache_length"]),
         "hoists": params["hoists"],
+        "image_input": params.get("image_input"),
     }
     result = run_job(context, request, f"export {params['part']}")
     # The report is an output (hoists are tested through it), so it holds no timings: bytes must repeat.
-    context.output("export_report.json").write_text(json.dumps({"hoists": result["hoists"]}, indent=1, sort_keys=True) + "\n")
+    report = {"hoists": result["hoists"]}
+    if "image_input" in result:  # the affine map put in front of the vision tower
+        report["image_input"] = result["image_input"]
+    context.output("export_report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")

@@ -166,6 +166,7 @@ def export(request: dict) -> dict:
     )
     source, eoi_rows = load_part(Path(request["checkpoint"]), config, request["part"])
     hoists = apply_hoists(source.model, request.get("hoists", []))
+    image_input = _take_runtime_pixels(source, request) if request["part"] == "vision" else None
     config = export_lib.update_export_config(config, source)
     artifacts = export_lib.ExportedModelArtifacts()
     if request["part"] == "text":
@@ -185,7 +186,22 @@ def export(request: dict) -> dict:
     files = {name: path for name, path in files.items() if path}
     for path in files.values():
         tflite_layout.normalize(Path(path))
-    return {"files": files, "hoists": hoists}
+    result = {"files": files, "hoists": hoists}
+    if image_input is not None:
+        result["image_input"] = image_input
+    return result
+
+
+def _take_runtime_pixels(source, request: dict) -> dict | None:
+    """Vision export, image_input 'runtime': the graph takes the LiteRT-LM runtime's [0, 1] pixels
+    and applies the source processor's normalization itself (see image_input.py)."""
+    if request.get("image_input") != "runtime":
+        return None
+    from modelforge.steps.image_input import normalize_runtime_pixels, processor_affine
+
+    affine = processor_affine(source.image_processor)
+    normalize_runtime_pixels(source.model.model.vision_tower, affine)
+    return {"pixel_range": [0.0, 1.0], **affine}
 
 
 def quantize(request: dict) -> dict:

@@ -1,6 +1,8 @@
 """Parity of exported LiteRT graphs with the source transformers model, run inside the worker
 process: teacher-forced greedy decoding on chat prompts (next-token logits compared step by step)
-and, for multimodal exports, the vision encoder + adapter against the vision tower + projector."""
+and, for multimodal exports, the vision encoder + adapter (fed the runtime's [0, 1] pixels) against
+the vision tower + projector (fed the processor's pixels), and the packaged .litertlm answering an
+image prompt through the LiteRT-LM runtime against PyTorch with the processor's preprocessing."""
 
 from __future__ import annotations
 
@@ -151,41 +153,142 @@ def text_parity(checkpoint: Path, models_dir: Path, prompts: list[str], steps: i
     }
 
 
-def vision_parity(checkpoint: Path, models_dir: Path) -> dict:
-    import torch
-    from transformers import AutoImageProcessor
+def test_cards(size: tuple[int, int], directory: Path) -> list[Path]:
+    """Deterministic PNG test cards of exactly the processor's size (so neither the runtime's
+    Catmull-Rom nor the processor's bilinear resize changes a pixel): gradients, a checkerboard
+    and a bright square, like an X-ray's edges; the second card differs in every channel."""
+    from PIL import Image
 
-    processor = AutoImageProcessor.from_pretrained(checkpoint)
-    model = load_reference(checkpoint, "vision", "AutoModelForImageTextToText")
-    size = processor.size["height"], processor.size["width"]
-    # A deterministic test card: gradients and a bright square, like an X-ray's edges.
-    y, x = np.mgrid[0 : size[0], 0 : size[1]]
-    image = np.stack([x / size[1], y / size[0], ((x // 7 + y // 7) % 2) * 1.0], axis=-1) * 255
-    image[size[0] // 4 : size[0] // 2, size[1] // 4 : size[1] // 2] = 255
-    pixel_values = processor(images=image.astype(np.uint8), return_tensors="pt")["pixel_values"]
-    with torch.no_grad():
-        features = model.model.get_image_features(pixel_values=pixel_values)
-        reference = (features.pooler_output if hasattr(features, "pooler_output") else features)
-        reference = reference[0] if isinstance(reference, (list, tuple)) else reference
-        reference = reference.reshape(-1, reference.shape[-1]).double().numpy()
-    del model
+    height, width = size
+    y, x = np.mgrid[0:height, 0:width]
+    cards = [
+        np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), ((x // 7 + y // 7) % 2) * 255], axis=-1),
+        np.stack([(x * 5 + y * 3) % 256, (y * 11 + x * x) % 256, ((x // 4 + y // 5) % 2) * 200 + 30], axis=-1),
+    ]
+    cards[0][height // 4 : height // 2, width // 4 : width // 2] = 255
+    paths = []
+    for index, card in enumerate(cards):
+        path = directory / f"test-card-{index}.png"
+        Image.fromarray(card.astype(np.uint8), mode="RGB").save(path)
+        paths.append(path)
+    return paths
+
+
+def vision_parity(model, processor, models_dir: Path, cards: list[Path]) -> dict:
+    """The bare vision graphs fed what the runtime feeds ([0, 1] pixels, image_input.runtime_pixels)
+    against PyTorch on the processor's own pixels: cosine of the image embeddings, worst card."""
+    import torch
+    from PIL import Image
+
+    from modelforge.steps.image_input import runtime_pixels
+
     encoder, encoder_signatures = _runner(models_dir / "vision_encoder.tflite")
     adapter, adapter_signatures = _runner(models_dir / "vision_adapter.tflite")
     encode = encoder.get_signature_runner(next(iter(encoder_signatures)))
     adapt = adapter.get_signature_runner(next(iter(adapter_signatures)))
-    images = pixel_values.permute(0, 2, 3, 1).numpy().astype(np.float32)
-    soft = encode(images=images)
-    soft = soft[next(iter(soft))]
-    embedded = adapt(soft_tokens=soft)
-    embedded = embedded[next(iter(embedded))].reshape(-1, reference.shape[-1]).astype(np.float64)[: reference.shape[0]]
-    a, b = reference.reshape(-1), embedded.reshape(-1)
-    cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-    return {"vision_cosine": cosine, "vision_tokens": int(reference.shape[0])}
+    cosines, tokens = [], 0
+    for card in cards:
+        with Image.open(card) as image:
+            pixel_values = processor.image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            features = model.model.get_image_features(pixel_values=pixel_values)
+            reference = features.pooler_output if hasattr(features, "pooler_output") else features
+            reference = reference[0] if isinstance(reference, (list, tuple)) else reference
+            reference = reference.reshape(-1, reference.shape[-1]).double().numpy()
+        soft = encode(images=runtime_pixels(str(card)))
+        soft = soft[next(iter(soft))]
+        embedded = adapt(soft_tokens=soft)
+        embedded = embedded[next(iter(embedded))].reshape(-1, reference.shape[-1]).astype(np.float64)[: reference.shape[0]]
+        a, b = reference.reshape(-1), embedded.reshape(-1)
+        cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+        tokens = int(reference.shape[0])
+    return {"vision_cosine": min(cosines), "vision_tokens": tokens}
+
+
+def _leading_identical(reference_tokens: list[int], reply: str, tokenizer) -> int:
+    """How many of PyTorch's tokens, from the first, the runtime's reply text reproduces (the
+    runtime's Python API returns text, not ids)."""
+    if tokenizer.decode(reference_tokens) == reply:
+        return len(reference_tokens)
+    count = 0
+    while count < len(reference_tokens) and reply.startswith(tokenizer.decode(reference_tokens[: count + 1])):
+        count += 1
+    return count
+
+
+def runtime_image_answers(bundle: Path, prompt: str, steps: int, cards: list[Path]) -> list[str]:
+    """The .litertlm's greedy answers through the LiteRT-LM runtime (its own image decoding, resize,
+    pixel range, prompt layout and attention), one fresh conversation per card. Run before PyTorch
+    loads the source, and the engine closed, so the two models are never in memory together."""
+    import litert_lm
+
+    engine = litert_lm.Engine(
+        str(bundle), backend=litert_lm.Backend.CPU(thread_count=1), vision_backend=litert_lm.Backend.CPU(),
+        max_num_images=1, cache_dir=":nocache",
+    )
+    replies = []
+    try:
+        for card in cards:
+            conversation = engine.create_conversation(sampler_config=litert_lm.SamplerConfig(top_k=1, seed=0), max_output_tokens=steps)
+            replies.append(str(conversation.send_message(
+                {"role": "user", "content": [{"type": "image", "path": str(card.resolve())}, {"type": "text", "text": prompt}]}
+            )))
+            conversation.close()
+    finally:
+        engine.close()
+    return replies
+
+
+def runtime_image_parity(model, processor, replies: list[str], prompt: str, steps: int, stop_tokens: list[str], cards: list[Path]) -> dict:
+    """The runtime's answers against PyTorch greedy on the processor's own input_ids and
+    pixel_values. The reference attends causally inside the image block, as the runtime does
+    (measured: litert_lm 0.18.1 gives Gemma 3 no bidirectional image mask); agreement with
+    transformers' bidirectional image block (the processor's token_type_ids) is reported too."""
+    import torch
+    from PIL import Image
+
+    stop_ids = sorted({processor.tokenizer.convert_tokens_to_ids(token) for token in stop_tokens} - {None, processor.tokenizer.unk_token_id})
+    identical, lengths, bidirectional = [], [], []
+    for card, reply in zip(cards, replies):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        with Image.open(card) as image:
+            inputs = processor(text=text, images=image.convert("RGB"), return_tensors="pt", add_special_tokens=False)
+        for attention, counts in (("causal", identical), ("bidirectional", bidirectional)):
+            arguments = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "pixel_values": inputs["pixel_values"]}
+            if attention == "bidirectional":
+                arguments["token_type_ids"] = inputs["token_type_ids"]
+            with torch.no_grad():
+                generated = model.generate(**arguments, max_new_tokens=steps, do_sample=False, eos_token_id=stop_ids or None,
+                                           pad_token_id=processor.tokenizer.pad_token_id)
+            tokens = generated[0, inputs["input_ids"].shape[1]:].tolist()
+            tokens = tokens[: next((index for index, token in enumerate(tokens) if token in stop_ids), len(tokens))]
+            counts.append(_leading_identical(tokens, reply, processor.tokenizer))
+            if attention == "causal":
+                lengths.append(len(tokens))
+    return {
+        "image_prompts": len(cards),
+        "image_tokens": lengths,
+        "image_identical_tokens": identical,
+        "image_token_agreement": sum(identical) / sum(lengths) if sum(lengths) else math.nan,
+        "image_identical_tokens_bidirectional_reference": bidirectional,
+    }
 
 
 def run_parity(request: dict) -> dict:
     checkpoint, models_dir = Path(request["checkpoint"]), Path(request["models_dir"])
     report = text_parity(checkpoint, models_dir, request["prompts"], request["steps"])
     if (models_dir / "vision_encoder.tflite").exists():
-        report.update(vision_parity(checkpoint, models_dir))
+        import torch
+        from transformers import AutoProcessor, Gemma3ForConditionalGeneration
+
+        processor = AutoProcessor.from_pretrained(checkpoint)
+        size = processor.image_processor.size["height"], processor.image_processor.size["width"]
+        cards = test_cards(size, Path(request["scratch_dir"]))
+        prompt = request["prompts"][0]
+        replies = runtime_image_answers(Path(request["bundle"]), prompt, request["steps"], cards) if request.get("bundle") else None
+        model = Gemma3ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        report.update(vision_parity(model, processor, models_dir, cards))
+        if replies is not None:
+            report.update(runtime_image_parity(model, processor, replies, prompt, request["steps"], request["stop_tokens"], cards))
     return {"report": report}

@@ -85,6 +85,10 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
             # Only the text graphs have prefill signatures and a KV cache: a parameter the vision
             # graphs never read would re-export them (and re-quantize them) for nothing.
             params |= {"prefill_lengths": list(spec.prefill_lengths), "cache_length": spec.cache_length}
+        else:
+            # The runtime feeds [0, 1] pixels and cannot be told to normalize (steps/image_input.py):
+            # the vision graph applies the source's preprocessor_config.json normalization itself.
+            params["image_input"] = "runtime"
         exports[part] = builder.add(StepNode.make(
             f"{target}.export_{part}", litert_export.KIND, litert_export.VERSION, params, (checkpoint,), litert_export.TOOLS,
         ))
@@ -154,11 +158,14 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
         inputs = [checkpoint]
         for part, refs in final_by_part.items():
             inputs += [InputRef(part if index == 0 else f"{part}{index}", ref.node, ref.select) for index, ref in enumerate(refs)]
+        if multimodal:  # images are checked through the runtime, on the bundle as shipped
+            inputs.append(InputRef("bundle", package))
         builder.add(StepNode.make(
             f"{target}.parity", litert_parity.KIND, litert_parity.VERSION,
-            {"prompts": list(parity.prompts), "steps": parity.steps, "thresholds": {
+            {"prompts": list(parity.prompts), "steps": parity.steps, "stop_tokens": list(spec.metadata.stop_tokens), "thresholds": {
                 "max_abs_logit": parity.max_abs_logit, "min_top1_agreement": parity.min_top1_agreement,
-                "max_kl": parity.max_kl, "min_vision_cosine": parity.min_vision_cosine}},
+                "max_kl": parity.max_kl, "min_vision_cosine": parity.min_vision_cosine,
+                "min_image_token_agreement": parity.min_image_token_agreement}},
             tuple(inputs), litert_parity.TOOLS,
         ))
     return package
