@@ -48,13 +48,15 @@ def test_a_progress_bar_leaves_no_blank_line_in_a_log(capsys):
 def test_parity_and_architecture_checks_become_one_line_each():
     lines = check_lines({
         "bundle.parity": {
-            "top1_agreement": 0.8125, "mean_kl": 0.053805207, "max_abs_logit": 5.759638906, "vision_cosine": 0.999951974, "passed": True,
-            "thresholds": {"min_top1_agreement": 0.8, "max_kl": 0.1, "max_abs_logit": None, "min_vision_cosine": 0.99},
+            "top1_agreement": 0.8125, "mean_kl": 0.053805207, "max_abs_logit": 5.759638906, "vision_cosine": 0.9999, "image_token_agreement": 0.2083,
+            "passed": True,
+            "thresholds": {"min_top1_agreement": 0.8, "max_kl": 0.1, "max_abs_logit": None, "min_vision_cosine": 0.99, "min_image_token_agreement": 0.1},
         },
         "text.check": {"architecture": "Gemma3ForCausalLM", "tensors": 28, "tied_absent": ["lm_head.weight"], "dtype": "F32"},
     })
     assert lines == [
-        "parity bundle.parity: passed: top-1 agreement 0.8125 (≥ 0.8), mean KL 0.05381 (≤ 0.1), max |logit difference| 5.76, vision cosine 0.999952 (≥ 0.99)",
+        "parity bundle.parity: passed: top-1 agreement 0.8125 (≥ 0.8), mean KL 0.05381 (≤ 0.1), max |logit difference| 5.76, vision cosine 0.9999 (≥ 0.99), "
+        "image answers through the runtime 0.2083 (≥ 0.1)",
         "checked text.check: 28 tensors fit Gemma3ForCausalLM; tied, so absent: lm_head.weight",
     ]
 
