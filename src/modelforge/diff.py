@@ -79,6 +79,7 @@ def merge_base(path: Path) -> str:
 
 def diff_manifests(old_path: Path, new_path: Path, *, old_label: str, new_label: str, store_dir: Path | None = None, source_dir: Path | None = None) -> ManifestDiff:
     from modelforge import api
+    from modelforge.executor import SilentReporter
     from modelforge.store import Store, default_store_dir
 
     old_project, new_project = api.open_project(old_path), api.open_project(new_path)
@@ -89,7 +90,7 @@ def diff_manifests(old_path: Path, new_path: Path, *, old_label: str, new_label:
             result.fields.append({"path": key, "old": old_flat.get(key), "new": new_flat.get(key)})
     store = Store(store_dir or default_store_dir())
     try:
-        reporter = api.SilentReporter()
+        reporter = SilentReporter()
         new_gathered = api.gather(new_project, store, source_dir, reporter, need_weights=False)
         same_source = old_project.manifest.source == new_project.manifest.source
         old_gathered = new_gathered if same_source else api.gather(old_project, store, source_dir, reporter, need_weights=False)
