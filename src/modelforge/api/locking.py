@@ -1,6 +1,6 @@
 """Locking: the lock of a plan (`make_lock`), the `lock` verb that writes or checks lock/<name>.lock
 without building, and the offline check of a manifest against its lock. Imports api.planning,
-api.project and lock, plan, store, executor; never torch."""
+api.project and lock, manifest, plan, store, executor; never torch."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from modelforge.lock import (
     read_lock_or_none,
     write_lock,
 )
-from modelforge.manifest import manifest_digest
+from modelforge.manifest import flatten_fields, manifest_digest
 from modelforge.plan import Plan, compute_keys
 from modelforge.store import Store
 
@@ -135,9 +135,7 @@ def _check_manifest_against_lock(project: Project) -> None:
     locked = read_lock(project.lock_path).manifest
     if locked.digest == manifest_digest(project.manifest):
         return
-    from modelforge.diff import _flatten
-
-    old, new = _flatten(locked.content), _flatten(project.manifest.model_dump(mode="json"))
+    old, new = flatten_fields(locked.content), flatten_fields(project.manifest.model_dump(mode="json"))
     changed = sorted(key for key in set(old) | set(new) if old.get(key, "∅") != new.get(key, "∅"))
     shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
     raise LockError(
