@@ -1,7 +1,6 @@
-"""Gathering cheap facts about a project's source: its files (local, a --source-dir checked
-against the lock, the Hub, or reference data when the Hub is out of reach), their hashes,
-safetensors headers and config.json, and the vendored web runtime's hashes. Imports api.project
-and the layers below api (executor's Reporter, store, lock, hashing, planner's SourceFacts); never torch."""
+"""Gathering cheap facts about a project's source (local files, a --source-dir checked against the
+lock, the Hub, or reference data offline): hashes, safetensors headers, config.json, and the web
+runtime's hashes. Imports api.project and executor's Reporter, store, lock, hashing, planner; never torch."""
 
 from __future__ import annotations
 
