@@ -346,7 +346,7 @@ def _header_names(directory: Path) -> dict[str, list]:
 
 PHASES = {  # label → (file suffix, function name) in a cProfile of `modelforge build`
     "total (cli main)": ("modelforge/cli.py", "build"),
-    "gather: hash + read source headers": ("modelforge/api.py", "gather"),
+    "gather: hash + read source headers": ("modelforge/api/gathering.py", "gather"),
     "run_plan: all steps": ("modelforge/executor.py", "run_plan"),
     "write_shard: copy + hash output": ("modelforge/safetensors_io.py", "write_shard"),
     "hash_file: whole-file sha256 passes": ("modelforge/hashing.py", "hash_file"),

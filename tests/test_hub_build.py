@@ -10,6 +10,7 @@ from conftest import TINY
 from hubserver import fake_hub  # noqa: F401  (fixture)
 from modelforge import api
 from modelforge.errors import HubError
+from modelforge.hashing import hash_file
 
 
 def _hub_manifest(tmp_project, commit):
@@ -32,7 +33,7 @@ def test_build_from_the_hub_then_offline_from_the_cache(fake_hub, tmp_project, t
 
     lock = read_lock(first.project.lock_path)
     assert lock.source.kind == "hub" and lock.source.revision == fake_hub.commit
-    assert lock.source.files["model-00001-of-00002.safetensors"].sha256 == api.hash_file(TINY / "model-00001-of-00002.safetensors")
+    assert lock.source.files["model-00001-of-00002.safetensors"].sha256 == hash_file(TINY / "model-00001-of-00002.safetensors")
     assert api.verify(first.project.lock_path) == []
 
     # Offline, in a fresh store: everything comes from the HF cache, not one request is made.

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelforge.errors import ManifestError
-from modelforge.manifest import Manifest
+from modelforge.manifest import Manifest, flatten_fields
 from modelforge.plan import Plan, compute_keys
 from modelforge.transforms import apply_config_edits, config_bytes
 
@@ -34,20 +34,6 @@ class ManifestDiff:
     @property
     def rebuilds(self) -> bool:
         return any(step["status"] != "cached" for step in self.steps)
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        result = {}
-        for key, item in value.items():
-            result.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return result or {prefix: {}}
-    if isinstance(value, list):
-        result = {}
-        for index, item in enumerate(value):
-            result.update(_flatten(item, f"{prefix}[{index}]"))
-        return result or {prefix: []}
-    return {prefix: value}
 
 
 def manifest_at_revision(path: Path, revision: str) -> tuple[Path, str]:
@@ -79,17 +65,18 @@ def merge_base(path: Path) -> str:
 
 def diff_manifests(old_path: Path, new_path: Path, *, old_label: str, new_label: str, store_dir: Path | None = None, source_dir: Path | None = None) -> ManifestDiff:
     from modelforge import api
+    from modelforge.executor import SilentReporter
     from modelforge.store import Store, default_store_dir
 
     old_project, new_project = api.open_project(old_path), api.open_project(new_path)
     result = ManifestDiff(old_label, new_label)
-    old_flat, new_flat = _flatten(old_project.manifest.model_dump(mode="json")), _flatten(new_project.manifest.model_dump(mode="json"))
+    old_flat, new_flat = flatten_fields(old_project.manifest.model_dump(mode="json")), flatten_fields(new_project.manifest.model_dump(mode="json"))
     for key in sorted(set(old_flat) | set(new_flat)):
         if old_flat.get(key, "∅") != new_flat.get(key, "∅"):
             result.fields.append({"path": key, "old": old_flat.get(key), "new": new_flat.get(key)})
     store = Store(store_dir or default_store_dir())
     try:
-        reporter = api.SilentReporter()
+        reporter = SilentReporter()
         new_gathered = api.gather(new_project, store, source_dir, reporter, need_weights=False)
         same_source = old_project.manifest.source == new_project.manifest.source
         old_gathered = new_gathered if same_source else api.gather(old_project, store, source_dir, reporter, need_weights=False)

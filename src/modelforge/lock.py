@@ -108,6 +108,14 @@ def read_lock(path: Path) -> Lock:
         raise LockError(f"{path}: not a valid modelforge lockfile ({first}); regenerate it with `modelforge lock`") from None
 
 
+def read_lock_or_none(path: Path) -> Lock | None:
+    """An existing lock, or None when there is none or it is unreadable (it is about to be rewritten)."""
+    try:
+        return read_lock(path) if path.exists() else None
+    except LockError:
+        return None
+
+
 def write_lock(path: Path, lock: Lock) -> bool:
     """Write the lock if its content changed; True if the file was written."""
     text = render(lock)

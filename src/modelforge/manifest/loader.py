@@ -251,6 +251,22 @@ def _check_source_path(path: Path, manifest: Manifest, positions: dict) -> None:
         )
 
 
+def flatten_fields(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Manifest content (its JSON dump) as dotted field paths → values, e.g. `targets.web.headers[2]`:
+    what `diff` and `lock --check` name when fields change."""
+    if isinstance(value, dict):
+        result = {}
+        for key, item in value.items():
+            result.update(flatten_fields(item, f"{prefix}.{key}" if prefix else str(key)))
+        return result or {prefix: {}}
+    if isinstance(value, list):
+        result = {}
+        for index, item in enumerate(value):
+            result.update(flatten_fields(item, f"{prefix}[{index}]"))
+        return result or {prefix: []}
+    return {prefix: value}
+
+
 def manifest_digest(manifest: Manifest) -> str:
     """sha256 of the validated manifest's canonical JSON: key order and comments do not count."""
     return digest(manifest.model_dump(mode="json"))

@@ -1,0 +1,66 @@
+"""Planning: the opening every command shares (the store, the source's gathered facts, the plan;
+`opened`), and the `plan` verb, which says what a build would run and why. Imports api.gathering,
+api.project and planner, executor, store, lock, toolchain; never torch."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelforge.api.gathering import Gathered, gather
+from modelforge.api.project import Project, open_project
+from modelforge.errors import LockError
+from modelforge.executor import NodeStatus, Reporter, SilentReporter, statuses
+from modelforge.lock import read_lock
+from modelforge.manifest import manifest_digest
+from modelforge.plan import Plan
+from modelforge.planner import make_plan
+from modelforge.store import Store, default_store_dir
+from modelforge.toolchain import versions
+
+
+def plan_for(project: Project, gathered: Gathered) -> Plan:
+    return make_plan(project.manifest, gathered.facts, str(project.manifest_path), manifest_digest(project.manifest))
+
+
+def tools_of(plan: Plan) -> dict[str, str]:
+    return versions(tool for step in plan.steps for tool in step.tools)
+
+
+@dataclass
+class PlanReport:
+    project: Project
+    plan: Plan
+    toolchain: dict[str, str]
+    statuses: list[NodeStatus]
+    planned_from: str | None = None  # set when planned from reference data (the Hub out of reach)
+
+
+def previous_steps(project: Project) -> dict[str, Any]:
+    if not project.lock_path.exists():
+        return {}
+    try:
+        return {name: step.model_dump() for name, step in read_lock(project.lock_path).steps.items()}
+    except LockError:
+        return {}
+
+
+@contextmanager
+def opened(project: Project, store_dir: Path | None, source_dir: Path | None, reporter: Reporter, need_weights: bool):
+    """The opening every command shares: the store, the source's facts, the plan. Closes the store."""
+    store = Store(store_dir or default_store_dir())
+    try:
+        gathered = gather(project, store, source_dir, reporter, need_weights=need_weights)
+        yield store, gathered, plan_for(project, gathered)
+    finally:
+        store.close()
+
+
+def plan(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir: Path | None = None, reporter: Reporter | None = None) -> PlanReport:
+    project = open_project(manifest_path)
+    with opened(project, store_dir, source_dir, reporter or SilentReporter(), need_weights=False) as (store, gathered, the_plan):
+        toolchain = tools_of(the_plan)
+        previous = {} if gathered.planned_from else previous_steps(project)
+        return PlanReport(project, the_plan, toolchain, statuses(the_plan, store, toolchain, previous), gathered.planned_from)
