@@ -679,15 +679,17 @@ def summarize(result: dict) -> tuple[dict, list[dict]]:
         "modelforge_peak_over_export_hf_peak": _ratio(build_peak, export_hf.get("peaks", {}).get("tree_rss_bytes")) if build.get("rc") == 0 and export_hf.get("rc") == 0 else None,
         "modelforge_wall_over_export_hf_wall": _ratio(build.get("wall_s"), export_hf.get("wall_s")) if export_hf.get("rc") == 0 else None,
     }
-    largest_step = max((row["tree_rss_bytes"] or 0 for row in rows), default=0)
+    # Steps are judged by anonymous memory: resident file pages (the mapped checkpoint, the graph being
+    # written) are page cache the kernel reclaims; the RSS figures are in the table beside them.
+    largest_step = max((row["anon_peak_bytes"] or 0 for row in rows), default=0)
     cg = build.get("cgroup", {})
     targets = [
         {"target": f"whole build completes inside a {MACHINE_TARGET_GIB} GiB budget (cgroup {_gib(cg.get('limit_bytes'))} GiB)",
          "value": f"rc {build.get('rc')}, OOM kills {cg.get('oom_kills')}", "passed": build.get("rc") == 0 and not cg.get("oom_kills")},
-        {"target": f"no step peaks above {STEP_TARGET_GIB} GiB (RSS of the step's processes)", "value": f"{_gib(largest_step)} GiB",
+        {"target": f"no step peaks above {STEP_TARGET_GIB} GiB (anonymous memory of the step's worker)", "value": f"{_gib(largest_step)} GiB",
          "passed": None if build.get("rc") != 0 else largest_step <= STEP_TARGET_GIB * GIB},  # a killed step has no peak to judge
-        {"target": f"text export peak ≤ {TEXT_EXPORT_FACTOR} × text decoder f32 bytes ({_gib(text_f32)} GiB)",
-         "value": ratios["text_export_peak_over_text_f32"], "passed": None if ratios["text_export_peak_over_text_f32"] is None else ratios["text_export_peak_over_text_f32"] <= TEXT_EXPORT_FACTOR},
+        {"target": f"text export anonymous peak ≤ {TEXT_EXPORT_FACTOR} × text decoder f32 bytes ({_gib(text_f32)} GiB)",
+         "value": ratios["text_export_anon_over_text_f32"], "passed": None if ratios["text_export_anon_over_text_f32"] is None else ratios["text_export_anon_over_text_f32"] <= TEXT_EXPORT_FACTOR},
         {"target": "second build in a fresh store byte-identical (every output)", "value": result.get("rebuild", {}).get("identical"),
          "passed": result.get("rebuild", {}).get("identical")},
         {"target": "LiteRT-LM runtime loads the .litertlm on CPU and generates", "value": (result.get("runtime") or {}).get("chunks"),
@@ -787,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ignore-prediction", action="store_true", help="pass --memory-limit 1024GiB so a too-high prediction does not refuse the build (the cgroup still bounds it)")
     parser.add_argument("--runtime-tokens", type=int, default=16)
     parser.add_argument("--no-cgroup", action="store_true", help="run without memory cgroups (unbounded; only where cgroups are not available)")
+    parser.add_argument("--resume", type=Path, default=None, help="a previous full run's results JSON: keep its store (steps it finished are cached) and take those steps' figures from it")
     parser.add_argument("--render", type=Path, default=None, help="only re-render the figures and RESULTS.md section of a results JSON")
     args = parser.parse_args(argv)
     from modelforge.memory import parse_size
@@ -816,7 +819,13 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = work / f"checkpoint-{label}"
     run = work / f"run-{label}"
-    shutil.rmtree(run, ignore_errors=True)
+    if args.resume:  # the first build's store stays: the steps it finished are cached, their figures come from args.resume
+        previous = json.loads(args.resume.read_text())
+        for name in ("logs", "project", "out-1", "out-2", "store-2", "project-2", "export_hf-out"):
+            shutil.rmtree(run / name, ignore_errors=True)
+    else:
+        previous = None
+        shutil.rmtree(run, ignore_errors=True)
     logs = run / "logs"
     logs.mkdir(parents=True)
     env = {**os.environ, **ENV, "HF_HOME": str(work / "hf-home"), "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
@@ -851,6 +860,14 @@ def main(argv: list[str] | None = None) -> int:
         cgroup.close()
     log(f"  rc {result['build']['rc']} in {result['build']['wall_s']:.0f}s; cgroup {result['build']['cgroup']}")
     result["steps"] = step_rows(result["build"], predicted)
+    if previous is not None:  # steps cached from the resumed run: its measurements, marked as such
+        ran = {row["step"] for row in result["steps"]}
+        earlier = [dict(row, status=f"ok in the resumed run ({previous['date']})") for row in previous.get("steps", [])
+                   if row["step"] not in ran and row.get("status") == "ok"]
+        result["steps"] = earlier + result["steps"]
+        result["resumed_from"] = {"date": previous["date"], "build": {key: previous["build"].get(key) for key in ("rc", "wall_s", "tail")}}
+        if "export_hf" in skip and previous.get("export_hf"):
+            result["export_hf"] = previous["export_hf"] | {"from_resumed_run": previous["date"]}
     outputs = files_of(run / "out-1") if (run / "out-1").is_dir() else {}
     result["parity"] = parity_from_lock(run / "project" / "lock" / "medgemma-1.5-litertlm.lock")
 

@@ -119,7 +119,7 @@ def test_a_duplicate_text_config_key_fails_the_build_naming_the_key(tmp_project,
     decoy = json.dumps({**first, "hidden_size": 32})
     # Two `text_config` objects: json.loads would silently keep the second.
     config.write_text(text.replace('"text_config": {', f'"text_config": {decoy}, "text_config": {{', 1))
-    with pytest.raises(ModelforgeError, match=r"'text_config' twice"):
+    with pytest.raises(ModelforgeError, match=r"repeats the key 'text_config'"):
         _build(tmp_project, tmp_path, _manifest(tmp_project))
 
 

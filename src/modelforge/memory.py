@@ -1,19 +1,30 @@
-"""Peak memory of the litert export steps (trace with torch.export, convert to .tflite), predicted
-from parameter counts before anything runs, so that a build too large for the machine is refused
-at once instead of swapping for 40 minutes.
+"""Peak memory of the heavy build steps, predicted from the source's tensor headers before anything
+runs, so that a build too large for the machine is refused at once instead of swapping for an hour.
 
-The export worker loads the whole checkpoint in float32 (litert-torch's `load_model`, whatever the
-checkpoint's dtype) and then traces and converts one part of it, so its peak is modelled as
+What is predicted is the step worker's peak *anonymous* memory (RssAnon): what the kernel cannot
+drop. Resident file pages (the mapped checkpoint, the .tflite being written and hashed) are page
+cache that the kernel reclaims under pressure, so they are not counted (the peak RSS high-water mark
+overstates a 4B export by the 15 GB graph it writes).
 
-    peak = base + factor × traced_f32_bytes + loaded_factor × loaded_f32_bytes
+Each step kind follows the copies that exist on its path (steps/litert_worker.py, partial_load.py):
 
-per part (`text`: the text decoder; `vision`: vision encoder + projector), where traced is the
-part's parameter count and loaded the whole checkpoint's, times 4 bytes. The constants are a
-least-squares fit over synthetic Gemma3ForConditionalGeneration checkpoints of five sizes, built
-and measured by `bench/bench_litertlm.py` (its `memory` section; peak = the worker's
-getrusage ru_maxrss) with the tiny manifest's lengths (prefill 32 and 128, cache 256): see
-MEASUREMENTS. Longer prefill/cache lengths add activations and KV-cache sample inputs that the
-fit does not see (for MedGemma 4B at cache 4096 about 1 GiB of KV cache per copy).
+    export text    base + factor × f32 bytes of the text decoder + the KV cache at the manifest's
+                   cache length (sample input of the decode signature; f32, K and V of every layer)
+                   Lightweight conversion makes the MLIR constants share the torch tensors, so the
+                   weights exist about once; the converter's folding and the traced program add the
+                   rest of the factor. Only the decoder's tensors are loaded.
+    export vision  base + factor × f32 bytes of the vision tower and projector (only they are loaded;
+                   the converter still copies the constants of this path, hence the larger factor).
+    quantize       base + factor × f32 bytes of the graphs quantized (ai-edge-quantizer reads the
+                   float .tflite into numpy and writes the quantized one beside it).
+    parity         base + f32 bytes of the reference the step loads: the text decoder for the text
+                   check, the whole multimodal model for the image check through the runtime (the
+                   two never coexist; the interpreter runs after the reference is freed).
+
+The constants are least-squares fits over MEASUREMENTS: synthetic checkpoints with MedGemma 4B's
+layer shapes and the real 262,208-token vocabulary at 1, 8 and 34 text layers (0.77, 1.43 and
+3.88 B text parameters; bench/bench_scale.py and bench/bench_medgemma_4b.py) and the tiny fixture.
+Packaging, metadata, .task writing and text-only extraction stream: they are not predicted.
 
 Imports only `errors`: `plan` and a no-op `build` use it without torch.
 """
@@ -27,56 +38,79 @@ from typing import Iterable, Mapping
 from modelforge.errors import PlanError
 
 F32_BYTES = 4
+GIB = 2**30
 ENV_LIMIT = "MODELFORGE_MEMORY_LIMIT"
 
-# --- measured (bench/bench_litertlm.py --sections memory) -------------------------------------
-MEASURED_ON = "2026-11-23"
+# --- measured ------------------------------------------------------------------------------------
+MEASURED_ON = "2026-11-29"
 MEASURED_MACHINE = "2 cores (AMD EPYC), 23.5 GiB RAM, Linux 6.18, Python 3.11.7, torch 2.13.0+cpu, litert-torch 0.10.0, transformers 5.23.0"
-# (checkpoint, part, part parameters, loaded parameters, peak RSS bytes of the export worker).
-# tiny is fixtures/tiny-medgemma (float32); the others are bfloat16 Gemma3ForConditionalGeneration
-# made with from_config (text hidden/layers 256/8, 512/12, 768/14; vision_big: the tiny text model
-# with a 512-wide, 12-layer vision tower); bench/bench_litertlm.py CHECKPOINTS has the configs.
+# (checkpoint, step kind, f32 bytes of what the step loads, KV-cache bytes, peak RssAnon bytes).
+# tiny: fixtures/tiny-medgemma (cache 256); L1/L8/L34: modelforge.testing.gemma3_checkpoint /
+# bench_medgemma_4b.py checkpoints with 1, 8 and 34 MedGemma decoder layers (cache 4096).
 MEASUREMENTS: tuple[tuple[str, str, int, int, int], ...] = (
-    ("tiny", "text", 139968, 170016, 1247993856),
-    ("tiny", "vision", 30048, 170016, 1225809920),
-    ("small", "text", 8660224, 9563904, 1489567744),
-    ("small", "vision", 903680, 9563904, 1355075584),
-    ("medium", "text", 47736832, 52762112, 2316763136),
-    ("medium", "vision", 5025280, 52762112, 1898496000),
-    ("large", "text", 124695040, 139419136, 3745366016),
-    ("large", "vision", 14724096, 139419136, 2982457344),
-    ("vision_big", "text", 139968, 38312640, 1570439168),
-    ("vision_big", "vision", 38172672, 38312640, 2003759104),
+    ("tiny", "export_text", 559_872, 131_072, 619_642_880),
+    ("L1", "export_text", 3_062_550_528, 33_554_432, 3_827_806_208),
+    ("L8", "export_text", 5_705_263_104, 268_435_456, 6_980_448_256),
+    ("L34", "export_text", 15_521_052_672, 1_140_850_688, 18_976_026_624),
+    ("tiny", "export_vision", 120_192, 0, 589_946_880),
+    ("L8", "export_vision", 1_679_265_216, 0, 6_325_727_232),
+    ("L34", "export_vision", 1_679_265_216, 0, 6_363_979_776),
 )
-# part → (base bytes, factor on the part's f32 bytes, factor on the loaded checkpoint's f32 bytes):
-# least squares over MEASUREMENTS (largest residual: text 4.7 %, vision 0.7 %).
-FIT: dict[str, tuple[int, float, float]] = {
-    "text": (1_304_165_207, 3.03, 1.719),
-    "vision": (1_231_898_797, 2.123, 2.92),
+# kind → (base bytes, factor on the f32 bytes); the KV cache of export_text counts once.
+FIT: dict[str, tuple[int, float]] = {
+    "export_text": (616_565_641, 1.072),
+    "export_vision": (589_534_956, 3.427),
+    "quantize": (0, 0.0),
+    "parity": (0, 0.0),
 }
-# The largest |predicted / measured − 1| over MEASUREMENTS is below this (tests/test_memory.py); a
-# second run of the bench on the same machine stays within it too (bench/RESULTS.md). Far beyond
-# the measured sizes (MedGemma 4B is 30× the largest) the error is not known: the fit is linear.
-STATED_ERROR = 0.10
+# The largest |predicted / measured − 1| over MEASUREMENTS is below this (tests/test_memory.py).
+STATED_ERROR = 0.15
 
-PARTS = tuple(FIT)
+KINDS = tuple(FIT)
 
 
-def predict_export_peak(part: str, parameter_count: int, loaded_parameter_count: int | None = None) -> int:
-    """Predicted peak resident bytes of exporting `part` ('text' or 'vision') with
-    `parameter_count` parameters, from a checkpoint of `loaded_parameter_count` parameters in all
-    (default: the part alone). Monotonic in both counts."""
-    if part not in FIT:
-        raise ValueError(f"unknown export part {part!r}; expected one of {', '.join(PARTS)}")
-    if parameter_count < 0 or (loaded_parameter_count is not None and loaded_parameter_count < 0):
-        raise ValueError("parameter counts cannot be negative")
-    loaded = parameter_count if loaded_parameter_count is None else max(loaded_parameter_count, parameter_count)
-    base, factor, loaded_factor = FIT[part]
-    return int(round(base + factor * F32_BYTES * parameter_count + loaded_factor * F32_BYTES * loaded))
+def fit(measurements=MEASUREMENTS) -> dict[str, tuple[int, float]]:
+    """Least squares, in relative error (so the tiny fixture counts as much as the 4B), of
+    anonymous peak − KV cache = base + factor × f32 bytes, per kind: what FIT holds, recomputed
+    (a test checks they agree)."""
+    result = {}
+    for kind in sorted({row[1] for row in measurements}):
+        # Rows (1/m, x/m) · (base, factor) ≈ (m − kv)/m; the 2×2 normal equations, solved directly.
+        rows = [(1 / peak, f32 / peak, (peak - kv) / peak) for _, row_kind, f32, kv, peak in measurements if row_kind == kind]
+        saa = sum(a * a for a, _, _ in rows)
+        sab = sum(a * b for a, b, _ in rows)
+        sbb = sum(b * b for _, b, _ in rows)
+        say = sum(a * y for a, _, y in rows)
+        sby = sum(b * y for _, b, y in rows)
+        determinant = saa * sbb - sab * sab
+        base = (say * sbb - sab * sby) / determinant
+        factor = (saa * sby - sab * say) / determinant
+        result[kind] = (int(round(base)), round(factor, 3))
+    return result
+
+
+def predict(kind: str, f32_bytes: int, kv_cache_bytes: int = 0) -> int:
+    """Predicted peak anonymous bytes of a step of `kind` that loads `f32_bytes` of float32 weights
+    (and, for a text export, samples a KV cache of `kv_cache_bytes`). Monotonic in both."""
+    if kind not in FIT:
+        raise ValueError(f"unknown step kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if f32_bytes < 0 or kv_cache_bytes < 0:
+        raise ValueError("byte counts cannot be negative")
+    base, factor = FIT[kind]
+    return int(round(base + factor * f32_bytes + kv_cache_bytes))
+
+
+def kv_cache_bytes(tensors: Mapping[str, object], owner: Mapping[str, str], components: Iterable[str], cache_length: int) -> int:
+    """K and V of every decoder layer at `cache_length` tokens, float32: the decode signature's
+    sample cache. From the tensor headers (each k_proj's output width is kv_heads × head_dim), so
+    no config key is trusted."""
+    wanted = set(components)
+    width = sum(info.shape[0] for name, info in tensors.items() if owner.get(name) in wanted and name.endswith("self_attn.k_proj.weight"))
+    return 2 * cache_length * width * F32_BYTES
 
 
 def constants() -> dict:
-    return {part: {"base_bytes": base, "factor": factor, "loaded_factor": loaded} for part, (base, factor, loaded) in FIT.items()}
+    return {kind: {"base_bytes": base, "factor": factor} for kind, (base, factor) in FIT.items()}
 
 
 # --- the machine ---------------------------------------------------------------------------------
@@ -131,7 +165,7 @@ def refuse_if_too_large(predictions: Mapping[str, int], to_run: Iterable[str], o
     if peak > limit:
         where = "this machine has" if origin == "physical memory" else f"{origin} allows"
         raise PlanError(
-            f"step {name} would need about {_gib(peak)} of memory at its peak (predicted from its parameter count), "
+            f"step {name} would need about {_gib(peak)} of memory at its peak (predicted from the tensor sizes it loads), "
             f"but {where} {_gib(limit)}; build on a machine with more RAM, or set --memory-limit / {ENV_LIMIT} "
             "higher if you know better (swap makes it crawl)"
         )

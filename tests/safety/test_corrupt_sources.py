@@ -438,6 +438,15 @@ def _recast(source: Path, dtype: str) -> None:
         new_header, new_data = tensor_layout(tensors)
         new_header["__metadata__"] = header["__metadata__"]
         write_shard(source / shard, new_header, new_data)
+    # The config says what the weights are, as on the Hub (the architecture check holds the output to it).
+    config_path = source / "config.json"
+    config = json.loads(config_path.read_text())
+    torch_dtype = {"F16": "float16", "BF16": "bfloat16"}[dtype]
+    for section in (config, config.get("text_config", {}), config.get("vision_config", {})):
+        for key in ("torch_dtype", "dtype"):
+            if key in section:
+                section[key] = torch_dtype
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 @pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])

@@ -44,7 +44,9 @@ def run(context: StepContext) -> None:
         "bundle": str(bundle) if bundle else None,
         "scratch_dir": str(context.scratch_dir),
     }
-    report = launch(request, context.scratch_dir, context.progress, "parity check")["report"]
+    result = launch(request, context.scratch_dir, context.progress, "parity check")
+    report = result["report"]
+    context.measurements.update({key: result[key] for key in ("seconds", "peak_rss_bytes", "peak_anonymous_bytes") if key in result})
     thresholds = params["thresholds"]
     failures = []
     checks = (

@@ -93,7 +93,7 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
             f"{target}.export_{part}", litert_export.KIND, litert_export.VERSION, params, (checkpoint,), litert_export.TOOLS,
         ))
     for part, step in exports.items():
-        predict_export_memory(builder, step, part, spec.checkpoint)
+        predict_export_memory(builder, step, part, spec.cache_length)
     part_files = {"text": ["model.tflite"] + (["embedder.tflite"] if multimodal else []), "vision": ["vision_encoder.tflite", "vision_adapter.tflite"]}
     sections: list[list[str]] = []
     graph_inputs: list[InputRef] = []
@@ -115,6 +115,7 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
                  "overrides": [override.model_dump(mode="json") for override in quantization.overrides]},
                 (InputRef("models", exports[part], tuple(files)),), litert_quantize.TOOLS,
             ))
+            predict_memory(builder, node, "quantize", (component,))
             ref = InputRef(f"{component}", node)
         graph_inputs.append(ref)
         final_by_part[part].append(ref)
@@ -160,7 +161,7 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
             inputs += [InputRef(part if index == 0 else f"{part}{index}", ref.node, ref.select) for index, ref in enumerate(refs)]
         if multimodal:  # images are checked through the runtime, on the bundle as shipped
             inputs.append(InputRef("bundle", package))
-        builder.add(StepNode.make(
+        parity_step = builder.add(StepNode.make(
             f"{target}.parity", litert_parity.KIND, litert_parity.VERSION,
             {"prompts": list(parity.prompts), "steps": parity.steps, "stop_tokens": list(spec.metadata.stop_tokens), "thresholds": {
                 "max_abs_logit": parity.max_abs_logit, "min_top1_agreement": parity.min_top1_agreement,
@@ -168,23 +169,27 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
                 "min_image_token_agreement": parity.min_image_token_agreement}},
             tuple(inputs), litert_parity.TOOLS,
         ))
+        # The text check loads the decoder; the image check the whole multimodal model.
+        predict_memory(builder, parity_step, "parity", tuple(PART_COMPONENTS["text"] + (PART_COMPONENTS["vision"] if multimodal else ())))
     return package
 
 
-# The components each export part traces (the worker loads the whole checkpoint, see memory.py).
+# The components each export part traces and loads (steps/partial_load.py reads only these).
 PART_COMPONENTS = {"text": ("text_decoder",), "vision": ("vision_encoder", "projector")}
 
 
-def predict_export_memory(builder: PlanBuilder, step: str, part: str, checkpoint: str) -> None:
-    """Record the predicted peak bytes of export step `step` (of `part`, from `checkpoint`: 'source'
-    or an hf_text_only target) in plan.facts["memory"], from the source's tensor headers. Not a
-    parameter of the step: a prediction is no input of its output."""
-    tensors, owner = builder.facts.tensors, builder.owner
-    if checkpoint == "source":
-        loaded = memory.count_parameters(tensors, owner)
-    else:  # an hf_text_only target: its components, less what its rules drop
-        kept = {name: info for name, info in tensors.items() if name not in builder.mapping.dropped}
-        loaded = memory.count_parameters(kept, owner, builder.manifest.targets[checkpoint].components)
-    traced = memory.count_parameters(tensors, owner, PART_COMPONENTS[part])
-    builder.plan_facts.setdefault("memory", {})[step] = memory.predict_export_peak(part, traced, loaded)
+def _f32_bytes(builder: PlanBuilder, components: tuple[str, ...]) -> int:
+    return memory.F32_BYTES * memory.count_parameters(builder.facts.tensors, builder.owner, components)
 
+
+def predict_memory(builder: PlanBuilder, step: str, kind: str, components: tuple[str, ...], cache_length: int = 0) -> None:
+    """Record the predicted peak anonymous bytes of `step` (a memory.py kind: export_text,
+    export_vision, quantize, parity) loading `components` in plan.facts["memory"], from the
+    source's tensor headers. Not a parameter of the step: a prediction is no input of its output."""
+    kv = memory.kv_cache_bytes(builder.facts.tensors, builder.owner, components, cache_length) if cache_length else 0
+    builder.plan_facts.setdefault("memory", {})[step] = memory.predict(kind, _f32_bytes(builder, components), kv)
+
+
+def predict_export_memory(builder: PlanBuilder, step: str, part: str, cache_length: int) -> None:
+    """The export of `part` ('text' or 'vision'); the text export samples a KV cache of cache_length."""
+    predict_memory(builder, step, f"export_{part}", PART_COMPONENTS[part], cache_length if part == "text" else 0)

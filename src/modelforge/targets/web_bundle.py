@@ -50,6 +50,7 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
             {"recipe": recipe, "files": ["model.tflite"], "overrides": []},
             (InputRef("models", export, ("model.tflite",)),), litert_quantize.TOOLS,
         ))
+        litertlm.predict_memory(builder, quantized, "quantize", litertlm.PART_COMPONENTS["text"])
         _check_size(builder, target, variant.name, recipe)
         max_tokens = variant.max_tokens or origin.cache_length
         if max_tokens > origin.cache_length:
@@ -95,6 +96,6 @@ def _export(builder: PlanBuilder, target: str, origin_name: str, origin, checkpo
          "cache_length": origin.cache_length, "hoists": [hoist.model_dump(mode="json") for hoist in origin.hoists]},
         (checkpoint,), litert_export.TOOLS,
     ))
-    litertlm.predict_export_memory(builder, node, "text", origin.checkpoint)
+    litertlm.predict_export_memory(builder, node, "text", origin.cache_length)
     return node
 
