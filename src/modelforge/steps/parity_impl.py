@@ -6,6 +6,7 @@ image prompt through the LiteRT-LM runtime against PyTorch with the processor's 
 
 from __future__ import annotations
 
+import gc
 import math
 from pathlib import Path
 
@@ -174,19 +175,13 @@ def test_cards(size: tuple[int, int], directory: Path) -> list[Path]:
     return paths
 
 
-def vision_parity(model, processor, models_dir: Path, cards: list[Path]) -> dict:
-    """The bare vision graphs fed what the runtime feeds ([0, 1] pixels, image_input.runtime_pixels)
-    against PyTorch on the processor's own pixels: cosine of the image embeddings, worst card."""
+def vision_references(model, processor, cards: list[Path]) -> list[np.ndarray]:
+    """PyTorch's image embeddings (vision tower + projector) of each card, on the processor's own
+    pixels: computed while the reference model is loaded, compared after it is freed."""
     import torch
     from PIL import Image
 
-    from modelforge.steps.image_input import runtime_pixels
-
-    encoder, encoder_signatures = _runner(models_dir / "vision_encoder.tflite")
-    adapter, adapter_signatures = _runner(models_dir / "vision_adapter.tflite")
-    encode = encoder.get_signature_runner(next(iter(encoder_signatures)))
-    adapt = adapter.get_signature_runner(next(iter(adapter_signatures)))
-    cosines, tokens = [], 0
+    references = []
     for card in cards:
         with Image.open(card) as image:
             pixel_values = processor.image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
@@ -194,7 +189,21 @@ def vision_parity(model, processor, models_dir: Path, cards: list[Path]) -> dict
             features = model.model.get_image_features(pixel_values=pixel_values)
             reference = features.pooler_output if hasattr(features, "pooler_output") else features
             reference = reference[0] if isinstance(reference, (list, tuple)) else reference
-            reference = reference.reshape(-1, reference.shape[-1]).double().numpy()
+            references.append(reference.reshape(-1, reference.shape[-1]).double().numpy())
+    return references
+
+
+def vision_parity(references: list[np.ndarray], models_dir: Path, cards: list[Path]) -> dict:
+    """The bare vision graphs fed what the runtime feeds ([0, 1] pixels, image_input.runtime_pixels)
+    against PyTorch's embeddings on the processor's own pixels: cosine, worst card."""
+    from modelforge.steps.image_input import runtime_pixels
+
+    encoder, encoder_signatures = _runner(models_dir / "vision_encoder.tflite")
+    adapter, adapter_signatures = _runner(models_dir / "vision_adapter.tflite")
+    encode = encoder.get_signature_runner(next(iter(encoder_signatures)))
+    adapt = adapter.get_signature_runner(next(iter(adapter_signatures)))
+    cosines, tokens = [], 0
+    for card, reference in zip(cards, references):
         soft = encode(images=runtime_pixels(str(card)))
         soft = soft[next(iter(soft))]
         embedded = adapt(soft_tokens=soft)
@@ -287,8 +296,13 @@ def run_parity(request: dict) -> dict:
         cards = test_cards(size, Path(request["scratch_dir"]))
         prompt = request["prompts"][0]
         replies = runtime_image_answers(Path(request["bundle"]), prompt, request["steps"], cards) if request.get("bundle") else None
+        # The multimodal reference (at 4B, 16 GiB of float32) is alone in memory: the runtime's
+        # answers came first, the graphs run after it is freed.
         model = Gemma3ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
-        report.update(vision_parity(model, processor, models_dir, cards))
+        references = vision_references(model, processor, cards)
         if replies is not None:
             report.update(runtime_image_parity(model, processor, replies, prompt, request["steps"], request["stop_tokens"], cards))
+        del model
+        gc.collect()
+        report.update(vision_parity(references, models_dir, cards))
     return {"report": report}
