@@ -796,7 +796,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.render:
         result = json.loads(args.render.read_text())
-        result["steps"] = step_rows(result["build"], result["plan"]["memory_predicted_bytes"])
+        if "resumed_from" not in result:  # a resumed run's rows include the earlier runs' (kept as they are)
+            result["steps"] = step_rows(result["build"], result["plan"]["memory_predicted_bytes"])
         result["ratios"], result["targets"] = summarize(result)
         args.render.write_text(json.dumps(result, indent=1, default=str) + "\n")
         update_markdown(args.markdown, render_markdown(result), result["label"])
@@ -863,7 +864,7 @@ def main(argv: list[str] | None = None) -> int:
     if previous is not None:  # steps cached from the resumed run: its measurements, marked as such
         ran = {row["step"] for row in result["steps"]}
         earlier = [dict(row, status=f"ok in the resumed run ({previous['date']})") for row in previous.get("steps", [])
-                   if row["step"] not in ran and row.get("status") == "ok"]
+                   if row["step"] not in ran and str(row.get("status", "")).startswith("ok")]
         result["steps"] = earlier + result["steps"]
         result["resumed_from"] = {"date": previous["date"], "build": {key: previous["build"].get(key) for key in ("rc", "wall_s", "tail")}}
         if "export_hf" in skip and previous.get("export_hf"):

@@ -36,6 +36,10 @@ def test_prediction_matches_the_recorded_measurements_within_the_stated_error():
 
 def test_the_constants_are_the_least_squares_fit_of_the_measurements():
     assert memory.fit() == {kind: memory.FIT[kind] for kind in memory.fit()}
+    # A kind measured at one size only is held to what is known from below: never predicted under
+    # a peak at which the step was killed.
+    for name, kind, f32, kv, at_least in memory.LOWER_BOUNDS:
+        assert memory.predict(kind, f32, kv) >= at_least * (1 - 0.001), (name, kind)
 
 
 def test_unknown_kind_and_negative_counts_are_refused():
@@ -53,21 +57,38 @@ def test_the_kv_cache_follows_the_manifests_cache_length_and_the_real_head_layou
     assert memory.kv_cache_bytes(facts.tensors, owner, ["text_decoder"], 8192) == 2 * memory.kv_cache_bytes(facts.tensors, owner, ["text_decoder"], 4096)
 
 
-def test_the_real_medgemma_manifest_fits_this_machine_size():
+def _with_the_web_runtime(facts, store_dir):
+    """The vendored runtime's facts as `plan` gathers them (web/node_modules: tools/setup.sh)."""
+    from dataclasses import replace
+
+    from modelforge.api.gathering import web_runtime_facts
+    from modelforge.store import Store
+
+    store = Store(store_dir)
+    try:
+        return replace(facts, web_runtime=web_runtime_facts(store))
+    finally:
+        store.close()
+
+
+def test_the_real_medgemma_manifest_fits_this_machine_size_except_its_parity(tmp_path):
     """MedGemma 1.5 4B (3.88 B text decoder, 0.42 B vision + projector) planned against the
-    reference data: every heavy step is predicted, the text exports (bundle and web) near 1.2× the
-    14.5 GiB of float32 decoder weights, and none above 20 GiB: a 24 GiB machine builds it."""
+    reference data: every heavy step is predicted; the text exports (bundle and web) near 1.2× the
+    14.5 GiB of float32 decoder weights; exports and quantizations under 20 GiB. The parity step
+    is predicted at what it reached at 4B before its cgroup killed it (about 22 GiB): known, and
+    said, rather than hidden under a fit of the tiny model."""
     manifest = load_manifest(MANIFESTS / "medgemma-1.5-litertlm.yaml")
-    plan = make_plan(manifest, reference_facts(), "manifests/medgemma-1.5-litertlm.yaml", manifest_digest(manifest))
+    plan = make_plan(manifest, _with_the_web_runtime(reference_facts(), tmp_path / "store"), "manifests/medgemma-1.5-litertlm.yaml", manifest_digest(manifest))
     predicted = plan.facts["memory"]
     heavy = {"bundle.export_text", "bundle.export_vision", "bundle.quantize.text_decoder", "bundle.quantize.vision_encoder",
-             "bundle.quantize.projector", "bundle.parity", "web.export.bundle"}
-    assert heavy <= set(predicted)
+             "bundle.quantize.projector", "bundle.parity", "web.export.bundle", "web.quantize.medgemma-int4"}
+    assert heavy == set(predicted)
     text_f32 = 3_880_263_168 * 4
     assert 1.1 * text_f32 < predicted["bundle.export_text"] < 1.3 * text_f32
     assert predicted["web.export.bundle"] == predicted["bundle.export_text"]
     assert predicted["bundle.export_vision"] < predicted["bundle.export_text"]
-    assert max(predicted.values()) < 20 * GIB
+    assert max(peak for step, peak in predicted.items() if step != "bundle.parity") < 20 * GIB
+    assert 21 * GIB < predicted["bundle.parity"] < 23 * GIB
     # The prediction is a fact of the plan, never a parameter: no step key depends on it.
     assert all("memory" not in step.params_json and "peak" not in step.params_json for step in plan.steps)
 

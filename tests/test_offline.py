@@ -41,7 +41,8 @@ def test_plan_of_a_hub_manifest_works_offline_from_reference_data(manifest, how,
 def test_the_offline_plan_shows_the_memory_refusal():
     result = run_cli("plan", "manifests/medgemma-1.5-litertlm.yaml", cwd=ROOT)
     refused = [line for line in result.stdout.splitlines() if "`build` would refuse it" in line]
-    assert any("bundle.export_text" in line and "72.6 GiB" in line for line in refused), result.stdout
+    # MODELFORGE_MEMORY_LIMIT is 16 GiB here (run_cli); the 4B text export needs about 17 GiB.
+    assert any("bundle.export_text" in line and "17.1 GiB" in line for line in refused), result.stdout
 
 
 def test_diff_of_a_hub_manifest_works_offline(tmp_path, snapshot):
