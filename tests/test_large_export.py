@@ -27,8 +27,11 @@ components:
   text_decoder: {match: ["language_model.*"], description: Gemma 3 decoder.}
   vision_encoder: {match: ["vision_tower.*"], description: SigLIP.}
   projector: {match: ["multi_modal_projector.*"], description: Projector.}
+weights:
+  - {kind: drop, components: [vision_encoder, projector]}
 files:
   carry: [tokenizer.model, tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja]
+  drop: [added_tokens.json, generation_config.json, preprocessor_config.json, processor_config.json]
 targets:
   bundle:
     kind: litertlm
