@@ -225,9 +225,9 @@ def quantize(request: dict) -> dict:
 
 
 def parity(request: dict) -> dict:
-    from modelforge.steps.parity_impl import run_parity
+    from modelforge.steps.parity_impl import PHASES
 
-    return run_parity(request)
+    return PHASES[request["phase"]](request)
 
 
 ACTIONS = {"export": export, "quantize": quantize, "parity": parity}
@@ -307,7 +307,7 @@ def launch(request: dict, scratch: Path, progress, label: str) -> dict:
 
     from modelforge.errors import StepFailed
 
-    job = scratch / f"job-{request['action']}"
+    job = scratch / "-".join(["job", request["action"], *([request["phase"]] if "phase" in request else [])])
     job.mkdir(parents=True, exist_ok=True)
     (job / "request.json").write_text(json.dumps(request, indent=1, sort_keys=True))
     env = {**os.environ, "MODELFORGE_PARENT_PID": str(os.getpid()), "PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

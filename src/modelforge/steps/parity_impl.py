@@ -2,11 +2,16 @@
 process: teacher-forced greedy decoding on chat prompts (next-token logits compared step by step)
 and, for multimodal exports, the vision encoder + adapter (fed the runtime's [0, 1] pixels) against
 the vision tower + projector (fed the processor's pixels), and the packaged .litertlm answering an
-image prompt through the LiteRT-LM runtime against PyTorch with the processor's preprocessing."""
+image prompt through the LiteRT-LM runtime against PyTorch with the processor's preprocessing.
+
+The check runs as separate worker processes, one per phase (`PHASES`), each handing the next its
+figures through files in the step's scratch directory: the text reference, the multimodal
+reference, the LiteRT-LM runtime and the exported graphs never share a process, so the peak is the
+largest phase, not the sum of what each leaves behind (at MedGemma 4B: a 15.5 GB and a 17.2 GB
+float32 reference, a 4 GB int8 decoder in the runtime and again in the interpreter)."""
 
 from __future__ import annotations
 
-import gc
 import math
 from pathlib import Path
 
@@ -35,9 +40,14 @@ class TfliteDecoder:
         self.decode = self.interpreter.get_signature_runner("decode")
         details = self.decode.get_input_details()
         self.cache_names = sorted(name for name in details if name.startswith("kv_cache"))
-        self.cache = {name: np.zeros(details[name]["shape"], dtype=details[name]["dtype"]) for name in self.cache_names}
+        self._cache_details = {name: (details[name]["shape"], details[name]["dtype"]) for name in self.cache_names}
+        self.reset()
         self.cache_length = int(details["mask"]["shape"][-1])
         self.prefill_lengths = sorted(int(name.split("_")[1]) for name in self.signatures if name.startswith("prefill_"))
+
+    def reset(self) -> None:
+        """An empty KV cache: the next prefill starts a new conversation."""
+        self.cache = {name: np.zeros(shape, dtype=dtype) for name, (shape, dtype) in self._cache_details.items()}
 
     def _embed(self, tokens: list[int]) -> np.ndarray:
         rows = [self.embedder(token_ids=np.array([[token]], dtype=np.int32))["embeddings"] for token in tokens]
@@ -99,40 +109,50 @@ def load_reference(checkpoint: Path, part: str, auto_class: str):
     return model.eval()
 
 
-def text_parity(checkpoint: Path, models_dir: Path, prompts: list[str], steps: int) -> dict:
-    import gc
-
+def text_reference(request: dict) -> dict:
+    """Phase `text_reference`: PyTorch's greedy tokens and next-token logits on the chat prompts
+    (float32, as computed), saved for the graphs phase."""
     import torch
     from transformers import AutoTokenizer
 
+    checkpoint = Path(request["checkpoint"])
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = load_reference(checkpoint, "text", "AutoModelForCausalLM")
-    # The reference runs first and only its logits (steps × vocabulary per prompt) are kept, so the
-    # PyTorch model is gone before the interpreter maps the exported graphs: the two never coexist.
-    references = []
-    for prompt in prompts:
+    arrays = {}
+    for index, prompt in enumerate(request["prompts"]):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         with torch.no_grad():
             generated = model.generate(
-                torch.tensor([ids]), max_new_tokens=steps, do_sample=False, output_logits=True,
-                return_dict_in_generate=True, min_new_tokens=steps, pad_token_id=tokenizer.pad_token_id,
+                torch.tensor([ids]), max_new_tokens=request["steps"], do_sample=False, output_logits=True,
+                return_dict_in_generate=True, min_new_tokens=request["steps"], pad_token_id=tokenizer.pad_token_id,
             )
-        references.append((ids, generated.sequences[0, len(ids):].tolist(), [logits[0].double().numpy() for logits in generated.logits]))
+        arrays[f"ids_{index}"] = np.array(ids, dtype=np.int64)
+        arrays[f"tokens_{index}"] = generated.sequences[0, len(ids):].numpy().astype(np.int64)
+        arrays[f"logits_{index}"] = np.stack([logits[0].float().numpy() for logits in generated.logits])
         del generated
-    del model
-    gc.collect()
+    np.savez(_references(request) / "text.npz", **arrays)
+    return {}
+
+
+def text_parity(models_dir: Path, references: Path, prompts: int) -> dict:
+    """The exported decoder teacher-forced along PyTorch's greedy tokens: logits compared step by
+    step. One interpreter serves every prompt (its KV cache emptied between them)."""
+    saved = np.load(references)
+    decoder = TfliteDecoder(models_dir)
     max_abs, agreements, kls, total, greedy_identical_steps = 0.0, 0, [], 0, []
-    for ids, reference_tokens, reference_logits in references:
-        decoder = TfliteDecoder(models_dir)
+    for index in range(prompts):
+        ids, reference_tokens = saved[f"ids_{index}"].tolist(), saved[f"tokens_{index}"].tolist()
+        reference_logits = saved[f"logits_{index}"].astype(np.float64)
+        decoder.reset()
         decoder.prefill(ids[:-1])
         token, position, identical = ids[-1], len(ids) - 1, 0
         still_identical = True
-        for index, reference_token in enumerate(reference_tokens):
+        for step, reference_token in enumerate(reference_tokens):
             if position >= decoder.cache_length:
                 break
             exported = decoder.step(token, position)
-            reference = reference_logits[index]
+            reference = reference_logits[step]
             max_abs = max(max_abs, float(np.abs(exported - reference).max()))
             agree = int(exported.argmax()) == int(reference.argmax())
             agreements += agree
@@ -143,15 +163,20 @@ def text_parity(checkpoint: Path, models_dir: Path, prompts: list[str], steps: i
             total += 1
             token, position = reference_token, position + 1  # teacher forcing keeps the two aligned
         greedy_identical_steps.append(identical)
-        del decoder
     return {
-        "prompts": len(prompts),
+        "prompts": prompts,
         "steps": total,
         "max_abs_logit": max_abs,
         "top1_agreement": agreements / total if total else math.nan,
         "mean_kl": float(np.mean(kls)) if kls else math.nan,
         "greedy_identical_steps": greedy_identical_steps,
     }
+
+
+def _references(request: dict) -> Path:
+    directory = Path(request["scratch_dir"]) / "references"
+    directory.mkdir(exist_ok=True)
+    return directory
 
 
 def test_cards(size: tuple[int, int], directory: Path) -> list[Path]:
@@ -227,8 +252,7 @@ def _leading_identical(reference_tokens: list[int], reply: str, tokenizer) -> in
 
 def runtime_image_answers(bundle: Path, prompt: str, steps: int, cards: list[Path]) -> list[str]:
     """The .litertlm's greedy answers through the LiteRT-LM runtime (its own image decoding, resize,
-    pixel range, prompt layout and attention), one fresh conversation per card. Run before PyTorch
-    loads the source, and the engine closed, so the two models are never in memory together."""
+    pixel range, prompt layout and attention), one fresh conversation per card."""
     import litert_lm
 
     engine = litert_lm.Engine(
@@ -248,22 +272,22 @@ def runtime_image_answers(bundle: Path, prompt: str, steps: int, cards: list[Pat
     return replies
 
 
-def runtime_image_parity(model, processor, replies: list[str], prompt: str, steps: int, stop_tokens: list[str], cards: list[Path]) -> dict:
-    """The runtime's answers against PyTorch greedy on the processor's own input_ids and
-    pixel_values. The reference attends causally inside the image block, as the runtime does
-    (measured: litert_lm 0.18.1 gives Gemma 3 no bidirectional image mask); agreement with
-    transformers' bidirectional image block (the processor's token_type_ids) is reported too."""
+def reference_image_answers(model, processor, prompt: str, steps: int, stop_tokens: list[str], cards: list[Path]) -> dict:
+    """PyTorch's greedy answers on the processor's own input_ids and pixel_values, to the first stop
+    token. "causal" attends causally inside the image block, as the runtime does (measured:
+    litert_lm 0.18.1 gives Gemma 3 no bidirectional image mask); "bidirectional" is transformers'
+    own image block (the processor's token_type_ids), reported beside it."""
     import torch
     from PIL import Image
 
     stop_ids = sorted({processor.tokenizer.convert_tokens_to_ids(token) for token in stop_tokens} - {None, processor.tokenizer.unk_token_id})
-    identical, lengths, bidirectional = [], [], []
-    for card, reply in zip(cards, replies):
+    answers = {"causal": [], "bidirectional": []}
+    for card in cards:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         with Image.open(card) as image:
             inputs = processor(text=text, images=image.convert("RGB"), return_tensors="pt", add_special_tokens=False)
-        for attention, counts in (("causal", identical), ("bidirectional", bidirectional)):
+        for attention, tokens_of in answers.items():
             arguments = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "pixel_values": inputs["pixel_values"]}
             if attention == "bidirectional":
                 arguments["token_type_ids"] = inputs["token_type_ids"]
@@ -271,38 +295,65 @@ def runtime_image_parity(model, processor, replies: list[str], prompt: str, step
                 generated = model.generate(**arguments, max_new_tokens=steps, do_sample=False, eos_token_id=stop_ids or None,
                                            pad_token_id=processor.tokenizer.pad_token_id)
             tokens = generated[0, inputs["input_ids"].shape[1]:].tolist()
-            tokens = tokens[: next((index for index, token in enumerate(tokens) if token in stop_ids), len(tokens))]
-            counts.append(_leading_identical(tokens, reply, processor.tokenizer))
-            if attention == "causal":
-                lengths.append(len(tokens))
+            tokens_of.append(tokens[: next((index for index, token in enumerate(tokens) if token in stop_ids), len(tokens))])
+    return answers
+
+
+def runtime_image_parity(answers: dict, replies: list[str], tokenizer) -> dict:
+    """The runtime's replies against PyTorch's answers (reference_image_answers), token by token."""
+    identical = [_leading_identical(tokens, reply, tokenizer) for tokens, reply in zip(answers["causal"], replies)]
+    lengths = [len(tokens) for tokens in answers["causal"]]
     return {
-        "image_prompts": len(cards),
+        "image_prompts": len(replies),
         "image_tokens": lengths,
         "image_identical_tokens": identical,
         "image_token_agreement": sum(identical) / sum(lengths) if sum(lengths) else math.nan,
-        "image_identical_tokens_bidirectional_reference": bidirectional,
+        "image_identical_tokens_bidirectional_reference": [
+            _leading_identical(tokens, reply, tokenizer) for tokens, reply in zip(answers["bidirectional"], replies)],
     }
 
 
-def run_parity(request: dict) -> dict:
-    checkpoint, models_dir = Path(request["checkpoint"]), Path(request["models_dir"])
-    report = text_parity(checkpoint, models_dir, request["prompts"], request["steps"])
-    if (models_dir / "vision_encoder.tflite").exists():
-        import torch
-        from transformers import AutoProcessor, Gemma3ForConditionalGeneration
+# The phases, in order; each runs in its own worker process (litert_parity.run) and returns
+# {"report": figures for the lock, "handoff": what later phases are given}. Arrays go through files.
 
-        processor = AutoProcessor.from_pretrained(checkpoint)
-        size = processor.image_processor.size["height"], processor.image_processor.size["width"]
-        cards = test_cards(size, Path(request["scratch_dir"]))
-        prompt = request["prompts"][0]
-        replies = runtime_image_answers(Path(request["bundle"]), prompt, request["steps"], cards) if request.get("bundle") else None
-        # The multimodal reference (at 4B, 16 GiB of float32) is alone in memory: the runtime's
-        # answers came first, the graphs run after it is freed.
-        model = Gemma3ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
-        references = vision_references(model, processor, cards)
-        if replies is not None:
-            report.update(runtime_image_parity(model, processor, replies, prompt, request["steps"], request["stop_tokens"], cards))
-        del model
-        gc.collect()
-        report.update(vision_parity(references, models_dir, cards))
+def image_reference(request: dict) -> dict:
+    """Phase `image_reference`: the test cards, PyTorch's image embeddings and answers on them."""
+    import torch
+    from transformers import AutoProcessor, Gemma3ForConditionalGeneration
+
+    checkpoint = Path(request["checkpoint"])
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    size = processor.image_processor.size["height"], processor.image_processor.size["width"]
+    cards = test_cards(size, Path(request["scratch_dir"]))
+    model = Gemma3ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    embeddings = vision_references(model, processor, cards)
+    np.savez(_references(request) / "vision.npz", *embeddings)
+    handoff = {"cards": [str(card) for card in cards]}
+    if request.get("bundle"):
+        handoff["reference_answers"] = reference_image_answers(
+            model, processor, request["prompts"][0], request["steps"], request["stop_tokens"], cards)
+    return {"handoff": handoff}
+
+
+def runtime(request: dict) -> dict:
+    """Phase `runtime`: the packaged .litertlm answers the image prompt through LiteRT-LM."""
+    from transformers import AutoTokenizer
+
+    cards = [Path(card) for card in request["cards"]]
+    replies = runtime_image_answers(Path(request["bundle"]), request["prompts"][0], request["steps"], cards)
+    tokenizer = AutoTokenizer.from_pretrained(Path(request["checkpoint"]))
+    return {"report": runtime_image_parity(request["reference_answers"], replies, tokenizer)}
+
+
+def graphs(request: dict) -> dict:
+    """Phase `graphs`: the exported graphs in the LiteRT interpreter against the saved references."""
+    models_dir, references = Path(request["models_dir"]), _references(request)
+    report = text_parity(models_dir, references / "text.npz", len(request["prompts"]))
+    if (models_dir / "vision_encoder.tflite").exists():
+        saved = np.load(references / "vision.npz")
+        embeddings = [saved[f"arr_{index}"] for index in range(len(saved.files))]
+        report.update(vision_parity(embeddings, models_dir, [Path(card) for card in request["cards"]]))
     return {"report": report}
+
+
+PHASES = {"text_reference": text_reference, "image_reference": image_reference, "runtime": runtime, "graphs": graphs}
