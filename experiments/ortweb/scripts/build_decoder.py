@@ -8,7 +8,8 @@ transformers 5.x. Two shims, each switchable, both recorded in RESULTS.md:
 - --fix-local-rope: the builder applies the global layers' linear scaling factor to the local
   (sliding) layers' cos/sin caches too; the shim resets it to 1 for the local caches.
 
-usage: python build_decoder.py INPUT OUTPUT EP [--fix-local-rope] [extra builder args...]"""
+usage: python build_decoder.py INPUT OUTPUT EP [--fix-local-rope] [extra builder args...]
+(-p fp32 unless the extra arguments give another -p: argparse keeps the last)"""
 
 import sys
 
