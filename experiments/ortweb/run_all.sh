@@ -27,3 +27,7 @@ for d in cpu-int4 cpu-int8 webgpu-int4 webgpu-int8 webgpu-fp16; do ln -s $OUT/gr
 $CAP $BROWSER_PY $HERE/scripts/run_browser.py . $OUT/browser_results_fp32.json
 $CAP $BROWSER_PY $HERE/scripts/run_browser.py . $OUT/browser_results_half.json webgpu:graphs/webgpu-fp16:ort.webgpu.min.mjs:half=1 webgpu:graphs/webgpu-int8:ort.webgpu.min.mjs:half=1 webgpu:graphs/webgpu-int4:ort.webgpu.min.mjs:half=1
 $CAP $BROWSER_PY $HERE/scripts/run_browser.py . $OUT/browser_results_quant.json webgpu:graphs/cpu-int4:ort.webgpu.min.mjs wasm:graphs/cpu-int4:ort.wasm.min.mjs webgpu:graphs/cpu-int8:ort.webgpu.min.mjs wasm:graphs/cpu-int8:ort.wasm.min.mjs
+# onnxruntime-genai's own runtime, text only (builder output with embeddings, default windowed cache)
+cd $OUT
+for n in "genai-text-fix --fix-local-rope" "genai-text-nofix"; do set -- $n; name=$1; shift; build $name cpu "$@"
+  $CAP $PY $HERE/scripts/genai_text.py builder-$name py-cpu-full-fix/cases.json; done
