@@ -228,9 +228,21 @@ class RemoteCache:
             return False
         # An unsigned, forged or untrusted record squats on the key: replace it, only if nobody
         # changed it since it was read (a conditional update on its version).
+        # Where the store has no conditional update (a local filesystem), a plain atomic overwrite:
+        # two honest pushers racing there each leave a whole, valid record.
+        from obstore.exceptions import NotSupportedError
+
         try:
             meta = self._call(f"reading record {record.key[:12]}…", obstore.head, path)
-            self._call(f"replacing record {record.key[:12]}…", obstore.put, path, data, mode={"e_tag": meta["e_tag"], "version": meta["version"]})
+            version = {name: meta[name] for name in ("e_tag", "version") if meta.get(name)}
+            try:
+                obstore.put(self.client, path, data, mode=version)
+            except (NotSupportedError, NotImplementedError):
+                self._call(f"replacing record {record.key[:12]}…", obstore.put, path, data, mode="overwrite")
+            except (FileNotFoundError, PreconditionError, AlreadyExistsError):
+                raise
+            except Exception as error:
+                raise RemoteError(f"cache {self.url}: replacing record {record.key[:12]}… failed ({_short(error)}); check the network and the credentials") from None
             return True
         except (FileNotFoundError, PreconditionError, AlreadyExistsError):
             return False  # someone else replaced it first
