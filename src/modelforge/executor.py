@@ -148,7 +148,8 @@ def run_plan(
             records[step.name] = _run_step(step, key, inputs, store, reporter, measurements)
             if remote is not None and remote.can_push:
                 try:
-                    remote.push(records[step.name], store)
+                    if remote.push(records[step.name], store):
+                        reporter.message(f"pushed {step.name} to {remote.url}")
                 except RemoteError as error:
                     reporter.message(f"warning: step {step.name} was not pushed: {error}")
             reporter.step_finished(step.name, True, time.monotonic() - started)

@@ -120,6 +120,8 @@ class RemoteCache:
                     from obstore.store import from_url
 
                     self._client = from_url(self.url, config=dict(self.options) or None)
+            except ImportError:
+                raise ConfigError(f"cache {self.url}: the remote cache needs obstore; run `pip install 'modelforge[remote]'`") from None
             except Exception as error:  # obstore's configuration errors, a file:// path it cannot create
                 raise ConfigError(f"cache {self.url}: {_short(error)}; check the URL and cache.options in modelforge.toml") from None
         return self._client

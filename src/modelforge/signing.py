@@ -20,6 +20,14 @@ KEY_TEXT = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,63}):(?P<key>[A-Za
 SIGNED_PREFIX = b"modelforge-step-record/1\n"
 
 
+def _ed25519():
+    try:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError:
+        raise ConfigError("signing cache records needs cryptography; run `pip install 'modelforge[remote]'`") from None
+    return ed25519
+
+
 @dataclass(frozen=True)
 class PublicKey:
     name: str
@@ -36,16 +44,14 @@ class SigningKey:
     seed: bytes  # 32 bytes: the private key
 
     def public(self) -> PublicKey:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        ed25519 = _ed25519()
         from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-        raw = Ed25519PrivateKey.from_private_bytes(self.seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        raw = ed25519.Ed25519PrivateKey.from_private_bytes(self.seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         return PublicKey(self.name, raw)
 
     def sign(self, message: bytes) -> str:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        return base64.b64encode(Ed25519PrivateKey.from_private_bytes(self.seed).sign(SIGNED_PREFIX + message)).decode()
+        return base64.b64encode(_ed25519().Ed25519PrivateKey.from_private_bytes(self.seed).sign(SIGNED_PREFIX + message)).decode()
 
 
 def parse_public_key(text: str) -> PublicKey:
@@ -57,12 +63,12 @@ def parse_public_key(text: str) -> PublicKey:
 
 
 def verify(public: PublicKey, message: bytes, signature: str) -> bool:
+    ed25519 = _ed25519()
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     try:
         raw = base64.b64decode(signature, validate=True)
-        Ed25519PublicKey.from_public_bytes(public.raw).verify(raw, SIGNED_PREFIX + message)
+        ed25519.Ed25519PublicKey.from_public_bytes(public.raw).verify(raw, SIGNED_PREFIX + message)
         return True
     except (InvalidSignature, binascii.Error, ValueError):
         return False
