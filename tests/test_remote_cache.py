@@ -286,6 +286,16 @@ def test_a_multipart_upload_killed_between_parts_is_invisible_and_a_retry_comple
     assert done.returncode == 0 and "pushed" in done.stdout, done.stderr
     assert _visible_is_whole(team) == {key}
     assert hashlib.sha256(get_raw(team, object_path(sha))).hexdigest() == sha
+    # gc --remote keeps what a lock pins, deletes the rest, and (file://) the killed upload's staging file.
+    machine(team, "a")
+    pinned = {key for key, _ in remote_of(team).records()} - {key}
+    collected = caching.gc_remote(team, grace=0)
+    assert collected.records == 1
+    assert {key for key, _ in remote_of(team).records()} == pinned
+    assert _visible_is_whole(team) == pinned
+    if remote_of(team).url.startswith("file://"):
+        leftovers = list(Path(remote_of(team).url.removeprefix("file://")).rglob("*#*"))
+        assert leftovers == []
 
 
 def test_two_pushers_racing_write_each_record_exactly_once(team):

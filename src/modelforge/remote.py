@@ -313,6 +313,29 @@ class RemoteCache:
             size += len(chunk)
         return digest.hexdigest(), size
 
+    def sweep_partial_uploads(self, older_than: float, dry_run: bool = False) -> tuple[int, int]:
+        """file:// only: a multipart upload killed mid-way leaves its staging file (`<sha>#<n>`)
+        beside where the object would be; listings never show it, so remove those older than
+        older_than seconds here. (S3, GCS and Azure keep such parts invisible until a lifecycle
+        rule aborts them.) Returns (files, bytes)."""
+        parsed = urlparse(self.url)
+        if parsed.scheme != "file":
+            return 0, 0
+        import time
+
+        count = size = 0
+        for path in (Path(parsed.path) / "objects").glob("*/*#*"):
+            try:
+                status = path.stat()
+                if time.time() - status.st_mtime < older_than:
+                    continue
+                if not dry_run:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
+            count, size = count + 1, size + status.st_size
+        return count, size
+
     def delete(self, path: str) -> None:
         import obstore
 

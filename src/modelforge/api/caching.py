@@ -316,9 +316,10 @@ def gc_local(*, store_dir: Path | None = None, older_than: float | None = None, 
     return collected
 
 
-def gc_remote(root: Path, *, cache: str | None = None, dry_run: bool = False) -> Collected:
+def gc_remote(root: Path, *, cache: str | None = None, dry_run: bool = False, grace: float = GRACE_SECONDS) -> Collected:
     """Delete remote records whose key no lock under root/lock/ pins, then objects that no
-    remaining record names (older than an hour: a push in flight writes objects before its record)."""
+    remaining record names and the leftovers of killed uploads, older than grace seconds (a push
+    in flight writes objects before its record)."""
     remote = _required_remote(root, cache)
     if remote.read_only:
         raise RemoteError(f"cache {remote.url} is read-only here; collect its garbage from a machine that may write it")
@@ -338,10 +339,13 @@ def gc_remote(root: Path, *, cache: str | None = None, dry_run: bool = False) ->
     now = time.time()
     for meta in list(remote.entries("objects/")):
         name = meta["path"].rsplit("/", 1)[-1]
-        if name in names or now - meta["last_modified"].timestamp() < GRACE_SECONDS:
+        if name in names or now - meta["last_modified"].timestamp() < grace:
             continue
         if not dry_run:
             remote.delete(meta["path"])
         collected.objects += 1
         collected.bytes += meta["size"]
+    partial, size = remote.sweep_partial_uploads(grace, dry_run)
+    collected.objects += partial
+    collected.bytes += size
     return collected
