@@ -330,6 +330,7 @@ def test_a_bad_trusted_key_and_a_bad_url_are_refused(tmp_path):
     (project / "modelforge.toml").write_text('[cache]\nurl = "s3://bucket/x"\ntrusted_keys = ["ci-1:notakey"]\n')
     with pytest.raises(ConfigError, match=r"cache.trusted_keys: 'ci-1:notakey' is not a public key"):
         caching.remote_for(project)
+    (project / "modelforge.toml").write_text("[cache]\n")
     with pytest.raises(ConfigError, match=r"the scheme must be one of s3://"):
         caching.remote_for(project, cache="http://example.com/cache")
 
@@ -355,3 +356,60 @@ def test_cli_keygen_then_a_build_through_the_cli_pushes_and_a_second_pulls(tmp_p
             cwd=project, env=environment, capture_output=True, text=True, timeout=300,
         )
         assert run.returncode == 0 and expected in run.stdout, run.stdout + run.stderr
+
+
+def test_an_unreachable_cache_is_one_warning_and_the_build_goes_on_locally(team, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    result, messages = machine(team, "a", cache="s3://nobody-home/cache")
+    assert set(result.ran) == STEPS
+    warnings = [line for line in messages if "goes on without the remote cache" in line]
+    assert len(warnings) == 1 and "check the network" in warnings[0], messages
+
+
+# ------------------------------------------------------------------------------------------- gc
+
+
+def test_local_gc_forgets_records_by_age_and_then_by_size_and_a_rebuild_runs_only_those(team):
+    from modelforge.lock import read_lock
+
+    machine(team, "a", cache="")
+    built = tree(team.parent / "a" / "dist")
+    store_dir = team.parent / "a" / "store"
+    keys = {name: step.key for name, step in read_lock(team / "lock" / "tiny-medgemma-text-only.lock").steps.items()}
+    old = time.time() - 40 * 86400
+    record_file = store_dir / "steps" / keys["files"][:2] / f"{keys['files']}.json"
+    os.utime(record_file, (old, old))
+    collected = caching.gc_local(store_dir=store_dir, older_than=caching.parse_duration("30d"), grace=0)
+    assert collected.records == 1  # its objects stay: `text` (assemble) names the same carried files
+    again, _ = machine(team, "a", cache="")
+    assert again.ran == ["files"]
+    # By size: nothing fits in 1 byte, so every record goes, least recently used first, with every object.
+    collected = caching.gc_local(store_dir=store_dir, max_size=1, grace=0)
+    assert collected.records == len(STEPS)
+    assert list((store_dir / "objects").rglob("*/*")) == []
+    rebuilt, _ = machine(team, "a", cache="")
+    assert set(rebuilt.ran) == STEPS
+    assert tree(team.parent / "a" / "dist") == built
+
+
+def test_cache_verify_through_the_cli_names_a_damaged_object_and_exits_7(team):
+    machine(team, "a")
+    record = remote_of(team).lookup(record_key(team, "config")).record
+    (item,) = record.outputs.values()
+    put_raw(team, object_path(item.sha256), b"not the config\n")
+    run = _cli("cache", "verify", cwd=team)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 7, out + err
+    assert f"DAMAGED objects/{item.sha256[:2]}/{item.sha256}: its content hashes to" in err
+    # The object, and each record naming it (the config step's, and the assembled checkpoint's).
+    assert err.strip().splitlines()[-1].startswith("error: 3 problem(s) in the remote cache; builds ignore these entries")
+    assert err.count("but missing or damaged") == 2

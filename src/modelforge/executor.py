@@ -100,11 +100,18 @@ def statuses(
             reason = explain(parts, previous_steps.get(step.name))
             if record is not None:
                 reason = "output damaged or missing in the store"
-            if remote is not None and remote.lookup(key).record is not None:
+            if remote is not None and _in_remote(remote, key):
                 result.append(NodeStatus(step.name, step.kind, key, parts, False, f"in the remote cache {remote.url}", remote=True))
                 continue
             result.append(NodeStatus(step.name, step.kind, key, parts, False, reason))
     return result
+
+
+def _in_remote(remote: RemoteCache, key: str) -> bool:
+    try:
+        return remote.lookup(key).record is not None
+    except RemoteError:
+        return False  # out of reach: the build will say so, and run the step
 
 
 def run_plan(
@@ -136,7 +143,12 @@ def run_plan(
                 continue
             started = time.monotonic()
             if remote is not None:
-                pulled = remote.fetch(key, store, lambda problem, name=step.name: reporter.message(f"warning: step {name}: {problem}"))
+                try:
+                    pulled = remote.fetch(key, store, lambda problem, name=step.name: reporter.message(f"warning: step {name}: {problem}"))
+                except RemoteError as error:
+                    # The cache is an optimization: out of reach, the build goes on without it.
+                    reporter.message(f"warning: {error}; this build goes on without the remote cache")
+                    pulled = remote = None
                 if pulled is not None:
                     reporter.step_pulled(step.name, step.kind, sum(item.size for item in pulled.outputs.values()))
                     reporter.step_finished(step.name, False, time.monotonic() - started)

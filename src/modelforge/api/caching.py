@@ -273,7 +273,10 @@ class Collected:
 GRACE_SECONDS = 3600
 
 
-def gc_local(*, store_dir: Path | None = None, older_than: float | None = None, max_size: int | None = None, dry_run: bool = False) -> Collected:
+def gc_local(
+    *, store_dir: Path | None = None, older_than: float | None = None, max_size: int | None = None, dry_run: bool = False,
+    grace: float = GRACE_SECONDS,
+) -> Collected:
     """Forget records unused for older_than seconds, then the least recently used until the
     objects they keep fit in max_size bytes; then remove objects no remaining record names."""
     store = Store(store_dir or default_store_dir())
@@ -305,7 +308,7 @@ def gc_local(*, store_dir: Path | None = None, older_than: float | None = None, 
             collected.records += 1
         names = set().union(*(kept[key] for key in kept if key not in removed)) if kept else set()
         for sha, (size, mtime) in objects.items():
-            if sha in names or now - mtime < GRACE_SECONDS:
+            if sha in names or now - mtime < grace:
                 continue
             if not dry_run:
                 store.remove_object(sha)
