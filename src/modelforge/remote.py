@@ -11,6 +11,10 @@ Pulling a step: its record, accepted only when a key the project trusts signed i
 the local store lacks, streamed into the store's scratch, re-hashed, and adopted only when it hashes
 to its name. Objects are trusted by their hash alone; records by their signature alone.
 
+A remote record is JSON: {"format": "modelforge-step-record/1", "record": {key, kind, outputs:
+{name: {sha256, size}}}, "signature": {"key": "name:base64 public key", "value": base64 ed25519
+signature of the prefix "modelforge-step-record/1\n" and the record's canonical JSON}}.
+
 The client is obstore (Apache Arrow's Rust object_store): one API with the same guarantees on S3,
 GCS, Azure and a local filesystem: atomic puts, conditional create and update, streamed multipart.
 Imports store, hashing, signing, errors; obstore is imported on first use."""
