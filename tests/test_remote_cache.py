@@ -113,6 +113,8 @@ def get_raw(project: Path, path: str) -> bytes:
 def test_a_second_machine_pulls_every_step_instead_of_running_it(team):
     first, _ = machine(team, "a")
     assert set(first.ran) == STEPS
+    planned = api.plan(team / MANIFEST, store_dir=team.parent / "b" / "store")
+    assert {status.name for status in planned.statuses if status.remote and not status.cached} == STEPS
     second, messages = machine(team, "b")
     assert second.ran == [] and set(second.pulled) == STEPS, messages
     assert tree(team / "b" / "dist") == tree(team / "a" / "dist")

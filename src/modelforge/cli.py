@@ -215,19 +215,22 @@ def check_lines(checks: dict) -> list[str]:
 @manifest_argument
 @source_dir_option
 @store_option
+@cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @_handle_errors
-def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, as_json: bool) -> None:
-    """Show what `build` would run, and why. Imports no model library."""
+def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, cache: str | None, as_json: bool) -> None:
+    """Show what `build` would run (or pull from the remote cache), and why. Imports no model library."""
     from modelforge import api
 
-    report = api.plan(manifest, source_dir=source_dir, store_dir=store_dir)
+    report = api.plan(manifest, source_dir=source_dir, store_dir=store_dir, cache=cache)
     if as_json:
         import json
 
         click.echo(json.dumps({
             "manifest": report.project.manifest.name,
-            "steps": [{"name": s.name, "kind": s.kind, "key": s.key, "cached": s.cached, "reason": s.reason} for s in report.statuses],
+            "steps": [
+                {"name": s.name, "kind": s.kind, "key": s.key, "cached": s.cached, "reason": s.reason, "remote": s.remote} for s in report.statuses
+            ],
             "targets": {t.name: t.node for t in report.plan.targets},
             "coverage": report.plan.facts["coverage"],
             "memory": report.plan.facts.get("memory", {}),
@@ -246,7 +249,7 @@ def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, as_jso
     name_width = max([len(status.name) for status in report.statuses] + [len(name) for name in report.plan.facts.get("memory", {})] + [1])
     kind_width = max([len(status.kind) for status in report.statuses] + [1])
     for status in report.statuses:
-        state = "cached" if status.cached else "run   "
+        state = "cached" if status.cached else ("pull  " if status.remote else "run   ")
         key = "(reference) " if report.planned_from else status.key[:12]
         reason = "planned from reference data" if report.planned_from else status.reason
         click.echo(f"  {state} {status.name:<{name_width}} {status.kind:<{kind_width}} {key}  {'' if status.cached else reason}".rstrip())

@@ -1,6 +1,6 @@
 """What the CLI calls, one module per verb, with no printing (a Reporter receives progress).
-Imports run one way: verifying → building → caching, locking → planning → gathering → project
-(schema stands alone; caching needs only project); below them executor, planner, store, lock, manifest; never torch. This file only re-exports."""
+Imports run one way: verifying → building → locking → planning → caching, gathering → project
+(schema stands alone); below them executor, planner, store, lock, manifest; never torch. This file only re-exports."""
 
 from modelforge.api.building import BuildResult, build, describe_materialized
 from modelforge.api import caching
