@@ -24,6 +24,9 @@ def isolated_environment(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    # No test may push to or pull from a developer's shared cache, or sign with their key.
+    monkeypatch.delenv("MODELFORGE_CACHE", raising=False)
+    monkeypatch.setenv("MODELFORGE_SIGNING_KEY", str(home / "no-signing-key"))
 
 
 @pytest.fixture

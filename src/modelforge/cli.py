@@ -71,6 +71,11 @@ source_dir_option = click.option(
     "--source-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Use this local copy of the source instead of fetching it (checked against the lock).",
 )
+cache_option = click.option(
+    "--cache", default=None, metavar="URL",
+    help="The shared remote cache: s3://, gs://, az:// or file:// URL ('' for none; default: env MODELFORGE_CACHE, "
+    "else cache.url in modelforge.toml).",
+)
 store_option = click.option(
     "--store", "store_dir", type=click.Path(file_okay=False, path_type=Path), envvar="MODELFORGE_STORE", default=None,
     help="The content-addressed store (default: the user cache directory; env MODELFORGE_STORE).",
@@ -121,8 +126,13 @@ class RichReporter:
         self._stop()
         if ran:
             self.console.print(f"[green]done[/green]   {name} in {seconds:.1f}s")
-        elif self.verbose:
+        elif self.verbose and getattr(self, "_pulled", None) != name:
             self.console.print(f"[dim]cached {name}[/dim]")
+
+    def step_pulled(self, name: str, kind: str, size: int) -> None:
+        self._stop()
+        self._pulled = name  # its step_finished says nothing more
+        self.console.print(f"[cyan]pulled[/cyan] {name} ({kind}) from the remote cache, {size / 2**20:.1f} MiB, re-hashed")
 
     def message(self, text: str) -> None:
         self._stop()
@@ -141,20 +151,27 @@ def main() -> None:
 @source_dir_option
 @store_option
 @click.option("--frozen", is_flag=True, help="Refuse to build if the lockfile is out of date; do not rewrite it.")
+@cache_option
+@click.option("--cache-read-only", is_flag=True, help="Pull from the remote cache but never push (untrusted builds: pull requests).")
 @click.option(
     "--memory-limit", default=None, metavar="SIZE",
     help="Memory a step may use, e.g. 16GiB or 16GB (default: env MODELFORGE_MEMORY_LIMIT, else the physical memory); "
     "a step predicted to need more is refused before anything runs.",
 )
 @_handle_errors
-def build(manifest: Path, out: Path | None, source_dir: Path | None, store_dir: Path | None, frozen: bool, memory_limit: str | None) -> None:
-    """Build every target of MANIFEST, reusing what the store already has."""
+def build(
+    manifest: Path, out: Path | None, source_dir: Path | None, store_dir: Path | None, frozen: bool, cache: str | None,
+    cache_read_only: bool, memory_limit: str | None,
+) -> None:
+    """Build every target of MANIFEST, reusing what the store (then the remote cache) already has."""
     from modelforge import api
 
     result = api.build(
-        manifest, out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, reporter=RichReporter(), memory_limit=memory_limit
+        manifest, out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, reporter=RichReporter(), memory_limit=memory_limit,
+        cache=cache, cache_read_only=cache_read_only,
     )
-    click.echo(f"built {len(result.plan.targets)} target(s) into {result.out_dir}: {len(result.ran)} step(s) ran, {len(result.cached)} cached")
+    pulled = f" ({len(result.pulled)} pulled from the remote cache)" if result.pulled else ""
+    click.echo(f"built {len(result.plan.targets)} target(s) into {result.out_dir}: {len(result.ran)} step(s) ran, {len(result.cached)} cached{pulled}")
     for line in check_lines(result.checks):
         click.echo(line)
     if result.lock_written:
@@ -198,19 +215,22 @@ def check_lines(checks: dict) -> list[str]:
 @manifest_argument
 @source_dir_option
 @store_option
+@cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @_handle_errors
-def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, as_json: bool) -> None:
-    """Show what `build` would run, and why. Imports no model library."""
+def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, cache: str | None, as_json: bool) -> None:
+    """Show what `build` would run (or pull from the remote cache), and why. Imports no model library."""
     from modelforge import api
 
-    report = api.plan(manifest, source_dir=source_dir, store_dir=store_dir)
+    report = api.plan(manifest, source_dir=source_dir, store_dir=store_dir, cache=cache)
     if as_json:
         import json
 
         click.echo(json.dumps({
             "manifest": report.project.manifest.name,
-            "steps": [{"name": s.name, "kind": s.kind, "key": s.key, "cached": s.cached, "reason": s.reason} for s in report.statuses],
+            "steps": [
+                {"name": s.name, "kind": s.kind, "key": s.key, "cached": s.cached, "reason": s.reason, "remote": s.remote} for s in report.statuses
+            ],
             "targets": {t.name: t.node for t in report.plan.targets},
             "coverage": report.plan.facts["coverage"],
             "memory": report.plan.facts.get("memory", {}),
@@ -229,7 +249,7 @@ def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, as_jso
     name_width = max([len(status.name) for status in report.statuses] + [len(name) for name in report.plan.facts.get("memory", {})] + [1])
     kind_width = max([len(status.kind) for status in report.statuses] + [1])
     for status in report.statuses:
-        state = "cached" if status.cached else "run   "
+        state = "cached" if status.cached else ("pull  " if status.remote else "run   ")
         key = "(reference) " if report.planned_from else status.key[:12]
         reason = "planned from reference data" if report.planned_from else status.reason
         click.echo(f"  {state} {status.name:<{name_width}} {status.kind:<{kind_width}} {key}  {'' if status.cached else reason}".rstrip())
@@ -402,6 +422,133 @@ def serve(bundle: Path, host: str, port: int, quiet: bool) -> None:
         server.wait()
     finally:
         server.close()
+
+
+
+# ---------------------------------------------------------------------------------------- cache
+project_option = click.option(
+    "--project", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+    help="The project root (where modelforge.toml and lock/ are).",
+)
+
+
+@main.group()
+def cache() -> None:
+    """The shared remote cache: keys, push, pull, ls, verify, gc (see README, "Working as a team")."""
+
+
+@cache.command()
+@click.argument("name")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where the private key goes (default: env MODELFORGE_SIGNING_KEY, else the user config directory); never inside a repository.")
+@_handle_errors
+def keygen(name: str, out: Path | None) -> None:
+    """Make an ed25519 key pair for signing what this machine pushes; print the public key to trust."""
+    from modelforge.api import caching
+
+    path, public = caching.keygen(name, out)
+    click.echo(f"wrote the private key {path} (mode 0600; keep it off the repository)")
+    click.echo("trust it: add this line's key to modelforge.toml, under [cache]:")
+    click.echo(f'trusted_keys = ["{public.text}"]')
+
+
+@cache.command("push")
+@click.argument("lockfiles", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@cache_option
+@store_option
+@_handle_errors
+def cache_push(lockfiles: tuple[Path, ...], cache: str | None, store_dir: Path | None) -> None:
+    """Push the steps of each LOCKFILE that the local store holds: objects, then signed records."""
+    from modelforge.api import caching
+
+    for lockfile in lockfiles:
+        result = caching.push(lockfile, cache=cache, store_dir=store_dir)
+        missing = f"; not in the local store (build first): {', '.join(result.missing)}" if result.missing else ""
+        click.echo(f"{lockfile}: {len(result.done)} step(s) pushed, {len(result.present)} already there{missing}")
+
+
+@cache.command("pull")
+@click.argument("lockfile", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@cache_option
+@store_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where targets are laid out (default: dist/<manifest name>/).")
+@click.option("--all", "every_step", is_flag=True, help="Pull every step of the lock, not only those that make its targets.")
+@_handle_errors
+def cache_pull(lockfile: Path, cache: str | None, store_dir: Path | None, out: Path | None, every_step: bool) -> None:
+    """Pull what LOCKFILE's targets need and lay them out, checked against the lock: outputs without building."""
+    from modelforge.api import caching
+
+    result = caching.pull(lockfile, cache=cache, store_dir=store_dir, out=out, every_step=every_step, reporter=RichReporter())
+    click.echo(f"pulled {len(result.done)} step(s), {len(result.present)} already local; targets in {result.out_dir}, matching {lockfile}")
+
+
+@cache.command("ls")
+@cache_option
+@project_option
+@_handle_errors
+def cache_ls(cache: str | None, project: Path) -> None:
+    """List the remote's step records: key, kind, size, who signed it, and which locks pin it."""
+    from modelforge.api import caching
+
+    entries = caching.ls(project, cache=cache)
+    for entry in entries:
+        names = ", ".join(entry.steps) or "(no lock here)"
+        click.echo(f"{entry.key[:16]}  {entry.kind or '?':<20} {entry.size / 2**20:>9.1f} MiB  {entry.trust}  {names}")
+    click.echo(f"{len(entries)} record(s)")
+
+
+@cache.command("verify")
+@cache_option
+@project_option
+@click.option("--delete-damaged", is_flag=True, help="Delete remote objects that do not hash to their names.")
+@_handle_errors
+def cache_verify(cache: str | None, project: Path, delete_damaged: bool) -> None:
+    """Re-hash every remote object and check every record's signature and objects."""
+    from modelforge.api import caching
+
+    checked, problems = caching.verify_remote(project, cache=cache, delete_damaged=delete_damaged)
+    for problem in problems:
+        click.echo(f"DAMAGED {problem.path}: {problem.problem}", err=True)
+    if problems:
+        from modelforge.errors import RemoteError
+
+        raise RemoteError(
+            f"{len(problems)} problem(s) in the remote cache; builds ignore these entries and run the steps locally"
+            + ("" if delete_damaged else "; `modelforge cache verify --delete-damaged` removes damaged objects")
+        )
+    click.echo(f"ok: {checked} object(s) re-hashed, every record signed by a trusted key with its objects present")
+
+
+@cache.command("gc")
+@click.option("--remote", "remote_too", is_flag=True, help="Collect the remote cache instead: records no lock under lock/ pins, and objects no remaining record names.")
+@click.option("--older-than", default=None, metavar="AGE", help="Local: forget records unused for this long (90m, 12h, 30d).")
+@click.option("--max-size", default=None, metavar="SIZE", help="Local: then forget the least recently used until the objects fit (50GiB).")
+@click.option("--dry-run", is_flag=True, help="Say what would go; remove nothing.")
+@cache_option
+@store_option
+@project_option
+@_handle_errors
+def cache_gc(remote_too: bool, older_than: str | None, max_size: str | None, dry_run: bool, cache: str | None, store_dir: Path | None, project: Path) -> None:
+    """Collect garbage: the local store by age and size, or (--remote) the remote cache by the locks under lock/."""
+    from modelforge.api import caching
+    from modelforge.memory import parse_size
+
+    if remote_too:
+        collected = caching.gc_remote(project, cache=cache, dry_run=dry_run)
+        where = "remote cache"
+    else:
+        if older_than is None and max_size is None:
+            raise click.UsageError("say what to collect: --older-than AGE and/or --max-size SIZE (or --remote)")
+        try:
+            limit = parse_size(max_size) if max_size is not None else None
+        except ValueError:
+            raise click.UsageError(f"--max-size {max_size!r} is not a size (like 50GiB or 50GB)") from None
+        collected = caching.gc_local(
+            store_dir=store_dir, older_than=caching.parse_duration(older_than) if older_than else None, max_size=limit, dry_run=dry_run
+        )
+        where = "local store"
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{where}: {verb} {collected.records} record(s) and {collected.objects} object(s), {collected.bytes / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

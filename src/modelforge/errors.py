@@ -55,3 +55,11 @@ class StoreError(ModelforgeError):
     """The store is unusable (permissions, disk full, damaged objects that cannot be rebuilt)."""
 
     exit_code = 7
+
+
+class ConfigError(ManifestError):
+    """The project's modelforge.toml, a cache URL or a key file is invalid."""
+
+
+class RemoteError(StoreError):
+    """The remote cache cannot be reached, refused a request, or lacks what a lock needs."""

@@ -1,8 +1,9 @@
 """The executor: runs a plan against a store. A step whose key has a record with intact objects
-is skipped; otherwise it runs in a scratch directory, its outputs move into the store under their
-hashes, and its record is written last (so a crash never leaves a record without its objects).
-It never prints: it reports to a Reporter, and it says why each step ran, doit-style.
-Imports plan, store, steps, errors; heavy imports happen inside the steps."""
+is skipped; else, with a remote cache, its trusted record and re-hashed objects are pulled into the
+store; only when both miss does it run, in a scratch directory: its outputs move into the store
+under their hashes, and its record is written last (so a crash never leaves a record without its
+objects); then it is pushed. It never prints: it reports to a Reporter, and it says why each step
+ran, doit-style. Imports plan, store, remote, steps, errors; heavy imports happen inside the steps."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
-from modelforge.errors import ModelforgeError, SourceError, StepFailed, StoreError
+from modelforge.errors import ModelforgeError, RemoteError, SourceError, StepFailed, StoreError
 from modelforge.hashing import hash_file
 from modelforge.plan import Plan, StepNode, compute_keys
+from modelforge.remote import RemoteCache
 from modelforge.steps import STEPS
 from modelforge.steps.base import InputFile, StepContext
 from modelforge.store import (
@@ -36,6 +38,7 @@ class Reporter(Protocol):
     def step_started(self, name: str, kind: str, reason: str) -> None: ...
     def step_progress(self, name: str, done: int, total: int, message: str) -> None: ...
     def step_finished(self, name: str, ran: bool, seconds: float) -> None: ...
+    def step_pulled(self, name: str, kind: str, size: int) -> None: ...
     def message(self, text: str) -> None: ...
 
 
@@ -43,6 +46,7 @@ class SilentReporter:
     def step_started(self, name: str, kind: str, reason: str) -> None: ...
     def step_progress(self, name: str, done: int, total: int, message: str) -> None: ...
     def step_finished(self, name: str, ran: bool, seconds: float) -> None: ...
+    def step_pulled(self, name: str, kind: str, size: int) -> None: ...
     def message(self, text: str) -> None: ...
 
 
@@ -54,6 +58,7 @@ class NodeStatus:
     parts: Mapping[str, Any]
     cached: bool
     reason: str  # why it would run (or "cached")
+    remote: bool = False  # not in the local store, but a trusted record is in the remote cache: pulled, not run
 
 
 def explain(parts: Mapping[str, Any], previous: Mapping[str, Any] | None) -> str:
@@ -79,8 +84,11 @@ def explain(parts: Mapping[str, Any], previous: Mapping[str, Any] | None) -> str
     return "; ".join(reasons) or "output missing from the store"
 
 
-def statuses(plan: Plan, store: Store, toolchain: Mapping[str, str], previous_steps: Mapping[str, Any]) -> list[NodeStatus]:
-    """What `build` would do, without doing it: cached or not, and why."""
+def statuses(
+    plan: Plan, store: Store, toolchain: Mapping[str, str], previous_steps: Mapping[str, Any], remote: RemoteCache | None = None
+) -> list[NodeStatus]:
+    """What `build` would do, without doing it: cached or not, and why; with a remote cache, which
+    of the others it would pull (a trusted record there; its objects are checked when pulled)."""
     keys = compute_keys(plan, toolchain)
     result = []
     for step in plan.steps:
@@ -92,8 +100,18 @@ def statuses(plan: Plan, store: Store, toolchain: Mapping[str, str], previous_st
             reason = explain(parts, previous_steps.get(step.name))
             if record is not None:
                 reason = "output damaged or missing in the store"
+            if remote is not None and _in_remote(remote, key):
+                result.append(NodeStatus(step.name, step.kind, key, parts, False, f"in the remote cache {remote.url}", remote=True))
+                continue
             result.append(NodeStatus(step.name, step.kind, key, parts, False, reason))
     return result
+
+
+def _in_remote(remote: RemoteCache, key: str) -> bool:
+    try:
+        return remote.lookup(key).record is not None
+    except RemoteError:
+        return False  # out of reach: the build will say so, and run the step
 
 
 def run_plan(
@@ -104,9 +122,12 @@ def run_plan(
     previous_steps: Mapping[str, Any],
     reporter: Reporter,
     measurements: dict[str, dict[str, Any]] | None = None,
+    remote: RemoteCache | None = None,
 ) -> dict[str, StepRecord]:
     """Run every step that is not cached; return node name → record for all steps. Steps that
-    measure themselves (seconds, peak memory of a worker) leave that in `measurements`."""
+    measure themselves (seconds, peak memory of a worker) leave that in `measurements`. With a
+    remote cache, a local miss is looked up there before running, and a step that ran is pushed
+    (when the cache may be written): a failed push is a warning, never a failed build."""
     keys = compute_keys(plan, toolchain)
     records: dict[str, StepRecord] = {}
     verified_sources: set[str] = set()
@@ -116,14 +137,33 @@ def run_plan(
             record = store.get_record(key)
             damaged = record is not None and not all(store.has_object(item) for item in record.outputs.values())
             if record is not None and not damaged:
+                store.mark_used(key)
                 reporter.step_finished(step.name, False, 0.0)
                 records[step.name] = record
                 continue
+            started = time.monotonic()
+            if remote is not None:
+                try:
+                    pulled = remote.fetch(key, store, lambda problem, name=step.name: reporter.message(f"warning: step {name}: {problem}"))
+                except RemoteError as error:
+                    # The cache is an optimization: out of reach, the build goes on without it.
+                    reporter.message(f"warning: {error}; this build goes on without the remote cache")
+                    pulled = remote = None
+                if pulled is not None:
+                    reporter.step_pulled(step.name, step.kind, sum(item.size for item in pulled.outputs.values()))
+                    reporter.step_finished(step.name, False, time.monotonic() - started)
+                    records[step.name] = pulled
+                    continue
             reason = "output damaged or missing in the store" if damaged else explain(keys[step.name]["parts"], previous_steps.get(step.name))
             reporter.step_started(step.name, step.kind, reason)
-            started = time.monotonic()
             inputs = _inputs(plan, step, store, records, source_paths, verified_sources)
             records[step.name] = _run_step(step, key, inputs, store, reporter, measurements)
+            if remote is not None and remote.can_push:
+                try:
+                    if remote.push(records[step.name], store):
+                        reporter.message(f"pushed {step.name} to {remote.url}")
+                except RemoteError as error:
+                    reporter.message(f"warning: step {step.name} was not pushed: {error}")
             reporter.step_finished(step.name, True, time.monotonic() - started)
     return records
 

@@ -88,6 +88,33 @@ class StepRecord:
     outputs: Mapping[str, FileRecord]
 
 
+def parse_record(data: object, key: str) -> StepRecord | None:
+    """A record's JSON fields (the local store's file, or a remote record's body) as a StepRecord
+    for key, or None when they are anything else: damage, not a record."""
+    try:
+        outputs = {name: FileRecord(**value) for name, value in data["outputs"].items()}
+        record = StepRecord(data["key"], data["kind"], outputs)
+    except (KeyError, TypeError, AttributeError):
+        return None
+    # Names become paths (objects/<sha>, out/<name>): anything else is damage, not a record.
+    if record.key != key or not isinstance(record.kind, str) or not all(
+        _safe_relative(name) and isinstance(item.sha256, str) and SHA256.match(item.sha256)
+        and isinstance(item.size, int) and not isinstance(item.size, bool) and item.size >= 0
+        for name, item in outputs.items()
+    ):
+        return None
+    return record
+
+
+def record_fields(record: StepRecord) -> dict:
+    """The JSON fields of a record, as the store writes them (and a remote record signs them)."""
+    return {
+        "key": record.key,
+        "kind": record.kind,
+        "outputs": {name: {"sha256": value.sha256, "size": value.size} for name, value in sorted(record.outputs.items())},
+    }
+
+
 def storage_error(error: OSError, what: str) -> StoreError:
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreError(f"no space left on the device while {what}; free space or point MODELFORGE_STORE elsewhere")
@@ -167,29 +194,51 @@ class Store:
     def get_record(self, key: str) -> StepRecord | None:
         try:
             data = json.loads(self._record_path(key).read_text())
-            outputs = {name: FileRecord(**value) for name, value in data["outputs"].items()}
-            record = StepRecord(data["key"], data["kind"], outputs)
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except ValueError:
             return None  # a damaged record is a missing record: the step runs again
-        # Names become paths (objects/<sha>, out/<name>): anything else is damage, not a record.
-        if record.key != key or not all(
-            _safe_relative(name) and isinstance(item.sha256, str) and SHA256.match(item.sha256)
-            and isinstance(item.size, int) and item.size >= 0
-            for name, item in outputs.items()
-        ):
-            return None
-        return record
+        return parse_record(data, key)
 
     def put_record(self, record: StepRecord) -> None:
         path = self._record_path(record.key)
-        payload = {
-            "key": record.key,
-            "kind": record.kind,
-            "outputs": {name: {"sha256": value.sha256, "size": value.size} for name, value in sorted(record.outputs.items())},
-        }
+        payload = record_fields(record)
         write_atomic(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode(), temporary_dir=self._session_dir())
+
+    def mark_used(self, key: str) -> None:
+        """Stamp a record as just used (its mtime), which is what `cache gc --older-than` reads.
+        Best effort: a read-only store is still a store."""
+        try:
+            os.utime(self._record_path(key))
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ listing and removing (gc)
+    def record_entries(self) -> Iterator[tuple[str, float]]:
+        """(key, last used) of every record file, in no particular order."""
+        for path in (self.root / "steps").glob("*/*.json"):
+            try:
+                used = path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if SHA256.match(path.stem):
+                yield path.stem, used
+
+    def object_entries(self) -> Iterator[tuple[str, int, float]]:
+        """(sha256, size, mtime) of every object."""
+        for path in (self.root / "objects").glob("*/*"):
+            try:
+                status = path.stat()
+            except FileNotFoundError:
+                continue
+            if SHA256.match(path.name):
+                yield path.name, status.st_size, status.st_mtime
+
+    def remove_record(self, key: str) -> None:
+        self._record_path(key).unlink(missing_ok=True)
+
+    def remove_object(self, sha256: str) -> None:
+        self.object_path(sha256).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ temporaries and locks
     def _session_dir(self) -> Path:

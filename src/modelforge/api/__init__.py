@@ -1,8 +1,9 @@
 """What the CLI calls, one module per verb, with no printing (a Reporter receives progress).
-Imports run one way: verifying → building → locking → planning → gathering → project (schema
-stands alone); below them executor, planner, store, lock, manifest; never torch. This file only re-exports."""
+Imports run one way: verifying → building → locking → planning → caching, gathering → project
+(schema stands alone); below them executor, planner, store, lock, manifest; never torch. This file only re-exports."""
 
 from modelforge.api.building import BuildResult, build, describe_materialized
+from modelforge.api import caching
 from modelforge.api.gathering import Gathered, gather, web_runtime_facts
 from modelforge.api.locking import CHECK_REPORTS, lock, make_lock
 from modelforge.api.planning import PlanReport, plan, plan_for, tools_of
@@ -18,6 +19,7 @@ __all__ = [
     "PlanReport",
     "Project",
     "build",
+    "caching",
     "check_rebuild",
     "describe_materialized",
     "gather",

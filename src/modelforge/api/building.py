@@ -1,6 +1,6 @@
 """Building: the `build` verb (run the plan, lay the targets out, rewrite the lock), its result,
-and the line that says how a target's files were laid out. Imports api.locking, api.planning,
-api.project and executor, store, lock; heavy imports happen inside the steps."""
+and the line that says how a target's files were laid out. Imports api.caching, api.locking,
+api.planning, api.project and executor, store, lock; heavy imports happen inside the steps."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelforge.api.caching import remote_for
 from modelforge.api.locking import make_lock
 from modelforge.api.planning import opened, previous_steps, tools_of
 from modelforge.api.project import Project, open_project
@@ -23,7 +24,8 @@ class BuildResult:
     project: Project
     plan: Plan
     ran: list[str] = field(default_factory=list)
-    cached: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)  # includes the pulled ones
+    pulled: list[str] = field(default_factory=list)  # from the remote cache
     out_dir: Path | None = None
     lock_written: bool = False
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)  # per step that ran and measured itself
@@ -59,6 +61,10 @@ class _Counting:
         (self.result.ran if ran else self.result.cached).append(name)
         self.inner.step_finished(name, ran, seconds)
 
+    def step_pulled(self, name: str, kind: str, size: int) -> None:
+        self.result.pulled.append(name)
+        self.inner.step_pulled(name, kind, size)
+
 
 def build(
     manifest_path: str | Path,
@@ -70,22 +76,28 @@ def build(
     write_lockfile: bool = True,
     reporter: Reporter | None = None,
     memory_limit: str | int | None = None,
+    cache: str | None = None,
+    cache_read_only: bool = False,
 ) -> BuildResult:
+    """Build every target. cache: the remote cache's URL ('' for none; None: $MODELFORGE_CACHE,
+    else modelforge.toml's cache.url); cache_read_only: pull but never push."""
     reporter = reporter or SilentReporter()
     project = open_project(manifest_path)
+    remote = remote_for(project.root, cache, cache_read_only, reporter)
     with opened(project, store_dir, source_dir, reporter, need_weights=True) as (store, gathered, the_plan):
         toolchain = tools_of(the_plan)
         if the_plan.facts.get("memory"):
-            # Refuse now, not after an hour of swapping: the largest predicted peak of a step that would run.
+            # Refuse now, not after an hour of swapping: the largest predicted peak of a step that would
+            # run (a step the remote cache has is pulled, not run).
             from modelforge.memory import refuse_if_too_large
 
-            to_run = [status.name for status in statuses(the_plan, store, toolchain, {}) if not status.cached]
+            to_run = [status.name for status in statuses(the_plan, store, toolchain, {}, remote) if not status.cached and not status.remote]
             refuse_if_too_large(the_plan.facts["memory"], to_run, memory_limit)
         if frozen:
             _check_frozen(project, make_lock(project, the_plan, toolchain, store))
         result = BuildResult(project, the_plan)
         records = run_plan(
-            the_plan, store, gathered.paths, toolchain, previous_steps(project), _Counting(reporter, result), result.measurements
+            the_plan, store, gathered.paths, toolchain, previous_steps(project), _Counting(reporter, result), result.measurements, remote
         )
         result.out_dir = Path(out) if out else project.default_out
         for target in the_plan.targets:

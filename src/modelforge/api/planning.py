@@ -1,6 +1,6 @@
 """Planning: the opening every command shares (the store, the source's gathered facts, the plan;
 `opened`), and the `plan` verb, which says what a build would run and why. Imports api.gathering,
-api.project and planner, executor, store, lock, toolchain; never torch."""
+api.caching (which remote), api.project and planner, executor, store, lock, toolchain; never torch."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelforge.api.caching import remote_for
 from modelforge.api.gathering import Gathered, gather
 from modelforge.api.project import Project, open_project
 from modelforge.errors import LockError
@@ -58,9 +59,16 @@ def opened(project: Project, store_dir: Path | None, source_dir: Path | None, re
         store.close()
 
 
-def plan(manifest_path: str | Path, *, source_dir: Path | None = None, store_dir: Path | None = None, reporter: Reporter | None = None) -> PlanReport:
+def plan(
+    manifest_path: str | Path, *, source_dir: Path | None = None, store_dir: Path | None = None, reporter: Reporter | None = None,
+    cache: str | None = None,
+) -> PlanReport:
+    """What a build would do. With a remote cache (cache, else $MODELFORGE_CACHE, else
+    modelforge.toml), the steps it would pull rather than run are marked `remote`."""
     project = open_project(manifest_path)
-    with opened(project, store_dir, source_dir, reporter or SilentReporter(), need_weights=False) as (store, gathered, the_plan):
+    reporter = reporter or SilentReporter()
+    with opened(project, store_dir, source_dir, reporter, need_weights=False) as (store, gathered, the_plan):
         toolchain = tools_of(the_plan)
         previous = {} if gathered.planned_from else previous_steps(project)
-        return PlanReport(project, the_plan, toolchain, statuses(the_plan, store, toolchain, previous), gathered.planned_from)
+        remote = None if gathered.planned_from else remote_for(project.root, cache, read_only=True, reporter=reporter)
+        return PlanReport(project, the_plan, toolchain, statuses(the_plan, store, toolchain, previous, remote), gathered.planned_from)

@@ -86,13 +86,14 @@ def verify_artifacts(lock_path: str | Path, artifacts: list[Path]) -> list[Misma
 
 def check_rebuild(manifest_path: str | Path, *, source_dir: Path | None = None, reporter: Reporter | None = None) -> list[Mismatch]:
     """The reproducibility proof: rebuild everything in a fresh, empty store and compare every
-    target file byte for byte with the lock; nondeterminism is reported per file and per step."""
+    target file byte for byte with the lock; nondeterminism is reported per file and per step.
+    Never with the remote cache: pulling would prove nothing."""
     import tempfile
 
     project = open_project(manifest_path)
     the_lock = read_lock(project.lock_path)
     with tempfile.TemporaryDirectory(prefix="modelforge-rebuild-") as scratch:
-        result = build(manifest_path, out=Path(scratch) / "out", source_dir=source_dir, store_dir=Path(scratch) / "store", write_lockfile=False, reporter=reporter)
+        result = build(manifest_path, out=Path(scratch) / "out", source_dir=source_dir, store_dir=Path(scratch) / "store", write_lockfile=False, reporter=reporter, cache="")
         problems = []
         keys = {name: step.key for name, step in the_lock.steps.items()}
         store = Store(Path(scratch) / "store")

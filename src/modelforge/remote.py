@@ -1,0 +1,372 @@
+"""The shared remote cache: step records and objects in an object store addressed by URL (s3://,
+gs://, az://, file:// for NFS), laid out as the local store is: objects/<sha[:2]>/<sha> and
+steps/<key[:2]>/<key>.json.
+
+Pushing a step: its objects first, content-addressed (a small one is a create-if-absent PUT; a large
+one a multipart upload streamed from disk, which the store makes visible only when complete), then
+its record, signed by the writer's ed25519 key, created only if absent. So a reader never sees a
+record before its objects, a pusher killed at any moment leaves nothing a reader accepts half of,
+and two pushers of one key race harmlessly (the second finds the first's record).
+Pulling a step: its record, accepted only when a key the project trusts signed it, then each object
+the local store lacks, streamed into the store's scratch, re-hashed, and adopted only when it hashes
+to its name. Objects are trusted by their hash alone; records by their signature alone.
+
+A remote record is JSON: {"format": "modelforge-step-record/1", "record": {key, kind, outputs:
+{name: {sha256, size}}}, "signature": {"key": "name:base64 public key", "value": base64 ed25519
+signature of the prefix "modelforge-step-record/1\n" and the record's canonical JSON}}.
+
+The client is obstore (Apache Arrow's Rust object_store): one API with the same guarantees on S3,
+GCS, Azure and a local filesystem: atomic puts, conditional create and update, streamed multipart.
+Imports store, hashing, signing, errors; obstore is imported on first use."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import urlparse
+
+from modelforge.errors import ConfigError, RemoteError
+from modelforge.signing import PublicKey, SigningKey, parse_public_key, verify
+from modelforge.store import FileRecord, StepRecord, Store, fault_point, parse_record, record_fields
+
+RECORD_FORMAT = "modelforge-step-record/1"
+# Objects of this size or more go up as a multipart upload streamed from disk (a conditional put is
+# single-part and would hold the whole object in memory); parts of this size.
+PART_SIZE = 8 << 20
+READ_CHUNK = 1 << 20
+
+
+def object_path(sha256: str) -> str:
+    return f"objects/{sha256[:2]}/{sha256}"
+
+
+def record_path(key: str) -> str:
+    return f"steps/{key[:2]}/{key}.json"
+
+
+def canonical(record: StepRecord) -> bytes:
+    """What a signature covers: the record's fields as canonical JSON."""
+    return json.dumps(record_fields(record), sort_keys=True, separators=(",", ":")).encode()
+
+
+def encode_record(record: StepRecord, signing_key: SigningKey) -> bytes:
+    document = {
+        "format": RECORD_FORMAT,
+        "record": record_fields(record),
+        "signature": {"key": signing_key.public().text, "value": signing_key.sign(canonical(record))},
+    }
+    return (json.dumps(document, indent=1, sort_keys=True) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A remote record read back: record when accepted; problem (why not, in words) when one is
+    there but cannot be trusted; both None when there is none."""
+
+    record: StepRecord | None = None
+    problem: str | None = None
+    signer: str | None = None
+
+
+def decode_record(data: bytes, key: str, trusted: tuple[PublicKey, ...]) -> Lookup:
+    try:
+        document = json.loads(data)
+    except ValueError:
+        return Lookup(problem="is not JSON (damaged)")
+    if not isinstance(document, dict) or document.get("format") != RECORD_FORMAT or not set(document) <= {"format", "record", "signature"}:
+        return Lookup(problem=f"is not a {RECORD_FORMAT} record (damaged or from another tool)")
+    record = parse_record(document.get("record"), key)
+    if record is None or set(document["record"]) != {"key", "kind", "outputs"}:
+        return Lookup(problem="is malformed or names another key (damaged or swapped)")
+    signature = document.get("signature")
+    if not isinstance(signature, dict) or not isinstance(signature.get("key"), str) or not isinstance(signature.get("value"), str):
+        return Lookup(problem="is unsigned")
+    try:
+        signer = parse_public_key(signature["key"])
+    except ValueError:
+        return Lookup(problem="is signed with a malformed key")
+    if signer not in trusted:
+        return Lookup(problem=f"is signed by {signer.name!r}, a key modelforge.toml's cache.trusted_keys does not list", signer=signer.name)
+    if not verify(signer, canonical(record), signature["value"]):
+        return Lookup(problem=f"claims {signer.name!r}'s signature, which does not verify (forged or altered)", signer=signer.name)
+    return Lookup(record=record, signer=signer.name)
+
+
+@dataclass
+class RemoteCache:
+    url: str
+    trusted: tuple[PublicKey, ...] = ()
+    signing_key: SigningKey | None = None
+    read_only: bool = False
+    options: dict[str, str] = field(default_factory=dict)
+    # Objects found damaged while pulling: a push replaces them instead of trusting their presence.
+    damaged: set[str] = field(default_factory=set)
+    _client: Any = None
+
+    @property
+    def can_push(self) -> bool:
+        return not self.read_only and self.signing_key is not None
+
+    # ------------------------------------------------------------------ the client
+    @property
+    def client(self):
+        if self._client is None:
+            parsed = urlparse(self.url)
+            try:
+                if parsed.scheme == "file":
+                    from obstore.store import LocalStore
+
+                    self._client = LocalStore(parsed.path, mkdir=True)
+                else:
+                    from obstore.store import from_url
+
+                    self._client = from_url(self.url, config=dict(self.options) or None)
+            except ImportError:
+                raise ConfigError(f"cache {self.url}: the remote cache needs obstore; run `pip install 'modelforge[remote]'`") from None
+            except Exception as error:  # obstore's configuration errors, a file:// path it cannot create
+                raise ConfigError(f"cache {self.url}: {_short(error)}; check the URL and cache.options in modelforge.toml") from None
+        return self._client
+
+    def _call(self, what: str, function: Callable, *args, **kwargs):
+        """One request; NotFound stays FileNotFoundError, obstore's AlreadyExists and Precondition
+        pass through for the caller to decide; anything else is a RemoteError that says what to do."""
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        try:
+            return function(self.client, *args, **kwargs)
+        except (FileNotFoundError, AlreadyExistsError, PreconditionError):
+            raise
+        except ConfigError:
+            raise
+        except Exception as error:
+            raise RemoteError(
+                f"cache {self.url}: {what} failed ({_short(error)}); check the network, the credentials in the environment "
+                "and the URL (or build without it: --cache '')"
+            ) from None
+
+    # ------------------------------------------------------------------ reading
+    def lookup(self, key: str) -> Lookup:
+        import obstore
+
+        try:
+            data = self._call(f"reading record {key[:12]}…", lambda client: bytes(obstore.get(client, record_path(key)).bytes()))
+        except FileNotFoundError:
+            return Lookup()
+        return decode_record(data, key, self.trusted)
+
+    def fetch(self, key: str, store: Store, warn: Callable[[str], None]) -> StepRecord | None:
+        """The step's record and objects into the local store, or None (a miss, or something not
+        to be trusted: then warn says why in one line and the step runs locally)."""
+        found = self.lookup(key)
+        if found.problem is not None:
+            warn(f"the remote record {key[:12]}… in {self.url} {found.problem}; ignored, the step runs locally")
+            return None
+        if found.record is None:
+            return None
+        for name, item in sorted(found.record.outputs.items()):
+            if store.has_object(item):
+                continue
+            problem = self._download(item, store)
+            if problem is not None:
+                warn(f"the remote object {item.sha256[:12]}… ({name}) in {self.url} {problem}; ignored, the step runs locally")
+                return None
+        fault_point("remote/pulled")
+        store.put_record(found.record)
+        return found.record
+
+    def _download(self, item: FileRecord, store: Store) -> str | None:
+        import obstore
+
+        with store.scratch("pull") as scratch:
+            file = scratch / item.sha256
+            digest, size = hashlib.sha256(), 0
+            try:
+                result = self._call(f"downloading {item.sha256[:12]}…", obstore.get, object_path(item.sha256))
+                with open(file, "wb") as out:
+                    for chunk in result.stream(min_chunk_size=READ_CHUNK):
+                        size += len(chunk)
+                        if size > item.size:
+                            break
+                        digest.update(chunk)
+                        out.write(chunk)
+                    out.flush()
+            except FileNotFoundError:
+                return "is missing"
+            except OSError as error:
+                from modelforge.store import storage_error
+
+                raise storage_error(error, f"pulling {item.sha256[:12]}…") from None
+            if size != item.size or digest.hexdigest() != item.sha256:
+                self.damaged.add(item.sha256)
+                return "does not hash to its name (damaged or tampered)"
+            store.adopt(file, item.sha256)
+        return None
+
+    # ------------------------------------------------------------------ writing
+    def push(self, record: StepRecord, store: Store) -> bool:
+        """Objects, then the signed record if absent. True if this call wrote the record, False if a
+        trusted one was there already. Every object must be in the local store and intact."""
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        if self.read_only:
+            raise RemoteError(f"cache {self.url} is read-only here (--cache-read-only or cache.read_only); push from a trusted machine")
+        if self.signing_key is None:
+            raise RemoteError(f"no signing key to push to {self.url}; run `modelforge cache keygen NAME` and list its public key in modelforge.toml")
+        for name, item in sorted(record.outputs.items()):
+            if not store.has_object(item):
+                raise RemoteError(f"{name} of step {record.key[:12]}… is missing or damaged in the local store; rebuild it before pushing")
+            fault_point("remote/object")
+            self._put_object(item, store)
+        fault_point("remote/record")
+        data = encode_record(record, self.signing_key)
+        path = record_path(record.key)
+        try:
+            self._call(f"writing record {record.key[:12]}…", obstore.put, path, data, mode="create")
+            return True
+        except AlreadyExistsError:
+            pass
+        existing = self.lookup(record.key)
+        if existing.record is not None or existing.problem is None:
+            return False
+        # An unsigned, forged or untrusted record squats on the key: replace it, only if nobody
+        # changed it since it was read (a conditional update on its version).
+        # Where the store has no conditional update (a local filesystem), a plain atomic overwrite:
+        # two honest pushers racing there each leave a whole, valid record.
+        from obstore.exceptions import NotSupportedError
+
+        try:
+            meta = self._call(f"reading record {record.key[:12]}…", obstore.head, path)
+            version = {name: meta[name] for name in ("e_tag", "version") if meta.get(name)}
+            try:
+                obstore.put(self.client, path, data, mode=version)
+            except (NotSupportedError, NotImplementedError):
+                self._call(f"replacing record {record.key[:12]}…", obstore.put, path, data, mode="overwrite")
+            except (FileNotFoundError, PreconditionError, AlreadyExistsError):
+                raise
+            except Exception as error:
+                raise RemoteError(f"cache {self.url}: replacing record {record.key[:12]}… failed ({_short(error)}); check the network and the credentials") from None
+            return True
+        except (FileNotFoundError, PreconditionError, AlreadyExistsError):
+            return False  # someone else replaced it first
+
+    def _put_object(self, item: FileRecord, store: Store) -> None:
+        import obstore
+        from obstore.exceptions import AlreadyExistsError
+
+        path = object_path(item.sha256)
+        if item.sha256 not in self.damaged:
+            try:
+                meta = self._call(f"checking {item.sha256[:12]}…", obstore.head, path)
+                if meta["size"] == item.size:
+                    return  # content-addressed: present is done (and every reader re-hashes it anyway)
+            except FileNotFoundError:
+                pass
+        source = store.object_path(item.sha256)
+        if item.size < PART_SIZE:
+            mode = "overwrite" if item.sha256 in self.damaged else "create"
+            try:
+                self._call(f"uploading {item.sha256[:12]}…", obstore.put, path, source.read_bytes(), mode=mode)
+            except AlreadyExistsError:
+                pass  # a concurrent pusher of the same content won
+        else:
+            # Multipart: the parts stay invisible until the upload completes; an interrupted one
+            # leaves nothing at the path (S3 keeps its parts until a lifecycle rule aborts them).
+            self._call(f"uploading {item.sha256[:12]}…", obstore.put, path, _chunks(source), chunk_size=PART_SIZE, max_concurrency=4)
+        self.damaged.discard(item.sha256)
+
+    # ------------------------------------------------------------------ listing, checking, collecting
+    def entries(self, prefix: str) -> Iterator[dict]:
+        """Every object's metadata under prefix ('steps/' or 'objects/'): path, size, last_modified."""
+        import obstore
+
+        stream = self._call(f"listing {prefix}", obstore.list, prefix=prefix)
+        try:
+            for batch in stream:
+                yield from batch
+        except Exception as error:
+            raise RemoteError(f"cache {self.url}: listing {prefix} failed ({_short(error)}); check the network and the credentials") from None
+
+    def records(self) -> Iterator[tuple[str, dict]]:
+        for meta in self.entries("steps/"):
+            name = meta["path"].rsplit("/", 1)[-1]
+            if name.endswith(".json"):
+                yield name.removesuffix(".json"), meta
+
+    def read_unverified(self, key: str) -> StepRecord | None:
+        """A record's fields whatever its signature (for gc: what it references)."""
+        import obstore
+
+        try:
+            data = self._call(f"reading record {key[:12]}…", lambda client: bytes(obstore.get(client, record_path(key)).bytes()))
+            document = json.loads(data)
+        except (FileNotFoundError, ValueError):
+            return None
+        return parse_record(document.get("record") if isinstance(document, dict) else None, key)
+
+    def rehash(self, path: str) -> tuple[str, int]:
+        import obstore
+
+        digest, size = hashlib.sha256(), 0
+        result = self._call(f"downloading {path}", obstore.get, path)
+        for chunk in result.stream(min_chunk_size=READ_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        return digest.hexdigest(), size
+
+    def sweep_partial_uploads(self, older_than: float, dry_run: bool = False) -> tuple[int, int]:
+        """file:// only: a multipart upload killed mid-way leaves its staging file (`<sha>#<n>`)
+        beside where the object would be; listings never show it, so remove those older than
+        older_than seconds here. (S3, GCS and Azure keep such parts invisible until a lifecycle
+        rule aborts them.) Returns (files, bytes)."""
+        parsed = urlparse(self.url)
+        if parsed.scheme != "file":
+            return 0, 0
+        import time
+
+        count = size = 0
+        for path in (Path(parsed.path) / "objects").glob("*/*#*"):
+            try:
+                status = path.stat()
+                if time.time() - status.st_mtime < older_than:
+                    continue
+                if not dry_run:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
+            count, size = count + 1, size + status.st_size
+        return count, size
+
+    def delete(self, path: str) -> None:
+        import obstore
+
+        try:
+            self._call(f"deleting {path}", obstore.delete, path)
+        except FileNotFoundError:
+            pass
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while chunk := handle.read(READ_CHUNK):
+            yield chunk
+            fault_point("remote/part")
+
+
+def _short(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:240]}"
+
+
+def open_remote(url: str, *, trusted: tuple[PublicKey, ...], signing_key: SigningKey | None, read_only: bool, options: dict[str, str] | None = None) -> RemoteCache:
+    from modelforge.project_config import check_cache_url
+
+    try:
+        check_cache_url(url)
+    except ValueError as error:
+        raise ConfigError(f"{error}; fix --cache, $MODELFORGE_CACHE or cache.url in modelforge.toml") from None
+    return RemoteCache(url, trusted, signing_key, read_only, dict(options or {}))
+

@@ -1,0 +1,417 @@
+"""The shared remote cache against real components started here: moto's S3 server on 127.0.0.1 and
+a file:// directory. Two "machines" are two fresh local stores (and output directories) building
+the tiny text-only manifest. Nothing wrong accepted, nothing partial visible, nothing lost."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, copy_project
+from modelforge import api
+from modelforge.api import caching
+from modelforge.errors import ConfigError
+from modelforge.executor import SilentReporter
+from modelforge.remote import object_path, record_path
+from modelforge.signing import SigningKey, generate, load_signing_key
+from modelforge.store import FileRecord, StepRecord, Store
+
+MANIFEST = "manifests/tiny-medgemma-text-only.yaml"
+STEPS = {"config", "files", "text.weights", "text", "text.check"}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+class Recording(SilentReporter):
+    def __init__(self):
+        self.messages: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+
+@pytest.fixture(params=["s3", "file"])
+def team(request, tmp_path, monkeypatch):
+    """A project with modelforge.toml pointing at an empty remote that trusts one key, whose private
+    half is this machine's signing key (outside the project, as keygen insists)."""
+    if request.param == "s3":
+        endpoint = request.getfixturevalue("s3_server")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_REGION", "us-east-1")
+        import boto3
+
+        bucket = f"team-{os.urandom(6).hex()}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+        url = f"s3://{bucket}/modelforge"
+    else:
+        url = f"file://{tmp_path / 'nfs' / 'cache'}"
+    monkeypatch.delenv("MODELFORGE_CACHE", raising=False)
+    key_path = tmp_path / "keys" / "ci.key"
+    monkeypatch.setenv("MODELFORGE_SIGNING_KEY", str(key_path))
+    public = generate("ci-1", key_path)
+    project = copy_project(tmp_path / "project")
+    (project / "modelforge.toml").write_text(f'[cache]\nurl = "{url}"\ntrusted_keys = ["{public.text}"]\n')
+    return project
+
+
+def machine(project: Path, name: str, **options):
+    """A build on a fresh machine: its own store and output directory."""
+    reporter = Recording()
+    base = project.parent / name
+    result = api.build(project / MANIFEST, store_dir=base / "store", out=base / "dist", reporter=reporter, **options)
+    return result, reporter.messages
+
+
+def remote_of(project: Path):
+    return caching.remote_for(project)
+
+
+def tree(directory: Path) -> dict[str, str]:
+    return {path.relative_to(directory).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
+def record_key(project: Path, step: str) -> str:
+    from modelforge.lock import read_lock  # keys come from the lock the first build wrote
+
+    return read_lock(project / "lock" / "tiny-medgemma-text-only.lock").steps[step].key
+
+
+def put_raw(project: Path, path: str, data: bytes) -> None:
+    import obstore
+
+    obstore.put(remote_of(project).client, path, data)
+
+
+def get_raw(project: Path, path: str) -> bytes:
+    import obstore
+
+    return bytes(obstore.get(remote_of(project).client, path).bytes())
+
+
+# ---------------------------------------------------------------------------------------- hits
+
+
+def test_a_second_machine_pulls_every_step_instead_of_running_it(team):
+    first, _ = machine(team, "a")
+    assert set(first.ran) == STEPS
+    planned = api.plan(team / MANIFEST, store_dir=team.parent / "b" / "store")
+    assert {status.name for status in planned.statuses if status.remote and not status.cached} == STEPS
+    second, messages = machine(team, "b")
+    assert second.ran == [] and set(second.pulled) == STEPS, messages
+    assert tree(team / "b" / "dist") == tree(team / "a" / "dist")
+    # What arrived is in the second store for good: a third build there touches nothing remote.
+    third, _ = machine(team, "b", cache="")
+    assert third.ran == [] and third.pulled == []
+
+
+def test_a_deployer_pulls_the_targets_without_building_and_they_match_the_lock(team):
+    machine(team, "a")
+    lock = team / "lock" / "tiny-medgemma-text-only.lock"
+    result = caching.pull(lock, store_dir=team.parent / "deployer" / "store", out=team.parent / "deployer" / "dist")
+    assert result.done == ["text"]  # only the step that makes the target, not its inputs
+    assert api.verify(lock, directory=team.parent / "deployer" / "dist") == []
+
+
+def test_read_only_builds_pull_but_never_push(team):
+    result, _ = machine(team, "a", cache_read_only=True)
+    assert set(result.ran) == STEPS
+    assert list(remote_of(team).records()) == []
+    machine(team, "b")  # pushes
+    pulled, _ = machine(team, "c", cache_read_only=True)
+    assert set(pulled.pulled) == STEPS
+
+
+# ------------------------------------------------------------------------------ nothing trusted blindly
+
+
+def test_a_tampered_remote_object_is_refused_the_step_runs_locally_and_the_object_is_repaired(team):
+    machine(team, "a")
+    weights = api.caching.remote_for(team).lookup(record_key(team, "text.weights")).record
+    (name, item), *_ = sorted(weights.outputs.items())
+    original = get_raw(team, object_path(item.sha256))
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 1
+    put_raw(team, object_path(item.sha256), bytes(flipped))
+
+    result, messages = machine(team, "b")
+    assert "text.weights" in result.ran and "text.weights" not in result.pulled
+    assert any("does not hash to its name" in line and "text.weights" in line for line in messages), messages
+    assert all("\n" not in line for line in messages)
+    assert tree(team / "b" / "dist") == tree(team / "a" / "dist")
+    # The machine that ran the step pushed the object again over the damaged one.
+    assert hashlib.sha256(get_raw(team, object_path(item.sha256))).hexdigest() == item.sha256
+    assert caching.verify_remote(team)[1] == []
+
+
+def _squat(team: Path, step: str, signature: dict | None) -> tuple[str, bytes]:
+    """Replace a step's remote record by one naming a poisoned object (uploaded under its true hash,
+    so only the record's trust can refuse it), signed as given."""
+    key = record_key(team, step)
+    poison = b"poisoned output\n"
+    sha = hashlib.sha256(poison).hexdigest()
+    put_raw(team, object_path(sha), poison)
+    fields = json.loads(get_raw(team, record_path(key)))["record"]
+    name = sorted(fields["outputs"])[0]
+    fields["outputs"][name] = {"sha256": sha, "size": len(poison)}
+    document = {"format": "modelforge-step-record/1", "record": fields}
+    if signature is not None:
+        document["signature"] = signature(fields)
+    put_raw(team, record_path(key), json.dumps(document).encode())
+    return key, poison
+
+
+def _canonical(fields: dict) -> bytes:
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize(
+    "how, warning",
+    [
+        ("unsigned", "is unsigned"),
+        ("untrusted key", "a key modelforge.toml's cache.trusted_keys does not list"),
+        ("forged signature", "which does not verify (forged or altered)"),
+    ],
+)
+def test_an_unsigned_or_forged_record_is_ignored_with_one_line_and_the_step_runs_locally(team, tmp_path, how, warning):
+    machine(team, "a")
+    trusted = load_signing_key(Path(os.environ["MODELFORGE_SIGNING_KEY"]))
+    attacker = SigningKey("ci-1", os.urandom(32))
+    if how == "unsigned":
+        signature = None
+    elif how == "untrusted key":
+        signature = lambda fields: {"key": attacker.public().text, "value": attacker.sign(_canonical(fields))}  # noqa: E731
+    else:  # claims the trusted key, signed by another
+        signature = lambda fields: {"key": trusted.public().text, "value": attacker.sign(_canonical(fields))}  # noqa: E731
+    key, _poison = _squat(team, "files", signature)
+
+    result, messages = machine(team, "b")
+    assert "files" in result.ran and "files" not in result.pulled
+    lines = [line for line in messages if key[:12] in line]
+    assert len(lines) == 1 and warning in lines[0] and "the step runs locally" in lines[0], messages
+    assert tree(team / "b" / "dist") == tree(team / "a" / "dist")
+    # The squatter's record was replaced by the honest push: a third machine pulls the real output.
+    third, _ = machine(team, "c")
+    assert set(third.pulled) == STEPS
+    assert tree(team / "c" / "dist") == tree(team / "a" / "dist")
+
+
+def test_no_trusted_keys_means_nothing_is_pulled(team):
+    machine(team, "a")
+    text = (team / "modelforge.toml").read_text()
+    (team / "modelforge.toml").write_text(text.split("\ntrusted_keys")[0] + "\n")
+    result, messages = machine(team, "b")
+    assert set(result.ran) == STEPS and result.pulled == []
+    assert any("lists no cache.trusted_keys" in line for line in messages)
+
+
+# ------------------------------------------------------------------------- interrupted and racing pushes
+
+
+def _cli(*args: str, cwd: Path, **env: str) -> subprocess.Popen:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MODELFORGE_") or key in ("MODELFORGE_SIGNING_KEY",)}
+    environment.update(PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1", **env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "modelforge.cli", *args], cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _visible_is_whole(team: Path) -> set[str]:
+    """Every record the remote shows is trusted and has all its objects, each hashing to its name;
+    returns the keys of those records."""
+    checked, problems = caching.verify_remote(team)
+    assert problems == [], problems
+    return {key for key, _ in remote_of(team).records()}
+
+
+@pytest.mark.parametrize("point", ["remote/object:3", "remote/record:2", "remote/record:5"])
+def test_a_push_killed_mid_way_leaves_nothing_partial_and_a_retry_completes(team, point):
+    machine(team, "a", cache="")  # built locally, nothing pushed yet
+    store = team.parent / "a" / "store"
+    child = _cli("cache", "push", "lock/tiny-medgemma-text-only.lock", "--store", str(store), cwd=team, MODELFORGE_KILL_AT=point)
+    child.communicate(timeout=300)
+    assert child.returncode == -9
+    visible = _visible_is_whole(team)
+    assert len(visible) < len(STEPS)  # killed before the last record
+    retry = _cli("cache", "push", "lock/tiny-medgemma-text-only.lock", "--store", str(store), cwd=team)
+    out, err = retry.communicate(timeout=300)
+    assert retry.returncode == 0, err
+    assert f"{len(STEPS) - len(visible)} step(s) pushed, {len(visible)} already there" in out
+    assert len(_visible_is_whole(team)) == len(STEPS)
+    result, _ = machine(team, "b")
+    assert set(result.pulled) == STEPS
+
+
+def test_a_multipart_upload_killed_between_parts_is_invisible_and_a_retry_completes(team, tmp_path):
+    """A 20 MiB object goes up in parts (multipart): killed after 12 MiB were read, the object must
+    not be visible at all, then a retry uploads it whole."""
+    store_dir = tmp_path / "big-store"
+    store = Store(store_dir)
+    payload = os.urandom(20 << 20)
+    with store.scratch("big") as scratch:
+        (scratch / "weights.bin").write_bytes(payload)
+        sha = hashlib.sha256(payload).hexdigest()
+        store.adopt(scratch / "weights.bin", sha)
+    key = hashlib.sha256(b"a step that made one big file").hexdigest()
+    store.put_record(StepRecord(key, "transform_weights", {"model.safetensors": FileRecord(sha, len(payload))}))
+    store.close()
+    script = (
+        "import sys; from pathlib import Path; from modelforge.api import caching; from modelforge.store import Store;"
+        f"remote = caching.remote_for(Path({str(team)!r})); store = Store(Path({str(store_dir)!r}));"
+        f"remote.push(store.get_record({key!r}), store); print('pushed')"
+    )
+    environment = dict(os.environ, PYTHONPATH=str(ROOT / "src"), MODELFORGE_KILL_AT="remote/part:12")
+    killed = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    assert _visible_is_whole(team) == set()
+    assert [meta["path"] for meta in remote_of(team).entries("objects/")] == []
+    environment.pop("MODELFORGE_KILL_AT")
+    done = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "pushed" in done.stdout, done.stderr
+    assert _visible_is_whole(team) == {key}
+    assert hashlib.sha256(get_raw(team, object_path(sha))).hexdigest() == sha
+    # gc --remote keeps what a lock pins, deletes the rest, and (file://) the killed upload's staging file.
+    machine(team, "a")
+    pinned = {key for key, _ in remote_of(team).records()} - {key}
+    collected = caching.gc_remote(team, grace=0)
+    assert collected.records == 1
+    assert {key for key, _ in remote_of(team).records()} == pinned
+    assert _visible_is_whole(team) == pinned
+    if remote_of(team).url.startswith("file://"):
+        leftovers = list(Path(remote_of(team).url.removeprefix("file://")).rglob("*#*"))
+        assert leftovers == []
+
+
+def test_two_pushers_racing_write_each_record_exactly_once(team):
+    machine(team, "a", cache="")
+    store = str(team.parent / "a" / "store")
+    # Both reach each record's create at about the same moment.
+    racers = [
+        _cli("cache", "push", "lock/tiny-medgemma-text-only.lock", "--store", store, cwd=team, MODELFORGE_PAUSE_AT="remote/record:0.3")
+        for _ in range(2)
+    ]
+    outputs = [racer.communicate(timeout=300) for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0], outputs
+    pushed = [int(out.split(": ")[1].split(" step(s) pushed")[0]) for out, _ in outputs]
+    assert sum(pushed) == len(STEPS), outputs  # each record created once, by one of them
+    assert len(_visible_is_whole(team)) == len(STEPS)
+    result, _ = machine(team, "b")
+    assert set(result.pulled) == STEPS
+
+
+# ---------------------------------------------------------------------------------- configuration
+
+
+def test_a_typo_in_modelforge_toml_is_an_error_naming_the_key(tmp_path):
+    project = copy_project(tmp_path / "project")
+    (project / "modelforge.toml").write_text('[cache]\nurl = "s3://bucket/x"\ntrusted_key = []\n')
+    with pytest.raises(ConfigError, match=r"modelforge.toml: cache.trusted_key: Extra inputs are not permitted"):
+        api.build(project / MANIFEST, store_dir=tmp_path / "store")
+
+
+def test_a_bad_trusted_key_and_a_bad_url_are_refused(tmp_path):
+    project = copy_project(tmp_path / "project")
+    (project / "modelforge.toml").write_text('[cache]\nurl = "s3://bucket/x"\ntrusted_keys = ["ci-1:notakey"]\n')
+    with pytest.raises(ConfigError, match=r"cache.trusted_keys: 'ci-1:notakey' is not a public key"):
+        caching.remote_for(project)
+    (project / "modelforge.toml").write_text("[cache]\n")
+    with pytest.raises(ConfigError, match=r"the scheme must be one of s3://"):
+        caching.remote_for(project, cache="http://example.com/cache")
+
+
+def test_keygen_refuses_to_write_a_private_key_inside_a_repository(tmp_path):
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"inside the git work tree .* must never be committed"):
+        generate("ci-1", tmp_path / "repo" / "keys" / "ci.key")
+    assert not (tmp_path / "repo" / "keys" / "ci.key").exists()
+
+
+def test_cli_keygen_then_a_build_through_the_cli_pushes_and_a_second_pulls(tmp_path):
+    project = copy_project(tmp_path / "project")
+    environment = dict(os.environ, PYTHONPATH=str(ROOT / "src"), MODELFORGE_SIGNING_KEY=str(tmp_path / "keys" / "me.key"))
+    keygen = subprocess.run([sys.executable, "-m", "modelforge.cli", "cache", "keygen", "me"], env=environment, capture_output=True, text=True)
+    assert keygen.returncode == 0, keygen.stderr
+    assert oct((tmp_path / "keys" / "me.key").stat().st_mode & 0o777) == "0o600"
+    trusted_line = keygen.stdout.strip().splitlines()[-1]
+    (project / "modelforge.toml").write_text(f'[cache]\nurl = "file://{tmp_path / "cache"}"\n{trusted_line}\n')
+    for store, expected in (("s1", "5 step(s) ran, 0 cached"), ("s2", "0 step(s) ran, 5 cached (5 pulled from the remote cache)")):
+        run = subprocess.run(
+            [sys.executable, "-m", "modelforge.cli", "build", MANIFEST, "--store", str(tmp_path / store), "--out", str(tmp_path / store / "dist")],
+            cwd=project, env=environment, capture_output=True, text=True, timeout=300,
+        )
+        assert run.returncode == 0 and expected in run.stdout, run.stdout + run.stderr
+
+
+def test_an_unreachable_cache_is_one_warning_and_the_build_goes_on_locally(team, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    result, messages = machine(team, "a", cache="s3://nobody-home/cache")
+    assert set(result.ran) == STEPS
+    warnings = [line for line in messages if "goes on without the remote cache" in line]
+    assert len(warnings) == 1 and "check the network" in warnings[0], messages
+
+
+# ------------------------------------------------------------------------------------------- gc
+
+
+def test_local_gc_forgets_records_by_age_and_then_by_size_and_a_rebuild_runs_only_those(team):
+    from modelforge.lock import read_lock
+
+    machine(team, "a", cache="")
+    built = tree(team.parent / "a" / "dist")
+    store_dir = team.parent / "a" / "store"
+    keys = {name: step.key for name, step in read_lock(team / "lock" / "tiny-medgemma-text-only.lock").steps.items()}
+    old = time.time() - 40 * 86400
+    record_file = store_dir / "steps" / keys["files"][:2] / f"{keys['files']}.json"
+    os.utime(record_file, (old, old))
+    collected = caching.gc_local(store_dir=store_dir, older_than=caching.parse_duration("30d"), grace=0)
+    assert collected.records == 1  # its objects stay: `text` (assemble) names the same carried files
+    again, _ = machine(team, "a", cache="")
+    assert again.ran == ["files"]
+    # By size: nothing fits in 1 byte, so every record goes, least recently used first, with every object.
+    collected = caching.gc_local(store_dir=store_dir, max_size=1, grace=0)
+    assert collected.records == len(STEPS)
+    assert list((store_dir / "objects").rglob("*/*")) == []
+    rebuilt, _ = machine(team, "a", cache="")
+    assert set(rebuilt.ran) == STEPS
+    assert tree(team.parent / "a" / "dist") == built
+
+
+def test_cache_verify_through_the_cli_names_a_damaged_object_and_exits_7(team):
+    machine(team, "a")
+    record = remote_of(team).lookup(record_key(team, "config")).record
+    (item,) = record.outputs.values()
+    put_raw(team, object_path(item.sha256), b"not the config\n")
+    run = _cli("cache", "verify", cwd=team)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 7, out + err
+    assert f"DAMAGED objects/{item.sha256[:2]}/{item.sha256}: its content hashes to" in err
+    # The object, and each record naming it (the config step's, and the assembled checkpoint's).
+    assert err.strip().splitlines()[-1].startswith("error: 3 problem(s) in the remote cache; builds ignore these entries")
+    assert err.count("but missing or damaged") == 2
