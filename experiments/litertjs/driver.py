@@ -41,14 +41,17 @@ STEPS = 24
 MASKED = float(np.finfo(np.float32).min / 2)
 
 
-def graph_paths() -> dict[str, Path]:
-    """The float graphs of bundle.export_text / bundle.export_vision, found by their step records."""
+def graph_paths(variant: str = "float") -> dict[str, Path]:
+    """The graphs found by their step records: "float", those of bundle.export_text / export_vision;
+    "int8", those of bundle.quantize.* (the .litertlm's: int8 dynamic text, int8 weight-only vision)."""
     found = {}
+    kind = "litert_export" if variant == "float" else "litert_quantize"
     for record in STORE.glob("steps/*/*.json"):
         data = json.loads(record.read_text())
         names = {name.removesuffix(".tflite") for name in data["outputs"]}
-        # bundle.export_text has model + embedder; web.export.bundle's plain model (tokens in) is not ours.
-        if data["kind"] != "litert_export" or not (names >= {"model", "embedder"} or names >= {"vision_encoder", "vision_adapter"}):
+        # The text graphs come with their embedder; web.export.bundle's plain model (tokens in) and the
+        # web variants' quantizations of it are not ours.
+        if data["kind"] != kind or not (names >= {"model", "embedder"} or names & {"vision_encoder", "vision_adapter"}):
             continue
         for name, output in data["outputs"].items():
             if name.removesuffix(".tflite") in GRAPHS:
@@ -174,13 +177,15 @@ def pytorch_reference(card: Path) -> dict:
     }
 
 
-def prepare() -> None:
+def prepare(variant: str) -> None:
     from ai_edge_litert.interpreter import Interpreter
     from PIL import Image
 
     from modelforge.steps.image_input import runtime_pixels
     from modelforge.steps.parity_impl import test_cards
 
+    if variant != "float":
+        return prepare_variant(variant)
     graphs = graph_paths()
     if SITE.exists():
         shutil.rmtree(SITE)
@@ -204,41 +209,63 @@ def prepare() -> None:
     with Image.open(cards[0]) as image:
         assert image.size == (56, 56)
 
-    rng = np.random.default_rng(12)
-    plan_graphs, expected = [], {}
-    for name in GRAPHS:
-        interpreter = Interpreter(model_path=str(SITE / "graphs" / f"{name}.tflite"))
-        checks = []
-        for signature in interpreter.get_signature_list():
-            runner = interpreter.get_signature_runner(signature)
-            inputs = fixed_inputs(name, signature, runner.get_input_details(), rng)
-            if name == "vision_encoder":
-                inputs = {"images": runtime_pixels(str(cards[0]))}
-            spec = {}
-            for input_name, array in inputs.items():
-                file = f"inputs/{name}.{signature}.{input_name}.bin"
-                (SITE / file).write_bytes(np.ascontiguousarray(array).tobytes())
-                spec[input_name] = {"file": file, "dtype": str(array.dtype), "shape": list(array.shape)}
-            outputs = runner(**inputs)
-            for output_name, array in outputs.items():
-                expected[f"{name}/{signature}/{output_name}"] = np.asarray(array)
-            checks.append({"signature": signature, "inputs": spec})
-        plan_graphs.append({"name": name, "file": f"graphs/{name}.tflite", "checks": checks})
+    plan_graphs, expected = graph_checks("float", cards[0])
     np.savez(WORK / "interpreter_outputs.npz", **expected)
 
     reference = pytorch_reference(cards[0])
-    # The interpreter's own image soft tokens on the card, for its greedy image answer.
-    encoder = Interpreter(model_path=str(graphs["vision_encoder"])).get_signature_runner("vision_56")
-    adapter = Interpreter(model_path=str(graphs["vision_adapter"])).get_signature_runner("vision_adapter")
-    soft = adapter(soft_tokens=encoder(images=runtime_pixels(str(cards[0])))["features"])["mm_embedding"]
-    reference["interpreter_text_tokens"] = interpreter_generate(graphs, reference["text_ids"], STEPS, None, reference["image_token"])
-    reference["interpreter_image_tokens"] = interpreter_generate(graphs, reference["image_ids"], STEPS, soft, reference["image_token"])
-    reference["interpreter_soft_tokens"] = soft.reshape(-1).tolist()
-    reference["runtime_pixels"] = runtime_pixels(str(cards[0])).reshape(-1).tolist()
+    reference.update(interpreter_references(graphs, reference, cards[0]))
     (WORK / "reference.json").write_text(json.dumps(reference))
+    write_plan("plan.json", "graphs", plan_graphs, reference)
+    print(json.dumps({
+        "graphs": {n: str(p) for n, p in graphs.items()},
+        "text_ids": len(reference["text_ids"]), "image_ids": len(reference["image_ids"]),
+        "interpreter_text_identical_to_pytorch": reference["interpreter_text_tokens"] == reference["text_tokens"],
+        "interpreter_image_identical_to_pytorch_causal": reference["interpreter_image_tokens"] == reference["image_tokens"]["causal"],
+        "pytorch_image_causal_equals_bidirectional": reference["image_tokens"]["causal"] == reference["image_tokens"]["bidirectional"],
+    }, indent=1))
 
-    model = Interpreter(model_path=str(graphs["model"])).get_signature_runner("decode")
-    details = model.get_input_details()
+
+def prepare_variant(variant: str) -> None:
+    """The quantized graphs beside the float ones: graphs/<variant>/, plan-<variant>.json, their own
+    interpreter outputs and greedy tokens (PyTorch's stay those of the float model)."""
+    graphs = graph_paths(variant)
+    (SITE / "graphs" / variant).mkdir(parents=True, exist_ok=True)
+    for name, path in graphs.items():
+        shutil.copyfile(path, SITE / "graphs" / variant / f"{name}.tflite")
+    card = SITE / "cards" / "test-card-0.png"
+    plan_graphs, expected = graph_checks(variant, card)
+    np.savez(WORK / f"interpreter_outputs-{variant}.npz", **expected)
+    reference = json.loads((WORK / "reference.json").read_text())
+    variant_reference = interpreter_references(graphs, reference, card)
+    (WORK / f"reference-{variant}.json").write_text(json.dumps(variant_reference))
+    write_plan(f"plan-{variant}.json", f"graphs/{variant}", plan_graphs, reference)
+    print(json.dumps({"graphs": {n: str(p) for n, p in graphs.items()},
+                      "interpreter_text_vs_pytorch": [a == b for a, b in zip(variant_reference["interpreter_text_tokens"], reference["text_tokens"])],
+                      "interpreter_image_vs_pytorch": [a == b for a, b in zip(variant_reference["interpreter_image_tokens"], reference["image_tokens"]["causal"])]}))
+
+
+def interpreter_references(graphs: dict[str, Path], reference: dict, card: Path) -> dict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from modelforge.steps.image_input import runtime_pixels
+
+    encoder = Interpreter(model_path=str(graphs["vision_encoder"]))
+    encoder = encoder.get_signature_runner(next(iter(encoder.get_signature_list())))
+    adapter = Interpreter(model_path=str(graphs["vision_adapter"])).get_signature_runner("vision_adapter")
+    soft = adapter(soft_tokens=encoder(images=runtime_pixels(str(card)))["features"])["mm_embedding"]
+    return {
+        "interpreter_text_tokens": interpreter_generate(graphs, reference["text_ids"], STEPS, None, reference["image_token"]),
+        "interpreter_image_tokens": interpreter_generate(graphs, reference["image_ids"], STEPS, soft, reference["image_token"]),
+        "interpreter_soft_tokens": soft.reshape(-1).tolist(),
+        "runtime_pixels": runtime_pixels(str(card)).reshape(-1).tolist(),
+    }
+
+
+def write_plan(file: str, graph_dir: str, plan_graphs: list, reference: dict) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    decode = Interpreter(model_path=str(SITE / graph_dir / "model.tflite")).get_signature_runner("decode")
+    details = decode.get_input_details()
     plan = {
         "graphs": plan_graphs,
         "generation": {
@@ -251,14 +278,39 @@ def prepare() -> None:
                       "card": "cards/test-card-0.png", "height": 56, "width": 56},
         },
     }
-    (SITE / "plan.json").write_text(json.dumps(plan, indent=1))
-    print(json.dumps({
-        "graphs": {n: str(p) for n, p in graphs.items()},
-        "text_ids": len(reference["text_ids"]), "image_ids": len(reference["image_ids"]),
-        "pytorch_text": reference["text_tokens"], "interpreter_text": reference["interpreter_text_tokens"],
-        "pytorch_image_causal": reference["image_tokens"]["causal"], "interpreter_image": reference["interpreter_image_tokens"],
-        "pytorch_image_bidirectional": reference["image_tokens"]["bidirectional"],
-    }, indent=1))
+    (SITE / file).write_text(json.dumps(plan, indent=1))
+
+
+def graph_checks(variant: str, card: Path) -> tuple[list, dict]:
+    """Each signature of each graph on fixed inputs (written under inputs/<variant>/), and the
+    interpreter's outputs on them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from modelforge.steps.image_input import runtime_pixels
+
+    graph_dir = "graphs" if variant == "float" else f"graphs/{variant}"
+    (SITE / "inputs" / variant).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(12)
+    plan_graphs, expected = [], {}
+    for name in GRAPHS:
+        interpreter = Interpreter(model_path=str(SITE / graph_dir / f"{name}.tflite"))
+        checks = []
+        for signature in interpreter.get_signature_list():
+            runner = interpreter.get_signature_runner(signature)
+            inputs = fixed_inputs(name, signature, runner.get_input_details(), rng)
+            if name == "vision_encoder":
+                inputs = {"images": runtime_pixels(str(card))}
+            spec = {}
+            for input_name, array in inputs.items():
+                file = f"inputs/{variant}/{name}.{signature}.{input_name}.bin"
+                (SITE / file).write_bytes(np.ascontiguousarray(array).tobytes())
+                spec[input_name] = {"file": file, "dtype": str(array.dtype), "shape": list(array.shape)}
+            outputs = runner(**inputs)
+            for output_name, array in outputs.items():
+                expected[f"{name}/{signature}/{output_name}"] = np.asarray(array)
+            checks.append({"signature": signature, "inputs": spec})
+        plan_graphs.append({"name": name, "file": f"{graph_dir}/{name}.tflite", "checks": checks})
+    return plan_graphs, expected
 
 
 # ---------------------------------------------------------------------------------------- browser
@@ -267,7 +319,8 @@ FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-component
          "--disable-quic", "--no-first-run", "--disable-default-apps", "--disable-extensions", "--enable-unsafe-webgpu"]
 
 
-def browser(runs: list[tuple[str, str]], timeout_s: float) -> None:
+def browser(runs: list[str], timeout_s: float) -> None:
+    """Each run: "MODE/BACKEND" with optional "?QUERY" for the page (plan=, precision=, embed=, jspi=0)."""
     from playwright.sync_api import sync_playwright
 
     from modelforge.web.serve import serve
@@ -276,15 +329,18 @@ def browser(runs: list[tuple[str, str]], timeout_s: float) -> None:
     results = json.loads((WORK / "browser.json").read_text()) if (WORK / "browser.json").exists() else {}
     try:
         with sync_playwright() as playwright:
-            for mode, backend in runs:
+            for run in runs:
+                path, _, query = run.partition("?")
+                mode, backend = path.split("/")
                 browser_process = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
                 page = browser_process.new_page()
-                console, errors, requests = [], [], []
+                console, errors, requests, failed = [], [], [], []
+                page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
                 page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 page.on("request", lambda r: requests.append(r.url))
                 started = time.monotonic()
-                page.goto(f"{server.url.rstrip('/')}/index.html?mode={mode}&backend={backend}")
+                page.goto(f"{server.url.rstrip('/')}/index.html?mode={mode}&backend={backend}" + (f"&{query}" if query else ""))
                 try:
                     page.locator("body[data-state=done], body[data-state=error]").wait_for(timeout=timeout_s * 1000)
                     record = json.loads(page.inner_text("#result"))
@@ -293,10 +349,11 @@ def browser(runs: list[tuple[str, str]], timeout_s: float) -> None:
                 record["wall_s"] = time.monotonic() - started
                 record["console"] = console[-40:]
                 record["page_errors"] = errors
+                record["failed_requests"] = failed
                 record["foreign_requests"] = [u for u in requests if not u.startswith(server.url.rstrip("/")) and not u.startswith(("data:", "blob:"))]
-                results[f"{mode}/{backend}"] = record
+                results[run] = record
                 (WORK / "browser.json").write_text(json.dumps(results))
-                print(mode, backend, "error" if record.get("error") else "done", f"{record['wall_s']:.1f} s", flush=True)
+                print(run, "error" if record.get("error") else "done", f"{record['wall_s']:.1f} s", flush=True)
                 browser_process.close()
     finally:
         server.close()
@@ -330,12 +387,22 @@ def tokenizers() -> None:
         sentencepiece_ids = None
     strings_file = WORK / "tokenizer_strings.json"
     strings_file.write_text(json.dumps(TOKENIZER_STRINGS))
-    completed = subprocess.run(["node", str(HERE / "tokenizer_eval.mjs"), str(CHECKPOINT), str(strings_file)],
+    conversations = [[{"role": "user", "content": TEXT_PROMPT}],
+                     [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": IMAGE_PROMPT}]}],
+                     [{"role": "system", "content": "You are a radiologist."}, {"role": "user", "content": "Hi"},
+                      {"role": "assistant", "content": "Hello."}, {"role": "user", "content": TEXT_PROMPT}]]
+    conversations_file = WORK / "conversations.json"
+    conversations_file.write_text(json.dumps(conversations))
+    python_templates = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    completed = subprocess.run(["node", str(HERE / "tokenizer_eval.mjs"), str(CHECKPOINT), str(strings_file), str(conversations_file)],
                                capture_output=True, text=True, cwd=HERE)
     if completed.returncode:
         sys.exit(completed.stderr)
     javascript = json.loads(completed.stdout)
     report = {"strings": TOKENIZER_STRINGS, "python_transformers_ids": python_ids, "python_sentencepiece_ids": sentencepiece_ids}
+    jinja = javascript.pop("jinja")
+    report["jinja_chat_template"] = jinja if isinstance(jinja, dict) else {
+        "identical_to_transformers": [a == b for a, b in zip(jinja, python_templates)], "rendered": jinja, "python": python_templates}
     for name, result in javascript.items():
         if "error" in result:
             report[name] = {"error": result["error"]}
@@ -351,6 +418,7 @@ def tokenizers() -> None:
     for name in javascript:
         entry = report[name]
         print(name, entry.get("error") or (entry["identical_to_transformers"], entry["round_trip"]))
+    print("jinja", report["jinja_chat_template"].get("error") or report["jinja_chat_template"]["identical_to_transformers"])
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -360,7 +428,8 @@ def decode_b64(entry: dict) -> np.ndarray:
 
 
 def report() -> None:
-    expected = np.load(WORK / "interpreter_outputs.npz")
+    from urllib.parse import parse_qs
+
     reference = json.loads((WORK / "reference.json").read_text())
     browser_results = json.loads((WORK / "browser.json").read_text())
     summary = {"files": {}, "graphs": {}, "generation": {}}
@@ -368,9 +437,14 @@ def report() -> None:
         if path.is_file():
             summary["files"][str(path.relative_to(SITE))] = path.stat().st_size
     for key, record in browser_results.items():
-        mode, backend = key.split("/")
+        path, _, query = key.partition("?")
+        mode, backend = path.split("/")
+        plan = parse_qs(query).get("plan", ["plan.json"])[0]
+        variant = plan.removeprefix("plan-").removesuffix(".json") if plan != "plan.json" else "float"
+        expected = np.load(WORK / ("interpreter_outputs.npz" if variant == "float" else f"interpreter_outputs-{variant}.npz"))
+        interpreter = reference if variant == "float" else json.loads((WORK / f"reference-{variant}.json").read_text())
         if mode == "graphs":
-            out = summary["graphs"][backend] = {"wasm_load_ms": record.get("wasm_load_ms"), "error": record.get("error"),
+            out = summary["graphs"][key] = {"wasm_load_ms": record.get("wasm_load_ms"), "error": record.get("error"),
                                                "wasm_file": record.get("wasm_file"), "device": record.get("webgpu_device")}
             for name, graph in (record.get("graphs") or {}).items():
                 entry = out[name] = {k: graph.get(k) for k in ("fetch_ms", "compile_ms", "fully_accelerated", "error")}
@@ -386,19 +460,21 @@ def report() -> None:
                     entry[signature] = {"max_abs_delta": deltas, "run_ms": check["run_ms"]}
         else:
             generation = record.get("generation") or {}
-            out = summary["generation"][backend] = {"error": record.get("error"), "load": generation.get("load")}
+            out = summary["generation"][key] = {"error": record.get("error"), "load": generation.get("load")}
             if generation:
                 out["text_tokens"] = generation["text_tokens"]
                 out["text_identical_to_pytorch"] = generation["text_tokens"] == reference["text_tokens"]
-                out["text_identical_to_interpreter"] = generation["text_tokens"] == reference["interpreter_text_tokens"]
+                out["text_identical_to_interpreter"] = generation["text_tokens"] == interpreter["interpreter_text_tokens"]
+                out["text_agreement_with_pytorch"] = sum(a == b for a, b in zip(generation["text_tokens"], reference["text_tokens"])) / len(reference["text_tokens"])
                 out["image_tokens"] = generation["image_tokens"]
                 out["image_identical_to_pytorch_causal"] = generation["image_tokens"] == reference["image_tokens"]["causal"]
                 out["image_identical_to_pytorch_bidirectional"] = generation["image_tokens"] == reference["image_tokens"]["bidirectional"]
-                out["image_identical_to_interpreter"] = generation["image_tokens"] == reference["interpreter_image_tokens"]
+                out["image_identical_to_interpreter"] = generation["image_tokens"] == interpreter["interpreter_image_tokens"]
+                out["image_agreement_with_pytorch_causal"] = sum(a == b for a, b in zip(generation["image_tokens"], reference["image_tokens"]["causal"])) / len(reference["image_tokens"]["causal"])
                 pixels = decode_b64({"dtype": "float32", "base64": generation["pixels_base64"]})
                 out["pixels_max_abs_delta_vs_runtime_pixels"] = float(np.abs(pixels - np.array(reference["runtime_pixels"])).max())
                 soft = decode_b64({"dtype": "float32", "base64": generation["soft_tokens_base64"]})
-                out["soft_tokens_max_abs_delta_vs_interpreter"] = float(np.abs(soft - np.array(reference["interpreter_soft_tokens"])).max())
+                out["soft_tokens_max_abs_delta_vs_interpreter"] = float(np.abs(soft - np.array(interpreter["interpreter_soft_tokens"])).max())
                 features = np.array(reference["image_features"])
                 rows = soft.reshape(-1, reference["hidden"])[: features.size // reference["hidden"]].reshape(-1)
                 out["soft_tokens_cosine_vs_pytorch"] = float(rows @ features / (np.linalg.norm(rows) * np.linalg.norm(features)))
@@ -409,7 +485,8 @@ def report() -> None:
                                              "prefill_ms": timing["prefill_ms"], "prefill_length": timing.get("prefill_length"),
                                              "decode_ms_median": float(np.median(decode)) if decode else None,
                                              "decode_ms_first": decode[0] if decode else None, "vision_ms": timing.get("vision_ms")}
-        summary.setdefault("console", {})[key] = [line for line in record.get("console", []) if "LiteRT" in line or "error" in line.lower() or "warn" in line.lower()][:12]
+        summary.setdefault("console", {})[key] = [line for line in record.get("console", []) if "[LiteRT]" in line or "WARNING" in line or "rror" in line.split(":", 1)[-1]][:12]
+        summary.setdefault("failed_requests", {})[key] = record.get("failed_requests")
         summary.setdefault("foreign_requests", {})[key] = record.get("foreign_requests")
     summary["pytorch"] = {"text_tokens": reference["text_tokens"], "image_tokens": reference["image_tokens"],
                           "interpreter_text_tokens": reference["interpreter_text_tokens"],
@@ -423,10 +500,10 @@ def report() -> None:
 if __name__ == "__main__":
     stage = sys.argv[1]
     if stage == "prepare":
-        prepare()
+        prepare(sys.argv[2] if len(sys.argv) > 2 else "float")
     elif stage == "browser":
-        modes = sys.argv[2].split(",") if len(sys.argv) > 2 else ["graphs/wasm", "graphs/webgpu", "generate/wasm", "generate/webgpu"]
-        browser([tuple(m.split("/")) for m in modes], timeout_s=float(sys.argv[3]) if len(sys.argv) > 3 else 300)
+        modes = sys.argv[2].split(";") if len(sys.argv) > 2 else ["graphs/wasm", "graphs/webgpu", "generate/wasm", "generate/webgpu"]
+        browser(modes, timeout_s=float(sys.argv[3]) if len(sys.argv) > 3 else 300)
     elif stage == "tokenizers":
         tokenizers()
     elif stage == "report":

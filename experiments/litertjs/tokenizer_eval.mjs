@@ -4,8 +4,9 @@
 import {readFileSync} from 'node:fs';
 import {Tokenizer} from '@huggingface/tokenizers';
 import {SentencePieceProcessor} from '@sctg/sentencepiece-js';
+import {Template} from '@huggingface/jinja';
 
-const [dir, stringsPath] = process.argv.slice(2);
+const [dir, stringsPath, conversationsPath] = process.argv.slice(2);
 const strings = JSON.parse(readFileSync(stringsPath, 'utf8'));
 const result = {huggingface_tokenizers: {}, sctg_sentencepiece: {}};
 
@@ -28,5 +29,15 @@ try {
   result.sctg_sentencepiece.decoded = result.sctg_sentencepiece.ids.map((ids) => spp.decodeIds(Int32Array.from(ids)));
 } catch (error) {
   result.sctg_sentencepiece.error = String(error && error.stack || error);
+}
+// The chat template (chat_template.jinja) rendered by @huggingface/jinja, as transformers renders it.
+try {
+  const template = new Template(readFileSync(`${dir}/chat_template.jinja`, 'utf8'));
+  const special = JSON.parse(readFileSync(`${dir}/special_tokens_map.json`, 'utf8'));
+  const bos = typeof special.bos_token === 'string' ? special.bos_token : special.bos_token.content;
+  result.jinja = JSON.parse(readFileSync(conversationsPath, 'utf8')).map((messages) =>
+    template.render({messages, bos_token: bos, add_generation_prompt: true}));
+} catch (error) {
+  result.jinja = {error: String(error && error.stack || error)};
 }
 process.stdout.write(JSON.stringify(result));

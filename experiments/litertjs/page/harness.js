@@ -10,6 +10,14 @@ const params = new URLSearchParams(location.search);
 const backend = params.get('backend') || 'wasm';
 const mode = params.get('mode') || 'graphs';
 const jspi = params.get('jspi') !== '0';
+const planFile = params.get('plan') || 'plan.json';
+// precision: the WebGPU delegate's (fp16 | fp32; unset: LiteRT.js's default). embed: where the embedder
+// runs in generation (default: the same backend as the decoder; 'wasm': on the CPU beside a WebGPU decoder).
+const precision = params.get('precision');
+const embedBackend = params.get('embed') || backend;
+// cpu: graphs forced onto the wasm CPU backend whatever `backend` says (e.g. cpu=vision_encoder,vision_adapter).
+const onCpu = new Set((params.get('cpu') || '').split(',').filter(Boolean));
+const acceleratorOf = (name) => (onCpu.has(name) ? 'wasm' : name === 'embedder' ? embedBackend : backend);
 const MASKED = -3.4028234663852886e38 / 2;  // np.finfo(np.float32).min / 2, as parity_impl.MASKED
 const log = [];
 
@@ -35,11 +43,13 @@ async function fetchTyped(url, dtype) {
   return dtype === 'int32' ? new Int32Array(buffer) : new Float32Array(buffer);
 }
 
-async function load(file) {
+async function load(file, accelerator = backend) {
   const t0 = performance.now();
   const bytes = new Uint8Array(await (await fetch(file)).arrayBuffer());
   const t1 = performance.now();
-  const model = await loadAndCompile(bytes, {accelerator: backend});
+  const options = {accelerator};
+  if (accelerator === 'webgpu' && precision) options.gpuOptions = {precision};
+  const model = await loadAndCompile(bytes, options);
   const t2 = performance.now();
   return {model, fetch_ms: t1 - t0, compile_ms: t2 - t1, fully_accelerated: model.isFullyAccelerated};
 }
@@ -225,7 +235,7 @@ async function generation(plan) {
   const models = {};
   for (const graph of plan.graphs) {
     status(`loading ${graph.name}`);
-    const {model, ...timing} = await load(graph.file);
+    const {model, ...timing} = await load(graph.file, acceleratorOf(graph.name));
     models[graph.name] = model;
     result.load[graph.name] = timing;
   }
@@ -266,8 +276,8 @@ async function generation(plan) {
 }
 
 async function main() {
-  const plan = await (await fetch('plan.json')).json();
-  const result = {backend, mode, jspi, user_agent: navigator.userAgent, cross_origin_isolated: self.crossOriginIsolated};
+  const plan = await (await fetch(planFile)).json();
+  const result = {backend, mode, jspi, plan: planFile, precision, embed_backend: embedBackend, cpu: [...onCpu], user_agent: navigator.userAgent, cross_origin_isolated: self.crossOriginIsolated};
   try {
     status('loading LiteRT.js wasm');
     const t0 = performance.now();
