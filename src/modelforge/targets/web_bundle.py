@@ -30,7 +30,7 @@ KIND = "web_bundle"
 def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
     where = builder.where(target)
     runtimes = {variant.runtime for variant in spec.variants}
-    if "mediapipe" in runtimes and not builder.facts.web_runtime.get("files"):
+    if "mediapipe" in runtimes and "version" not in builder.facts.web_runtime:
         raise PlanError(f"{where}: the MediaPipe web runtime is not vendored; run `npm ci --prefix web` (tools/setup.sh does)")
     if "litertjs" in runtimes and not builder.facts.web_runtime.get("litertjs"):
         raise PlanError(f"{where}: the LiteRT.js web runtime is not vendored; run `npm ci --prefix web` (tools/setup.sh does)")
