@@ -249,19 +249,27 @@ export function imagePixels(bitmap, height, width) {
   const context = canvas.getContext("2d", { colorSpace: "srgb", willReadFrequently: true });
   context.drawImage(bitmap, 0, 0);
   const rgba = context.getImageData(0, 0, bitmap.width, bitmap.height).data;
-  let rgb = new Float32Array(bitmap.width * bitmap.height * 3);
+  const rgb = new Float32Array(bitmap.width * bitmap.height * 3);
   for (let i = 0; i < bitmap.width * bitmap.height; i++) for (let c = 0; c < 3; c++) rgb[i * 3 + c] = rgba[i * 4 + c];
-  if (bitmap.width !== width || bitmap.height !== height) {
+  return rgbPixels(rgb, bitmap.width, bitmap.height, height, width);
+}
+
+// 8-bit RGB values (NHWC, as floats) of an inWidth × inHeight image → the graph's [0, 1] pixels at
+// height × width. Pure, so that tests/web/test_image_resize.py checks it against the processor in node.
+export function rgbPixels(rgb, inWidth, inHeight, height, width) {
+  if (inWidth !== width || inHeight !== height) {
     // PIL resizes horizontally first, rounding to 8 bits after each pass.
-    rgb = resample(rgb, bitmap.width, bitmap.height, width, "x");
-    rgb = resample(rgb, width, bitmap.height, height, "y");
+    rgb = resample(rgb, inWidth, inHeight, width, "x");
+    rgb = resample(rgb, width, inHeight, height, "y");
   }
   const pixels = new Float32Array(height * width * 3);
   for (let i = 0; i < pixels.length; i++) pixels[i] = rgb[i] / 255;
   return pixels;
 }
 
-// One pass of PIL's ImagingResample with the bilinear filter along `axis`, 8-bit rounding.
+// One pass of PIL's ImagingResample (Pillow's Resample.c) with the bilinear filter along `axis`:
+// the same coefficients, normalized and turned into 22-bit fixed point, and the same rounding.
+const PRECISION_BITS = 32 - 8 - 2;
 function resample(input, inWidth, inHeight, outSize, axis) {
   const inSize = axis === "x" ? inWidth : inHeight;
   const scale = inSize / outSize;
@@ -270,6 +278,7 @@ function resample(input, inWidth, inHeight, outSize, axis) {
   const outWidth = axis === "x" ? outSize : inWidth;
   const outHeight = axis === "x" ? inHeight : outSize;
   const output = new Float32Array(outWidth * outHeight * 3);
+  const other = axis === "x" ? outHeight : outWidth;
   for (let o = 0; o < outSize; o++) {
     const center = (o + 0.5) * scale;
     const lo = Math.max(Math.trunc(center - support + 0.5), 0);
@@ -281,17 +290,19 @@ function resample(input, inWidth, inHeight, outSize, axis) {
       weights.push(w);
       total += w;
     }
-    const other = axis === "x" ? outHeight : outWidth;
+    const fixed = weights.map((w) => {
+      const k = total ? w / total : 0;
+      return Math.trunc(k < 0 ? -0.5 + k * 2 ** PRECISION_BITS : 0.5 + k * 2 ** PRECISION_BITS);
+    });
     for (let j = 0; j < other; j++) {
       for (let c = 0; c < 3; c++) {
-        let sum = 0;
-        for (let k = 0; k < weights.length; k++) {
+        let sum = 2 ** (PRECISION_BITS - 1);
+        for (let k = 0; k < fixed.length; k++) {
           const i = lo + k;
-          const index = axis === "x" ? (j * inWidth + i) * 3 + c : (i * inWidth + j) * 3 + c;
-          sum += input[index] * (total ? weights[k] / total : 0);
+          sum += input[axis === "x" ? (j * inWidth + i) * 3 + c : (i * inWidth + j) * 3 + c] * fixed[k];
         }
         const out = axis === "x" ? (j * outWidth + o) * 3 + c : (o * outWidth + j) * 3 + c;
-        output[out] = Math.min(255, Math.max(0, Math.round(sum)));
+        output[out] = Math.min(255, Math.max(0, Math.floor(sum / 2 ** PRECISION_BITS)));
       }
     }
   }
