@@ -22,7 +22,7 @@ from modelforge.plan import InputRef, StepNode
 from modelforge.planner import PlanBuilder, source_input
 from modelforge.steps import litert_export, litert_quantize, web_bundle, web_task
 from modelforge.targets import litertlm
-from modelforge.web import limits
+from modelforge.web import bundle, limits
 
 KIND = "web_bundle"
 
@@ -73,7 +73,8 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
         ))
         inputs.append(InputRef(f"variant.{variant.name}", task))
         variants.append({"name": variant.name, "label": variant.label, "max_tokens": max_tokens, "input": f"variant.{variant.name}"})
-    params = {"title": spec.title, "variants": variants}
+    # The page's own files: a changed page must rebuild the bundle (they are no input of any other step).
+    params = {"title": spec.title, "variants": variants, "app": bundle.app_digest()}
     if "mediapipe" in runtimes:
         params["runtime"] = {key: builder.facts.web_runtime[key] for key in ("version", "files")}
     if "litertjs" in runtimes:

@@ -57,7 +57,10 @@ from pathlib import Path
 from .headers import APP_FILES, all_configs, is_hashed
 from .vendor import LITERTJS_FILES, LITERTJS_REFERENCES, PACKAGE, RUNTIME_FILES
 
-__all__ = ["APP_SOURCE_FILES", "BUNDLE_SCHEMA", "CHUNK_SIZE", "BundleError", "LitertjsVariant", "Variant", "bundle_files", "write_bundle"]
+__all__ = [
+    "APP_SOURCE_FILES", "BUNDLE_SCHEMA", "CHUNK_SIZE", "BundleError", "LitertjsVariant", "Variant", "app_digest", "bundle_files",
+    "write_bundle",
+]
 
 BUNDLE_SCHEMA = "modelforge-web-bundle/1"
 CHUNK_SIZE = 64 * 1024 * 1024
@@ -192,6 +195,17 @@ def _place(source: Path, target: Path) -> None:
 
 def _app_source(name: str) -> bytes:
     return resources.files("modelforge.web").joinpath("app", name).read_bytes()
+
+
+def app_digest() -> str:
+    """sha256 over the app's source files (name and bytes): a parameter of the web_bundle step, so
+    that a change of the page rebuilds the bundle instead of reusing one stored with the old page."""
+    digest = hashlib.sha256()
+    for name in APP_SOURCE_FILES:
+        data = _app_source(name)
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
 
 
 def _canonical_json(value: object) -> str:
