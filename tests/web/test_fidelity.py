@@ -10,6 +10,7 @@ first stop token or the variant's max_tokens."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -90,8 +91,11 @@ def _ask(session, question: str) -> tuple[list[int], list[int]]:
     """Type the question, press Ask, wait for the answer: (prompt ids, answer ids) the page used."""
     session.page.fill("#prompt", "")
     session.page.locator("#prompt").press_sequentially(question)
+    started = time.monotonic()
     session.page.click("#send")
     session.page.locator(ANSWERED).wait_for(timeout=300_000)
+    print(f"\n{session.page.get_attribute('body', 'data-variant')} on {session.page.get_attribute('body', 'data-backend')}: "
+          f"answered {question!r} in {time.monotonic() - started:.1f} s ({session.page.inner_text('#answer-state')})")
     assert session.state() == "ready", session.diagnostics()
     assert session.page.inner_text("#answer").strip(), session.diagnostics()
     answer = session.page.locator("#answer")
@@ -111,7 +115,9 @@ def _drop(session, path: Path) -> None:
 
 
 def _open(session, url: str, variant: str, backend: str) -> None:
+    started = time.monotonic()
     assert session.open(url, timeout_ms=300_000) == "ready", session.diagnostics()
+    print(f"\n{variant} on {backend}: ready in {time.monotonic() - started:.1f} s")
     assert session.page.get_attribute("body", "data-variant") == variant, session.diagnostics()
     assert session.page.get_attribute("body", "data-backend") == backend, session.diagnostics()
     assert "LiteRT.js" in session.text("#model-info")
