@@ -156,13 +156,15 @@ def test_webgpu_gate_without_navigator_gpu(gate_bundle, session_factory):
         assert "does not offer WebGPU" in session.text("#errors")
 
 
-def test_tiny_model_generates_on_webgpu(tiny_bundle, session_factory):
+@pytest.mark.parametrize("variant", ["tiny-float", "tiny-int8"])  # LiteRT.js (first in the bundle), MediaPipe
+def test_tiny_model_generates_on_webgpu(tiny_bundle, session_factory, variant):
     with serve(tiny_bundle) as server:
         session = session_factory(WEBGPU)
         started = time.monotonic()
-        state = session.open(server.url)
+        state = session.open(server.url + ("" if variant == "tiny-float" else f"?variant={variant}"))
         load_seconds = time.monotonic() - started
         assert state == "ready", session.diagnostics()
+        assert session.page.get_attribute("body", "data-variant") == variant
         assert session.page.evaluate("crossOriginIsolated") is True
         assert session.page.evaluate("typeof navigator.gpu") == "object"
         assert "downloaded" in session.text("#model-info")
@@ -175,7 +177,7 @@ def test_tiny_model_generates_on_webgpu(tiny_bundle, session_factory):
         generate_seconds = time.monotonic() - started
         answer = session.page.inner_text("#answer")
         ARTIFACTS.mkdir(exist_ok=True)
-        session.page.screenshot(path=str(ARTIFACTS / "web.png"), full_page=True)
+        session.page.screenshot(path=str(ARTIFACTS / f"web-{variant}.png"), full_page=True)
         assert session.state() == "ready", session.diagnostics()
         assert answer.strip(), session.diagnostics()
         assert not session.page.is_visible("#errors"), session.diagnostics()
@@ -191,6 +193,7 @@ def test_tiny_model_generates_on_webgpu(tiny_bundle, session_factory):
         before = len(session.requests)
         session.page.reload()
         session.page.locator(SETTLED).wait_for(timeout=120_000)
+        assert session.page.get_attribute("body", "data-variant") == variant
         assert session.state() == "ready", session.diagnostics()
         assert "stored in this browser" in session.text("#model-info")
         assert model_url not in session.requests[before:]
@@ -206,7 +209,7 @@ def test_image_needs_a_multimodal_variant(tiny_bundle, session_factory, tmp_path
         "1f15c4890000000d49444154789c6360f8cf00000301010018dd8db00000000049454e44ae426082"))
     with serve(tiny_bundle) as server:
         session = session_factory(WEBGPU)
-        assert session.open(server.url) == "ready", session.diagnostics()
+        assert session.open(server.url + "?variant=tiny-int8") == "ready", session.diagnostics()  # MediaPipe: text only
         session.page.set_input_files("#image", str(png))
         note = session.page.locator("#image-note")
         note.wait_for(state="visible", timeout=10_000)
@@ -259,3 +262,35 @@ def test_fallback_to_the_next_variant_and_stop(tiny_task, runtime, tmp_path, ses
         assert "stopped" in session.page.inner_text("#answer-state"), session.diagnostics()
         assert session.page.inner_text("#answer").strip()  # the partial answer stays
         assert not session.page.is_visible("#errors"), session.diagnostics()
+
+
+def test_without_webgpu_litertjs_variants_run_on_the_cpu(tiny_bundle, session_factory):
+    """No WebGPU adapter: the LiteRT.js variant starts on the wasm CPU backend and the page says so."""
+    with serve(tiny_bundle) as server:
+        session = session_factory([])
+        assert session.open(server.url, timeout_ms=300_000) == "ready", session.diagnostics()
+        assert session.page.get_attribute("body", "data-backend") == "wasm"
+        assert "runs on the CPU instead" in session.text("#notices")
+        assert "LiteRT.js" in session.text("#model-info") and "wasm" in session.text("#model-info")
+
+
+def test_litertjs_fallback_on_a_damaged_graph(tiny_bundle, tmp_path, session_factory):
+    """The float variant's decoder graph arrives damaged: its part's SHA-256 fails, the page says so
+    and starts the next variant, whose files are intact."""
+    import json
+    import shutil
+
+    out = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    manifest = json.loads((out / "bundle.json").read_text())
+    damaged = out / manifest["variants"][0]["files"]["model"]["url"]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.unlink()
+    damaged.write_bytes(bytes(data))
+    with serve(out) as server:
+        session = session_factory(WEBGPU)
+        assert session.open(server.url, timeout_ms=300_000) == "ready", session.diagnostics()
+        notices = session.text("#notices")
+        assert manifest["variants"][0]["label"] in notices and "SHA-256 mismatch" in notices, notices
+        assert session.page.get_attribute("body", "data-variant") == manifest["variants"][1]["name"]

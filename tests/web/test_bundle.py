@@ -15,7 +15,7 @@ from modelforge.web.headers import all_configs
 from modelforge.web.taskfile import gemma_params, write_task
 from modelforge.web.vendor import RUNTIME_FILES, RuntimeMissingError, runtime_files, runtime_version
 
-from .conftest import ROOT, WEB_DIR, fake_tflite
+from .conftest import ROOT, TINY, WEB_DIR, fake_tflite
 
 
 def tree(directory: Path) -> dict[str, bytes]:
@@ -31,7 +31,7 @@ def test_layout(small_bundle, small_task, fake_runtime):
     files = tree(small_bundle)
     assert sorted(files) == sorted(
         [
-            "index.html", "app.js", "accumulator.js", "style.css", "favicon.svg", "bundle.json",
+            "index.html", "app.js", "accumulator.js", "litert.js", "style.css", "favicon.svg", "bundle.json",
             ".htaccess", "Caddyfile", "_headers", "firebase.json", "nginx.conf",
             f"models/small-{digest[:16]}.task",
             *[
@@ -61,6 +61,7 @@ def test_bundle_json(small_bundle, small_task, fake_runtime):
     assert variant == {
         "name": "small",
         "label": "Small",
+        "runtime": "mediapipe",
         "url": f"models/small-{digest[:16]}.task",
         "sha256": digest,
         "size": small_task.stat().st_size,
@@ -218,10 +219,12 @@ def test_runtime_files_version_mismatch(tmp_path):
 
 def test_web_project_pins_the_runtime():
     package = json.loads((WEB_DIR / "package.json").read_text())
-    assert package["dependencies"] == {"@mediapipe/tasks-genai": "0.10.29"}
+    pins = {"@mediapipe/tasks-genai": "0.10.29", "@litertjs/core": "2.5.3", "@huggingface/tokenizers": "0.2.0", "@huggingface/jinja": "0.5.11"}
+    assert package["dependencies"] == pins  # exact versions, no ranges
     lock = json.loads((WEB_DIR / "package-lock.json").read_text())
-    entry = lock["packages"]["node_modules/@mediapipe/tasks-genai"]
-    assert entry["version"] == "0.10.29" and entry["integrity"].startswith("sha512-")
+    for name, version in {**pins, "@litertjs/wasm-utils": "2.5.3"}.items():
+        entry = lock["packages"][f"node_modules/{name}"]
+        assert entry["version"] == version and entry["integrity"].startswith("sha512-")
 
 
 @pytest.mark.skipif(not (WEB_DIR / "node_modules").is_dir(), reason="run `npm ci --prefix web` first")
@@ -252,3 +255,84 @@ def test_app_modules_parse():
         result = subprocess.run(["node", "--check", "--input-type=module"], input=(app / name).read_text(),
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, (name, result.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# LiteRT.js variants: the vendored runtime with hashed names, the variant's files, shared by content
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def litertjs_runtime():
+    from modelforge.web.vendor import litertjs_files, litertjs_versions
+
+    try:
+        return litertjs_files(WEB_DIR), litertjs_versions(WEB_DIR)
+    except RuntimeMissingError as error:
+        pytest.skip(str(error))
+
+
+def _litertjs_variant(tmp_path, name: str, vision_seed: int = 3):
+    from modelforge.web.bundle import LitertjsVariant
+
+    graphs = {graph: fake_tflite(tmp_path / f"{name}-{graph}.tflite", seed=seed)
+              for graph, seed in (("model", 1), ("embedder", 2), ("vision_encoder", vision_seed), ("vision_adapter", 4))}
+    return LitertjsVariant(
+        name=name, label=name.title(), max_tokens=64, graphs=graphs, tokenizer=TINY / "tokenizer.json",
+        tokenizer_config=TINY / "tokenizer_config.json", chat_template=TINY / "chat_template.jinja",
+        generation={"decode": "decode", "cache_length": 256},
+    )
+
+
+def test_litertjs_bundle(tmp_path, litertjs_runtime):
+    from modelforge.web.vendor import LITERTJS_FILES
+
+    files, versions = litertjs_runtime
+    # Two variants with the same vision graphs and tokenizer: those files are laid out once.
+    variants = [_litertjs_variant(tmp_path, "float"), _litertjs_variant(tmp_path, "quantized")]
+    out = tmp_path / "bundle"
+    manifest = write_bundle(out, variants=variants, title="T", litertjs=files, litertjs_versions=versions)
+    assert "runtime" not in manifest  # no MediaPipe variant, no MediaPipe runtime
+    assert not any(name.startswith("runtime/genai") for name in bundle_files(out))
+    assert manifest["litertjs"]["packages"]["@litertjs/core"] == versions["@litertjs/core"]
+    runtime = manifest["litertjs"]["files"]
+    assert set(runtime) == set(LITERTJS_FILES)
+    for name, entry in runtime.items():
+        served = (out / entry["url"]).read_bytes()
+        assert entry["sha256"] == hashlib.sha256(served).hexdigest() and entry["size"] == len(served)
+        assert entry["url"].startswith(f"runtime/{name.rsplit('.', 1)[0]}-{entry['sha256'][:16]}.")
+    # The references between vendored files name the content-hashed files (no bare import, no plain name).
+    core = (out / runtime["litertjs_core.mjs"]["url"]).read_text()
+    assert f'from "./{runtime["litertjs_wasm_utils.mjs"]["url"].split("/")[1]}"' in core and '"@litertjs/wasm-utils"' not in core
+    loader = (out / runtime["litert_wasm_jspi_internal.js"]["url"]).read_text()
+    assert f'locateFile("{runtime["litert_wasm_jspi_internal.wasm"]["url"].split("/")[1]}")' in loader
+    first, second = manifest["variants"]
+    assert first["runtime"] == "litertjs" and first["multimodal"] is True
+    assert set(first["files"]) == {"model", "embedder", "vision_encoder", "vision_adapter", "tokenizer", "tokenizer_config", "chat_template"}
+    assert first["files"]["tokenizer"] == second["files"]["tokenizer"]
+    assert first["files"]["model"] == second["files"]["model"]  # same bytes, same file
+    assert first["files"]["model"]["url"].endswith(".tflite")
+    assert first["size"] == sum(entry["size"] for entry in first["files"].values())
+    for entry in first["files"].values():
+        assert entry["chunk_sha256"] == [entry["sha256"]]
+    assert first["generation"] == {"decode": "decode", "cache_length": 256}
+
+
+def test_litertjs_refusals(tmp_path, litertjs_runtime, fake_runtime, small_task):
+    from modelforge.web.bundle import LitertjsVariant
+
+    files, versions = litertjs_runtime
+    variant = _litertjs_variant(tmp_path, "float")
+    with pytest.raises(BundleError, match="need the LiteRT.js runtime files"):
+        write_bundle(tmp_path / "x", variants=[variant], runtime=fake_runtime, title="T", runtime_version="1")
+    not_a_graph = tmp_path / "model.tflite"
+    not_a_graph.write_bytes(b"\x00" * 64)
+    broken = LitertjsVariant(**{**variant.__dict__, "graphs": {**variant.graphs, "model": not_a_graph}})
+    with pytest.raises(BundleError, match="is not a .tflite graph"):
+        write_bundle(tmp_path / "x", variants=[broken], title="T", litertjs=files, litertjs_versions=versions)
+    with pytest.raises(BundleError, match="the vision encoder and adapter come together"):
+        LitertjsVariant(**{**variant.__dict__, "graphs": {k: v for k, v in variant.graphs.items() if k != "vision_adapter"}})
+    # A MediaPipe variant beside it still needs the MediaPipe runtime.
+    with pytest.raises(BundleError, match="runtime files missing"):
+        write_bundle(tmp_path / "x", variants=[variant, Variant(name="t", task=small_task, label="T", max_tokens=8)],
+                     title="T", litertjs=files, litertjs_versions=versions)

@@ -133,14 +133,23 @@ def _without_the_hub(project: Project, error: HubUnavailableError, need_weights:
 
 
 def web_runtime_facts(store: Store) -> dict[str, Any]:
-    from modelforge.web.vendor import RuntimeMissingError, runtime_files, runtime_version, web_dir
+    """{"version", "files"} of the vendored MediaPipe runtime and, under "litertjs", {"versions",
+    "files"} of the LiteRT.js one; a runtime that is not installed is absent."""
+    from modelforge.web.vendor import RuntimeMissingError, litertjs_files, litertjs_versions, runtime_files, runtime_version, web_dir
 
+    def hashed(files: dict[str, Path]) -> dict[str, dict[str, Any]]:
+        return {name: {"sha256": store.hashes.hash(path), "size": path.stat().st_size} for name, path in sorted(files.items())}
+
+    facts: dict[str, Any] = {}
     try:
-        files = runtime_files(web_dir())
-        version = runtime_version(web_dir())
+        facts = {"version": runtime_version(web_dir()), "files": hashed(runtime_files(web_dir()))}
     except RuntimeMissingError:
-        return {}
-    return {"version": version, "files": {name: {"sha256": store.hashes.hash(path), "size": path.stat().st_size} for name, path in sorted(files.items())}}
+        pass
+    try:
+        facts["litertjs"] = {"versions": litertjs_versions(web_dir()), "files": hashed(litertjs_files(web_dir()))}
+    except RuntimeMissingError:
+        pass
+    return facts
 
 
 def _gather_source(project: Project, store: Store, source_dir: Path | None, reporter: Reporter, need_weights: bool) -> Gathered:

@@ -510,27 +510,54 @@ class LitertlmTarget(Spec):
 
 
 class WebVariantSpec(Spec):
-    name: str = Field(pattern=NAME, description="Slug of the model file (models/<name>-<sha16>.task).")
+    name: str = Field(pattern=NAME, description="Slug of the variant's files (models/<name>-<sha16>.task for MediaPipe).")
     label: str = Field(min_length=1, max_length=200, description="What the page shows, e.g. 'MedGemma 4B · int8'.")
     source_target: str = Field(
         alias="from", description="The litertlm target of this manifest whose export settings and metadata the variant reuses."
     )
+    runtime: Literal["mediapipe", "litertjs"] = Field(
+        default="mediapipe",
+        description="What runs the variant in the page. mediapipe: a text-only MediaPipe .task (the text fallback; the web "
+        "runtime rejects float embeddings, so it needs a recipe). litertjs: the litertlm target's own graphs (embedder, "
+        "prefill/decode, vision encoder and adapter) on LiteRT.js, WebGPU or its wasm CPU backend, with images; the "
+        "litertlm target's task must be image_text_to_text.",
+    )
     recipe: str | None = Field(
         default=None,
-        description="Quantization of the text decoder (default: the litertlm target's). The web runtime needs quantized embeddings: not none.",
+        description="Quantization of the text decoder (default: the litertlm target's). MediaPipe variants need quantized "
+        "embeddings (not none); a litertjs variant may be float (none). The litertlm target's recipe reuses its very steps.",
+    )
+    vision_recipe: str = Field(
+        default="none",
+        description="litertjs only: quantization of the vision encoder and projector. Default none (float): LiteRT.js 2.5.3 "
+        "cannot compile int8 weight-only vision graphs on WebGPU (the page then runs them on its wasm CPU backend).",
     )
     max_tokens: int | None = Field(default=None, ge=1, le=1 << 20, description="Input + output tokens (default: the cache length).")
 
     @field_validator("recipe")
     @classmethod
-    def _quantized(cls, value: str | None) -> str | None:
-        if value == "none":
-            raise ValueError("the MediaPipe web runtime rejects float embedding tables; pick a quantization recipe such as dynamic_wi8_afp32")
+    def _recipe(cls, value: str | None) -> str | None:
         return None if value is None else _check_recipe(value)
+
+    _vision_recipe = field_validator("vision_recipe")(lambda cls, value: _check_recipe(value))
+
+    @model_validator(mode="after")
+    def _runtime(self) -> "WebVariantSpec":
+        if self.runtime == "mediapipe" and self.recipe == "none":
+            raise ValueError(
+                "the MediaPipe web runtime rejects float embedding tables; pick a quantization recipe such as "
+                "dynamic_wi8_afp32, or set runtime: litertjs for a float variant"
+            )
+        if self.runtime == "mediapipe" and self.vision_recipe != "none":
+            raise ValueError("vision_recipe applies to runtime: litertjs variants only (a MediaPipe .task reads text only); remove it")
+        return self
 
 
 class WebBundleTarget(Spec):
-    kind: Literal["web_bundle"] = Field(description="A static page that runs the model in the browser on WebGPU, with server configs.")
+    kind: Literal["web_bundle"] = Field(
+        description="A static page that runs the model in the browser (WebGPU; LiteRT.js variants also on its wasm CPU backend), "
+        "with server configs."
+    )
     title: str = Field(min_length=1, max_length=200, description="Page title.")
     variants: tuple[WebVariantSpec, ...] = Field(
         min_length=1, description="Models in priority order; the page falls back to the next one and says why."

@@ -15,7 +15,7 @@ import os
 
 from modelforge import memory
 from modelforge.errors import PlanError
-from modelforge.manifest.models import LitertlmTarget
+from modelforge.manifest.models import LitertlmTarget, QuantizationSpec
 from modelforge.plan import InputRef, StepNode
 from modelforge.planner import PlanBuilder, source_input
 from modelforge.steps import litert_export, litert_parity, litert_quantize, litertlm_metadata, litertlm_package
@@ -48,7 +48,9 @@ def source_date_epoch() -> int:
     return int(value)
 
 
-def _checkpoint(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> tuple[InputRef, list[str]]:
+def checkpoint_input(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> tuple[InputRef, list[str]]:
+    """The checkpoint a litertlm target exports (the source, or an hf_text_only target's output),
+    and the source files it selects (none for a text-only checkpoint)."""
     if spec.checkpoint == "source":
         files = [item.path for item in builder.facts.files]
         return source_input(builder, files), files
@@ -75,51 +77,23 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
     unknown = [c for c in spec.components if c not in COMPONENT_FILES]
     if unknown:
         raise PlanError(f"{where}: component {unknown[0]!r} has no graph in a litertlm bundle; use {', '.join(COMPONENT_FILES)}")
-    checkpoint, _ = _checkpoint(builder, target, spec)
+    checkpoint, _ = checkpoint_input(builder, target, spec)
     checkpoint = InputRef("checkpoint", checkpoint.node, checkpoint.select)
-    parts = ["text"] + (["vision"] if multimodal else [])
-    exports = {}
-    for part in parts:
-        params = {"part": part, "task": spec.task, "hoists": [hoist.model_dump(mode="json") for hoist in spec.hoists]}
-        if part == "text":
-            # Only the text graphs have prefill signatures and a KV cache: a parameter the vision
-            # graphs never read would re-export them (and re-quantize them) for nothing.
-            params |= {"prefill_lengths": list(spec.prefill_lengths), "cache_length": spec.cache_length}
-        else:
-            # The runtime feeds [0, 1] pixels and cannot be told to normalize (steps/image_input.py):
-            # the vision graph applies the source's preprocessor_config.json normalization itself.
-            params["image_input"] = "runtime"
-        exports[part] = builder.add(StepNode.make(
-            f"{target}.export_{part}", litert_export.KIND, litert_export.VERSION, params, (checkpoint,), litert_export.TOOLS,
-        ))
-    for part, step in exports.items():
-        predict_export_memory(builder, step, part, spec.cache_length)
-    part_files = {"text": ["model.tflite"] + (["embedder.tflite"] if multimodal else []), "vision": ["vision_encoder.tflite", "vision_adapter.tflite"]}
+    exports = plan_exports(builder, target, spec)
+    parts = list(exports)
     sections: list[list[str]] = []
     graph_inputs: list[InputRef] = []
     final_by_part: dict[str, list[InputRef]] = {part: [] for part in parts}
     for component in ("text_decoder", "vision_encoder", "projector"):
-        part, candidates = COMPONENT_FILES[component]
+        part, _ = COMPONENT_FILES[component]
         if part not in parts:
             continue
-        files = [name for name in candidates if name in part_files[part]]
-        quantization = spec.quantization.get(component)
         if component not in spec.components:
             raise PlanError(f"{where}: task {spec.task} bundles component {component!r}; add it to components")
-        if quantization is None or quantization.recipe == "none":
-            ref = InputRef(f"{component}", exports[part], tuple(files))
-        else:
-            node = builder.add(StepNode.make(
-                f"{target}.quantize.{component}", litert_quantize.KIND, litert_quantize.VERSION,
-                {"recipe": quantization.recipe, "files": files,
-                 "overrides": [override.model_dump(mode="json") for override in quantization.overrides]},
-                (InputRef("models", exports[part], tuple(files)),), litert_quantize.TOOLS,
-            ))
-            predict_memory(builder, node, "quantize", (component,))
-            ref = InputRef(f"{component}", node)
+        ref = plan_component(builder, target, spec, exports, component, spec.quantization.get(component))
         graph_inputs.append(ref)
         final_by_part[part].append(ref)
-        sections += [[component, name, SECTION_TYPES[name]] for name in files]
+        sections += [[component, name, SECTION_TYPES[name]] for name in component_files(spec, component)]
     metadata_files = [spec.metadata.chat_template] + (["preprocessor_config.json"] if multimodal else [])
     if checkpoint.node == builder.source.name:
         present = {item.path for item in builder.facts.files}
@@ -172,6 +146,60 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
         # The text check loads the decoder; the image check the whole multimodal model.
         predict_memory(builder, parity_step, "parity", tuple(PART_COMPONENTS["text"] + (PART_COMPONENTS["vision"] if multimodal else ())))
     return package
+
+
+def plan_exports(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> dict[str, str]:
+    """The export steps of a litertlm target, by part ('text', and 'vision' for image_text_to_text).
+    Other targets (web_bundle's LiteRT.js variants) call this to share the very same nodes."""
+    checkpoint, _ = checkpoint_input(builder, target, spec)
+    checkpoint = InputRef("checkpoint", checkpoint.node, checkpoint.select)
+    parts = ["text"] + (["vision"] if spec.task == "image_text_to_text" else [])
+    exports = {}
+    for part in parts:
+        params = {"part": part, "task": spec.task, "hoists": [hoist.model_dump(mode="json") for hoist in spec.hoists]}
+        if part == "text":
+            # Only the text graphs have prefill signatures and a KV cache: a parameter the vision
+            # graphs never read would re-export them (and re-quantize them) for nothing.
+            params |= {"prefill_lengths": list(spec.prefill_lengths), "cache_length": spec.cache_length}
+        else:
+            # The runtime feeds [0, 1] pixels and cannot be told to normalize (steps/image_input.py):
+            # the vision graph applies the source's preprocessor_config.json normalization itself.
+            params["image_input"] = "runtime"
+        exports[part] = builder.add(StepNode.make(
+            f"{target}.export_{part}", litert_export.KIND, litert_export.VERSION, params, (checkpoint,), litert_export.TOOLS,
+        ))
+    for part, step in exports.items():
+        predict_export_memory(builder, step, part, spec.cache_length)
+    return exports
+
+
+def component_files(spec: LitertlmTarget, component: str) -> list[str]:
+    """The graph files holding `component`'s weights in a litertlm target's exports."""
+    part, candidates = COMPONENT_FILES[component]
+    multimodal = spec.task == "image_text_to_text"
+    part_files = {"text": ["model.tflite"] + (["embedder.tflite"] if multimodal else []), "vision": ["vision_encoder.tflite", "vision_adapter.tflite"]}
+    return [name for name in candidates if name in part_files[part]]
+
+
+def plan_component(
+    builder: PlanBuilder, target: str, spec: LitertlmTarget, exports: dict[str, str], component: str,
+    quantization: QuantizationSpec | None, name: str | None = None,
+) -> InputRef:
+    """`component`'s final graphs: the export's own files when `quantization` is absent or none,
+    else a quantize step (named `<target>.quantize.<component>` unless `name` says otherwise; the
+    same recipe under the same name is the same node, so every target asking for it shares it)."""
+    part, _ = COMPONENT_FILES[component]
+    files = component_files(spec, component)
+    if quantization is None or quantization.recipe == "none":
+        return InputRef(component, exports[part], tuple(files))
+    node = builder.add(StepNode.make(
+        name or f"{target}.quantize.{component}", litert_quantize.KIND, litert_quantize.VERSION,
+        {"recipe": quantization.recipe, "files": files,
+         "overrides": [override.model_dump(mode="json") for override in quantization.overrides]},
+        (InputRef("models", exports[part], tuple(files)),), litert_quantize.TOOLS,
+    ))
+    predict_memory(builder, node, "quantize", (component,))
+    return InputRef(component, node)
 
 
 # The components each export part traces and loads (steps/partial_load.py reads only these).

@@ -1,10 +1,13 @@
-"""Target `web_bundle`: a static page running the model in the browser on WebGPU. Each variant is
-a plain text export (the web runtime cannot take GPU composites nor, yet, images) with its own
-quantization, packed as a MediaPipe `.task`::
+"""Target `web_bundle`: a static page running the model in the browser. A `runtime: mediapipe`
+variant is a plain text export (MediaPipe cannot take GPU composites nor images) with its own
+quantization, packed as a `.task`; a `runtime: litertjs` variant ships the litertlm target's own
+graphs (the same export and quantize nodes when the recipe is the same), run by LiteRT.js with images::
 
-    checkpoint ─► export (text_generation) ─► quantize <variant> ─► web_task <variant> ─┐
-                                                                                         ├─► web_bundle
-    vendored runtime (web/node_modules, hashed at plan time) ───────────────────────────┘
+    checkpoint ─► export (text_generation) ─► quantize <variant> ─► web_task <variant> ───┐
+    <litertlm>.export_text ─► (<litertlm>.quantize.text_decoder | none | own recipe) ──────┤
+    <litertlm>.export_vision ─► (float | quantize vision_encoder, projector) ──────────────┼─► web_bundle
+    source: tokenizer.json, tokenizer_config.json, chat template, preprocessor_config.json ┤
+    vendored runtimes (web/node_modules, hashed at plan time) ─────────────────────────────┘
 
 Each variant's `.task` size and largest weight are predicted from the tensor shapes and its recipe
 (`modelforge.web.limits`) and recorded in plan.facts["web"]; a variant that cannot fit the browser
@@ -14,29 +17,35 @@ runtime's limits is refused here, before anything is exported.
 from __future__ import annotations
 
 from modelforge.errors import PlanError
-from modelforge.manifest.models import WebBundleTarget
+from modelforge.manifest.models import QuantizationSpec, WebBundleTarget, WebVariantSpec
 from modelforge.plan import InputRef, StepNode
-from modelforge.planner import PlanBuilder
+from modelforge.planner import PlanBuilder, source_input
 from modelforge.steps import litert_export, litert_quantize, web_bundle, web_task
 from modelforge.targets import litertlm
-from modelforge.web import limits
+from modelforge.web import bundle, limits
 
 KIND = "web_bundle"
 
 
 def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
     where = builder.where(target)
-    if not builder.facts.web_runtime:
-        raise PlanError(f"{where}: the web runtime is not vendored; run `npm ci --prefix web` (tools/setup.sh does)")
+    runtimes = {variant.runtime for variant in spec.variants}
+    if "mediapipe" in runtimes and "version" not in builder.facts.web_runtime:
+        raise PlanError(f"{where}: the MediaPipe web runtime is not vendored; run `npm ci --prefix web` (tools/setup.sh does)")
+    if "litertjs" in runtimes and not builder.facts.web_runtime.get("litertjs"):
+        raise PlanError(f"{where}: the LiteRT.js web runtime is not vendored; run `npm ci --prefix web` (tools/setup.sh does)")
     config = builder.facts.config
     # Minimal Hub configs leave vocab_size to the class default; the step then reads it off the graph.
     vocab_size = config.get("text_config", config).get("vocab_size")
-    if "tokenizer.model" not in {item.path for item in builder.facts.files}:
+    if "mediapipe" in runtimes and "tokenizer.model" not in {item.path for item in builder.facts.files}:
         raise PlanError(f"{where}: the web runtime needs the SentencePiece tokenizer.model; take it with source.files")
     inputs, variants = [], []
     for variant in spec.variants:
         origin = builder.manifest.targets[variant.source_target]
-        checkpoint, _ = litertlm._checkpoint(builder, variant.source_target, origin)
+        if variant.runtime == "litertjs":
+            variants.append(_litertjs_variant(builder, target, variant, origin, inputs))
+            continue
+        checkpoint, _ = litertlm.checkpoint_input(builder, variant.source_target, origin)
         checkpoint = InputRef("checkpoint", checkpoint.node, checkpoint.select)
         export = _export(builder, target, variant.source_target, origin, checkpoint)
         recipe = variant.recipe or getattr(origin.quantization.get("text_decoder"), "recipe", "none")
@@ -64,7 +73,12 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
         ))
         inputs.append(InputRef(f"variant.{variant.name}", task))
         variants.append({"name": variant.name, "label": variant.label, "max_tokens": max_tokens, "input": f"variant.{variant.name}"})
-    params = {"title": spec.title, "variants": variants, "runtime": dict(builder.facts.web_runtime)}
+    # The page's own files: a changed page must rebuild the bundle (they are no input of any other step).
+    params = {"title": spec.title, "variants": variants, "app": bundle.app_digest()}
+    if "mediapipe" in runtimes:
+        params["runtime"] = {key: builder.facts.web_runtime[key] for key in ("version", "files")}
+    if "litertjs" in runtimes:
+        params["litertjs"] = dict(builder.facts.web_runtime["litertjs"])
     if builder.manifest.notice:  # absent, not empty, where there is none: those bundles keep their keys
         params["notice"] = builder.manifest.notice
     return builder.add(StepNode.make(
@@ -72,6 +86,58 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
         params,
         tuple(inputs), web_bundle.TOOLS,
     ))
+
+
+def _litertjs_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec, origin, inputs: list[InputRef]) -> dict:
+    """A LiteRT.js variant: the litertlm target's graphs (its own nodes when the recipes are its own),
+    the tokenizer and chat template, and what the page's loop needs to know (resolved to ids in the step)."""
+    where = builder.where(target)
+    if origin.task != "image_text_to_text":
+        raise PlanError(
+            f"{where}: variant {variant.name!r} (runtime: litertjs) needs the embedder graph of an image_text_to_text "
+            f"litertlm target; {variant.source_target!r} exports {origin.task}: set its task or use runtime: mediapipe"
+        )
+    max_tokens = variant.max_tokens or origin.cache_length
+    if max_tokens > origin.cache_length:
+        raise PlanError(f"{where}: variant {variant.name!r} max_tokens {max_tokens} exceeds the cache length {origin.cache_length}; lower it")
+    present = {item.path for item in builder.facts.files}
+    needed = ["tokenizer.json", "tokenizer_config.json", origin.metadata.chat_template, "preprocessor_config.json"]
+    missing = [name for name in needed if name not in present]
+    if missing:
+        raise PlanError(f"{where}: variant {variant.name!r} needs the source's {', '.join(missing)}; take them with source.files")
+    exports = litertlm.plan_exports(builder, variant.source_target, origin)
+
+    def graphs(component: str, recipe: str) -> InputRef:
+        own = origin.quantization.get(component) or QuantizationSpec()
+        if recipe == own.recipe:  # the litertlm target's very node (or its float export)
+            return litertlm.plan_component(builder, variant.source_target, origin, exports, component, own)
+        return litertlm.plan_component(
+            builder, variant.source_target, origin, exports, component, QuantizationSpec(recipe=recipe),
+            name=f"{target}.quantize.{variant.name}.{component}",
+        )
+
+    text_recipe = variant.recipe if variant.recipe is not None else (origin.quantization.get("text_decoder") or QuantizationSpec()).recipe
+    refs = {"text": graphs("text_decoder", text_recipe)}
+    refs |= {component: graphs(component, variant.vision_recipe) for component in ("vision_encoder", "projector")}
+    names = {}
+    for key, ref in refs.items():
+        names[key] = f"variant.{variant.name}.{key}"
+        inputs.append(InputRef(names[key], ref.node, ref.select))
+    names["source"] = f"variant.{variant.name}.source"
+    inputs.append(InputRef(names["source"], builder.source.name, source_input(builder, needed).select))
+    config = builder.facts.config
+    return {
+        "name": variant.name, "label": variant.label, "runtime": "litertjs", "max_tokens": max_tokens, "inputs": names,
+        "files": {"chat_template": origin.metadata.chat_template},
+        "generation": {
+            "prefill_lengths": list(origin.prefill_lengths), "cache_length": origin.cache_length,
+            "start_token": origin.metadata.start_token, "stop_tokens": list(origin.metadata.stop_tokens),
+            "image": {
+                "soft_tokens": config.get("mm_tokens_per_image", 256), "image_token_id": config.get("image_token_index", 262144),
+                "start_of_image_id": config.get("boi_token_index", 255999), "end_of_image_id": config.get("eoi_token_index", 256000),
+            },
+        },
+    }
 
 
 def _check_size(builder: PlanBuilder, target: str, variant: str, recipe: str) -> None:

@@ -5,7 +5,10 @@ server configurations — deterministic bytes for the same inputs.
       index.html app.js accumulator.js style.css favicon.svg   the app (index.html gets the title)
       bundle.json                                     what the app reads (see below)
       runtime/<stem>-<sha16><ext>                     vendored runtime files, content-hashed names
-      models/<name>-<sha16>.task                      model variants, content-hashed names
+      models/<name>-<sha16>.task                      MediaPipe variants, content-hashed names
+      models/<graph>-<sha16>.tflite, models/tokenizer-<sha16>.json, models/chat_template-<sha16>.jinja
+                                                      LiteRT.js variants' files, named by content (two
+                                                      variants sharing a graph share its file)
       nginx.conf Caddyfile .htaccess _headers firebase.json
 
 bundle.json (canonical JSON: sorted keys, 2-space indent, trailing newline):
@@ -14,7 +17,20 @@ bundle.json (canonical JSON: sorted keys, 2-space indent, trailing newline):
      "runtime": {"package": "@mediapipe/tasks-genai", "version": "0.10.29",
                  "files": {"genai_bundle.mjs": {"url": "runtime/genai_bundle-<sha16>.mjs", "sha256": ..., "size": ...}, ...}},
      "variants": [{"name", "label", "url": "models/<name>-<sha16>.task", "sha256", "size", "format": "task",
-                   "chunk_size", "chunk_sha256": [...], "multimodal", "max_tokens", ["top_k", "temperature", "random_seed"]}]}
+                   "chunk_size", "chunk_sha256": [...], "multimodal", "max_tokens", ["top_k", "temperature", "random_seed"],
+                   "runtime": "mediapipe"}, ...]}
+
+A bundle with `runtime: litertjs` variants adds the LiteRT.js runtime, and those variants name files
+instead of one `.task`:
+
+     "litertjs": {"packages": {"@litertjs/core": "2.5.3", ...},
+                  "files": {"litertjs_core.mjs": {"url": "runtime/litertjs_core-<sha16>.mjs", "sha256", "size"}, ...}},
+     "variants": [{"name", "label", "runtime": "litertjs", "multimodal", "max_tokens", "size" (all files),
+                   "files": {"model" | "embedder" | "vision_encoder" | "vision_adapter" | "tokenizer" | "tokenizer_config" | "chat_template":
+                             {"url", "sha256", "size", "chunk_size", "chunk_sha256"}},
+                   "generation": {what the page's decoding loop needs: see steps/web_bundle.py}}]
+
+The `runtime` (MediaPipe) section is present only when a MediaPipe variant is.
 
 Variants are listed in priority order (the app tries them in that order). The app checks every
 `chunk_size` part of a model against `chunk_sha256` as it streams, whenever it reads the model (download,
@@ -30,6 +46,7 @@ import hashlib
 import html
 import json
 import os
+import posixpath
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -38,13 +55,16 @@ from importlib import resources
 from pathlib import Path
 
 from .headers import APP_FILES, all_configs, is_hashed
-from .vendor import PACKAGE, RUNTIME_FILES
+from .vendor import LITERTJS_FILES, LITERTJS_REFERENCES, PACKAGE, RUNTIME_FILES
 
-__all__ = ["APP_SOURCE_FILES", "BUNDLE_SCHEMA", "CHUNK_SIZE", "BundleError", "Variant", "bundle_files", "write_bundle"]
+__all__ = [
+    "APP_SOURCE_FILES", "BUNDLE_SCHEMA", "CHUNK_SIZE", "BundleError", "LitertjsVariant", "Variant", "app_digest", "bundle_files",
+    "write_bundle",
+]
 
 BUNDLE_SCHEMA = "modelforge-web-bundle/1"
 CHUNK_SIZE = 64 * 1024 * 1024
-APP_SOURCE_FILES = ("index.html", "app.js", "accumulator.js", "style.css", "favicon.svg")
+APP_SOURCE_FILES = ("index.html", "app.js", "accumulator.js", "litert.js", "style.css", "favicon.svg")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _READ = 8 << 20
 
@@ -82,6 +102,55 @@ class Variant:
             raise BundleError(f"variant {self.name}: empty label")
         if self.max_tokens <= 0:
             raise BundleError(f"variant {self.name}: max_tokens must be positive")
+
+
+LITERTJS_GRAPHS = ("model", "embedder", "vision_encoder", "vision_adapter")
+# The served extension of each LiteRT.js variant file (store objects have no extension).
+LITERTJS_EXTENSIONS = {**{graph: ".tflite" for graph in LITERTJS_GRAPHS}, "tokenizer": ".json", "tokenizer_config": ".json", "chat_template": ".jinja"}
+
+
+@dataclass(frozen=True)
+class LitertjsVariant:
+    """A variant the page runs on LiteRT.js: the litertlm target's graphs, driven by the page's own
+    decoding loop (litert.js), with the tokenizer and chat template of the source.
+
+    graphs: {"model", "embedder", "vision_encoder", "vision_adapter"}: `.tflite` files (the vision pair
+      is optional: without it the variant reads text only).
+    tokenizer, tokenizer_config: tokenizer.json and tokenizer_config.json; chat_template: the Jinja template.
+    generation: what the loop needs (signatures, prefill lengths, cache length, token ids, image size
+      and soft tokens), written into bundle.json as is.
+    """
+
+    name: str
+    label: str
+    max_tokens: int
+    graphs: Mapping[str, Path]
+    tokenizer: Path
+    tokenizer_config: Path
+    chat_template: Path
+    generation: Mapping
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise BundleError(f"variant name {self.name!r} must match {_NAME.pattern}")
+        if not self.label.strip():
+            raise BundleError(f"variant {self.name}: empty label")
+        if self.max_tokens <= 0:
+            raise BundleError(f"variant {self.name}: max_tokens must be positive")
+        missing = [graph for graph in ("model", "embedder") if graph not in self.graphs]
+        unknown = sorted(set(self.graphs) - set(LITERTJS_GRAPHS))
+        if missing or unknown:
+            raise BundleError(f"variant {self.name}: graphs must be {', '.join(LITERTJS_GRAPHS)} (missing {missing}, unknown {unknown})")
+        if ("vision_encoder" in self.graphs) != ("vision_adapter" in self.graphs):
+            raise BundleError(f"variant {self.name}: the vision encoder and adapter come together")
+
+    @property
+    def multimodal(self) -> bool:
+        return "vision_encoder" in self.graphs
+
+    def files(self) -> dict[str, Path]:
+        return {**{name: Path(path) for name, path in self.graphs.items()}, "tokenizer": Path(self.tokenizer),
+                "tokenizer_config": Path(self.tokenizer_config), "chat_template": Path(self.chat_template)}
 
 
 def _hash_file(path: Path, chunk_size: int) -> tuple[str, list[str], int]:
@@ -128,6 +197,17 @@ def _app_source(name: str) -> bytes:
     return resources.files("modelforge.web").joinpath("app", name).read_bytes()
 
 
+def app_digest() -> str:
+    """sha256 over the app's source files (name and bytes): a parameter of the web_bundle step, so
+    that a change of the page rebuilds the bundle instead of reusing one stored with the old page."""
+    digest = hashlib.sha256()
+    for name in APP_SOURCE_FILES:
+        data = _app_source(name)
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
 def _canonical_json(value: object) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
 
@@ -135,34 +215,52 @@ def _canonical_json(value: object) -> str:
 def write_bundle(
     out_dir: Path,
     *,
-    variants: Sequence[Variant],
-    runtime: Mapping[str, Path],
+    variants: Sequence[Variant | LitertjsVariant],
+    runtime: Mapping[str, Path] | None = None,
     title: str,
     runtime_version: str | None = None,
     notice: str = "",
+    litertjs: Mapping[str, Path] | None = None,
+    litertjs_versions: Mapping[str, str] | None = None,
 ) -> dict:
     """Write the bundle into `out_dir` (created; must be absent, empty, or a previous bundle, which is
-    replaced). `runtime` is `vendor.runtime_files(web_dir)`; `runtime_version` defaults to the
-    version in the package.json next to the runtime files. Returns the bundle.json content."""
+    replaced). `runtime` is `vendor.runtime_files(web_dir)` (needed by MediaPipe variants);
+    `runtime_version` defaults to the version in the package.json next to the runtime files.
+    `litertjs` is `vendor.litertjs_files(web_dir)` and `litertjs_versions` `vendor.litertjs_versions`
+    (needed by LiteRT.js variants). Returns the bundle.json content."""
     out_dir = Path(out_dir)
     if not variants:
         raise BundleError("a web bundle needs at least one model variant")
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise BundleError(f"variant names must be unique: {names}")
-    missing = sorted(set(RUNTIME_FILES) - set(runtime))
-    if missing:
-        raise BundleError(f"runtime files missing: {missing}")
+    mediapipe = [variant for variant in variants if isinstance(variant, Variant)]
+    if mediapipe:
+        missing = sorted(set(RUNTIME_FILES) - set(runtime or {}))
+        if missing:
+            raise BundleError(f"runtime files missing: {missing}")
+    if len(mediapipe) < len(variants):
+        missing = sorted(set(LITERTJS_FILES) - set(litertjs or {}))
+        if missing or litertjs_versions is None:
+            raise BundleError(f"LiteRT.js variants need the LiteRT.js runtime files and versions; missing {missing or 'versions'}")
     if not title.strip():
         raise BundleError("empty title")
     for variant in variants:
-        if not Path(variant.task).is_file():
-            raise BundleError(f"variant {variant.name}: {variant.task} does not exist")
-        with open(variant.task, "rb") as handle:
-            if handle.read(6) != b"\x00\x00\x00\x00PK":
-                raise BundleError(f"variant {variant.name}: {variant.task} is not a MediaPipe .task (see write_task)")
+        paths = {"task": variant.task} if isinstance(variant, Variant) else variant.files()
+        for path in paths.values():
+            if not Path(path).is_file():
+                raise BundleError(f"variant {variant.name}: {path} does not exist")
+        if isinstance(variant, Variant):
+            with open(variant.task, "rb") as handle:
+                if handle.read(6) != b"\x00\x00\x00\x00PK":
+                    raise BundleError(f"variant {variant.name}: {variant.task} is not a MediaPipe .task (see write_task)")
+        else:
+            for graph in variant.graphs.values():
+                with open(graph, "rb") as handle:
+                    if handle.read(8)[4:] != b"TFL3":
+                        raise BundleError(f"variant {variant.name}: {graph} is not a .tflite graph")
 
-    if runtime_version is None:
+    if mediapipe and runtime_version is None:
         runtime_version = _version_near(Path(runtime["genai_bundle.mjs"]))
 
     staging = out_dir.with_name(f".{out_dir.name}.staging-{os.getpid()}")
@@ -176,23 +274,32 @@ def write_bundle(
                 data = data.replace(b"%TITLE%", html.escape(title, quote=True).encode())
             (staging / name).write_bytes(data)
 
-        runtime_entries: dict[str, dict] = {}
-        for logical in sorted(RUNTIME_FILES):
-            source = Path(runtime[logical])
-            digest, _, size = _hash_file(source, CHUNK_SIZE)
-            stem, ext = _split_ext(logical)
-            rel = f"runtime/{stem}-{digest[:16]}{ext}"
-            _place(source, staging / rel)
-            runtime_entries[logical] = {"url": rel, "sha256": digest, "size": size}
+        manifest: dict = {"schema": BUNDLE_SCHEMA, "title": title}
+        if mediapipe:
+            runtime_entries: dict[str, dict] = {}
+            for logical in sorted(RUNTIME_FILES):
+                source = Path(runtime[logical])
+                digest, _, size = _hash_file(source, CHUNK_SIZE)
+                stem, ext = _split_ext(logical)
+                rel = f"runtime/{stem}-{digest[:16]}{ext}"
+                _place(source, staging / rel)
+                runtime_entries[logical] = {"url": rel, "sha256": digest, "size": size}
+            manifest["runtime"] = {"package": PACKAGE, "version": runtime_version, "files": runtime_entries}
+        if len(mediapipe) < len(variants):
+            manifest["litertjs"] = {"packages": dict(sorted(litertjs_versions.items())), "files": _vendor_litertjs(litertjs, staging)}
 
         variant_entries = []
         for variant in variants:
+            if isinstance(variant, LitertjsVariant):
+                variant_entries.append(_litertjs_entry(variant, staging))
+                continue
             digest, chunks, size = _hash_file(Path(variant.task), CHUNK_SIZE)
             rel = f"models/{variant.name}-{digest[:16]}.task"
             _place(Path(variant.task), staging / rel)
             entry: dict = {
                 "name": variant.name,
                 "label": variant.label,
+                "runtime": "mediapipe",
                 "url": rel,
                 "sha256": digest,
                 "size": size,
@@ -208,12 +315,7 @@ def write_bundle(
                     entry[key] = value
             variant_entries.append(entry)
 
-        manifest = {
-            "schema": BUNDLE_SCHEMA,
-            "title": title,
-            "runtime": {"package": PACKAGE, "version": runtime_version, "files": runtime_entries},
-            "variants": variant_entries,
-        }
+        manifest["variants"] = variant_entries
         if notice:
             manifest["notice"] = notice  # the page shows it on its model line (e.g. random weights: gibberish)
         (staging / "bundle.json").write_text(_canonical_json(manifest), encoding="utf-8")
@@ -231,6 +333,66 @@ def write_bundle(
         if staging.exists():
             shutil.rmtree(staging)
     return manifest
+
+
+def _vendor_litertjs(files: Mapping[str, Path], staging: Path) -> dict[str, dict]:
+    """Copy the LiteRT.js runtime under content-hashed names; a file that names another by its npm
+    name (vendor.LITERTJS_REFERENCES) gets the other's hashed name written in, so it is hashed after."""
+    entries: dict[str, dict] = {}
+    pending = sorted(files)
+    while pending:
+        ready = [name for name in pending if all(target in entries for target in LITERTJS_REFERENCES.get(name, {}).values())]
+        if not ready:
+            raise BundleError(f"the LiteRT.js files name each other in a cycle: {pending}")
+        for logical in ready:
+            pending.remove(logical)
+            source = Path(files[logical])
+            stem, ext = _split_ext(logical)
+            references = LITERTJS_REFERENCES.get(logical)
+            if references:
+                text = source.read_text(encoding="utf-8")
+                for needle, target in references.items():
+                    if text.count(needle) != 1:
+                        raise BundleError(
+                            f"{source}: expected {needle!r} exactly once (found {text.count(needle)}); "
+                            "the vendored LiteRT.js changed: update vendor.LITERTJS_REFERENCES"
+                        )
+                    hashed = posixpath.basename(entries[target]["url"])
+                    # an import names a module path ("./x"); a loader's locateFile names a file beside it
+                    replacement = f'from "./{hashed}"' if needle.startswith("from ") else needle.replace(target, hashed)
+                    text = text.replace(needle, replacement)
+                data = text.encode("utf-8")
+                digest = hashlib.sha256(data).hexdigest()
+                rel = f"runtime/{stem}-{digest[:16]}{ext}"
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                (staging / rel).write_bytes(data)
+                size = len(data)
+            else:
+                digest, _, size = _hash_file(source, CHUNK_SIZE)
+                rel = f"runtime/{stem}-{digest[:16]}{ext}"
+                _place(source, staging / rel)
+            entries[logical] = {"url": rel, "sha256": digest, "size": size}
+    return dict(sorted(entries.items()))
+
+
+def _litertjs_entry(variant: LitertjsVariant, staging: Path) -> dict:
+    files = {}
+    for logical, path in variant.files().items():
+        digest, chunks, size = _hash_file(path, CHUNK_SIZE)
+        rel = f"models/{logical}-{digest[:16]}{LITERTJS_EXTENSIONS[logical]}"
+        if not (staging / rel).exists():  # a file two variants share is laid out once
+            _place(path, staging / rel)
+        files[logical] = {"url": rel, "sha256": digest, "size": size, "chunk_size": CHUNK_SIZE, "chunk_sha256": chunks}
+    return {
+        "name": variant.name,
+        "label": variant.label,
+        "runtime": "litertjs",
+        "multimodal": variant.multimodal,
+        "max_tokens": variant.max_tokens,
+        "size": sum(entry["size"] for entry in files.values()),
+        "files": files,
+        "generation": dict(variant.generation),
+    }
 
 
 def bundle_files(bundle_dir: Path) -> list[str]:

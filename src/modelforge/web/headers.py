@@ -106,7 +106,7 @@ HASHED_NAME = re.compile(r"[-_.](?:[0-9a-f]{64}|[0-9a-f]{16})\.[A-Za-z0-9]+$")
 _HASHED_NAME_SOURCE = r"[-_.](?:[0-9a-f]{64}|[0-9a-f]{16})\.[A-Za-z0-9]+$"
 
 # The app's own (not content-hashed) files at the bundle root.
-APP_FILES = ("index.html", "app.js", "accumulator.js", "style.css", "favicon.svg", "bundle.json")
+APP_FILES = ("index.html", "app.js", "accumulator.js", "litert.js", "style.css", "favicon.svg", "bundle.json")
 # Server configuration files written into the bundle root: never served where a server can say so.
 CONFIG_FILES = ("nginx.conf", "Caddyfile", ".htaccess", "_headers", "firebase.json")
 # Directories of the bundle that hold only content-hashed files.

@@ -1,4 +1,5 @@
-"""The MediaPipe GenAI web runtime, vendored from the build-time npm project in `web/`.
+"""The web runtimes, vendored from the build-time npm project in `web/`: MediaPipe GenAI (text-only
+`.task` variants) and LiteRT.js with a tokenizer and a Jinja renderer (variants with images).
 
 `web/package.json` + `web/package-lock.json` pin `@mediapipe/tasks-genai`; `npm ci --prefix web`
 installs it into `web/node_modules`. Nothing is ever loaded from a CDN: the build copies the files
@@ -9,6 +10,15 @@ Files taken (all from the package root / its `wasm/` directory):
 - `genai_wasm_internal.js`      the Emscripten loader (SIMD build; classic script, sets ModuleFactory)
 - `genai_wasm_internal.wasm`    the runtime itself (SIMD)
 
+LiteRT.js (`LITERTJS_FILES`, for `runtime: litertjs` variants): `@litertjs/core` (ES module) and
+its one dependency `@litertjs/wasm-utils`; three of its Emscripten `.js`/`.wasm` pairs (the page picks
+one by the browser's features, as `loadLiteRt(dir)` would: JSPI + relaxed SIMD, relaxed SIMD, neither);
+`@huggingface/tokenizers` (tokenizer.json, transformers' own ids) and `@huggingface/jinja` (the chat
+template). Two references between these files are by name (a bare import of `@litertjs/wasm-utils`,
+each loader's `.wasm` file name); `LITERTJS_REFERENCES` lists them and the bundle writes the
+content-hashed names in their place (an import map would need an inline script, which the CSP forbids).
+Not taken: the threaded pair (it needs SharedArrayBuffer threads the page does not use).
+
 Not taken: the `nosimd` build (every browser with WebGPU has WebAssembly SIMD; the app checks and
 says so), the `module` build (ES-module loader variant of the same wasm) and the source maps.
 """
@@ -18,7 +28,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["PACKAGE", "RUNTIME_FILES", "RuntimeMissingError", "runtime_files", "runtime_version", "web_dir"]
+__all__ = [
+    "LITERTJS_FILES", "LITERTJS_PACKAGES", "LITERTJS_REFERENCES", "PACKAGE", "RUNTIME_FILES", "RuntimeMissingError",
+    "litertjs_files", "litertjs_versions", "runtime_files", "runtime_version", "web_dir",
+]
 
 PACKAGE = "@mediapipe/tasks-genai"
 # logical name (the name the app and bundle.json use) → path inside the npm package
@@ -26,6 +39,27 @@ RUNTIME_FILES: dict[str, str] = {
     "genai_bundle.mjs": "genai_bundle.mjs",
     "genai_wasm_internal.js": "wasm/genai_wasm_internal.js",
     "genai_wasm_internal.wasm": "wasm/genai_wasm_internal.wasm",
+}
+
+LITERTJS_PACKAGES = ("@litertjs/core", "@litertjs/wasm-utils", "@huggingface/tokenizers", "@huggingface/jinja")
+# logical name → (npm package, path inside it)
+LITERTJS_FILES: dict[str, tuple[str, str]] = {
+    "litertjs_core.mjs": ("@litertjs/core", "dist/index.js"),
+    "litertjs_wasm_utils.mjs": ("@litertjs/wasm-utils", "dist/index.js"),
+    **{
+        f"litert_wasm_{flavour}internal.{ext}": ("@litertjs/core", f"wasm/litert_wasm_{flavour}internal.{ext}")
+        for flavour in ("jspi_", "", "compat_") for ext in ("js", "wasm")
+    },
+    "tokenizers.mjs": ("@huggingface/tokenizers", "dist/tokenizers.min.mjs"),
+    "jinja.mjs": ("@huggingface/jinja", "dist/index.js"),
+}
+# file → {exact text in it: the logical file that text names}; each text occurs exactly once.
+LITERTJS_REFERENCES: dict[str, dict[str, str]] = {
+    "litertjs_core.mjs": {'from "@litertjs/wasm-utils"': "litertjs_wasm_utils.mjs"},
+    **{
+        f"litert_wasm_{flavour}internal.js": {f'locateFile("litert_wasm_{flavour}internal.wasm")': f"litert_wasm_{flavour}internal.wasm"}
+        for flavour in ("jspi_", "", "compat_")
+    },
 }
 
 
@@ -79,4 +113,33 @@ def runtime_files(web_dir: Path) -> dict[str, Path]:
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing:
         raise RuntimeMissingError(f"runtime files missing: {', '.join(missing)}: {_install_hint(web_dir)}")
+    return files
+
+
+def litertjs_versions(web_dir: Path) -> dict[str, str]:
+    """{package: installed version} of the LiteRT.js runtime's packages; a package pinned in
+    web/package.json must be installed at its pin (wasm-utils comes with core, pinned by the lock)."""
+    web_dir = Path(web_dir)
+    pins = json.loads((web_dir / "package.json").read_text()).get("dependencies", {}) if (web_dir / "package.json").is_file() else {}
+    versions = {}
+    for package in LITERTJS_PACKAGES:
+        package_json = web_dir / "node_modules" / package / "package.json"
+        if not package_json.is_file():
+            raise RuntimeMissingError(f"{package} is not installed in {web_dir / 'node_modules'}: run `npm ci --prefix {web_dir}`")
+        installed = json.loads(package_json.read_text())["version"]
+        if package in pins and pins[package] != installed:
+            raise RuntimeMissingError(f"{package} {installed} is installed but {web_dir / 'package.json'} pins {pins[package]}: run `npm ci --prefix {web_dir}`")
+        versions[package] = installed
+    return versions
+
+
+def litertjs_files(web_dir: Path) -> dict[str, Path]:
+    """{logical file name: path in web/node_modules} of the LiteRT.js runtime, tokenizer and template
+    renderer. Raises RuntimeMissingError (saying to run `npm ci --prefix web`) if they are not installed."""
+    web_dir = Path(web_dir)
+    litertjs_versions(web_dir)
+    files = {name: web_dir / "node_modules" / package / rel for name, (package, rel) in LITERTJS_FILES.items()}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise RuntimeMissingError(f"LiteRT.js runtime files missing: {', '.join(missing)}: run `npm ci --prefix {web_dir}`")
     return files

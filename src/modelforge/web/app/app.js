@@ -1,11 +1,14 @@
-// modelforge web app: runs a MediaPipe LLM (.task) on WebGPU, entirely in the browser.
+// modelforge web app: runs the model entirely in the browser — a LiteRT.js variant (the exported
+// graphs, with images; WebGPU, else the wasm CPU backend) or a MediaPipe LLM (.task, text, WebGPU).
 //
-// Flow: read bundle.json → check WebGPU → load the vendored runtime → for each model variant in
-// priority order: get the model (Cache Storage, else download with progress), verify its size and
-// SHA-256, start it; on failure say why and fall back to the next variant → answer questions with
-// streamed output and a stop button. Every problem is reported in the page.
+// Flow: read bundle.json → check WebGPU → for each model variant in priority order: load its runtime,
+// get its files (Cache Storage, else download with progress), verify their size and SHA-256, start
+// it; on failure say why and fall back to the next variant → answer questions (with an image, for a
+// multimodal variant) with streamed output and a stop button. Every problem is reported in the page.
+// Query: ?backend=wasm runs LiteRT.js variants on the CPU; ?variant=NAME starts from that variant.
 
 import { StreamAccumulator, formatBytes } from "./accumulator.js";
+import { imagePixels, loadLitertRuntime, startLitertVariant } from "./litert.js";
 
 const CACHE_NAME = "modelforge-models-v1";
 
@@ -16,6 +19,8 @@ const state = {
   genai: null,
   fileset: null,
   llm: null,
+  engine: null, // a started LiteRT.js variant (litert.js)
+  backend: null, // "webgpu" or "wasm": where LiteRT.js variants run
   variant: null,
   generating: false,
   stopRequested: false,
@@ -143,19 +148,36 @@ async function loadBundle() {
   }
   const problems = [];
   if (!bundle || typeof bundle !== "object") problems.push("not an object");
-  const files = bundle?.runtime?.files;
-  for (const name of ["genai_bundle.mjs", "genai_wasm_internal.js", "genai_wasm_internal.wasm"]) {
-    if (typeof files?.[name]?.url !== "string") problems.push(`runtime file ${name} missing`);
+  const variants = Array.isArray(bundle?.variants) ? bundle.variants : [];
+  if (variants.some((v) => v.runtime !== "litertjs")) {
+    const files = bundle?.runtime?.files;
+    for (const name of ["genai_bundle.mjs", "genai_wasm_internal.js", "genai_wasm_internal.wasm"]) {
+      if (typeof files?.[name]?.url !== "string") problems.push(`runtime file ${name} missing`);
+    }
   }
-  if (!Array.isArray(bundle?.variants) || bundle.variants.length === 0) problems.push("no model variants");
-  for (const [i, v] of (bundle?.variants || []).entries()) {
-    const where = `variant ${i + 1}`;
-    if (typeof v.url !== "string") problems.push(`${where}: no url`);
-    if (!/^[0-9a-f]{64}$/.test(v.sha256 || "")) problems.push(`${where}: no sha256`);
-    if (!Number.isSafeInteger(v.size) || v.size <= 0) problems.push(`${where}: no size`);
-    if (!Number.isSafeInteger(v.chunk_size) || v.chunk_size <= 0) problems.push(`${where}: no chunk_size`);
-    if (!Array.isArray(v.chunk_sha256) || v.chunk_sha256.length !== Math.ceil(v.size / v.chunk_size)) {
+  if (variants.some((v) => v.runtime === "litertjs")) {
+    const files = bundle?.litertjs?.files;
+    for (const name of ["litertjs_core.mjs", "litert_wasm_jspi_internal.js", "litert_wasm_internal.js", "litert_wasm_compat_internal.js", "tokenizers.mjs", "jinja.mjs"]) {
+      if (typeof files?.[name]?.url !== "string") problems.push(`LiteRT.js runtime file ${name} missing`);
+    }
+  }
+  if (variants.length === 0) problems.push("no model variants");
+  const checkFile = (where, v) => {
+    if (typeof v?.url !== "string") problems.push(`${where}: no url`);
+    if (!/^[0-9a-f]{64}$/.test(v?.sha256 || "")) problems.push(`${where}: no sha256`);
+    if (!Number.isSafeInteger(v?.size) || v.size <= 0) problems.push(`${where}: no size`);
+    if (!Number.isSafeInteger(v?.chunk_size) || v.chunk_size <= 0) problems.push(`${where}: no chunk_size`);
+    if (!Array.isArray(v?.chunk_sha256) || v.chunk_sha256.length !== Math.ceil(v.size / v.chunk_size)) {
       problems.push(`${where}: chunk_sha256 does not cover the file`);
+    }
+  };
+  for (const [i, v] of variants.entries()) {
+    const where = `variant ${i + 1}`;
+    if (v.runtime === "litertjs") {
+      for (const name of ["model", "embedder", "tokenizer", "tokenizer_config", "chat_template"]) checkFile(`${where} ${name}`, v.files?.[name]);
+      if (typeof v.generation !== "object" || !v.generation) problems.push(`${where}: no generation settings`);
+    } else {
+      checkFile(where, v);
     }
   }
   if (bundle?.notice !== undefined && typeof bundle.notice !== "string") problems.push("notice is not text");
@@ -427,7 +449,76 @@ async function getModel(variant) {
   };
 }
 
+// The MediaPipe runtime, imported the first time a MediaPipe variant is tried.
+async function ensureMediaPipe(bundle) {
+  if (!state.genai) await loadRuntime(bundle);
+}
+
+// A LiteRT.js variant's files, each fetched (or taken from Cache Storage) and verified part by part,
+// then held whole: loadAndCompile takes a graph as one buffer (docs/web-limits.md).
+async function fetchVerified(variant, logical) {
+  const entry = variant.files[logical];
+  const file = { ...entry, name: `${variant.name}/${logical}`, label: `${variant.label} (${logical})` };
+  const model = await getModel(file);
+  const bytes = new Uint8Array(entry.size);
+  const reader = await model.reader();
+  let offset = 0;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    bytes.set(value, offset);
+    offset += value.byteLength;
+  }
+  return { bytes, source: model.source };
+}
+
+// The wasm backend's memory is 32-bit: a graph is copied whole into a heap of at most 4 GiB.
+const WASM_GRAPH_LIMIT = 2 * 1024 ** 3;
+
+async function startLitert(variant) {
+  if (state.backend === "wasm") {
+    const largest = Math.max(...Object.values(variant.files).map((f) => f.size));
+    if (largest > WASM_GRAPH_LIMIT) {
+      throw new Error(
+        `without WebGPU it would run on the CPU, whose WebAssembly memory (4 GiB) cannot hold its ${formatBytes(largest)} graph; ` +
+          "use a browser with WebGPU",
+      );
+    }
+  }
+  setStatus("Loading the LiteRT.js runtime…");
+  const mark = runtimeErrorCount;
+  try {
+    await loadLitertRuntime(state.bundle.litertjs);
+  } catch (err) {
+    throw new Error(withRuntimeLog(`the LiteRT.js runtime could not load (${describe(err)})`, mark));
+  }
+  const files = {};
+  const sources = new Set();
+  for (const logical of Object.keys(variant.files).sort()) {
+    setStatus(`Getting ${variant.label}: ${logical}…`);
+    const { bytes, source } = await fetchVerified(variant, logical);
+    files[logical] = bytes;
+    sources.add(source);
+  }
+  hideProgress();
+  setStatus(`Starting ${variant.label} (${state.backend === "webgpu" ? "GPU" : "CPU"})…`);
+  let engine;
+  try {
+    engine = await startLitertVariant(variant, files, state.backend);
+  } catch (err) {
+    if (err instanceof RangeError || /memory/i.test(describe(err))) {
+      throw new Error(`the browser ran out of memory starting it (${describe(err)}); close other tabs or pick a smaller variant`);
+    }
+    throw new Error(withRuntimeLog(`the runtime could not start it (${describe(err)})`, mark));
+  }
+  for (const note of engine.notes) notice(`${variant.label}: ${note}.`);
+  return { engine, source: [...sources].join(", ") };
+}
+
 async function startVariant(variant) {
+  if (variant.runtime === "litertjs") return startLitert(variant);
+  if (!state.gpuOk) throw new Error("it needs WebGPU, which this browser does not offer here");
+  await ensureMediaPipe(state.bundle);
   const model = await getModel(variant);
   setStatus(`Starting ${variant.label} on the GPU…`);
   const options = {
@@ -459,12 +550,21 @@ function imageNote(text) {
   note.hidden = !text;
 }
 
-async function onImageChosen() {
+function isMultimodal() {
+  return state.engine ? state.engine.multimodal : Boolean(state.variant?.multimodal);
+}
+
+// An image from the file picker, a drop or a paste.
+async function onImageChosen(chosen) {
   const input = $("image");
-  const file = input.files && input.files[0];
-  clearImage(false);
+  const file = chosen || (input.files && input.files[0]);
+  clearImage(Boolean(chosen));
   if (!file) return;
-  if (!state.variant?.multimodal) {
+  if (!file.type.startsWith("image/")) {
+    imageNote(`${file.name || "That file"} is not an image.`);
+    return;
+  }
+  if (!isMultimodal()) {
     state.imageFile = file;
     $("clear-image").hidden = false;
     imageNote(
@@ -474,7 +574,8 @@ async function onImageChosen() {
     return;
   }
   try {
-    state.imageBitmap = await createImageBitmap(file);
+    // No colour-space conversion: the processor reads the file's own RGB values.
+    state.imageBitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
   } catch (err) {
     imageNote(`That file could not be read as an image (${describe(err)}).`);
     input.value = "";
@@ -529,18 +630,19 @@ function makeRenderer(target) {
 
 async function ask(event) {
   event.preventDefault();
-  if (state.generating || !state.llm) return;
+  if (state.generating || !(state.llm || state.engine)) return;
   const text = $("prompt").value.trim();
   if (!text) {
     $("prompt").focus();
     return;
   }
-  if (state.imageFile && !state.variant.multimodal) {
+  if (state.imageFile && !isMultimodal()) {
     imageNote(
       `Images need a multimodal model variant; ${state.variant.label} reads text only. Remove the image to ask without it.`,
     );
     return;
   }
+  if (state.engine) return askLitert(text);
   const query = state.imageBitmap ? [text, { imageSource: state.imageBitmap }] : text;
 
   state.generating = true;
@@ -584,10 +686,68 @@ async function ask(event) {
   }
 }
 
+// The LiteRT.js path: the page's own greedy loop (litert.js), streaming the decoded answer.
+async function askLitert(text) {
+  state.generating = true;
+  state.stopRequested = false;
+  setPhase("generating");
+  $("send").disabled = true;
+  $("stop").disabled = false;
+  $("answer-box").hidden = false;
+  $("answer-state").textContent = "(writing…)";
+  setStatus(`${state.variant.label} is answering…`);
+  const renderer = makeRenderer($("answer"));
+  const answer = $("answer");
+  delete answer.dataset.tokens;
+  const started = performance.now();
+  let failed = false;
+  let chunks = 0;
+  let result = null;
+  try {
+    let pixels = null;
+    if (state.imageBitmap) {
+      const image = state.variant.generation.image;
+      pixels = imagePixels(state.imageBitmap, image.height, image.width);
+    }
+    result = await state.engine.generate(text, pixels, {
+      onText: (partial) => {
+        chunks += 1;
+        renderer.update(partial);
+      },
+      shouldStop: () => state.stopRequested,
+    });
+    renderer.update(result.text);
+  } catch (err) {
+    failed = true;
+    showError(`Generating the answer failed: ${describe(err)}`);
+  } finally {
+    renderer.flush();
+    answer.dataset.streamMode = "cumulative";
+    answer.dataset.chunks = String(chunks);
+    if (result) {
+      // For tests and diagnostics: the ids the model read and wrote.
+      answer.dataset.tokens = result.tokens.join(",");
+      answer.dataset.promptTokens = result.promptTokens.join(",");
+      answer.dataset.ended = result.ended;
+    }
+    const seconds = ((performance.now() - started) / 1000).toFixed(1);
+    let label = result?.stopped ? `(stopped after ${seconds} s)` : `(${seconds} s)`;
+    if (failed) label = "(failed)";
+    else if (result && !result.text) label += " — the model returned no text";
+    $("answer-state").textContent = label;
+    state.generating = false;
+    $("send").disabled = false;
+    $("stop").disabled = true;
+    setStatus(`Ready: ${state.variant.label}.`);
+    setPhase(failed ? "ready-with-error" : "ready");
+  }
+}
+
 function stop() {
   if (!state.generating) return;
   state.stopRequested = true;
   $("answer-state").textContent = "(stopping…)";
+  if (state.engine) return; // the loop sees stopRequested before its next token
   try {
     state.llm.cancelProcessing();
   } catch (err) {
@@ -609,28 +769,44 @@ async function main() {
     $("title").textContent = bundle.title;
   }
 
+  const params = new URLSearchParams(location.search);
   setStatus("Checking for WebGPU…");
   const gpu = await checkWebGpu();
-  if (!gpu.ok) {
+  state.gpuOk = gpu.ok;
+  const canUseCpu = bundle.variants.some((v) => v.runtime === "litertjs");
+  if (!gpu.ok && !canUseCpu) {
     setPhase("unsupported");
     setStatus("This browser cannot run the model.");
     showError(gpu.message);
     return;
   }
-
-  setStatus("Loading the runtime…");
-  await loadRuntime(bundle);
+  state.backend = gpu.ok && params.get("backend") !== "wasm" ? "webgpu" : "wasm";
+  if (!gpu.ok) {
+    notice(`${gpu.message.split("\n")[0]} The model runs on the CPU instead (WebAssembly), more slowly.`);
+  }
 
   const reasons = [];
-  const variants = bundle.variants;
+  let variants = bundle.variants;
+  const wanted = params.get("variant");
+  if (wanted) {
+    const index = variants.findIndex((v) => v.name === wanted);
+    if (index < 0) notice(`This bundle has no variant named ${wanted}; starting from the first.`);
+    else variants = variants.slice(index);
+  }
   for (const [i, variant] of variants.entries()) {
     try {
-      const { llm, source } = await startVariant(variant);
-      state.llm = llm;
+      const started = await startVariant(variant);
+      state.llm = started.llm || null;
+      state.engine = started.engine || null;
       state.variant = variant;
+      const runtimeName = state.engine
+        ? `LiteRT.js ${bundle.litertjs.packages["@litertjs/core"]} on ${state.engine.backend === "webgpu" ? "WebGPU" : state.engine.backend}`
+        : `runtime ${bundle.runtime.package}@${bundle.runtime.version}`;
       $("model-info").textContent =
-        `Model: ${variant.label} (${formatBytes(variant.size)}, ${source}) · runtime ${bundle.runtime.package}@${bundle.runtime.version}` +
+        `Model: ${variant.label} (${formatBytes(variant.size)}, ${started.source}) · ${runtimeName}` +
         (bundle.notice ? ` · Note: ${bundle.notice}` : "");
+      document.body.dataset.variant = variant.name;
+      document.body.dataset.backend = state.engine ? state.engine.backend : "webgpu";
       break;
     } catch (err) {
       hideProgress();
@@ -640,7 +816,7 @@ async function main() {
       if (next) notice(`Could not use ${reason}. Trying ${next.label} instead.`);
     }
   }
-  if (!state.llm) {
+  if (!state.llm && !state.engine) {
     setPhase("error");
     setStatus("No model could be started.");
     showError(`No model variant could be started:\n${reasons.map((r) => `• ${r}`).join("\n")}`);
@@ -650,11 +826,31 @@ async function main() {
   $("chat").hidden = false;
   $("chat").addEventListener("submit", ask);
   $("stop").addEventListener("click", stop);
-  $("image").addEventListener("change", () => {
-    onImageChosen().catch((err) => imageNote(`Could not use that image (${describe(err)}).`));
-  });
+  const useImage = (file) => onImageChosen(file).catch((err) => imageNote(`Could not use that image (${describe(err)}).`));
+  $("image").addEventListener("change", () => useImage(null));
   $("clear-image").addEventListener("click", () => clearImage(true));
-  if (!state.variant.multimodal) {
+  // Drag and drop anywhere on the form, and paste (e.g. a screenshot) into the page.
+  const chat = $("chat");
+  chat.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    chat.classList.add("dropping");
+  });
+  chat.addEventListener("dragleave", () => chat.classList.remove("dropping"));
+  chat.addEventListener("drop", (event) => {
+    event.preventDefault();
+    chat.classList.remove("dropping");
+    const file = [...(event.dataTransfer?.files || [])].find((f) => f.type.startsWith("image/"));
+    if (file) useImage(file);
+    else imageNote("Drop an image file (PNG, JPEG, WebP, BMP or GIF).");
+  });
+  document.addEventListener("paste", (event) => {
+    const file = [...(event.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
+    if (file) {
+      event.preventDefault();
+      useImage(file);
+    }
+  });
+  if (!isMultimodal()) {
     $("image").title = "Images need a multimodal model variant";
   }
   setStatus(`Ready: ${state.variant.label}.`);

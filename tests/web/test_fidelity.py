@@ -1,0 +1,160 @@
+"""The fidelity gate in the browser: the page of `modelforge build manifests/tiny-medgemma-litertlm.yaml`,
+in headless Debian Chromium (software WebGPU, and the wasm CPU backend), is given the parity step's
+test card and a question as a user gives them (file picker or drop, typing, the Ask button), and its
+greedy answer is compared token by token with PyTorch's on the same float checkpoint: identical for
+the float LiteRT.js variant, within the manifest's parity threshold for the int8 one.
+
+PyTorch's answer is computed on the processor's own input_ids and pixel_values, causal inside the image
+block (parity_impl.reference_image_answers' "causal": what a prefill/decode loop computes), to the
+first stop token or the variant's max_tokens."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelforge.web.serve import serve
+
+from .conftest import ROOT, TINY
+from .test_browser import ANSWERED, CHROMIUM, SETTLED, WEBGPU, playwright, session_factory  # noqa: F401 (fixtures)
+
+MANIFEST = ROOT / "manifests" / "tiny-medgemma-litertlm.yaml"
+IMAGE_PROMPT = "Describe the chest X-ray findings."
+TEXT_PROMPT = "What are the symptoms of pneumonia?"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (apt-get install chromium)"),
+]
+
+
+def _manifest() -> dict:
+    return yaml.safe_load(MANIFEST.read_text())
+
+
+def _variant(name: str) -> dict:
+    return next(v for v in _manifest()["targets"]["web"]["variants"] if v["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def card(tmp_path_factory) -> Path:
+    from modelforge.steps.parity_impl import test_cards
+
+    size = _processor_size()
+    return test_cards(size, tmp_path_factory.mktemp("cards"))[0]
+
+
+def _processor_size() -> tuple[int, int]:
+    import json
+
+    size = json.loads((TINY / "preprocessor_config.json").read_text())["size"]
+    return size["height"], size["width"]
+
+
+@pytest.fixture(scope="module")
+def reference(card) -> dict:
+    """PyTorch float32, greedy: {"image": (prompt ids, answer ids), "text": (prompt ids, answer ids)}, each
+    answer as long as the LiteRT.js variants' max_tokens leaves room for."""
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, Gemma3ForConditionalGeneration
+
+    from modelforge.steps.parity_impl import reference_image_answers
+
+    max_tokens = _variant("tiny-float")["max_tokens"]
+    stop_tokens = _manifest()["targets"]["bundle"]["metadata"]["stop_tokens"]
+    processor = AutoProcessor.from_pretrained(TINY)
+    model = Gemma3ForConditionalGeneration.from_pretrained(TINY, dtype=torch.float32).eval()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": IMAGE_PROMPT}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    with Image.open(card) as image:
+        image_ids = processor(text=text, images=image.convert("RGB"), add_special_tokens=False)["input_ids"][0]
+    image_answer = reference_image_answers(model, processor, IMAGE_PROMPT, max_tokens - len(image_ids), stop_tokens, [card])["causal"][0]
+
+    tokenizer = processor.tokenizer
+    text_ids = tokenizer.apply_chat_template([{"role": "user", "content": TEXT_PROMPT}], add_generation_prompt=True, tokenize=True)
+    text_ids = list(text_ids["input_ids"] if hasattr(text_ids, "keys") else text_ids)
+    stop_ids = [tokenizer.convert_tokens_to_ids(token) for token in stop_tokens]
+    with torch.no_grad():
+        generated = model.generate(torch.tensor([text_ids]), max_new_tokens=max_tokens - len(text_ids), do_sample=False,
+                                   eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
+    text_answer = generated[0, len(text_ids):].tolist()
+    text_answer = text_answer[: next((i for i, token in enumerate(text_answer) if token in stop_ids), len(text_answer))]
+    return {"image": (list(image_ids), image_answer), "text": (text_ids, text_answer)}
+
+
+def _ask(session, question: str) -> tuple[list[int], list[int]]:
+    """Type the question, press Ask, wait for the answer: (prompt ids, answer ids) the page used."""
+    session.page.fill("#prompt", "")
+    session.page.locator("#prompt").press_sequentially(question)
+    started = time.monotonic()
+    session.page.click("#send")
+    session.page.locator(ANSWERED).wait_for(timeout=300_000)
+    print(f"\n{session.page.get_attribute('body', 'data-variant')} on {session.page.get_attribute('body', 'data-backend')}: "
+          f"answered {question!r} in {time.monotonic() - started:.1f} s ({session.page.inner_text('#answer-state')})")
+    assert session.state() == "ready", session.diagnostics()
+    assert session.page.inner_text("#answer").strip(), session.diagnostics()
+    answer = session.page.locator("#answer")
+    ids = lambda attribute: [int(token) for token in (answer.get_attribute(attribute) or "").split(",") if token]  # noqa: E731
+    return ids("data-prompt-tokens"), ids("data-tokens")
+
+
+def _drop(session, path: Path) -> None:
+    """Drag and drop a file onto the question form, as a user drops one from the desktop."""
+    data = list(path.read_bytes())
+    transfer = session.page.evaluate_handle(
+        "([bytes, name]) => { const t = new DataTransfer();"
+        " t.items.add(new File([new Uint8Array(bytes)], name, {type: 'image/png'})); return t; }",
+        [data, path.name],
+    )
+    session.page.dispatch_event("#chat", "drop", {"dataTransfer": transfer})
+
+
+def _open(session, url: str, variant: str, backend: str) -> None:
+    started = time.monotonic()
+    assert session.open(url, timeout_ms=300_000) == "ready", session.diagnostics()
+    print(f"\n{variant} on {backend}: ready in {time.monotonic() - started:.1f} s")
+    assert session.page.get_attribute("body", "data-variant") == variant, session.diagnostics()
+    assert session.page.get_attribute("body", "data-backend") == backend, session.diagnostics()
+    assert "LiteRT.js" in session.text("#model-info")
+
+
+@pytest.mark.parametrize("backend", ["webgpu", "wasm"])
+def test_float_variant_answers_exactly_as_pytorch(tiny_web_bundle, session_factory, card, reference, backend):
+    with serve(tiny_web_bundle) as server:
+        session = session_factory(WEBGPU)
+        query = "?variant=tiny-float" + ("&backend=wasm" if backend == "wasm" else "")
+        _open(session, server.url + query, "tiny-float", backend)
+
+        session.page.set_input_files("#image", str(card))
+        session.page.locator("#preview").wait_for(state="visible", timeout=10_000)
+        prompt, answer = _ask(session, IMAGE_PROMPT)
+        expected_prompt, expected_answer = reference["image"]
+        assert prompt == expected_prompt  # the template, the soft tokens' place, the tokenizer
+        assert answer == expected_answer, f"page {answer}\nPyTorch {expected_answer}"
+
+        session.page.click("#clear-image")
+        prompt, answer = _ask(session, TEXT_PROMPT)
+        assert (prompt, answer) == reference["text"]
+        assert not session.page.is_visible("#errors"), session.diagnostics()
+        assert not session.page_errors
+
+
+def test_int8_variant_within_the_parity_threshold(tiny_web_bundle, session_factory, card, reference):
+    threshold = _manifest()["targets"]["bundle"]["parity"]["min_image_token_agreement"]
+    with serve(tiny_web_bundle) as server:
+        session = session_factory(WEBGPU)
+        _open(session, server.url + "?variant=tiny-int8-images", "tiny-int8-images", "webgpu")
+        _drop(session, card)
+        session.page.locator("#preview").wait_for(state="visible", timeout=10_000)
+        prompt, answer = _ask(session, IMAGE_PROMPT)
+        expected_prompt, expected_answer = reference["image"]
+        assert prompt == expected_prompt
+        leading = next((i for i, (a, b) in enumerate(zip(answer, expected_answer)) if a != b), min(len(answer), len(expected_answer)))
+        agreement = leading / len(expected_answer)
+        print(f"\nint8 on WebGPU: {leading} of PyTorch's {len(expected_answer)} image-answer tokens from the first ({agreement:.2f})")
+        assert agreement >= threshold, f"page {answer}\nPyTorch {expected_answer}"
