@@ -563,12 +563,37 @@ def run_measured(label: str, command: list[str], cgroup: MemoryCgroup, logs: Pat
 
 
 # --------------------------------------------------------------------------- the runs
-def scratch_project(base: Path) -> Path:
+def scratch_project(base: Path, parity_override: dict | None = None) -> Path:
+    """A project holding a copy of the real manifest; `parity_override` replaces thresholds of its
+    bundle's parity section (the real ones are for the real weights, see --parity-override)."""
     shutil.rmtree(base, ignore_errors=True)
     (base / "manifests").mkdir(parents=True)
     (base / "lock").mkdir()
-    shutil.copy2(MANIFEST, base / "manifests" / MANIFEST.name)
-    return base / "manifests" / MANIFEST.name
+    target = base / "manifests" / MANIFEST.name
+    shutil.copy2(MANIFEST, target)
+    if parity_override:
+        import yaml
+
+        manifest = yaml.safe_load(MANIFEST.read_text())
+        manifest["targets"]["bundle"]["parity"].update(parity_override)
+        target.write_text(yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True))
+    return target
+
+
+def compare_records(earlier: Path, store: Path) -> dict:
+    """Step records (key → output sha256 and size) of an earlier build in another fresh store against
+    this build's: the same key must have produced the same bytes. Records of keys only one build has
+    (e.g. a parity step whose thresholds differ) are listed, not judged."""
+    def records(directory: Path) -> dict:
+        return {path.stem: json.loads(path.read_text())["outputs"] for path in sorted(directory.rglob("*.json"))}
+
+    before, now = records(earlier), records(store / "steps")
+    shared = sorted(set(before) & set(now))
+    differing = [key for key in shared if before[key] != now[key]]
+    return {"mode": f"step records of an earlier build in a fresh store ({earlier})", "compared_steps": len(shared),
+            "compared_files": sum(len(before[key]) for key in shared), "differing": differing,
+            "only_earlier": sorted(set(before) - set(now)), "only_now": sorted(set(now) - set(before)),
+            "identical": bool(shared) and not differing}
 
 
 def files_of(directory: Path) -> dict[str, dict]:
@@ -790,6 +815,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime-tokens", type=int, default=16)
     parser.add_argument("--no-cgroup", action="store_true", help="run without memory cgroups (unbounded; only where cgroups are not available)")
     parser.add_argument("--resume", type=Path, default=None, help="a previous full run's results JSON: keep its store (steps it finished are cached) and take those steps' figures from it")
+    parser.add_argument("--parity-override", default="", help="comma-separated KEY=VALUE thresholds replacing the manifest's parity thresholds in the scratch copy (random weights are not the real model: the real thresholds are for the real weights)")
+    parser.add_argument("--compare-records", type=Path, default=None, help="the steps/ directory of an earlier build's store: judge byte identity by its step records instead of a second build here (for a disk too small for two 4B stores)")
     parser.add_argument("--render", type=Path, default=None, help="only re-render the figures and RESULTS.md section of a results JSON")
     args = parser.parse_args(argv)
     from modelforge.memory import parse_size
@@ -842,7 +869,12 @@ def main(argv: list[str] | None = None) -> int:
         log(f"  {json.dumps(result['check'])[:400]}")
 
     # The plan's predictions, then the build, in a scratch project (its lock never lands in the repo).
-    manifest = scratch_project(run / "project")
+    parity_override = {key: float(value) for key, value in (item.split("=") for item in args.parity_override.split(",") if item)}
+    if parity_override:
+        result["parity_override"] = parity_override
+        result["notes"].append(f"Parity thresholds of the scratch manifest replaced by {parity_override}: the real manifest's are for the real "
+                               "weights; on random weights int8 moves top-1 far more often (flat logits).")
+    manifest = scratch_project(run / "project", parity_override)
     modelforge = [sys.executable, "-m", "modelforge.cli"]
     planned = subprocess.run([*modelforge, "plan", str(manifest), "--source-dir", str(checkpoint_dir), "--store", str(run / "store-1"), "--json"],
                              capture_output=True, text=True, env=env, cwd=run / "project")
@@ -874,7 +906,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "rebuild" not in skip and result["build"]["rc"] == 0:
         log("build 2 (fresh store, fresh project) …")
-        manifest_2 = scratch_project(run / "project-2")
+        manifest_2 = scratch_project(run / "project-2", parity_override)
         command_2 = [*build_command]
         for flag, value in (("--store", run / "store-2"), ("--out", run / "out-2")):
             command_2[command_2.index(flag) + 1] = str(value)
@@ -895,6 +927,12 @@ def main(argv: list[str] | None = None) -> int:
                              "differing": sorted(name for name, info in outputs.items() if not info.get("identical")), "tail": second["tail"] if second["rc"] else ""}
         shutil.rmtree(run / "out-2", ignore_errors=True)
         shutil.rmtree(run / "store-2", ignore_errors=True)
+    if args.compare_records and result["build"]["rc"] == 0:
+        result["rebuild"] = compare_records(args.compare_records, run / "store-1")
+        rebuild = result["rebuild"]
+        result["notes"].append(f"Byte identity judged from {rebuild['mode']}: {rebuild['compared_steps']} steps, {rebuild['compared_files']} "
+                               f"files, differing {rebuild['differing'] or 'none'}; steps only in the earlier build: {len(rebuild['only_earlier'])}, "
+                               f"only in this one: {len(rebuild['only_now'])} (the parity step, whose thresholds differ).")
     result["outputs"] = outputs
 
     bundles = sorted((run / "out-1").rglob("*.litertlm")) if (run / "out-1").is_dir() else []
