@@ -71,12 +71,12 @@ def _with_the_web_runtime(facts, store_dir):
         store.close()
 
 
-def test_the_real_medgemma_manifest_fits_this_machine_size_except_its_parity(tmp_path):
+def test_the_real_medgemma_manifest_fits_this_machine_size(tmp_path):
     """MedGemma 1.5 4B (3.88 B text decoder, 0.42 B vision + projector) planned against the
     reference data: every heavy step is predicted; the text exports (bundle and web) near 1.2× the
-    14.5 GiB of float32 decoder weights; exports and quantizations under 20 GiB. The parity step
-    is predicted at what it reached at 4B before its cgroup killed it (about 22 GiB): known, and
-    said, rather than hidden under a fit of the tiny model."""
+    14.5 GiB of float32 decoder weights; every step under 20 GiB. The parity step, its phases in
+    separate processes, near the float32 multimodal reference it holds (16 GiB), not the 22 GiB
+    at which the one-process check was killed."""
     manifest = load_manifest(MANIFESTS / "medgemma-1.5-litertlm.yaml")
     plan = make_plan(manifest, _with_the_web_runtime(reference_facts(), tmp_path / "store"), "manifests/medgemma-1.5-litertlm.yaml", manifest_digest(manifest))
     predicted = plan.facts["memory"]
@@ -87,8 +87,9 @@ def test_the_real_medgemma_manifest_fits_this_machine_size_except_its_parity(tmp
     assert 1.1 * text_f32 < predicted["bundle.export_text"] < 1.3 * text_f32
     assert predicted["web.export.bundle"] == predicted["bundle.export_text"]
     assert predicted["bundle.export_vision"] < predicted["bundle.export_text"]
-    assert max(peak for step, peak in predicted.items() if step != "bundle.parity") < 20 * GIB
-    assert 21 * GIB < predicted["bundle.parity"] < 23 * GIB
+    assert max(predicted.values()) < 20 * GIB
+    multimodal_f32 = 17_200_317_888
+    assert multimodal_f32 < predicted["bundle.parity"] < 1.1 * multimodal_f32
     # The prediction is a fact of the plan, never a parameter: no step key depends on it.
     assert all("memory" not in step.params_json and "peak" not in step.params_json for step in plan.steps)
 
