@@ -38,32 +38,53 @@ def _inputs(plan, name="web"):
     return {ref.name: ref.node for ref in step.inputs}, json.loads(step.params_json)
 
 
-def test_a_variant_with_the_targets_recipes_reuses_its_nodes():
-    float_variant = _variant("float", runtime="litertjs", recipe="none")
-    own = _variant("own", runtime="litertjs", vision_recipe="weight_only_wi8_afp32")  # the target's recipes
-    plan = _plan(float_variant, own)
+def test_a_variant_with_the_targets_recipes_reuses_its_nodes(tmp_path):
+    """On the tiny manifest (whose graphs fit the browser as float or int8): a float variant ships
+    the target's exports, one with the target's recipes its quantize nodes; no step of its own."""
+    from modelforge import api
+
+    report = api.plan(MANIFESTS / "tiny-medgemma-litertlm.yaml", store_dir=tmp_path / "store")
+    plan = report.plan
     inputs, params = _inputs(plan)
-    assert inputs["variant.float.text"] == "bundle.export_text"
-    assert inputs["variant.float.vision_encoder"] == inputs["variant.float.projector"] == "bundle.export_vision"
-    assert inputs["variant.own.text"] == "bundle.quantize.text_decoder"
-    assert inputs["variant.own.vision_encoder"] == "bundle.quantize.vision_encoder"
-    assert inputs["variant.own.projector"] == "bundle.quantize.projector"
-    assert inputs["variant.own.source"] == "source"
-    # No step of its own besides the bundle: every graph is the litertlm target's.
-    assert not [step.name for step in plan.steps if step.name.startswith("web.")]
-    assert "runtime" not in params and params["litertjs"]["versions"] == {"@litertjs/core": "2.5.3"}
-    [first, _] = params["variants"]
-    assert first["generation"]["image"] == {"soft_tokens": 256, "image_token_id": 262144, "start_of_image_id": 255999, "end_of_image_id": 256000}
-    assert first["generation"]["cache_length"] == load_manifest(REAL).targets["bundle"].cache_length
+    assert inputs["variant.tiny-float.text"] == "bundle.export_text"
+    assert inputs["variant.tiny-float.vision_encoder"] == inputs["variant.tiny-float.projector"] == "bundle.export_vision"
+    assert inputs["variant.tiny-int8-images.text"] == "bundle.quantize.text_decoder"
+    assert inputs["variant.tiny-int8-images.vision_encoder"] == "bundle.export_vision"  # vision float by default
+    assert inputs["variant.tiny-int8-images.source"] == "source"
+    assert not [step.name for step in plan.steps if step.name.startswith("web.") and "litertjs" in step.kind]
+    assert not [step.name for step in plan.steps if step.name.startswith("web.quantize.tiny-float") or step.name.startswith("web.quantize.tiny-int8-images")]
+    [first, *_] = [variant for variant in params["variants"] if variant.get("runtime") == "litertjs"]
+    assert first["generation"]["cache_length"] == load_manifest(MANIFESTS / "tiny-medgemma-litertlm.yaml").targets["bundle"].cache_length
+    # The predicted graphs are a fact of the plan.
+    assert plan.facts["web"]["web.tiny-float"]["total_bytes"] < 10 * 2**20
 
 
-def test_a_variant_with_another_recipe_gets_its_own_quantize_step():
-    plan = _plan(_variant("int4", runtime="litertjs", recipe="dynamic_wi4b32_afp32"))
-    inputs, _ = _inputs(plan)
+def test_at_4b_a_variant_with_another_recipe_gets_its_own_quantize_step_and_reuses_the_targets_vision():
+    """MedGemma 4B: int4 text (own step on the target's export) and the target's int8 vision (its
+    very nodes): about 2.98 GB of graphs, under what LiteRT.js can take."""
+    plan = _plan(_variant("int4", runtime="litertjs", recipe="dynamic_wi4b32_afp32", vision_recipe="weight_only_wi8_afp32"))
+    inputs, params = _inputs(plan)
     assert inputs["variant.int4.text"] == "web.quantize.int4.text_decoder"
+    assert inputs["variant.int4.vision_encoder"] == "bundle.quantize.vision_encoder"
+    assert inputs["variant.int4.projector"] == "bundle.quantize.projector"
     step = next(step for step in plan.steps if step.name == "web.quantize.int4.text_decoder")
     assert json.loads(step.params_json)["recipe"] == "dynamic_wi4b32_afp32"
     assert [ref.node for ref in step.inputs] == ["bundle.export_text"]  # the target's export, not a second one
+    assert "runtime" not in params and params["litertjs"]["versions"] == {"@litertjs/core": "2.5.3"}
+    assert params["variants"][0]["generation"]["image"] == {"soft_tokens": 256, "image_token_id": 262144, "start_of_image_id": 255999, "end_of_image_id": 256000}
+    graphs = plan.facts["web"]["web.int4"]
+    assert 2.9e9 < graphs["total_bytes"] < 3 * 2**30
+
+
+@pytest.mark.parametrize(("text", "vision", "total"), [
+    ("none", "none", "19.92 GB"),
+    ("dynamic_wi8_afp32", "weight_only_wi8_afp32", "5.03 GB"),
+    ("dynamic_wi4b32_afp32", "none", "4.27 GB"),
+])
+def test_at_4b_a_variant_whose_graphs_cannot_fit_litertjs_is_refused_at_plan_time(text, vision, total):
+    with pytest.raises(PlanError, match=rf"variant 'x' \(runtime: litertjs; text {text}, vision {vision}\) cannot run in the browser: "
+                                        rf"its graphs would be about {total}.*loadAndCompile copies each graph into its wasm32 heap"):
+        _plan(_variant("x", runtime="litertjs", recipe=text, vision_recipe=vision))
 
 
 def test_manifest_refusals():

@@ -117,6 +117,7 @@ def _litertjs_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec
         )
 
     text_recipe = variant.recipe if variant.recipe is not None else (origin.quantization.get("text_decoder") or QuantizationSpec()).recipe
+    _check_litertjs_size(builder, target, variant.name, text_recipe, variant.vision_recipe)
     refs = {"text": graphs("text_decoder", text_recipe)}
     refs |= {component: graphs(component, variant.vision_recipe) for component in ("vision_encoder", "projector")}
     names = {}
@@ -138,6 +139,30 @@ def _litertjs_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec
             },
         },
     }
+
+
+def _check_litertjs_size(builder: PlanBuilder, target: str, variant: str, text_recipe: str, vision_recipe: str) -> None:
+    """Predict a LiteRT.js variant's graphs from the tensor shapes and refuse it when they cannot fit:
+    the decoder (which holds the tied embedding as its output head), the embedder, the vision
+    encoder and adapter."""
+    def shapes(components) -> dict[str, tuple[int, ...]]:
+        return limits.text_decoder_shapes(builder.facts.tensors, builder.owner, components)
+
+    text = shapes(litertlm.PART_COMPONENTS["text"])
+    embedding = {name: shape for name, shape in text.items() if name.endswith("embed_tokens.weight")}
+    graphs = {
+        "model.tflite": limits.predict_graph_bytes(text, text_recipe),
+        "embedder.tflite": limits.predict_graph_bytes(embedding, text_recipe) if embedding else 0,
+        "vision graphs": limits.predict_graph_bytes(shapes(litertlm.PART_COMPONENTS["vision"]), vision_recipe),
+    }
+    builder.plan_facts.setdefault("web", {})[f"{target}.{variant}"] = {"graph_bytes": graphs, "total_bytes": sum(graphs.values())}
+    problems = limits.check_litertjs_graphs(graphs)
+    if problems:
+        raise PlanError(
+            f"{builder.where(target)}: variant {variant!r} (runtime: litertjs; text {text_recipe}, vision {vision_recipe}) cannot run in the "
+            f"browser: {'; and '.join(problems)}. Quantize harder (recipe: dynamic_wi4b32_afp32, vision_recipe: weight_only_wi8_afp32) "
+            "or drop the variant; see docs/web-limits.md"
+        )
 
 
 def _check_size(builder: PlanBuilder, target: str, variant: str, recipe: str) -> None:

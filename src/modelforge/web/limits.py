@@ -26,7 +26,9 @@ __all__ = [
     "RecipeStorage",
     "TaskSizePrediction",
     "WebLimitError",
+    "check_litertjs_graphs",
     "check_task_size",
+    "predict_graph_bytes",
     "predict_task_size",
     "recipe_storage",
 ]
@@ -142,6 +144,33 @@ def check_task_size(prediction: TaskSizePrediction, *, max_task_bytes: int = MAX
             f"{_gb(max_tensor_bytes)} WebGPU buffer binding the runtime requires of an adapter (maxStorageBufferBindingSize)"
         )
     return problems
+
+
+def predict_graph_bytes(shapes: Mapping[str, tuple[int, ...]], recipe: str) -> int:
+    """Bytes of a .tflite holding the weights of `shapes` under `recipe` (`none`: float32), with
+    the graph structure of its decoder layers: a LiteRT.js variant's graph, predicted like a .task."""
+    if recipe == "none":
+        layers = {match.group(1) for name in shapes if (match := _LAYER.search(name))}
+        return sum(4 * _numel(tuple(shape)) for shape in shapes.values()) + GRAPH_BYTES_PER_LAYER * max(1, len(layers))
+    prediction = predict_task_size(shapes, recipe, 0)
+    return prediction.task_bytes - TASK_OVERHEAD_BYTES
+
+
+def check_litertjs_graphs(graphs: Mapping[str, int], *, max_bytes: int = MAX_TASK_BYTES) -> list[str]:
+    """The limits a LiteRT.js variant's graphs (name → predicted bytes) break. `@litertjs/core`
+    2.5.3's `loadAndCompile` copies each whole .tflite into its 32-bit wasm heap (at most 4 GiB,
+    kept for the page's life), so the variant's graphs together must leave the runtime room there:
+    the same 1 GiB as a .task. Read from the package's code (index.js `_malloc` of the model bytes),
+    measured only on the tiny model (docs/web-limits.md); weights streamed by `loadModelAndWeights`
+    would lift it, and are not used yet."""
+    total = sum(graphs.values())
+    if total <= max_bytes:
+        return []
+    listed = ", ".join(f"{name} {_gb(size)}" for name, size in sorted(graphs.items(), key=lambda item: -item[1]))
+    return [
+        f"its graphs would be about {_gb(total)} together ({listed}), above the {_gb(max_bytes)} a page can hand LiteRT.js "
+        f"(loadAndCompile copies each graph into its wasm32 heap, at most {_gb(WASM32_HEAP_MAX)})"
+    ]
 
 
 def text_decoder_shapes(tensors: Mapping[str, object], owner: Mapping[str, str], components: Iterable[str]) -> dict[str, tuple[int, ...]]:
