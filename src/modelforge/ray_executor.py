@@ -167,12 +167,13 @@ class _Driver:
         self._refuse_what_fits_nowhere(to_run)
 
         board = ray.remote(num_cpus=0)(_Board).remote()
-        step_task = ray.remote(_step_task)
+        # A fresh worker process per step: what a step held (a 4B export's heap) goes back to the node.
+        step_task = ray.remote(max_calls=1)(_step_task)
         pending: dict[Any, tuple[Job, StepNode, str, str]] = {}
         for job, step, key, reason in to_run:
             spec, upstream = self._task_inputs(job, step, key, keys_of[id(job)], known, refs)
             memory = int(job.plan.facts.get("memory", {}).get(step.name, 0))
-            options: dict[str, Any] = {"num_cpus": 1, "max_retries": RETRIES, "retry_exceptions": False, "max_calls": 1}
+            options: dict[str, Any] = {"num_cpus": 1, "max_retries": RETRIES, "retry_exceptions": False}
             if memory:
                 options["memory"] = memory
             ref = step_task.options(**options).remote(spec, board, *upstream)
