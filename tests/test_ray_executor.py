@@ -194,6 +194,26 @@ def test_the_tiny_manifest_builds_on_the_cluster_byte_for_byte_as_locally(cluste
     assert again.ran == [] and set(again.pulled) == STEPS
 
 
+def test_two_manifests_build_at_once_and_the_steps_they_share_run_once(cluster, team):
+    # A variant that differs only in its shard size: its config and files steps have the same keys.
+    variant = team / "manifests" / "tiny-variant.yaml"
+    text = (team / MANIFEST).read_text().replace("name: tiny-medgemma-text-only", "name: tiny-variant")
+    variant.write_text(text.replace("max_shard_size: 400KB", "max_shard_size: 200KB"))
+    reporter = Recording()
+    first, second = api.build_many(
+        [team / MANIFEST, variant], executor="ray", address=cluster.address, store_dir=team.parent / "driver-store", reporter=reporter
+    )
+    # One worker process per task (max_calls=1): 5 tasks, and the variant's own text.weights, text, text.check.
+    workers = {found.group(1) for line in reporter.messages if (found := re.search(r" runs on Ray node (\w+ \(worker pid \d+\))", line))}
+    assert len(workers) == 8, reporter.messages
+    assert set(reporter.started) == {f"{manifest}:{name}" for manifest in ("tiny-medgemma-text-only", "tiny-variant") for name in STEPS}
+    assert set(first.placements) == set(second.placements) == STEPS
+    assert (team / LOCK).read_text() == (ROOT / LOCK).read_text()
+    assert api.verify(team / "lock" / "tiny-variant.lock", directory=team / "dist" / "tiny-variant") == []
+    shards = sorted(path.name for path in (team / "dist" / "tiny-variant" / "text").glob("*.safetensors"))
+    assert len(shards) > len(list((team / "dist" / "tiny-medgemma-text-only" / "text").glob("*.safetensors")))
+
+
 def test_a_step_predicted_larger_than_the_small_node_runs_on_the_big_node(cluster, team):
     project = api.open_project(team / MANIFEST)
     remote = caching.remote_for(team)
