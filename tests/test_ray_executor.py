@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from conftest import ROOT, copy_project
 from modelforge import api
 from modelforge.api import caching
-from modelforge.errors import PlanError, RemoteError
+from modelforge.errors import ClusterError, PlanError, RemoteError
 from modelforge.executor import SilentReporter
 from modelforge.lock import read_lock
 from modelforge.plan import compute_keys
@@ -296,3 +296,10 @@ def test_without_ray_installed_the_ray_executor_says_how_to_install_it(tmp_path)
     )
     assert outcome.returncode == 8
     assert outcome.stderr == "error: --executor ray needs Ray, which is not installed; run `pip install 'modelforge[ray]'`\n"
+
+
+def test_a_cluster_out_of_reach_is_one_line_not_a_hang(tmp_path):
+    project = copy_project(tmp_path / "project")
+    nobody = f"127.0.0.1:{_free_port()}"
+    with pytest.raises(ClusterError, match=rf"cannot reach a Ray cluster at {nobody} .*; start one with `ray start --head`"):
+        api.build(project / MANIFEST, executor="ray", address=nobody, cache=f"file://{tmp_path / 'cache'}", store_dir=tmp_path / "store")

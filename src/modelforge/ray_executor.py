@@ -46,6 +46,7 @@ RETRIES = 3
 # The environment the safety tests steer fault points with: forwarded to the workers.
 FAULT_VARIABLES = ("MODELFORGE_KILL_AT", "MODELFORGE_FAIL_AT", "MODELFORGE_PAUSE_AT", "MODELFORGE_FAULT_TRACE")
 POLL_SECONDS = 0.2
+CONNECT_SECONDS = 5.0
 PROGRESS_EVERY = 0.5  # seconds between two progress events of one step (the last always goes)
 INSTALL = "run `pip install 'modelforge[ray]'`"
 
@@ -104,6 +105,19 @@ def run_plans(jobs: list[Job], store: Store, remote: RemoteCache, address: str |
 def _connect(ray, address: str | None) -> None:
     import logging
 
+    where = address or os.environ.get("RAY_ADDRESS")
+    advice = (
+        "start one with `ray start --head` (and `ray start --address HEAD:6379` on each other node), or pass --address HOST:PORT"
+    )
+    if where and where != "auto" and "://" not in where:
+        # ray.init retries an address nobody listens on for many minutes: knock first.
+        import socket
+
+        host, _, port = where.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_SECONDS).close()
+        except (OSError, ValueError) as error:
+            raise ClusterError(f"cannot reach a Ray cluster at {where} ({getattr(error, 'strerror', None) or error}); {advice}") from None
     variables = {name: os.environ[name] for name in FAULT_VARIABLES if os.environ.get(name)}
     try:
         ray.init(
@@ -114,11 +128,7 @@ def _connect(ray, address: str | None) -> None:
             configure_logging=True,
         )
     except (ConnectionError, RuntimeError, ValueError) as error:
-        where = address or os.environ.get("RAY_ADDRESS") or "this machine"
-        raise ClusterError(
-            f"cannot reach a Ray cluster at {where} ({' '.join(str(error).split())[:200]}); start one with "
-            "`ray start --head` (and `ray start --address HEAD:6379` on each other node), or pass --address HOST:PORT"
-        ) from None
+        raise ClusterError(f"cannot reach a Ray cluster at {where or 'this machine'} ({' '.join(str(error).split())[:200]}); {advice}") from None
 
 
 def _largest_node_memory(ray) -> int:
@@ -279,13 +289,12 @@ class _Driver:
             for step in job.plan.steps:
                 holders.setdefault(keys_of[id(job)][step.name]["key"], []).append((job, step))
         reasons = {key: reason for _, _, key, reason in pending.values()}
-        started: dict[str, float] = {}
         attempts: dict[str, int] = {}
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
                 for event in ray.get(board.drain.remote()):
-                    self._render(event, holders, reasons, started, attempts)
+                    self._render(event, holders, reasons, attempts)
                 for ref in ready:
                     job, step, key, _ = pending.pop(ref)
                     result = self._result(ray, ref, job, step, attempts.get(key, 0))
@@ -298,7 +307,7 @@ class _Driver:
                                 job.reporter.message(f"pushed {job.label}{step.name} to {self.remote.url}")
                         except RemoteError as error:
                             job.reporter.message(f"warning: step {job.label}{step.name} was not pushed: {error}")
-                    seconds = time.monotonic() - started.get(key, time.monotonic())
+                    seconds = float(result.get("seconds", 0.0))  # on the worker: inputs pulled, the step, outputs pushed
                     for holder, holder_step in holders[key]:
                         holder.records[holder_step.name] = record
                         holder.placements[holder_step.name] = result["node"]
@@ -308,17 +317,16 @@ class _Driver:
                             self._pull(holder, holder_step, record)
                         holder.reporter.step_finished(holder_step.name, True, seconds)
             for event in ray.get(board.drain.remote()):
-                self._render(event, holders, reasons, started, attempts)
+                self._render(event, holders, reasons, attempts)
         except BaseException:
             for ref in pending:
                 ray.cancel(ref, force=True)
             raise
 
-    def _render(self, event: tuple, holders, reasons, started, attempts) -> None:
+    def _render(self, event: tuple, holders, reasons, attempts) -> None:
         what, key, *rest = event
         if what == "started":
             attempts[key] = attempts.get(key, 0) + 1
-            started[key] = time.monotonic()
         for job, step in holders[key]:
             if what == "started":
                 node, pid = rest
@@ -411,6 +419,7 @@ def _step_task(spec: dict, board, *upstream: dict) -> dict:
 
     step: StepNode = spec["step"]
     key: str = spec["key"]
+    began = time.monotonic()
     node = ray.get_runtime_context().get_node_id()
     board.post.remote(("started", key, node, os.getpid()))
     installed = versions(spec["tools"])
@@ -445,6 +454,9 @@ def _step_task(spec: dict, board, *upstream: dict) -> dict:
                 record = run_step(step, key, inputs, store, _Forwarding(board, key), measurements)
             for item in record.outputs.values():
                 remote.put_file(store.object_path(item.sha256), item)
-        return {"record": record_fields(record), "node": node, "measurements": measurements.get(step.name, {})}
+        return {
+            "record": record_fields(record), "node": node, "measurements": measurements.get(step.name, {}),
+            "seconds": time.monotonic() - began,
+        }
     finally:
         store.close()
