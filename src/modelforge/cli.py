@@ -156,7 +156,7 @@ def main() -> None:
 @click.option(
     "--memory-limit", default=None, metavar="SIZE",
     help="Memory a step may use, e.g. 16GiB or 16GB (default: env MODELFORGE_MEMORY_LIMIT, else the physical memory); "
-    "a step predicted to need more is refused before anything runs.",
+    "a step predicted to need more is refused before anything runs (with --executor ray, each node's memory instead).",
 )
 @click.option(
     "--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,

@@ -406,7 +406,9 @@ class _Forwarding:
             self.board.post.remote(("progress", self.key, done, total, message))
 
     def message(self, text: str) -> None:
-        self.board.post.remote(("message", self.key, text))
+        import ray
+
+        ray.get(self.board.post.remote(("message", self.key, text)))  # rare, and before the step's end
 
 
 def _step_task(spec: dict, board, *upstream: dict) -> dict:
@@ -421,7 +423,8 @@ def _step_task(spec: dict, board, *upstream: dict) -> dict:
     key: str = spec["key"]
     began = time.monotonic()
     node = ray.get_runtime_context().get_node_id()
-    board.post.remote(("started", key, node, os.getpid()))
+    # Waited for: the driver hears that the step started before it can hear that it finished.
+    ray.get(board.post.remote(("started", key, node, os.getpid())))
     installed = versions(spec["tools"])
     differing = sorted(f"{tool} {installed.get(tool)} (the build's key says {version})" for tool, version in spec["tools"].items() if installed.get(tool) != version)
     if differing:
