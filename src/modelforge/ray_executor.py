@@ -448,7 +448,10 @@ def _step_task(spec: dict, board, *upstream: dict) -> dict:
                 if not store.has_object(item):
                     problem = remote.download(item, store)
                     if problem is not None:
-                        raise RemoteError(f"step {spec['label']}{step.name}: its input {relative} ({item.sha256[:12]}…) in {remote.url} {problem}")
+                        raise RemoteError(
+                            f"step {spec['label']}{step.name}: its input {relative} ({item.sha256[:12]}…) in {remote.url} {problem}; "
+                            "build once without --executor ray, which runs what the cache lacks and repairs it, or run `modelforge cache verify`"
+                        )
                 inputs[name][relative] = InputFile(store.object_path(item.sha256), item, in_store=True)
         measurements: dict[str, dict[str, Any]] = {}
         with store.lock(key):
