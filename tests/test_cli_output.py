@@ -78,6 +78,19 @@ def test_build_ends_with_its_checks_and_the_manifests_notice_and_check_needs_no_
     assert run_cli("check", str(manifest), "--rebuild", cwd=tmp_project, env=env).returncode == 0
 
 
+def test_build_takes_several_manifests_but_out_names_one_and_address_needs_ray(tmp_project):
+    from click.testing import CliRunner
+
+    from modelforge.cli import main
+
+    manifests = [str(tmp_project / "manifests" / name) for name in ("tiny-medgemma-text-only.yaml", "tiny-medgemma-litertlm.yaml")]
+    several = CliRunner().invoke(main, ["build", "--out", str(tmp_project / "out"), *manifests])
+    assert several.exit_code == 2
+    assert several.output == "error: --out names one directory, for one manifest; build several without it (each goes to dist/<name>/)\n"
+    address = CliRunner().invoke(main, ["build", "--address", "127.0.0.1:6379", manifests[0]])
+    assert address.exit_code == 2 and "--address names a Ray cluster; add --executor ray" in address.output
+
+
 def test_the_plan_table_columns_fit_the_longest_step_name(tmp_project):
     out = run_cli("plan", str(tmp_project / "manifests" / "tiny-medgemma-litertlm.yaml"), cwd=tmp_project)
     assert out.returncode == 0, out.stderr

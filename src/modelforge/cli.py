@@ -146,8 +146,8 @@ def main() -> None:
 
 
 @main.command()
-@manifest_argument
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where targets are materialized (default: dist/<manifest name>/).")
+@click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path), metavar="MANIFEST...")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where targets are materialized (default: dist/<manifest name>/; one manifest only).")
 @source_dir_option
 @store_option
 @click.option("--frozen", is_flag=True, help="Refuse to build if the lockfile is out of date; do not rewrite it.")
@@ -156,28 +156,37 @@ def main() -> None:
 @click.option(
     "--memory-limit", default=None, metavar="SIZE",
     help="Memory a step may use, e.g. 16GiB or 16GB (default: env MODELFORGE_MEMORY_LIMIT, else the physical memory); "
-    "a step predicted to need more is refused before anything runs.",
+    "a step predicted to need more is refused before anything runs (with --executor ray, each node's memory instead).",
 )
+@click.option(
+    "--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+    help="Where steps run: this machine, or a Ray cluster (each step a task placed by its predicted peak memory; "
+    "outputs travel through the remote cache, which must be set; needs `pip install 'modelforge[ray]'`).",
+)
+@click.option("--address", default=None, metavar="HOST:PORT", help="The Ray cluster's head (default: env RAY_ADDRESS, else the cluster started on this machine).")
 @_handle_errors
 def build(
-    manifest: Path, out: Path | None, source_dir: Path | None, store_dir: Path | None, frozen: bool, cache: str | None,
-    cache_read_only: bool, memory_limit: str | None,
+    manifests: tuple[Path, ...], out: Path | None, source_dir: Path | None, store_dir: Path | None, frozen: bool, cache: str | None,
+    cache_read_only: bool, memory_limit: str | None, executor: str, address: str | None,
 ) -> None:
-    """Build every target of MANIFEST, reusing what the store (then the remote cache) already has."""
+    """Build every target of each MANIFEST, reusing what the store (then the remote cache) already has."""
     from modelforge import api
 
-    result = api.build(
-        manifest, out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, reporter=RichReporter(), memory_limit=memory_limit,
-        cache=cache, cache_read_only=cache_read_only,
+    if address is not None and executor != "ray":
+        raise click.UsageError("--address names a Ray cluster; add --executor ray")
+    results = api.build_many(
+        list(manifests), out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, reporter=RichReporter(), memory_limit=memory_limit,
+        cache=cache, cache_read_only=cache_read_only, executor=executor, address=address,
     )
-    pulled = f" ({len(result.pulled)} pulled from the remote cache)" if result.pulled else ""
-    click.echo(f"built {len(result.plan.targets)} target(s) into {result.out_dir}: {len(result.ran)} step(s) ran, {len(result.cached)} cached{pulled}")
-    for line in check_lines(result.checks):
-        click.echo(line)
-    if result.lock_written:
-        click.echo(f"wrote {result.project.lock_path}")
-    if result.project.manifest.notice:
-        click.echo(f"note: {result.project.manifest.notice}")
+    for result in results:
+        pulled = f" ({len(result.pulled)} pulled from the remote cache)" if result.pulled else ""
+        click.echo(f"built {len(result.plan.targets)} target(s) into {result.out_dir}: {len(result.ran)} step(s) ran, {len(result.cached)} cached{pulled}")
+        for line in check_lines(result.checks):
+            click.echo(line)
+        if result.lock_written:
+            click.echo(f"wrote {result.project.lock_path}")
+        if result.project.manifest.notice:
+            click.echo(f"note: {result.project.manifest.notice}")
 
 
 # What each parity figure is called on screen, its threshold, and the comparison the threshold makes.

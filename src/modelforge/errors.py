@@ -63,3 +63,9 @@ class ConfigError(ManifestError):
 
 class RemoteError(StoreError):
     """The remote cache cannot be reached, refused a request, or lacks what a lock needs."""
+
+
+class ClusterError(ModelforgeError):
+    """The Ray cluster is not installed, cannot be reached, or lost a step's workers beyond its retries."""
+
+    exit_code = 8

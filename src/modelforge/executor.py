@@ -157,7 +157,7 @@ def run_plan(
             reason = "output damaged or missing in the store" if damaged else explain(keys[step.name]["parts"], previous_steps.get(step.name))
             reporter.step_started(step.name, step.kind, reason)
             inputs = _inputs(plan, step, store, records, source_paths, verified_sources)
-            records[step.name] = _run_step(step, key, inputs, store, reporter, measurements)
+            records[step.name] = run_step(step, key, inputs, store, reporter, measurements)
             if remote is not None and remote.can_push:
                 try:
                     if remote.push(records[step.name], store):
@@ -195,7 +195,9 @@ def _inputs(plan, step: StepNode, store: Store, records, source_paths, verified:
     return inputs
 
 
-def _run_step(step: StepNode, key: str, inputs, store: Store, reporter: Reporter, measurements=None) -> StepRecord:
+def run_step(step: StepNode, key: str, inputs, store: Store, reporter: Reporter, measurements=None) -> StepRecord:
+    """Run one step on inputs already at hand (here, or on a Ray worker: ray_executor), adopt its
+    outputs into store and write its record last."""
     module = STEPS[step.kind]
     with store.scratch(step.name) as scratch:
         out_dir = scratch / "out"

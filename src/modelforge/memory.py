@@ -1,5 +1,6 @@
 """Peak memory of the heavy build steps, predicted from the source's tensor headers before anything
-runs, so that a build too large for the machine is refused at once instead of swapping for an hour.
+runs, so that a build too large for the machine is refused at once instead of swapping for an hour
+(and, with `--executor ray`, so that each step's Ray task requests its peak: ray_executor).
 
 What is predicted is the step worker's peak *anonymous* memory (RssAnon): what the kernel cannot
 drop. Resident file pages (the mapped checkpoint, the .tflite being written and hashed) are page

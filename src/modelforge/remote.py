@@ -169,7 +169,7 @@ class RemoteCache:
         for name, item in sorted(found.record.outputs.items()):
             if store.has_object(item):
                 continue
-            problem = self._download(item, store)
+            problem = self.download(item, store)
             if problem is not None:
                 warn(f"the remote object {item.sha256[:12]}… ({name}) in {self.url} {problem}; ignored, the step runs locally")
                 return None
@@ -177,7 +177,9 @@ class RemoteCache:
         store.put_record(found.record)
         return found.record
 
-    def _download(self, item: FileRecord, store: Store) -> str | None:
+    def download(self, item: FileRecord, store: Store) -> str | None:
+        """One object into the local store, re-hashed on arrival; None when it is there, else why
+        not (missing, or not hashing to its name)."""
         import obstore
 
         with store.scratch("pull") as scratch:
@@ -209,9 +211,6 @@ class RemoteCache:
     def push(self, record: StepRecord, store: Store) -> bool:
         """Objects, then the signed record if absent. True if this call wrote the record, False if a
         trusted one was there already. Every object must be in the local store and intact."""
-        import obstore
-        from obstore.exceptions import AlreadyExistsError, PreconditionError
-
         if self.read_only:
             raise RemoteError(f"cache {self.url} is read-only here (--cache-read-only or cache.read_only); push from a trusted machine")
         if self.signing_key is None:
@@ -220,7 +219,18 @@ class RemoteCache:
             if not store.has_object(item):
                 raise RemoteError(f"{name} of step {record.key[:12]}… is missing or damaged in the local store; rebuild it before pushing")
             fault_point("remote/object")
-            self._put_object(item, store)
+            self.put_file(store.object_path(item.sha256), item)
+        return self.put_record(record)
+
+    def put_record(self, record: StepRecord) -> bool:
+        """The signed record, created only if absent (its objects must be in the remote already:
+        push() puts them first; a Ray worker pushed them for the driver that signs). True if this
+        call wrote it, False if a trusted one was there already."""
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        if self.read_only or self.signing_key is None:
+            raise RemoteError(f"cannot write records to {self.url}: it is read-only here, or there is no signing key")
         fault_point("remote/record")
         data = encode_record(record, self.signing_key)
         path = record_path(record.key)
@@ -253,7 +263,10 @@ class RemoteCache:
         except (FileNotFoundError, PreconditionError, AlreadyExistsError):
             return False  # someone else replaced it first
 
-    def _put_object(self, item: FileRecord, store: Store) -> None:
+    def put_file(self, source: Path, item: FileRecord) -> None:
+        """Upload the file at source as the object item names, unless it is there already. The
+        caller vouches that source hashes to item.sha256 (a store object, or a source file it just
+        re-hashed); every reader re-hashes it anyway."""
         import obstore
         from obstore.exceptions import AlreadyExistsError
 
@@ -265,7 +278,6 @@ class RemoteCache:
                     return  # content-addressed: present is done (and every reader re-hashes it anyway)
             except FileNotFoundError:
                 pass
-        source = store.object_path(item.sha256)
         if item.size < PART_SIZE:
             mode = "overwrite" if item.sha256 in self.damaged else "create"
             try:

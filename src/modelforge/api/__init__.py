@@ -2,7 +2,7 @@
 Imports run one way: verifying → building → locking → planning → caching, gathering → project
 (schema stands alone); below them executor, planner, store, lock, manifest; never torch. This file only re-exports."""
 
-from modelforge.api.building import BuildResult, build, describe_materialized
+from modelforge.api.building import BuildResult, build, build_many, describe_materialized
 from modelforge.api import caching
 from modelforge.api.gathering import Gathered, gather, web_runtime_facts
 from modelforge.api.locking import CHECK_REPORTS, lock, make_lock
@@ -19,6 +19,7 @@ __all__ = [
     "PlanReport",
     "Project",
     "build",
+    "build_many",
     "caching",
     "check_rebuild",
     "describe_materialized",

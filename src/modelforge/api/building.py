@@ -1,22 +1,27 @@
-"""Building: the `build` verb (run the plan, lay the targets out, rewrite the lock), its result,
-and the line that says how a target's files were laid out. Imports api.caching, api.locking,
-api.planning, api.project and executor, store, lock; heavy imports happen inside the steps."""
+"""Building: the `build` verb (run the plan, lay the targets out, rewrite the lock) on this machine
+or, for one or more manifests at once, on a Ray cluster (ray_executor); its result, and the line
+that says how a target's files were laid out. Imports api.caching, api.gathering, api.locking,
+api.planning, api.project and executor, ray_executor, store, lock; heavy imports happen inside the
+steps, and ray inside ray_executor."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from modelforge.api.caching import remote_for
-from modelforge.api.locking import make_lock
-from modelforge.api.planning import opened, previous_steps, tools_of
+from modelforge.api.gathering import gather
+from modelforge.api.locking import CHECK_REPORTS, make_lock
+from modelforge.api.planning import opened, plan_for, previous_steps, tools_of
 from modelforge.api.project import Project, open_project
-from modelforge.errors import LockError
+from modelforge.errors import ConfigError, LockError
 from modelforge.executor import Reporter, SilentReporter, materialize, run_plan, statuses
 from modelforge.lock import Lock, differences, read_lock, write_lock
 from modelforge.plan import Plan
-from modelforge.store import LINK_FROM, Materialized
+from modelforge.store import LINK_FROM, Materialized, Store, default_store_dir
+
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -31,6 +36,7 @@ class BuildResult:
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)  # per step that ran and measured itself
     materialized: dict[str, list[Materialized]] = field(default_factory=dict)  # per target: how each file was laid out
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)  # the lock's `checks`: parity and architecture reports
+    placements: dict[str, str] = field(default_factory=dict)  # --executor ray: step that ran → the Ray node id it ran on
 
 
 def describe_materialized(directory: Path, placed: list[Materialized]) -> str:
@@ -49,21 +55,28 @@ def describe_materialized(directory: Path, placed: list[Materialized]) -> str:
 
 
 class _Counting:
-    """Wraps a reporter to count which steps ran."""
+    """Wraps a reporter to count which steps ran; label (the manifest's name, when several build
+    at once) prefixes the step names the inner reporter sees."""
 
-    def __init__(self, inner: Reporter, result: BuildResult):
-        self.inner, self.result = inner, result
+    def __init__(self, inner: Reporter, result: BuildResult, label: str = ""):
+        self.inner, self.result, self.label = inner, result, label
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
+    def step_started(self, name: str, kind: str, reason: str) -> None:
+        self.inner.step_started(self.label + name, kind, reason)
+
+    def step_progress(self, name: str, done: int, total: int, message: str) -> None:
+        self.inner.step_progress(self.label + name, done, total, message)
+
     def step_finished(self, name: str, ran: bool, seconds: float) -> None:
         (self.result.ran if ran else self.result.cached).append(name)
-        self.inner.step_finished(name, ran, seconds)
+        self.inner.step_finished(self.label + name, ran, seconds)
 
     def step_pulled(self, name: str, kind: str, size: int) -> None:
         self.result.pulled.append(name)
-        self.inner.step_pulled(name, kind, size)
+        self.inner.step_pulled(self.label + name, kind, size)
 
 
 def build(
@@ -78,9 +91,17 @@ def build(
     memory_limit: str | int | None = None,
     cache: str | None = None,
     cache_read_only: bool = False,
+    executor: str = "local",
+    address: str | None = None,
 ) -> BuildResult:
     """Build every target. cache: the remote cache's URL ('' for none; None: $MODELFORGE_CACHE,
-    else modelforge.toml's cache.url); cache_read_only: pull but never push."""
+    else modelforge.toml's cache.url); cache_read_only: pull but never push. executor: "local"
+    (this machine), or "ray" (the cluster at address; see build_many)."""
+    if executor != "local":
+        return build_many(
+            [manifest_path], out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, write_lockfile=write_lockfile,
+            reporter=reporter, memory_limit=memory_limit, cache=cache, cache_read_only=cache_read_only, executor=executor, address=address,
+        )[0]
     reporter = reporter or SilentReporter()
     project = open_project(manifest_path)
     remote = remote_for(project.root, cache, cache_read_only, reporter)
@@ -109,6 +130,86 @@ def build(
         if write_lockfile and not frozen:
             result.lock_written = write_lock(project.lock_path, fresh)
         return result
+
+
+def build_many(
+    manifest_paths: Sequence[str | Path],
+    *,
+    out: Path | None = None,
+    source_dir: Path | None = None,
+    store_dir: Path | None = None,
+    frozen: bool = False,
+    write_lockfile: bool = True,
+    reporter: Reporter | None = None,
+    memory_limit: str | int | None = None,
+    cache: str | None = None,
+    cache_read_only: bool = False,
+    executor: str = "local",
+    address: str | None = None,
+) -> list[BuildResult]:
+    """Build several manifests: one after another locally; on Ray, every step of all of them at
+    once across the cluster, each placed by its predicted peak memory, files exchanged through the
+    remote cache (which must be set and writable). With Ray the cluster's nodes, not this machine's
+    memory_limit, bound what a step may need."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+    if not manifest_paths:
+        raise ConfigError("no manifest to build; name one or more manifest files")
+    if out is not None and len(manifest_paths) > 1:
+        raise ConfigError("--out names one directory, for one manifest; build several without it (each goes to dist/<name>/)")
+    options = dict(out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, write_lockfile=write_lockfile, reporter=reporter, cache=cache)
+    if executor == "local":
+        return [build(path, memory_limit=memory_limit, cache_read_only=cache_read_only, **options) for path in manifest_paths]
+    return _build_on_ray(manifest_paths, address=address, cache_read_only=cache_read_only, **options)
+
+
+def _build_on_ray(
+    manifest_paths: Sequence[str | Path], *, out, source_dir, store_dir, frozen, write_lockfile, reporter, cache, cache_read_only, address
+) -> list[BuildResult]:
+    from modelforge import ray_executor
+
+    ray_executor.import_ray()  # one line saying how to install it, before anything is read
+    reporter = reporter or SilentReporter()
+    projects = [open_project(path) for path in manifest_paths]
+    remotes = {str(project.root): remote_for(project.root, cache, cache_read_only) for project in projects}
+    if len({None if remote is None else remote.url for remote in remotes.values()}) > 1:
+        raise ConfigError("the manifests' projects name different remote caches; build them with one --cache URL")
+    ray_executor.check_remote(next(iter(remotes.values())))
+    remote = remote_for(projects[0].root, cache, cache_read_only, reporter)  # again, saying what is missing (keys)
+    several = len(projects) > 1
+    store = Store(store_dir or default_store_dir())
+    try:
+        jobs, results = [], []
+        for project in projects:
+            gathered = gather(project, store, source_dir, reporter, need_weights=True)
+            the_plan = plan_for(project, gathered)
+            toolchain = tools_of(the_plan)
+            if frozen:
+                _check_frozen(project, make_lock(project, the_plan, toolchain, store))
+            result = BuildResult(project, the_plan)
+            label = f"{project.manifest.name}:" if several else ""
+            needed = {target.node for target in the_plan.targets} | {step.name for step in the_plan.steps if step.kind in CHECK_REPORTS}
+            job = ray_executor.Job(
+                the_plan, gathered.paths, toolchain, previous_steps(project), _Counting(reporter, result, label), frozenset(needed), label,
+                measurements=result.measurements, placements=result.placements,
+            )
+            jobs.append(job)
+            results.append(result)
+        ray_executor.run_plans(jobs, store, remote, address)
+        for job, result in zip(jobs, results):
+            project, the_plan = result.project, result.plan
+            result.out_dir = Path(out) if out else project.default_out
+            for target in the_plan.targets:
+                placed = materialize(job.records[target.node].outputs, store, result.out_dir / target.name)
+                result.materialized[target.name] = placed
+                reporter.message(describe_materialized(result.out_dir / target.name, placed))
+            fresh = make_lock(project, the_plan, job.toolchain, store)
+            result.checks = dict(fresh.checks)
+            if write_lockfile and not frozen:
+                result.lock_written = write_lock(project.lock_path, fresh)
+        return results
+    finally:
+        store.close()
 
 
 def _check_frozen(project: Project, fresh: Lock) -> None:
