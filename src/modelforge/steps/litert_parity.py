@@ -59,7 +59,12 @@ def run(context: StepContext) -> None:
         seconds += result["seconds"]
         peaks = {key: max(value, result.get(key, 0)) for key, value in peaks.items()}
     context.measurements.update(peaks | {"seconds": round(seconds, 3)})
-    thresholds = params["thresholds"]
+    gate(context, report, params["thresholds"], "use a lighter quantization recipe or relax the thresholds under parity")
+
+
+def gate(context: StepContext, report: dict, thresholds: dict, advice: str) -> None:
+    """Write parity.json (the report, rounded, with the thresholds and the verdict) and raise
+    StepFailed naming each missed threshold. Shared with onnx_parity."""
     failures = []
     checks = (
         ("max_abs_logit", "max_abs_logit", lambda value, limit: value <= limit, "≤"),
@@ -85,5 +90,5 @@ def run(context: StepContext) -> None:
         measured = ", ".join(f"{key} {report[key]}" for key in ("max_abs_logit", "top1_agreement", "mean_kl", "vision_cosine", "image_token_agreement") if key in report)
         raise StepFailed(
             f"parity check failed: {'; '.join(failures)} (measured: {measured}); "
-            "use a lighter quantization recipe or relax the thresholds under parity"
+            f"{advice}"
         )
