@@ -100,7 +100,33 @@ def export_vision(checkpoint: Path, work: Path) -> dict:
         torch.onnx.export(Embedding(), (ids, torch.zeros(2, config.text_config.hidden_size)), str(out / "embedding.onnx"),
                           dynamo=True, external_data=True, input_names=["input_ids", "image_features"], output_names=["inputs_embeds"],
                           dynamic_shapes=({1: sequence}, {0: images}), verbose=False)
+    for graph in ("vision.onnx", "embedding.onnx"):
+        strip_stack_traces(out / graph)
     return {"files": {path.name: str(path) for path in sorted(out.iterdir()) if path.is_file()}, "report": {}}
+
+
+def strip_stack_traces(path: Path) -> None:
+    """torch.onnx.export records each node's Python stack trace (absolute paths and line numbers of
+    the exporting code and of the installed transformers) in its metadata: the same model from
+    another checkout or virtualenv would differ in bytes. The traces go; the weights (external
+    data) are not read or rewritten."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            kept = [entry for entry in node.metadata_props if entry.key != "pkg.torch.onnx.stack_trace"]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+            graphs += [attribute.g for attribute in node.attribute if attribute.HasField("g")]
+    for function in model.functions:
+        for node in function.node:
+            kept = [entry for entry in node.metadata_props if entry.key != "pkg.torch.onnx.stack_trace"]
+            del node.metadata_props[:]
+            node.metadata_props.extend(kept)
+    onnx.save_model(model, str(path))
 
 
 def quantize(request: dict) -> dict:
