@@ -4,8 +4,9 @@ quantized here: onnxruntime-genai's builder quantizes it while building (steps/o
 
 from __future__ import annotations
 
+import shutil
+
 from modelforge.steps.base import StepContext
-from modelforge.store import link_or_copy
 from modelforge.steps.litert_worker import run_job
 from modelforge.steps.onnx_worker import MODULE
 
@@ -21,7 +22,9 @@ def run(context: StepContext) -> None:
     source = context.scratch_dir / "input"
     source.mkdir()
     for relative, item in files.items():
-        link_or_copy(item.path, source / relative)  # onnx refuses external data outside the model's directory
+        # A copy: onnx refuses external data that resolves outside the model's directory (a symlink
+        # into the store) or that has more than one hard link (a linked store object).
+        shutil.copyfile(item.path, source / relative)
     work = context.scratch_dir / "quantize"
     work.mkdir()
     request = {"action": "quantize", "input_dir": str(source), "work_dir": str(work), **params}
