@@ -1,5 +1,5 @@
-"""onnxruntime-genai's model builder (0.18.0) on Gemma 3 checkpoints, with the two shims it needs
-under transformers 5 and a build-time check of the RoPE caches it writes. Runs inside the onnx
+"""onnxruntime-genai's model builder (0.18.0) on Gemma 3 checkpoints, with the three shims it needs
+under transformers 5 (and for reproducible bytes) and a build-time check of the RoPE caches it writes. Runs inside the onnx
 worker process (steps/onnx_worker.py); imports onnxruntime_genai, transformers and torch only there.
 
 Why each shim exists (measured on fixtures/tiny-medgemma, experiments/ortweb/RESULTS.md §1):
@@ -15,6 +15,12 @@ Why each shim exists (measured on fixtures/tiny-medgemma, experiments/ortweb/RES
   layers' cos/sin caches with the global layers' linear factor 8 still set (rope_attrs
   ["rescale_factors"] is never reset), which Gemma 3 does not do: silently wrong logits (0/24 greedy
   tokens equal to PyTorch on the tiny model). The shim resets the factor to 1 for the local caches.
+
+- `wheel_commit`: the builder stamps model.onnx's producer_version with `git rev-parse HEAD` run
+  five directories above its own file: in a virtualenv that is whatever repository holds the
+  virtualenv (here the project's checkout), so the graph's bytes changed with every commit of an
+  unrelated repository. The shim gives the wheel's own commit (onnxruntime_genai.__commit__), which
+  the builder falls back to when git fails.
 
 `check_rope_caches` compares the four caches in the built graph with transformers' own rotary
 embedding for each layer type and raises RopeMismatch when one differs: a builder that regresses
@@ -95,14 +101,22 @@ def shims(context_length: int, fix_local_rope: bool = True):
         self.cos_cache_local_name, self.sin_cache_local_name = "cos_cache_local", "sin_cache_local"
         super(gemma.Gemma3Model, self).make_rotary_embedding_caches(cos_cache_name=self.cos_cache_local_name, sin_cache_name=self.sin_cache_local_name)
 
-    saved = (builder.AutoConfig, gemma.AutoConfig, gemma.Gemma3Model.make_rotary_embedding_multi_cache)
+    base = sys.modules["builders.base"]
+
+    def wheel_commit(cls):
+        import onnxruntime_genai
+
+        return getattr(onnxruntime_genai, "__commit__", None) or None
+
+    saved = (builder.AutoConfig, gemma.AutoConfig, gemma.Gemma3Model.make_rotary_embedding_multi_cache, base.Model.__dict__["get_genai_commit"])
     builder.AutoConfig = gemma.AutoConfig = FlatAutoConfig
+    base.Model.get_genai_commit = classmethod(wheel_commit)
     if fix_local_rope:
         gemma.Gemma3Model.make_rotary_embedding_multi_cache = multi_cache
     try:
         yield
     finally:
-        builder.AutoConfig, gemma.AutoConfig, gemma.Gemma3Model.make_rotary_embedding_multi_cache = saved
+        builder.AutoConfig, gemma.AutoConfig, gemma.Gemma3Model.make_rotary_embedding_multi_cache, base.Model.get_genai_commit = saved
 
 
 def build(checkpoint: Path, out_dir: Path, cache_dir: Path, *, precision: str, block_size: int, context_length: int,
