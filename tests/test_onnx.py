@@ -12,7 +12,7 @@ import pytest
 
 from conftest import TINY, copy_project
 from modelforge import api
-from modelforge.errors import ManifestError, StepFailed
+from modelforge.errors import StepFailed
 
 pytestmark = pytest.mark.slow
 
@@ -190,18 +190,3 @@ def test_int4_fails_the_quantized_gate(tmp_path, onnx_store):
     """int4 on the tiny model's random weights: top-1 0.33, KL 1.5: below the int8 gate."""
     with pytest.raises(StepFailed, match=r"parity check failed: top1_agreement = 0\.3.*mean_kl = 1\.5"):
         api.build(_variant(tmp_path, "int4", QUANTIZED), store_dir=onnx_store)
-
-
-def test_precision_is_validated(tmp_path):
-    project = copy_project(tmp_path)
-    path = project / "manifests" / MANIFEST
-    original = path.read_text()
-    path.write_text(original.replace("    context_length: 1024\n", "    context_length: 1024\n    precision:\n      text_decoder: {precision: fp32, block_size: 32}\n"))
-    with pytest.raises(ManifestError, match="block_size applies to int8 and int4 only"):
-        api.plan(path)
-    path.write_text(original.replace("    context_length: 1024\n", "    context_length: 1024\n    precision:\n      vision_encoder: {precision: int8}\n"))
-    with pytest.raises(ManifestError, match="vision_encoder and projector are one graph"):
-        api.plan(path)
-    path.write_text(original.replace("    context_length: 1024\n", "    context_length: 1024\n    precision:\n      text_decoder: {precision: int3}\n"))
-    with pytest.raises(ManifestError, match="int3"):
-        api.plan(path)
