@@ -31,7 +31,6 @@ so a patch of `onnxruntime_genai.models.builders.gemma` silently does nothing) f
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 

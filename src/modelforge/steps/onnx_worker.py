@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -272,8 +271,3 @@ if __name__ == "__main__":
     sys.stderr.flush()
     os._exit(0)
 
-
-def move_files(result: dict, context) -> None:
-    """The job's files become the step's outputs."""
-    for name, path in sorted(result.get("files", {}).items()):
-        shutil.move(path, context.output(name))
