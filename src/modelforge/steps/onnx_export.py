@@ -15,7 +15,7 @@ from modelforge.steps.onnx_worker import MODULE
 
 KIND = "onnx_export"
 VERSION = 1
-TOOLS = ("onnxruntime-genai", "onnx", "onnx-ir", "onnxscript", "torch", "transformers")
+TOOLS = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "onnxscript", "torch", "transformers")  # the builder quantizes with onnxruntime's MatMulNBits quantizer
 
 
 def run(context: StepContext) -> None:
