@@ -220,6 +220,7 @@ def test_parity_catches_a_bundle_whose_vision_graph_expects_normalized_pixels(fl
     import litert_lm_builder
 
     from conftest import TINY
+    from modelforge.steps.litert_parity import phases_for, run_phases
     from modelforge.steps.litert_worker import launch
 
     progress = lambda done, total, message: None  # noqa: E731
@@ -239,10 +240,10 @@ def test_parity_catches_a_bundle_whose_vision_graph_expects_normalized_pixels(fl
         shutil.copyfile(export["files"][name], next(unpacked.glob(f"*_tf_lite_{name.removesuffix('.tflite')}.tflite")))
     bundle = tmp_path / "unfolded.litertlm"
     litert_lm_builder.pack(str(unpacked / "model.toml"), str(bundle))
-    report = launch({
+    report, _ = run_phases({
         "action": "parity", "checkpoint": str(TINY), "models_dir": str(models), "prompts": ["Describe the findings."], "steps": 24,
         "stop_tokens": ["<eos>", "<end_of_turn>"], "bundle": str(bundle), "scratch_dir": str(tmp_path),
-    }, tmp_path / "scratch-parity", progress, "parity")["report"]
+    }, phases_for(multimodal=True, bundle=True), tmp_path / "scratch-parity", progress)
     assert report["top1_agreement"] == 1.0  # the text graphs are the float ones
     assert report["image_token_agreement"] < 1.0 and report["vision_cosine"] < 0.99  # both image gates fail
     # Why: the runtime hands the graph [0, 1] pixels, so this bundle answers as PyTorch does on those.

@@ -66,4 +66,5 @@ def test_planned_outputs(name, snapshot):
 
 
 def test_every_manifest_is_snapshotted():
-    assert {"medgemma-1.5-text-only.yaml", "medgemma-1.5-litertlm.yaml", "tiny-medgemma-text-only.yaml", "tiny-medgemma-litertlm.yaml"} <= set(ALL)
+    assert {"medgemma-1.5-text-only.yaml", "medgemma-1.5-litertlm.yaml", "tiny-medgemma-text-only.yaml", "tiny-medgemma-litertlm.yaml",
+            "medgemma-1.5-onnx.yaml", "tiny-medgemma-onnx.yaml"} <= set(ALL)

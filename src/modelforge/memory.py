@@ -16,6 +16,9 @@ Each step kind follows the copies that exist on its path (steps/litert_worker.py
                    rest of the factor. Only the decoder's tensors are loaded.
     export vision  base + factor × f32 bytes of the vision tower and projector (only they are loaded;
                    the converter still copies the constants of this path, hence the larger factor).
+    onnx export    the onnx target's text decoder (onnxruntime-genai's builder) and vision graphs
+                   (torch.onnx.export, dynamo): base measured on the tiny fixture, factors assumed;
+                   unmeasured at MedGemma 4B (see FIT).
     quantize       base + factor × f32 bytes of the graphs quantized (ai-edge-quantizer reads the
                    float .tflite into numpy and writes the quantized one beside it).
     parity         base + factor × f32 bytes of the whole multimodal model. The check runs one
@@ -69,6 +72,11 @@ MEASUREMENTS: tuple[tuple[str, str, int, int, int], ...] = (
     # parity: f32 bytes of the whole multimodal model (the image check's reference).
     ("tiny", "parity", 680_064, 0, 307_195_904),
     ("L34", "parity", 17_200_317_888, 0, 17_975_808_000),
+    # onnx target (2026-11-30, onnxruntime-genai 0.18.0, torch 2.13.0): the builder on the text
+    # decoder; the dynamo export of the vision tower, projector and the token embedding (120,192 +
+    # 262,144 f32 bytes).
+    ("tiny", "onnx_export_text", 559_872, 0, 340_017_152),
+    ("tiny", "onnx_export_vision", 382_336, 0, 381_825_024),
 )
 # Peaks known only from below: a step killed at its cgroup's limit before it finished (none now; the
 # 4B parity was, at 21.8 GiB, while its phases shared one process). Such a kind's factor must be set
@@ -80,6 +88,13 @@ FIT: dict[str, tuple[int, float]] = {
     "export_vision": (589_534_956, 3.427),
     "quantize": (52_671_934, 0.561),
     "parity": (306_497_297, 1.027),
+    # Measured on the tiny fixture only (the base is its peak less factor × its bytes); the factors
+    # are assumptions, not fits: MedGemma 4B's onnx exports are unmeasured (bench/ has no onnx run
+    # yet). The builder loads tensors lazily (onnxruntime-genai PR #1427: Gemma 3 12B in 35.3 GB,
+    # ≈ 0.73 × its f32 bytes), so 1.0; the dynamo export holds the model and the exported
+    # program's constants, as litert's vision export does (fitted 3.4 there).
+    "onnx_export_text": (339_457_280, 1.0),
+    "onnx_export_vision": (380_486_848, 3.5),
 }
 # The largest |predicted / measured − 1| over MEASUREMENTS is below this (tests/test_memory.py).
 STATED_ERROR = 0.15

@@ -31,7 +31,10 @@ from modelforge.store import Store
 
 
 # Steps whose report the lock records under `checks`: step kind → the report's file.
-CHECK_REPORTS = {"litert_parity": "parity.json", "check_architecture": "architecture.json"}
+CHECK_REPORTS = {
+    "litert_parity": "parity.json", "onnx_parity": "parity.json", "check_architecture": "architecture.json",
+    "onnx_export": "export_report.json",  # the RoPE check of the text decoder (steps/genai_builder.py)
+}
 
 
 def make_lock(project: Project, the_plan: Plan, toolchain: Mapping[str, str], store: Store, pending: bool = False) -> Lock:

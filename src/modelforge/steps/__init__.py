@@ -15,6 +15,10 @@ from modelforge.steps import (
     litert_quantize,
     litertlm_metadata,
     litertlm_package,
+    onnx_export,
+    onnx_package,
+    onnx_parity,
+    onnx_quantize,
     rewrite_config,
     transform_weights,
     web_bundle,
@@ -26,6 +30,6 @@ STEPS: dict[str, ModuleType] = {
     for module in (
         transform_weights, rewrite_config, carry_files, assemble, check_architecture,
         litert_export, litert_quantize, litertlm_metadata, litertlm_package, litert_parity,
-        web_task, web_bundle,
+        onnx_export, onnx_quantize, onnx_package, onnx_parity, web_task, web_bundle,
     )
 }

@@ -24,6 +24,20 @@ def phases_for(multimodal: bool, bundle: bool) -> list[str]:
     return ["text_reference", *(["image_reference"] if multimodal else []), *(["runtime"] if multimodal and bundle else []), "graphs"]
 
 
+def run_phases(request: dict, phases: list[str], scratch: Path, progress, module: str = "modelforge.steps.litert_worker") -> tuple[dict, dict]:
+    """Each phase in its own worker process (parity_impl.PHASES), each handed what the earlier ones
+    returned: (the report, the measurements: seconds summed, peaks of the largest phase). Shared
+    with onnx_parity."""
+    report, handoff, seconds, peaks = {}, {}, 0.0, {"peak_rss_bytes": 0, "peak_anonymous_bytes": 0}
+    for phase in phases:
+        result = launch(request | handoff | {"phase": phase}, scratch, progress, f"parity check ({phase.replace('_', ' ')})", module)
+        report.update(result.get("report", {}))
+        handoff.update(result.get("handoff", {}))
+        seconds += result["seconds"]
+        peaks = {key: max(value, result.get(key, 0)) for key, value in peaks.items()}
+    return report, peaks | {"seconds": round(seconds, 3)}
+
+
 def run(context: StepContext) -> None:
     """params: {prompts, steps, stop_tokens, thresholds: {max_abs_logit, min_top1_agreement, max_kl,
     min_vision_cosine, min_image_token_agreement}}; inputs: checkpoint, the final graphs, and for a
@@ -50,16 +64,15 @@ def run(context: StepContext) -> None:
         "bundle": str(bundle) if bundle else None,
         "scratch_dir": str(context.scratch_dir),
     }
-    # One worker process per phase (parity_impl.PHASES): the step's peak is its largest phase.
-    report, handoff, seconds, peaks = {}, {}, 0.0, {"peak_rss_bytes": 0, "peak_anonymous_bytes": 0}
-    for phase in phases_for((models / "vision_encoder.tflite").exists(), bundle is not None):
-        result = launch(request | handoff | {"phase": phase}, context.scratch_dir, context.progress, f"parity check ({phase.replace('_', ' ')})")
-        report.update(result.get("report", {}))
-        handoff.update(result.get("handoff", {}))
-        seconds += result["seconds"]
-        peaks = {key: max(value, result.get(key, 0)) for key, value in peaks.items()}
-    context.measurements.update(peaks | {"seconds": round(seconds, 3)})
-    thresholds = params["thresholds"]
+    phases = phases_for((models / "vision_encoder.tflite").exists(), bundle is not None)
+    report, measurements = run_phases(request, phases, context.scratch_dir, context.progress)
+    context.measurements.update(measurements)
+    gate(context, report, params["thresholds"], "use a lighter quantization recipe or relax the thresholds under parity")
+
+
+def gate(context: StepContext, report: dict, thresholds: dict, advice: str) -> None:
+    """Write parity.json (the report, rounded, with the thresholds and the verdict) and raise
+    StepFailed naming each missed threshold. Shared with onnx_parity."""
     failures = []
     checks = (
         ("max_abs_logit", "max_abs_logit", lambda value, limit: value <= limit, "≤"),
@@ -85,5 +98,5 @@ def run(context: StepContext) -> None:
         measured = ", ".join(f"{key} {report[key]}" for key in ("max_abs_logit", "top1_agreement", "mean_kl", "vision_cosine", "image_token_agreement") if key in report)
         raise StepFailed(
             f"parity check failed: {'; '.join(failures)} (measured: {measured}); "
-            "use a lighter quantization recipe or relax the thresholds under parity"
+            f"{advice}"
         )

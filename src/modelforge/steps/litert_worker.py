@@ -278,13 +278,14 @@ class AnonymousPeak:
         return max(self.peak, self.sample())
 
 
-def main() -> None:
+def main(actions: dict | None = None) -> None:
+    """The worker's entry point; another worker module (steps/onnx_worker.py) passes its own actions."""
     _die_with_parent()
     request_path = Path(sys.argv[1])
     request = json.loads(request_path.read_text())
     anonymous = AnonymousPeak()
     started = time.monotonic()
-    result = ACTIONS[request["action"]](request)
+    result = (actions or ACTIONS)[request["action"]](request)
     result["seconds"] = round(time.monotonic() - started, 3)
     result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result["peak_anonymous_bytes"] = anonymous.stop()
@@ -299,9 +300,9 @@ if __name__ == "__main__":
     os._exit(0)
 
 
-def launch(request: dict, scratch: Path, progress, label: str) -> dict:
-    """Run one job in a child interpreter with PYTHONHASHSEED=0; its log is kept for the error.
-    Called by the steps; imports nothing heavy here."""
+def launch(request: dict, scratch: Path, progress, label: str, module: str = "modelforge.steps.litert_worker") -> dict:
+    """Run one job in a child interpreter (`python -m module`, a worker whose main() this is) with
+    PYTHONHASHSEED=0; its log is kept for the error. Called by the steps; imports nothing heavy here."""
     import subprocess
     import threading
 
@@ -314,7 +315,7 @@ def launch(request: dict, scratch: Path, progress, label: str) -> dict:
     log_path = job / "log.txt"
     started = time.monotonic()
     with open(log_path, "wb") as log:
-        child = subprocess.Popen([sys.executable, "-m", "modelforge.steps.litert_worker", str(job / "request.json")], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=job)
+        child = subprocess.Popen([sys.executable, "-m", module, str(job / "request.json")], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=job)
         stop = threading.Event()
 
         def tick() -> None:  # long exports say they are alive
@@ -337,11 +338,11 @@ def launch(request: dict, scratch: Path, progress, label: str) -> dict:
     return json.loads((job / "result.json").read_text())
 
 
-def run_job(context, request: dict, label: str) -> dict:
+def run_job(context, request: dict, label: str, module: str = "modelforge.steps.litert_worker") -> dict:
     """launch() for a step: the job's files become the step's outputs, its measurements the step's."""
     import shutil
 
-    result = launch(request, context.scratch_dir, context.progress, label)
+    result = launch(request, context.scratch_dir, context.progress, label, module)
     for name, path in sorted(result.get("files", {}).items()):
         shutil.move(path, context.output(name))
     context.measurements.update({key: result[key] for key in ("seconds", "peak_rss_bytes", "peak_anonymous_bytes")})

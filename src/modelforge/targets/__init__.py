@@ -5,6 +5,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from modelforge.targets import hf_text_only, litertlm, web_bundle
+from modelforge.targets import hf_text_only, litertlm, onnx, web_bundle
 
-TARGETS: dict[str, ModuleType] = {module.KIND: module for module in (hf_text_only, litertlm, web_bundle)}
+TARGETS: dict[str, ModuleType] = {module.KIND: module for module in (hf_text_only, litertlm, onnx, web_bundle)}

@@ -1,0 +1,174 @@
+"""onnxruntime-genai's model builder (0.18.0) on Gemma 3 checkpoints, with the three shims it needs
+under transformers 5 (and for reproducible bytes) and a build-time check of the RoPE caches it writes. Runs inside the onnx
+worker process (steps/onnx_worker.py); imports onnxruntime_genai, transformers and torch only there.
+
+Why each shim exists (measured on fixtures/tiny-medgemma, experiments/ortweb/RESULTS.md §1):
+
+- `flat_rope_config`: transformers 5 stores Gemma 3's RoPE per layer type
+  (rope_parameters = {"full_attention": {linear, factor 8, theta 1e6}, "sliding_attention": {default,
+  theta 1e4}}) and has no `rope_local_base_freq`; the builder reads the 4.x flat form
+  (rope_parameters["rope_type"]) and dies with KeyError: 'rope_type'. The shim hands the builder the
+  4.x form: the full-attention parameters, plus rope_theta and rope_local_base_freq. It also caps
+  max_position_embeddings at the manifest's context length: the builder writes cos/sin caches of
+  that many rows (131072 for Gemma 3: 268 MB of fp32 at 4B) and genai_config's max_length from it.
+- `local_rope_without_scaling`: Gemma3Model.make_rotary_embedding_multi_cache builds the sliding
+  layers' cos/sin caches with the global layers' linear factor 8 still set (rope_attrs
+  ["rescale_factors"] is never reset), which Gemma 3 does not do: silently wrong logits (0/24 greedy
+  tokens equal to PyTorch on the tiny model). The shim resets the factor to 1 for the local caches.
+
+- `wheel_commit`: the builder stamps model.onnx's producer_version with `git rev-parse HEAD` run
+  five directories above its own file: in a virtualenv that is whatever repository holds the
+  virtualenv (here the project's checkout), so the graph's bytes changed with every commit of an
+  unrelated repository. The shim gives the wheel's own commit (onnxruntime_genai.__commit__), which
+  the builder falls back to when git fails.
+
+`check_rope_caches` compares the four caches in the built graph with transformers' own rotary
+embedding for each layer type and raises RopeMismatch when one differs: a builder that regresses
+(or a shim that stops applying: the builder imports its modules through sys.path as `builders.gemma`,
+so a patch of `onnxruntime_genai.models.builders.gemma` silently does nothing) fails the build.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+# The four caches Gemma3Model writes, and the transformers layer type each must equal.
+CACHES = {
+    "cos_cache_global": ("full_attention", "cos"),
+    "sin_cache_global": ("full_attention", "sin"),
+    "cos_cache_local": ("sliding_attention", "cos"),
+    "sin_cache_local": ("sliding_attention", "sin"),
+}
+# fp32 cos/sin of positions up to 131072: float32 rounding of the angle alone is ~1e-2 at the end
+# of a long table, the factor-8 bug is off by up to 2 at position 1. Compared over the first
+# CHECKED_POSITIONS rows, where both are computed in float32 from the same formula (< 1e-5 apart).
+TOLERANCE = 1e-4
+CHECKED_POSITIONS = 4096
+
+
+class RopeMismatch(Exception):
+    """The builder's RoPE caches differ from transformers': the graph would compute wrong logits."""
+
+
+def _builder_modules():
+    """The builder and its Gemma module as the builder itself imports them (through sys.path)."""
+    from onnxruntime_genai.models import builder  # noqa: F401  (appends the builder's directory to sys.path)
+
+    import builders.gemma as gemma  # type: ignore[import-not-found]
+
+    return sys.modules["onnxruntime_genai.models.builder"], gemma
+
+
+def flat_rope_config(config, context_length: int):
+    """The 4.x flat RoPE form of a transformers 5 Gemma 3 config (see the module docstring)."""
+    text = getattr(config, "text_config", config)
+    rope = getattr(text, "rope_parameters", None)
+    if isinstance(rope, dict) and "full_attention" in rope:
+        full, sliding = dict(rope["full_attention"]), dict(rope["sliding_attention"])
+        if sliding.get("rope_type", "default") != "default":
+            raise RopeMismatch(f"sliding-attention RoPE of type {sliding.get('rope_type')!r}: the builder makes only unscaled local caches")
+        text.rope_parameters = full
+        text.rope_theta = full["rope_theta"]
+        text.rope_local_base_freq = sliding["rope_theta"]
+    for holder in {id(config): config, id(text): text}.values():
+        if getattr(holder, "max_position_embeddings", None) is not None:
+            holder.max_position_embeddings = min(holder.max_position_embeddings, context_length)
+    return config
+
+
+@contextlib.contextmanager
+def shims(context_length: int, fix_local_rope: bool = True):
+    """The builder patched for the duration (module docstring). fix_local_rope=False leaves the
+    builder's local-RoPE bug in place: only the tests use it, to show that the check catches it."""
+    import transformers
+
+    builder, gemma = _builder_modules()
+
+    class FlatAutoConfig:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            return flat_rope_config(transformers.AutoConfig.from_pretrained(*args, **kwargs), context_length)
+
+    def multi_cache(self):
+        self.cos_cache_global_name, self.sin_cache_global_name = "cos_cache_global", "sin_cache_global"
+        super(gemma.Gemma3Model, self).make_rotary_embedding_caches(cos_cache_name=self.cos_cache_global_name, sin_cache_name=self.sin_cache_global_name)
+        self.rope_attrs["create_caches"] = True
+        self.rope_attrs["theta"] = self.rope_local_theta
+        self.rope_attrs["rescale_factors"] = 1  # Gemma 3's sliding layers have no linear scaling
+        self.cos_cache_local_name, self.sin_cache_local_name = "cos_cache_local", "sin_cache_local"
+        super(gemma.Gemma3Model, self).make_rotary_embedding_caches(cos_cache_name=self.cos_cache_local_name, sin_cache_name=self.sin_cache_local_name)
+
+    base = sys.modules["builders.base"]
+
+    def wheel_commit(cls):
+        import onnxruntime_genai
+
+        return getattr(onnxruntime_genai, "__commit__", None) or None
+
+    saved = (builder.AutoConfig, gemma.AutoConfig, gemma.Gemma3Model.make_rotary_embedding_multi_cache, base.Model.__dict__["get_genai_commit"])
+    builder.AutoConfig = gemma.AutoConfig = FlatAutoConfig
+    base.Model.get_genai_commit = classmethod(wheel_commit)
+    if fix_local_rope:
+        gemma.Gemma3Model.make_rotary_embedding_multi_cache = multi_cache
+    try:
+        yield
+    finally:
+        builder.AutoConfig, gemma.AutoConfig, gemma.Gemma3Model.make_rotary_embedding_multi_cache, base.Model.get_genai_commit = saved
+
+
+def build(checkpoint: Path, out_dir: Path, cache_dir: Path, *, precision: str, block_size: int, context_length: int,
+          exclude_embeds: bool, fix_local_rope: bool = True) -> dict:
+    """The decoder (model.onnx, model.onnx.data, genai_config.json, tokenizer files) for the CPU
+    execution provider, with a full (not windowed) sliding KV cache so that one graph serves
+    onnxruntime-genai and a hand-driven onnxruntime loop alike (onnxruntime's GQA refuses an empty
+    windowed past). Returns the RoPE check's figures; raises RopeMismatch when it fails."""
+    with shims(context_length, fix_local_rope):
+        builder, _ = _builder_modules()
+        options = [f"exclude_embeds={'true' if exclude_embeds else 'false'}", "windowed_kv_cache=false", "hf_token=false"]
+        if precision in ("int4", "int8"):
+            # accuracy_level 1: fp32 activations. The CPU default (4) quantizes activations to int8
+            # on native CPU only, so the browser's wasm and native CPU would compute different tokens.
+            options += [f"block_size={block_size}", "accuracy_level=1"]
+        extra = builder.parse_extra_options(None, str(checkpoint), str(out_dir), precision, "cpu", str(cache_dir), options)
+        with contextlib.redirect_stdout(sys.stderr):
+            builder.create_model(None, str(checkpoint), str(out_dir), precision, "cpu", str(cache_dir), **extra)
+    return check_rope_caches(out_dir / "model.onnx", checkpoint)
+
+
+def check_rope_caches(model_path: Path, checkpoint: Path) -> dict:
+    """Each cos/sin cache of the graph against transformers' rotary embedding of its layer type."""
+    import numpy as np
+    import onnx
+    import torch
+    import transformers
+    from onnx import numpy_helper
+
+    config = transformers.AutoConfig.from_pretrained(checkpoint)
+    text = getattr(config, "text_config", config)
+    graph = onnx.load(str(model_path), load_external_data=True)
+    caches = {item.name: numpy_helper.to_array(item) for item in graph.graph.initializer if item.name in CACHES}
+    missing = sorted(set(CACHES) - set(caches))
+    if missing:
+        raise RopeMismatch(f"the built graph has no {', '.join(missing)}: not the Gemma 3 cache layout this check knows")
+    rotary = transformers.models.gemma3.modeling_gemma3.Gemma3RotaryEmbedding(text)
+    rows = min(CHECKED_POSITIONS, min(len(cache) for cache in caches.values()))
+    positions = torch.arange(rows)[None]
+    probe = torch.zeros(1, rows, text.hidden_size)
+    report = {}
+    for name, (layer_type, function) in CACHES.items():
+        cos, sin = rotary(probe, positions, layer_type=layer_type)
+        reference = (cos if function == "cos" else sin)[0].numpy()
+        half = caches[name].shape[-1]
+        delta = float(np.abs(caches[name][:rows].astype(np.float64) - reference[:, :half]).max())
+        report[name] = delta
+    wrong = {name: delta for name, delta in report.items() if not delta <= TOLERANCE}
+    if wrong:
+        shown = ", ".join(f"{name} (max |Δ| {delta:.3g})" for name, delta in wrong.items())
+        raise RopeMismatch(
+            f"the builder's RoPE caches differ from transformers' ({shown}, tolerance {TOLERANCE}): the graph would "
+            "compute wrong logits; the builder's Gemma 3 RoPE changed, update modelforge/steps/genai_builder.py"
+        )
+    return {"rope_check": {"positions": rows, "tolerance": TOLERANCE, "max_abs": {k: float(f"{v:.2g}") for k, v in report.items()}}}
+

@@ -1,0 +1,30 @@
+"""Step `onnx_export`: one part of a Gemma 3 checkpoint as ONNX, in the worker process
+(steps/onnx_worker.py). Part `text`: the decoder with its KV cache through onnxruntime-genai's model
+builder (model.onnx, model.onnx.data, genai_config.json, tokenizer files), its RoPE caches checked
+against transformers' (steps/genai_builder.py); the builder quantizes it itself (precision, block
+size). Part `vision`: vision.onnx (tower + projector) and embedding.onnx, float, through
+torch.onnx.export (dynamo); their quantization is a later step."""
+
+from __future__ import annotations
+
+import json
+
+from modelforge.steps.base import StepContext
+from modelforge.steps.litert_worker import run_job
+from modelforge.steps.onnx_worker import MODULE
+
+KIND = "onnx_export"
+VERSION = 1
+TOOLS = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "onnxscript", "torch", "transformers")  # the builder quantizes with onnxruntime's MatMulNBits quantizer
+
+
+def run(context: StepContext) -> None:
+    """params: {part: text, precision: fp32|int8|int4, block_size, context_length, exclude_embeds}
+    or {part: vision}."""
+    params = context.params
+    work = context.scratch_dir / "export"
+    work.mkdir()
+    request = {"action": "export", "checkpoint": str(context.input_dir("checkpoint")), "work_dir": str(work), **params}
+    result = run_job(context, request, f"onnx export {params['part']}", module=MODULE)
+    if result.get("report"):
+        context.output("export_report.json").write_text(json.dumps(result["report"], indent=1, sort_keys=True) + "\n")

@@ -1,0 +1,107 @@
+"""Target `onnx`: the model for ONNX Runtime (Windows laptops through DirectML, Android and iOS
+through ONNX Runtime Mobile, the browser through onnxruntime-web) in onnxruntime-genai's layout.
+Each stage is its own step, so a change of the vision precision re-runs only the vision
+quantization, the packaging and the parity check::
+
+    checkpoint ─► export text (genai builder, precision of text_decoder) ─────────────┐
+        │                                                                            ├─► package ─► <target>/
+        └──────► export vision (vision.onnx, embedding.onnx) ─► quantize vision.onnx ─┘
+                                  (parity: checkpoint + package → report in the lock)
+
+Imports manifest, plan, planner, memory and targets.litertlm's public helpers only.
+"""
+
+from __future__ import annotations
+
+from modelforge import memory
+from modelforge.errors import PlanError
+from modelforge.manifest.models import OnnxPrecisionSpec, OnnxTarget
+from modelforge.plan import InputRef, StepNode
+from modelforge.planner import PlanBuilder, source_input
+from modelforge.steps import onnx_export, onnx_package, onnx_parity, onnx_quantize
+from modelforge.targets.litertlm import SUPPORTED_ARCHITECTURES
+
+KIND = "onnx"
+COMPONENTS = ("text_decoder", "vision_encoder", "projector")
+# The components each export part loads (the embedding graph holds text_decoder's token embedding,
+# which the vision export also reads).
+PART_COMPONENTS = {"text": ("text_decoder",), "vision": ("vision_encoder", "projector")}
+
+
+def plan(builder: PlanBuilder, target: str, spec: OnnxTarget) -> str:
+    where = builder.where(target)
+    architectures = builder.facts.config.get("architectures", [])
+    if not any(name in SUPPORTED_ARCHITECTURES for name in architectures):
+        raise PlanError(
+            f"{where}: the source architecture {', '.join(architectures) or '(none)'} is not one this target builds "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)}); pick a Gemma 3 checkpoint"
+        )
+    multimodal = spec.task == "image_text_to_text"
+    if multimodal and "Gemma3ForConditionalGeneration" not in architectures:
+        raise PlanError(f"{where}: task image_text_to_text needs a multimodal checkpoint (Gemma3ForConditionalGeneration); use text_generation")
+    unknown = [c for c in spec.components if c not in COMPONENTS]
+    if unknown:
+        raise PlanError(f"{where}: component {unknown[0]!r} has no ONNX graph; use {', '.join(COMPONENTS)}")
+    wanted = ("text_decoder", *(("vision_encoder", "projector") if multimodal else ()))
+    missing = [c for c in wanted if c not in spec.components]
+    if missing:
+        raise PlanError(f"{where}: task {spec.task} builds component {missing[0]!r}; add it to components")
+    extra = [c for c in spec.components if c not in wanted]
+    if extra:
+        raise PlanError(f"{where}: task {spec.task} has no graph for component {extra[0]!r}; remove it or use image_text_to_text")
+    checkpoint = source_input(builder, [item.path for item in builder.facts.files])
+    checkpoint = InputRef("checkpoint", checkpoint.node, checkpoint.select)
+    text_precision = spec.precision.get("text_decoder", OnnxPrecisionSpec())
+    text_params = {
+        "part": "text", "precision": text_precision.precision, "context_length": spec.context_length,
+        "block_size": text_precision.blocks if text_precision.precision != "fp32" else None,
+        # The multimodal decoder takes inputs_embeds (embedding.onnx puts the image features in).
+        "exclude_embeds": multimodal,
+    }
+    text = builder.add(StepNode.make(f"{target}.export_text", onnx_export.KIND, onnx_export.VERSION, text_params, (checkpoint,), onnx_export.TOOLS))
+    predict(builder, text, "onnx_export_text", PART_COMPONENTS["text"])
+    inputs = [InputRef("decoder", text)]
+    if multimodal:
+        vision = builder.add(StepNode.make(f"{target}.export_vision", onnx_export.KIND, onnx_export.VERSION, {"part": "vision"}, (checkpoint,), onnx_export.TOOLS))
+        predict(builder, vision, "onnx_export_vision", ("text_decoder", "vision_encoder", "projector"), vision_only=True)
+        vision_precision = spec.precision.get("vision_encoder", OnnxPrecisionSpec())
+        vision_graph = InputRef("vision", vision, ("vision.onnx", "vision.onnx.data"))
+        if vision_precision.precision != "fp32":
+            quantized = builder.add(StepNode.make(
+                f"{target}.quantize.vision", onnx_quantize.KIND, onnx_quantize.VERSION,
+                {"file": "vision.onnx", "precision": vision_precision.precision, "block_size": vision_precision.blocks},
+                (InputRef("graph", vision, ("vision.onnx", "vision.onnx.data")),), onnx_quantize.TOOLS,
+            ))
+            predict(builder, quantized, "quantize", PART_COMPONENTS["vision"])
+            vision_graph = InputRef("vision", quantized)
+        inputs += [vision_graph, InputRef("embedding", vision, ("embedding.onnx", "embedding.onnx.data"))]
+    image_token = builder.facts.config.get("image_token_index") if multimodal else None
+    package = builder.add(StepNode.make(
+        f"{target}.package", onnx_package.KIND, onnx_package.VERSION, {"multimodal": multimodal, "image_token_id": image_token},
+        tuple(inputs), onnx_package.TOOLS,
+    ))
+    if spec.parity is not None:
+        parity = spec.parity
+        step = builder.add(StepNode.make(
+            f"{target}.parity", onnx_parity.KIND, onnx_parity.VERSION,
+            {"prompts": list(parity.prompts), "steps": parity.steps, "multimodal": multimodal, "thresholds": {
+                "max_abs_logit": parity.max_abs_logit, "min_top1_agreement": parity.min_top1_agreement,
+                "max_kl": parity.max_kl, "min_vision_cosine": parity.min_vision_cosine}},
+            (checkpoint, InputRef("target", package)), onnx_parity.TOOLS,
+        ))
+        predict(builder, step, "parity", wanted)
+    return package
+
+
+def predict(builder: PlanBuilder, step: str, kind: str, components: tuple[str, ...], vision_only: bool = False) -> None:
+    """The predicted peak anonymous bytes of `step` (memory.py), from the f32 bytes it loads: the
+    vision export reads the vision tower, projector and the token embedding, not the decoder layers."""
+    if vision_only:
+        embedding = sum(
+            memory.count_parameters({name: info}, builder.owner)
+            for name, info in builder.facts.tensors.items() if name.endswith("embed_tokens.weight")
+        )
+        f32 = memory.F32_BYTES * (memory.count_parameters(builder.facts.tensors, builder.owner, PART_COMPONENTS["vision"]) + embedding)
+    else:
+        f32 = memory.F32_BYTES * memory.count_parameters(builder.facts.tensors, builder.owner, components)
+    builder.plan_facts.setdefault("memory", {})[step] = memory.predict(kind, f32)

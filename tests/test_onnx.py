@@ -1,0 +1,194 @@
+"""The onnx target on the tiny model, for real: onnxruntime-genai's model builder with modelforge's
+shims, torch.onnx's dynamo exporter, onnxruntime's MatMulNBits quantizer, onnxruntime-genai's
+runtime and onnxruntime itself, against PyTorch. No mocks."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, copy_project
+from modelforge import api
+from modelforge.errors import StepFailed
+
+pytestmark = pytest.mark.slow
+
+MANIFEST = "tiny-medgemma-onnx.yaml"
+PROMPT = "What are the signs of pneumonia on a chest X-ray?"
+STEPS = 16
+
+
+@pytest.fixture(scope="module")
+def onnx_store(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx-store")
+
+
+@pytest.fixture(scope="module")
+def onnx_build(tmp_path_factory, onnx_store):
+    """One real build of the tiny onnx manifest (builder, dynamo export, package, parity): ~40 s."""
+    project = copy_project(tmp_path_factory.mktemp("onnx-project"))
+    return api.build(project / "manifests" / MANIFEST, store_dir=onnx_store)
+
+
+def _target(result) -> Path:
+    return result.out_dir / "onnx"
+
+
+def _pytorch_greedy(ids: list[int], steps: int, **images) -> list[int]:
+    import torch
+    import transformers
+
+    model = transformers.Gemma3ForConditionalGeneration.from_pretrained(TINY, dtype=torch.float32).eval()
+    with torch.no_grad():
+        generated = model.generate(torch.tensor([ids]), max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0, **images)
+    return generated[0, len(ids):].tolist()
+
+
+def test_target_has_onnxruntime_genai_layout(onnx_build):
+    files = sorted(path.name for path in _target(onnx_build).iterdir())
+    assert files == [
+        "chat_template.jinja", "embedding.onnx", "embedding.onnx.data", "genai_config.json", "model.onnx", "model.onnx.data",
+        "tokenizer.json", "tokenizer_config.json", "vision.onnx", "vision.onnx.data",
+    ]
+    config = json.loads((_target(onnx_build) / "genai_config.json").read_text())["model"]
+    assert config["type"] == "gemma3" and config["context_length"] == 1024
+    assert config["vision"]["filename"] == "vision.onnx" and config["embedding"]["filename"] == "embedding.onnx"
+    assert config["image_token_id"] == json.loads((TINY / "config.json").read_text())["image_token_index"]
+
+
+def test_onnxruntime_genai_generates_pytorchs_answer_from_a_chat_prompt(onnx_build):
+    import onnxruntime_genai as og
+    from transformers import AutoTokenizer
+
+    model = og.Model(str(_target(onnx_build)))
+    tokenizer = og.Tokenizer(model)
+    prompt = tokenizer.apply_chat_template(json.dumps([{"role": "user", "content": PROMPT}]), add_generation_prompt=True)
+    ids = [int(token) for token in tokenizer.encode(prompt)]
+    reference_ids = AutoTokenizer.from_pretrained(TINY).apply_chat_template(
+        [{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert ids == list(reference_ids)
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + STEPS, min_length=len(ids) + STEPS)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    tokens = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    assert tokens == _pytorch_greedy(ids, STEPS)
+    assert tokenizer.decode(tokens)
+
+
+def test_image_prompt_through_onnxruntime_gives_pytorchs_answer(onnx_build, tmp_path):
+    """vision.onnx → embedding.onnx → the decoder, driven by hand in onnxruntime, against PyTorch
+    attending causally inside the image block as the builder's decoder does (no token_type_ids)."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from modelforge.steps.onnx_worker import OnnxGemma
+    from modelforge.steps.parity_impl import test_cards
+
+    processor = AutoProcessor.from_pretrained(TINY)
+    card = test_cards((56, 56), tmp_path)[1]
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}],
+                                         add_generation_prompt=True, tokenize=False)
+    with Image.open(card) as image:
+        inputs = processor(text=text, images=image.convert("RGB"), return_tensors="np", add_special_tokens=False)
+    ids = inputs["input_ids"][0].tolist()
+    runner = OnnxGemma(_target(onnx_build))
+    features = runner.features(inputs["pixel_values"]).reshape(-1, runner.hidden)
+    runner.start()
+    tokens = [int(runner.step(ids, features).argmax())]
+    for _ in range(STEPS - 1):
+        tokens.append(int(runner.step([tokens[-1]]).argmax()))
+    import torch
+
+    reference = _pytorch_greedy(ids, STEPS, pixel_values=torch.from_numpy(inputs["pixel_values"]))
+    assert tokens == reference
+
+
+def test_a_second_build_in_an_empty_store_is_byte_identical(onnx_build, tmp_path):
+    project = copy_project(tmp_path / "again")
+    second = api.build(project / "manifests" / MANIFEST, store_dir=tmp_path / "empty-store")
+    first_files = {path.name: path.read_bytes() for path in _target(onnx_build).iterdir()}
+    assert {path.name: path.read_bytes() for path in _target(second).iterdir()} == first_files
+    assert second.project.lock_path.read_bytes() == onnx_build.project.lock_path.read_bytes()
+    # No absolute path of this checkout or virtualenv (torch.onnx's stack traces) in a graph.
+    assert not any(b"/site-packages/" in data or b"modelforge/steps" in data for data in first_files.values())
+
+
+def test_decoder_is_stamped_with_the_wheels_commit_not_the_enclosing_repository(onnx_build):
+    """The builder stamps `git rev-parse HEAD` of the directory five levels above itself: in a
+    virtualenv inside a checkout, that checkout's commit (genai_builder's wheel_commit shim)."""
+    import onnx
+    import onnxruntime_genai
+
+    decoder = onnx.load(str(_target(onnx_build) / "model.onnx"), load_external_data=False)
+    assert decoder.producer_version == f"{onnxruntime_genai.__version__}+{onnxruntime_genai.__commit__[:7]}"
+
+
+def test_lock_records_the_toolchain_steps_and_parity(onnx_build):
+    from modelforge.lock import read_lock
+
+    lock = read_lock(onnx_build.project.lock_path)
+    for tool in ("onnxruntime-genai", "onnxruntime", "onnx", "onnxscript", "torch", "transformers"):
+        assert lock.toolchain[tool] not in ("", "absent"), tool
+    assert {"onnx.export_text", "onnx.export_vision", "onnx.package", "onnx.parity"} == set(lock.steps)
+    parity = lock.checks["onnx.parity"]
+    assert parity["passed"] and parity["top1_agreement"] == 1.0 and parity["greedy_identical_steps"] == [24, 24]
+    assert parity["max_abs_logit"] < 1e-3 and parity["vision_cosine"] >= 0.9999
+    rope = lock.checks["onnx.export_text"]["rope_check"]
+    assert rope["positions"] == 1024 and set(rope["max_abs"]) == {"cos_cache_global", "sin_cache_global", "cos_cache_local", "sin_cache_local"}
+
+
+def test_rope_check_catches_the_builders_local_rope_bug(tmp_path):
+    """Without the shim, onnxruntime-genai 0.18.0 builds the sliding layers' RoPE with the global
+    layers' linear factor 8: the check must refuse it (and accept the shimmed build)."""
+    from modelforge.steps import genai_builder
+
+    with pytest.raises(genai_builder.RopeMismatch, match=r"differ from transformers' \(cos_cache_local \(max \|Δ\| 1\.9\d\), sin_cache_local \(max \|Δ\| 1\.9\d\), tolerance"):
+        genai_builder.build(TINY, tmp_path / "bug", tmp_path / "cache", precision="fp32", block_size=32, context_length=64,
+                            exclude_embeds=False, fix_local_rope=False)
+    report = genai_builder.build(TINY, tmp_path / "fixed", tmp_path / "cache", precision="fp32", block_size=32, context_length=64,
+                                 exclude_embeds=False)
+    assert report["rope_check"]["positions"] == 64 and max(report["rope_check"]["max_abs"].values()) <= genai_builder.TOLERANCE
+
+
+def _variant(tmp_path: Path, precision: str, thresholds: str) -> Path:
+    project = copy_project(tmp_path)
+    text = (project / "manifests" / MANIFEST).read_text()
+    text = text.replace("    context_length: 1024\n", "    context_length: 1024\n    precision:\n"
+                        f"      text_decoder: {{precision: {precision}}}\n"
+                        f"      vision_encoder: {{precision: {precision}, block_size: 32}}\n"
+                        f"      projector: {{precision: {precision}, block_size: 32}}\n")
+    text = re.sub(r"      max_abs_logit: .*\n      min_top1_agreement: .*\n      min_vision_cosine: .*\n", thresholds, text)
+    path = project / "manifests" / f"tiny-{precision}.yaml"
+    path.write_text(text.replace("name: tiny-medgemma-onnx", f"name: tiny-{precision}"))
+    return path
+
+
+QUANTIZED = "      min_top1_agreement: 0.75\n      max_kl: 0.1\n      min_vision_cosine: 0.98\n"
+
+
+def test_int8_passes_the_quantized_gate_and_is_recorded(tmp_path, onnx_store):
+    """Measured on the tiny model's random weights: int8 top-1 0.94, KL 0.009; vision cosine 1.0."""
+    import onnx
+
+    result = api.build(_variant(tmp_path, "int8", QUANTIZED), store_dir=onnx_store)
+    graph = onnx.load(str(_target(result) / "vision.onnx"), load_external_data=False)
+    assert any(node.op_type == "MatMulNBits" for node in graph.graph.node)
+    decoder = onnx.load(str(_target(result) / "model.onnx"), load_external_data=False)
+    assert any(node.op_type == "MatMulNBits" for node in decoder.graph.node)
+    from modelforge.lock import read_lock
+
+    parity = read_lock(result.project.lock_path).checks["onnx.parity"]
+    assert parity["passed"] and 0.75 <= parity["top1_agreement"] < 1.0
+
+
+def test_int4_fails_the_quantized_gate(tmp_path, onnx_store):
+    """int4 on the tiny model's random weights: top-1 0.33, KL 1.5: below the int8 gate."""
+    with pytest.raises(StepFailed, match=r"parity check failed: top1_agreement = 0\.3.*mean_kl = 1\.5"):
+        api.build(_variant(tmp_path, "int4", QUANTIZED), store_dir=onnx_store)
