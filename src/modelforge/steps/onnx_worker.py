@@ -10,7 +10,6 @@ Usage: python -m modelforge.steps.onnx_worker REQUEST.json   (writes result.json
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -206,36 +205,23 @@ def onnx_graphs(request: dict) -> dict:
     greedy tokens it reproduces free-running, and the vision graph's embeddings by cosine."""
     import numpy as np
 
-    from modelforge.steps.parity_impl import _references, _softmax
+    from modelforge.steps.parity_impl import LogitComparison, _references
 
     models, references = Path(request["models_dir"]), _references(request)
     runner = OnnxGemma(models)
     saved = np.load(references / "text.npz")
-    max_abs, agreements, kls, total, identical_steps = 0.0, 0, [], 0, []
+    comparison = LogitComparison()
     for index in range(len(request["prompts"])):
         ids, reference_tokens = saved[f"ids_{index}"].tolist(), saved[f"tokens_{index}"].tolist()
         reference_logits = saved[f"logits_{index}"].astype(np.float64)
         runner.start()
+        comparison.start_prompt()
         logits = runner.step(ids)
-        still, identical = True, 0
         for step, reference_token in enumerate(reference_tokens):
-            reference = reference_logits[step]
-            max_abs = max(max_abs, float(np.abs(logits - reference).max()))
-            agree = int(logits.argmax()) == int(reference.argmax())
-            agreements += agree
-            still = still and agree
-            identical += still
-            p, q = _softmax(reference), _softmax(logits)
-            kls.append(float(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30)))))
-            total += 1
+            comparison.add(logits, reference_logits[step])
             if step + 1 < len(reference_tokens):
                 logits = runner.step([reference_token])  # teacher forcing keeps the two aligned
-        identical_steps.append(identical)
-    report = {
-        "prompts": len(request["prompts"]), "steps": total, "max_abs_logit": max_abs,
-        "top1_agreement": agreements / total if total else math.nan, "mean_kl": float(np.mean(kls)) if kls else math.nan,
-        "greedy_identical_steps": identical_steps,
-    }
+    report = comparison.report()
     if runner.vision is not None and request.get("cards"):
         from PIL import Image
         from transformers import AutoProcessor

@@ -135,42 +135,59 @@ def text_reference(request: dict) -> dict:
     return {}
 
 
+class LogitComparison:
+    """Exported next-token logits against the reference's, teacher-forced along the reference's
+    greedy tokens, prompt by prompt: max |Δ|, top-1 agreement, mean KL, and how many leading steps
+    stay greedy-identical. Shared with the onnx target's parity (onnx_worker)."""
+
+    def __init__(self) -> None:
+        self.max_abs, self.agreements, self.kls, self.total, self.identical_steps = 0.0, 0, [], 0, []
+        self._still = True
+
+    def start_prompt(self) -> None:
+        self.identical_steps.append(0)
+        self._still = True
+
+    def add(self, exported: np.ndarray, reference: np.ndarray) -> None:
+        self.max_abs = max(self.max_abs, float(np.abs(exported - reference).max()))
+        agree = int(exported.argmax()) == int(reference.argmax())
+        self.agreements += agree
+        self._still = self._still and agree
+        self.identical_steps[-1] += self._still
+        p, q = _softmax(reference), _softmax(exported)
+        self.kls.append(float(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30)))))
+        self.total += 1
+
+    def report(self) -> dict:
+        return {
+            "prompts": len(self.identical_steps),
+            "steps": self.total,
+            "max_abs_logit": self.max_abs,
+            "top1_agreement": self.agreements / self.total if self.total else math.nan,
+            "mean_kl": float(np.mean(self.kls)) if self.kls else math.nan,
+            "greedy_identical_steps": self.identical_steps,
+        }
+
+
 def text_parity(models_dir: Path, references: Path, prompts: int) -> dict:
     """The exported decoder teacher-forced along PyTorch's greedy tokens: logits compared step by
     step. One interpreter serves every prompt (its KV cache emptied between them)."""
     saved = np.load(references)
     decoder = TfliteDecoder(models_dir)
-    max_abs, agreements, kls, total, greedy_identical_steps = 0.0, 0, [], 0, []
+    comparison = LogitComparison()
     for index in range(prompts):
         ids, reference_tokens = saved[f"ids_{index}"].tolist(), saved[f"tokens_{index}"].tolist()
         reference_logits = saved[f"logits_{index}"].astype(np.float64)
         decoder.reset()
         decoder.prefill(ids[:-1])
-        token, position, identical = ids[-1], len(ids) - 1, 0
-        still_identical = True
+        comparison.start_prompt()
+        token, position = ids[-1], len(ids) - 1
         for step, reference_token in enumerate(reference_tokens):
             if position >= decoder.cache_length:
                 break
-            exported = decoder.step(token, position)
-            reference = reference_logits[step]
-            max_abs = max(max_abs, float(np.abs(exported - reference).max()))
-            agree = int(exported.argmax()) == int(reference.argmax())
-            agreements += agree
-            still_identical = still_identical and agree
-            identical += still_identical
-            p, q = _softmax(reference), _softmax(exported)
-            kls.append(float(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30)))))
-            total += 1
+            comparison.add(decoder.step(token, position), reference_logits[step])
             token, position = reference_token, position + 1  # teacher forcing keeps the two aligned
-        greedy_identical_steps.append(identical)
-    return {
-        "prompts": prompts,
-        "steps": total,
-        "max_abs_logit": max_abs,
-        "top1_agreement": agreements / total if total else math.nan,
-        "mean_kl": float(np.mean(kls)) if kls else math.nan,
-        "greedy_identical_steps": greedy_identical_steps,
-    }
+    return comparison.report()
 
 
 def _references(request: dict) -> Path:
