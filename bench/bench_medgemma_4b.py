@@ -590,7 +590,8 @@ def compare_records(earlier: Path, store: Path) -> dict:
     before, now = records(earlier), records(store / "steps")
     shared = sorted(set(before) & set(now))
     differing = [key for key in shared if before[key] != now[key]]
-    return {"mode": f"step records of an earlier build in a fresh store ({earlier})", "compared_steps": len(shared),
+    return {"earlier_sha256": sorted({output["sha256"] for outputs in before.values() for output in outputs.values()}),
+            "mode": f"step records of an earlier build in a fresh store ({earlier})", "compared_steps": len(shared),
             "compared_files": sum(len(before[key]) for key in shared), "differing": differing,
             "only_earlier": sorted(set(before) - set(now)), "only_now": sorted(set(now) - set(before)),
             "identical": bool(shared) and not differing}
@@ -682,6 +683,11 @@ def step_rows(build: dict, predicted: dict) -> list[dict]:
     return rows
 
 
+def _identity(flags: list) -> str:
+    """True/False over compared files; "—" where some were not compared (not made by the earlier build)."""
+    return "—" if any(flag is None for flag in flags) else str(all(flags))
+
+
 def _gib(value) -> str:
     return "—" if value is None else f"{value / GIB:.2f}"
 
@@ -732,10 +738,10 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list]]]:
                  _gib(max([build.get("cgroup", {}).get("max_usage_bytes") or 0] + [r["cgroup_max_usage_bytes"] or 0 for r in result.get("steps", [])]) or None), f"rc {build.get('rc')}, OOM kills {build.get('cgroup', {}).get('oom_kills')}"])
     out.append(("Steps of the first build (fresh store)", ["step", "kind", "wall s", "peak RSS GiB", "anon peak GiB", "all processes GiB", "predicted GiB", "cgroup max GiB (incl. page cache)", "status"], rows))
     outputs = result.get("outputs", {})
-    out.append(("Outputs", ["file", "MB", "identical in the second build"],
+    out.append(("Outputs", ["file", "MB", "identical in the second build (— : not made by it)"],
                 [[name, f"{info['bytes'] / 1e6:.1f}", str(info.get("identical"))] for name, info in outputs.items() if info["bytes"] >= 1e6]
                 + [[f"({sum(1 for info in outputs.values() if info['bytes'] < 1e6)} files under 1 MB)", f"{sum(info['bytes'] for info in outputs.values() if info['bytes'] < 1e6) / 1e6:.1f}",
-                    str(all(info.get("identical") for info in outputs.values() if info["bytes"] < 1e6))]]))
+                    _identity([info.get("identical") for info in outputs.values() if info["bytes"] < 1e6])]]))
     export_hf = result.get("export_hf")
     if export_hf:
         cg = export_hf.get("cgroup", {})
@@ -930,9 +936,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare_records and result["build"]["rc"] == 0:
         result["rebuild"] = compare_records(args.compare_records, run / "store-1")
         rebuild = result["rebuild"]
+        earlier = set(rebuild.pop("earlier_sha256"))
+        for info in outputs.values():  # an output the earlier build made too (bytes equal), or None: not made by it
+            info["identical"] = True if info["sha256"] in earlier else None
         result["notes"].append(f"Byte identity judged from {rebuild['mode']}: {rebuild['compared_steps']} steps, {rebuild['compared_files']} "
                                f"files, differing {rebuild['differing'] or 'none'}; steps only in the earlier build: {len(rebuild['only_earlier'])}, "
-                               f"only in this one: {len(rebuild['only_now'])} (the parity step, whose thresholds differ).")
+                               f"only in this one: {len(rebuild['only_now'])} (the parity step, whose thresholds differ, and the steps after it, which the earlier build did not reach).")
     result["outputs"] = outputs
 
     bundles = sorted((run / "out-1").rglob("*.litertlm")) if (run / "out-1").is_dir() else []
