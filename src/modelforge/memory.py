@@ -18,8 +18,8 @@ Each step kind follows the copies that exist on its path (steps/litert_worker.py
                    the converter still copies the constants of this path, hence the larger factor).
     onnx export    the onnx target's text decoder (onnxruntime-genai's builder) and vision graphs
                    (torch.onnx.export, dynamo; with the float32 token embedding): fitted on the
-                   tiny fixture and MedGemma 4B (measured once, by hand: 20.7 GiB for the text
-                   decoder, above the litertlm exports' 17.7).
+                   tiny fixture and MedGemma 4B (measured once, by hand: 21.2 GiB for the text
+                   decoder, above the litertlm exports. 17.7).
     quantize       base + factor × f32 bytes of the graphs quantized (ai-edge-quantizer reads the
                    float .tflite into numpy and writes the quantized one beside it).
     parity         base + factor × f32 bytes of the whole multimodal model. The check runs one
