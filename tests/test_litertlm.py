@@ -91,6 +91,22 @@ def test_lock_records_toolchain_stage_outputs_and_parity(litertlm_build):
     assert parity["thresholds"]["min_image_token_agreement"] == 0.1
 
 
+def test_the_lock_records_the_parity_of_each_litertjs_web_variant(litertlm_build):
+    """The browser variants' own graphs, checked in the interpreter under the bundle's thresholds:
+    the float one reproduces PyTorch's greedy tokens at every step, the int8 one ships the bundle's
+    int8 text graphs (so their text figures agree) with float vision."""
+    from modelforge.lock import read_lock
+
+    checks = read_lock(litertlm_build.project.lock_path).checks
+    bundle = checks["bundle.parity"]
+    float_web, int8_web = checks["web.parity.tiny-float"], checks["web.parity.tiny-int8-images"]
+    assert float_web["passed"] and int8_web["passed"]
+    assert float_web["top1_agreement"] == 1.0 and float_web["greedy_identical_steps"] == [24] * 8
+    assert float_web["max_abs_logit"] < 1e-3 and float_web["vision_cosine"] > 0.9999
+    assert {key: int8_web[key] for key in ("top1_agreement", "mean_kl", "max_abs_logit")} == {key: bundle[key] for key in ("top1_agreement", "mean_kl", "max_abs_logit")}
+    assert "image_token_agreement" not in float_web and "min_image_token_agreement" not in float_web["thresholds"]
+
+
 def test_hoists_put_the_modules_where_the_manifest_says(litertlm_build, litertlm_store):
     import json
 

@@ -55,6 +55,11 @@ def test_a_variant_with_the_targets_recipes_reuses_its_nodes(tmp_path):
     assert not [step.name for step in plan.steps if step.name.startswith("web.quantize.tiny-float") or step.name.startswith("web.quantize.tiny-int8-images")]
     [first, *_] = [variant for variant in params["variants"] if variant.get("runtime") == "litertjs"]
     assert first["generation"]["cache_length"] == load_manifest(MANIFESTS / "tiny-medgemma-litertlm.yaml").targets["bundle"].cache_length
+    # Each variant's graphs get their own parity check (the bundle's thresholds, no runtime phase).
+    parity = next(step for step in plan.steps if step.name == "web.parity.tiny-float")
+    assert {ref.name: ref.node for ref in parity.inputs} == {
+        "checkpoint": "source", "text": "bundle.export_text", "vision_encoder": "bundle.export_vision", "projector": "bundle.export_vision"}
+    assert "min_image_token_agreement" not in json.loads(parity.params_json)["thresholds"]
     # The predicted graphs are a fact of the plan.
     assert plan.facts["web"]["web.tiny-float"]["total_bytes"] < 10 * 2**20
 

@@ -136,16 +136,25 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
         if multimodal:  # images are checked through the runtime, on the bundle as shipped
             inputs.append(InputRef("bundle", package))
         parity_step = builder.add(StepNode.make(
-            f"{target}.parity", litert_parity.KIND, litert_parity.VERSION,
-            {"prompts": list(parity.prompts), "steps": parity.steps, "stop_tokens": list(spec.metadata.stop_tokens), "thresholds": {
-                "max_abs_logit": parity.max_abs_logit, "min_top1_agreement": parity.min_top1_agreement,
-                "max_kl": parity.max_kl, "min_vision_cosine": parity.min_vision_cosine,
-                "min_image_token_agreement": parity.min_image_token_agreement}},
+            f"{target}.parity", litert_parity.KIND, litert_parity.VERSION, parity_params(spec, runtime=multimodal),
             tuple(inputs), litert_parity.TOOLS,
         ))
         # The text check loads the decoder; the image check the whole multimodal model.
         predict_memory(builder, parity_step, "parity", tuple(PART_COMPONENTS["text"] + (PART_COMPONENTS["vision"] if multimodal else ())))
     return package
+
+
+def parity_params(spec: LitertlmTarget, runtime: bool) -> dict:
+    """The parity step's parameters from the target's parity spec. Without the runtime (graphs
+    checked in the interpreter only: a web variant's) there are no image answers to gate."""
+    parity = spec.parity
+    thresholds = {
+        "max_abs_logit": parity.max_abs_logit, "min_top1_agreement": parity.min_top1_agreement,
+        "max_kl": parity.max_kl, "min_vision_cosine": parity.min_vision_cosine,
+    }
+    if runtime:
+        thresholds["min_image_token_agreement"] = parity.min_image_token_agreement
+    return {"prompts": list(parity.prompts), "steps": parity.steps, "stop_tokens": list(spec.metadata.stop_tokens), "thresholds": thresholds}
 
 
 def plan_exports(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> dict[str, str]:

@@ -20,7 +20,7 @@ from modelforge.errors import PlanError
 from modelforge.manifest.models import QuantizationSpec, WebBundleTarget, WebVariantSpec
 from modelforge.plan import InputRef, StepNode
 from modelforge.planner import PlanBuilder, source_input
-from modelforge.steps import litert_export, litert_quantize, web_bundle, web_task
+from modelforge.steps import litert_export, litert_parity, litert_quantize, web_bundle, web_task
 from modelforge.targets import litertlm
 from modelforge.web import bundle, limits
 
@@ -124,6 +124,8 @@ def _litertjs_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec
     for key, ref in refs.items():
         names[key] = f"variant.{variant.name}.{key}"
         inputs.append(InputRef(names[key], ref.node, ref.select))
+    if origin.parity is not None:
+        _plan_parity(builder, target, variant, origin, refs)
     names["source"] = f"variant.{variant.name}.source"
     inputs.append(InputRef(names["source"], builder.source.name, source_input(builder, needed).select))
     config = builder.facts.config
@@ -139,6 +141,21 @@ def _litertjs_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec
             },
         },
     }
+
+
+def _plan_parity(builder: PlanBuilder, target: str, variant: WebVariantSpec, origin, refs: dict[str, InputRef]) -> None:
+    """The variant's own graphs against PyTorch in the interpreter, under the litertlm target's
+    thresholds, recorded in the lock's checks as `<target>.parity.<variant>`. Image answers through
+    the LiteRT-LM runtime are the target's own check; the page's are the browser test's
+    (tests/web/test_fidelity.py). Variants shipping the same graphs share one key: it runs once."""
+    checkpoint, _ = litertlm.checkpoint_input(builder, variant.source_target, origin)
+    inputs = [InputRef("checkpoint", checkpoint.node, checkpoint.select)]
+    inputs += [InputRef(key, ref.node, ref.select) for key, ref in refs.items()]
+    step = builder.add(StepNode.make(
+        f"{target}.parity.{variant.name}", litert_parity.KIND, litert_parity.VERSION, litertlm.parity_params(origin, runtime=False),
+        tuple(inputs), litert_parity.TOOLS,
+    ))
+    litertlm.predict_memory(builder, step, "parity", litertlm.PART_COMPONENTS["text"] + litertlm.PART_COMPONENTS["vision"])
 
 
 def _check_litertjs_size(builder: PlanBuilder, target: str, variant: str, text_recipe: str, vision_recipe: str) -> None:
