@@ -40,7 +40,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 TINY = ("manifests/tiny-medgemma-text-only.yaml", "manifests/tiny-medgemma-litertlm.yaml")
 FULL = "manifests/medgemma-1.5-text-only.yaml"
-FULL_CHECKPOINT = ROOT / "bench" / "out" / "medgemma_4b" / "checkpoint-full"
+FULL_CHECKPOINT = ROOT / "bench" / "out" / "medgemma_4b" / "checkpoint-full"  # made by bench_medgemma_4b.py; --checkpoint elsewhere
 # The export worker's environment (as bench_litertlm.py runs it); nothing is downloaded.
 CHILD_ENV = {"PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 WARM_OVER_COLD_TARGET = 0.5  # printed PASS/FAIL: a fresh machine pulling takes at most half the cold build's time
