@@ -34,6 +34,8 @@ import threading
 import time
 from pathlib import Path
 
+from results_markdown import replace_section, verdict  # noqa: E402  (bench/ is the script's directory)
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 TINY = ROOT / "fixtures" / "tiny-medgemma"
@@ -613,7 +615,7 @@ def render_text(result: dict) -> str:
         widths = [max(len(str(row[i])) for row in rows + [headers]) for i in range(len(headers))]
         lines += ["", title]
         lines += ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in [headers] + rows]
-    lines += ["", "targets:"] + [f"  [{'PASS' if t['passed'] else ('FAIL' if t['passed'] is False else 'n/a ')}] {t['target']}: {t['value']}" for t in result["targets"]]
+    lines += ["", "targets:"] + [f"  [{verdict(t['passed']):4}] {t['target']}: {t['value']}" for t in result["targets"]]
     return "\n".join(lines)
 
 
@@ -629,20 +631,13 @@ def render_markdown(result: dict) -> str:
         lines += ["", f"{title}:", "", "| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
         lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     lines += ["", "| target | value | result |", "|---|---:|---|"]
-    lines += [f"| {t['target']} | {t['value']} | {'PASS' if t['passed'] else ('FAIL' if t['passed'] is False else 'n/a')} |" for t in result["targets"]]
+    lines += [f"| {t['target']} | {t['value']} | {verdict(t['passed'])} |" for t in result["targets"]]
     lines.append(f"<!-- {MARK} end -->")
     return "\n".join(lines) + "\n"
 
 
 def update_markdown(path: Path, section: str) -> None:
-    begin, end = f"<!-- {MARK} begin -->", f"<!-- {MARK} end -->"
-    text = path.read_text() if path.exists() else "# Benchmark results\n\nSee bench/README.md. Ratios are against baselines measured in the same run.\n\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    replace_section(path, MARK, section)
 
 
 def targets(result: dict) -> list[dict]:

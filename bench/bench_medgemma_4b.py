@@ -52,6 +52,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT / "tools"))
 from bench_litertlm import ENV, machine, versions  # noqa: E402  (the same environment and records as the litertlm bench)
 from bench_text_only import drop_caches, filesystem  # noqa: E402
+from results_markdown import replace_section, verdict  # noqa: E402  (bench/ is the script's directory)
 
 MANIFEST = ROOT / "manifests" / "medgemma-1.5-litertlm.yaml"
 MARK = "bench:medgemma_4b"
@@ -778,7 +779,7 @@ def render_markdown(result: dict) -> str:
         lines += ["", f"{title}:", "", "| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
         lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     lines += ["", "| target | value | result |", "|---|---:|---|"]
-    lines += [f"| {t['target']} | {t['value']} | {'PASS' if t['passed'] else ('FAIL' if t['passed'] is False else 'n/a')} |" for t in result["targets"]]
+    lines += [f"| {t['target']} | {t['value']} | {verdict(t['passed'])} |" for t in result["targets"]]
     if result.get("notes"):
         lines += [""] + [f"- {note}" for note in result["notes"]]
     lines.append(f"<!-- {MARK} {result['label']} end -->")
@@ -786,14 +787,7 @@ def render_markdown(result: dict) -> str:
 
 
 def update_markdown(path: Path, section: str, label: str) -> None:
-    begin, end = f"<!-- {MARK} {label} begin -->", f"<!-- {MARK} {label} end -->"
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    replace_section(path, f"{MARK} {label}", section)
 
 
 def render_text(result: dict) -> str:
@@ -802,7 +796,7 @@ def render_text(result: dict) -> str:
         widths = [max(len(str(row[i])) for row in rows + [headers]) for i in range(len(headers))]
         lines += ["", title]
         lines += ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in [headers] + rows]
-    lines += ["", "targets:"] + [f"  [{'PASS' if t['passed'] else ('FAIL' if t['passed'] is False else 'n/a ')}] {t['target']}: {t['value']}" for t in result["targets"]]
+    lines += ["", "targets:"] + [f"  [{verdict(t['passed']):4}] {t['target']}: {t['value']}" for t in result["targets"]]
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from results_markdown import replace_section, verdict  # noqa: E402  (bench/ is the script's directory)
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -305,7 +306,7 @@ def render_markdown(result: dict, label: str) -> str:
         "",
         "| target | value | result |",
         "|---|---:|---|",
-        *[f"| {t['target']} | {t['value']} | {'PASS' if t['passed'] else 'FAIL'} |" for t in result["targets"]],
+        *[f"| {t['target']} | {t['value']} | {verdict(t['passed'])} |" for t in result["targets"]],
         "",
         "Checks (every scenario): " + ", ".join(f"{k} = {v}" for k, v in result["checks"].items()) + ".",
     ]
@@ -316,15 +317,7 @@ def render_markdown(result: dict, label: str) -> str:
 
 
 def update_markdown(path: Path, section: str, label: str) -> None:
-    begin, end = f"<!-- bench:remote_cache {label} begin -->", f"<!-- bench:remote_cache {label} end -->"
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        text = head + section.rstrip("\n") + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    replace_section(path, f"bench:remote_cache {label}", section)
 
 
 # --------------------------------------------------------------------------- main
