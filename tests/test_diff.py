@@ -87,3 +87,23 @@ def test_diff_imports_no_heavy_library(repo):
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_container_that_gains_its_first_items_is_named_by_the_items_only():
+    from modelforge.manifest import changed_fields
+
+    old = {"targets": {"onnx": {"kind": "onnx", "precision": {}}, "web": {"headers": []}}}
+    new = {"targets": {"onnx": {"kind": "onnx", "precision": {"text": "int4", "vision": "int8"}}, "web": {"headers": ["a"]}}}
+    assert changed_fields(old, new) == [
+        ("targets.onnx.precision.text", None, "int4"),
+        ("targets.onnx.precision.vision", None, "int8"),
+        ("targets.web.headers[0]", None, "a"),
+    ]
+    assert changed_fields(new, old) == [
+        ("targets.onnx.precision.text", "int4", None),
+        ("targets.onnx.precision.vision", "int8", None),
+        ("targets.web.headers[0]", "a", None),
+    ]
+    # an empty container that replaces a value is still a change of that field
+    assert changed_fields({"a": 1}, {"a": {}}) == [("a", 1, {})]
+    assert changed_fields({"a": {"b": 1}}, {"a": {"b": 1}}) == []

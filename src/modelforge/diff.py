@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelforge.errors import ManifestError
-from modelforge.manifest import Manifest, flatten_fields
+from modelforge.manifest import Manifest, changed_fields
 from modelforge.plan import Plan, compute_keys
 from modelforge.transforms import apply_config_edits, config_bytes
 
@@ -70,10 +70,8 @@ def diff_manifests(old_path: Path, new_path: Path, *, old_label: str, new_label:
 
     old_project, new_project = api.open_project(old_path), api.open_project(new_path)
     result = ManifestDiff(old_label, new_label)
-    old_flat, new_flat = flatten_fields(old_project.manifest.model_dump(mode="json")), flatten_fields(new_project.manifest.model_dump(mode="json"))
-    for key in sorted(set(old_flat) | set(new_flat)):
-        if old_flat.get(key, "∅") != new_flat.get(key, "∅"):
-            result.fields.append({"path": key, "old": old_flat.get(key), "new": new_flat.get(key)})
+    for path, before, after in changed_fields(old_project.manifest.model_dump(mode="json"), new_project.manifest.model_dump(mode="json")):
+        result.fields.append({"path": path, "old": before, "new": after})
     store = Store(store_dir or default_store_dir())
     try:
         reporter = SilentReporter()

@@ -25,7 +25,7 @@ from modelforge.lock import (
     read_lock_or_none,
     write_lock,
 )
-from modelforge.manifest import flatten_fields, manifest_digest
+from modelforge.manifest import changed_fields, manifest_digest
 from modelforge.plan import Plan, compute_keys
 from modelforge.store import Store
 
@@ -138,8 +138,7 @@ def _check_manifest_against_lock(project: Project) -> None:
     locked = read_lock(project.lock_path).manifest
     if locked.digest == manifest_digest(project.manifest):
         return
-    old, new = flatten_fields(locked.content), flatten_fields(project.manifest.model_dump(mode="json"))
-    changed = sorted(key for key in set(old) | set(new) if old.get(key, "∅") != new.get(key, "∅"))
+    changed = [path for path, _, _ in changed_fields(locked.content, project.manifest.model_dump(mode="json"))]
     shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
     raise LockError(
         f"{project.relative_manifest} changed since {project.lock_path.name} was written ({shown or 'content'}); "
