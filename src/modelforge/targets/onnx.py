@@ -5,7 +5,8 @@ quantization, the packaging and the parity check::
 
     checkpoint ─► export text (genai builder, precision of text_decoder) ─────────────┐
         │                                                                            ├─► package ─► <target>/
-        └──────► export vision (vision.onnx, embedding.onnx) ─► quantize vision.onnx ─┘
+        ├──────► export vision (vision.onnx, embedding.onnx) ─► quantize vision.onnx ─┤
+        └──────► preprocessor_config.json (for onnxruntime-genai's image pipeline) ────┘
                                   (parity: checkpoint + package → report in the lock)
 
 Imports manifest, plan, planner, memory and targets.litertlm's public helpers only.
