@@ -37,11 +37,11 @@ def _target(result) -> Path:
     return result.out_dir / "onnx"
 
 
-def _pytorch_greedy(ids: list[int], steps: int, **images) -> list[int]:
+def _pytorch_greedy(ids: list[int], steps: int, checkpoint: Path = TINY, **images) -> list[int]:
     import torch
     import transformers
 
-    model = transformers.Gemma3ForConditionalGeneration.from_pretrained(TINY, dtype=torch.float32).eval()
+    model = transformers.Gemma3ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
     with torch.no_grad():
         generated = model.generate(torch.tensor([ids]), max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0, **images)
     return generated[0, len(ids):].tolist()
@@ -57,6 +57,9 @@ def test_target_has_onnxruntime_genai_layout(onnx_build):
     assert config["type"] == "gemma3" and config["context_length"] == 1024
     assert config["vision"]["filename"] == "vision.onnx" and config["embedding"]["filename"] == "embedding.onnx"
     assert config["image_token_id"] == json.loads((TINY / "config.json").read_text())["image_token_index"]
+    # 4 image tokens per image, not the 256 onnxruntime-genai's Gemma 3 pipeline puts in a prompt:
+    # no image preprocessing for onnxruntime-genai (test_onnxruntime_genai_generates_..._from_an_image).
+    assert "config_filename" not in config["vision"]
 
 
 def test_onnxruntime_genai_generates_pytorchs_answer_from_a_chat_prompt(onnx_build):
@@ -108,6 +111,99 @@ def test_image_prompt_through_onnxruntime_gives_pytorchs_answer(onnx_build, tmp_
 
     reference = _pytorch_greedy(ids, STEPS, pixel_values=torch.from_numpy(inputs["pixel_values"]))
     assert tokens == reference
+
+
+GENAI_IMAGE_SIZE = 64  # 16 × 16 patches of 4 pixels, one image token each: the 256 onnxruntime-genai expects
+
+
+def tiny_with_256_image_tokens(directory: Path) -> Path:
+    """The tiny fixture with the image geometry onnxruntime-genai 0.18's Gemma 3 pipeline fixes
+    (256 image tokens per image, as every real Gemma 3): 64-pixel images in 4-pixel patches, pooled
+    1:1. The two tensors whose shape changes get seeded random values; every other byte of the
+    weights is the fixture's."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    directory.mkdir(parents=True)
+    weights = {}
+    for shard in sorted(TINY.glob("model-*.safetensors")):
+        weights.update(load_file(shard))
+    config = json.loads((TINY / "config.json").read_text())
+    config["mm_tokens_per_image"] = 256
+    config["vision_config"].update(image_size=GENAI_IMAGE_SIZE, patch_size=4)
+    hidden = config["vision_config"]["hidden_size"]
+    generator = torch.Generator().manual_seed(0)
+    prefix = "vision_tower.vision_model.embeddings."
+    weights[prefix + "patch_embedding.weight"] = torch.randn(hidden, 3, 4, 4, generator=generator) * 0.02
+    weights[prefix + "position_embedding.weight"] = torch.randn(256, hidden, generator=generator) * 0.02
+    save_file(weights, directory / "model.safetensors", metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for path in TINY.iterdir():
+        if not path.name.startswith("model") and path.name != "config.json":
+            (directory / path.name).write_bytes(path.read_bytes())
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        settings = json.loads((TINY / name).read_text())
+        settings["image_seq_length"] = 256
+        if "size" in settings:
+            settings["size"] = {"height": GENAI_IMAGE_SIZE, "width": GENAI_IMAGE_SIZE}
+        (directory / name).write_text(json.dumps(settings, indent=2) + "\n")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def genai_image_build(tmp_path_factory, onnx_store):
+    """The onnx target (no parity step, context 512) on the 256-image-token tiny model: ~30 s."""
+    project = copy_project(tmp_path_factory.mktemp("genai-image-project"))
+    tiny_with_256_image_tokens(project / "fixtures" / "tiny-256")
+    text = (project / "manifests" / MANIFEST).read_text()
+    text = text[: text.index("    parity:")].replace("../fixtures/tiny-medgemma", "../fixtures/tiny-256")
+    path = project / "manifests" / "tiny-256-onnx.yaml"
+    path.write_text(text.replace("name: tiny-medgemma-onnx", "name: tiny-256-onnx").replace("context_length: 1024", "context_length: 512"))
+    return api.build(path, store_dir=onnx_store)
+
+
+def test_onnxruntime_genai_generates_pytorchs_answer_from_an_image_and_a_chat_prompt(genai_image_build, tmp_path):
+    """onnxruntime-genai's own multimodal pipeline (MultiModalProcessor: chat template, image
+    decode, resize, normalize, prompt expansion; then vision.onnx → embedding.onnx → decoder)
+    against transformers' processor and PyTorch. The card is not the model's size, so the resize
+    (PIL bilinear in transformers, its port in onnxruntime-extensions) is compared too. PyTorch
+    attends causally inside the image block, as the builder's decoder does (no token_type_ids)."""
+    import numpy as np
+    import onnxruntime_genai as og
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from modelforge.steps.parity_impl import test_cards
+
+    target = _target(genai_image_build)
+    assert json.loads((target / "genai_config.json").read_text())["model"]["vision"]["config_filename"] == "processor_config.json"
+    checkpoint = genai_image_build.project.root / "fixtures" / "tiny-256"
+    card = test_cards((97, 131), tmp_path)[1]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
+    model = og.Model(str(target))
+    tokenizer = og.Tokenizer(model)
+    prompt = tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+    inputs = model.create_multimodal_processor()(prompt, images=og.Images.open(str(card)))
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert prompt == text
+    with Image.open(card) as image:
+        reference = processor(text=text, images=image.convert("RGB"), return_tensors="np", add_special_tokens=False)
+    ids = inputs["input_ids"].as_numpy()[0].tolist()
+    assert ids == reference["input_ids"][0].tolist() and ids.count(json.loads((checkpoint / "config.json").read_text())["image_token_index"]) == 256
+    assert np.abs(inputs["pixel_values"].as_numpy() - reference["pixel_values"]).max() < 1e-6
+
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(ids) + STEPS, min_length=len(ids) + STEPS)
+    generator = og.Generator(model, params)
+    generator.set_inputs(inputs)
+    tokens = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    assert tokens == _pytorch_greedy(ids, STEPS, checkpoint=checkpoint, pixel_values=torch.from_numpy(reference["pixel_values"]))
 
 
 def test_a_second_build_in_an_empty_store_is_byte_identical(onnx_build, tmp_path):

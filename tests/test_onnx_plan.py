@@ -3,6 +3,7 @@ precision rules, and the memory prediction of the real MedGemma manifest (fast; 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -63,3 +64,56 @@ def test_the_real_manifest_predicts_memory_for_every_heavy_step(tmp_path):
     assert set(predicted) == {"onnx.export_text", "onnx.export_vision", "onnx.quantize.vision", "onnx.parity"}
     assert predicted["onnx.export_text"] == memory.predict("onnx_export_text", memory.F32_BYTES * 3_880_263_168)
     assert all(peak < 24 * 2**30 for peak in predicted.values())
+
+
+def _package(manifest_name: str, facts):
+    manifest = load_manifest(MANIFESTS / manifest_name)
+    plan = make_plan(manifest, facts, f"manifests/{manifest_name}", manifest_digest(manifest))
+    return plan.node("onnx.package")
+
+
+def test_the_real_manifest_hands_onnxruntime_genai_the_image_preprocessing():
+    """MedGemma's 256 image tokens per image are the number onnxruntime-genai's Gemma 3 pipeline
+    puts in a prompt: the package gets the source's preprocessor_config.json to write
+    processor_config.json from."""
+    package = _package("medgemma-1.5-onnx.yaml", reference_facts())
+    assert package.params["genai_image_processor"] is True
+    assert [(item.name, item.select) for item in package.inputs if item.name == "preprocessor"] == [("preprocessor", ("preprocessor_config.json",))]
+
+
+def test_the_tiny_model_keeps_its_images_out_of_onnxruntime_genai(tmp_project):
+    """4 image tokens per image: onnxruntime-genai would put 256 in the prompt; no processor config."""
+    package = api.plan(tmp_project / "manifests" / MANIFEST).plan.node("onnx.package")
+    assert package.params["genai_image_processor"] is False
+    assert "preprocessor" not in {item.name for item in package.inputs}
+
+
+def test_processor_config_repeats_gemma3s_preprocessing():
+    from modelforge.reference import reference_dir
+    from modelforge.steps.onnx_package import processor_config
+
+    preprocessor = json.loads((reference_dir() / "medgemma-27b-it-preprocessor_config.json").read_text())
+    transforms = [item["operation"] for item in processor_config(preprocessor, "preprocessor_config.json")["processor"]["transforms"]]
+    assert [item["type"] for item in transforms] == ["DecodeImage", "Resize", "Rescale", "Normalize", "Permute3D"]
+    assert transforms[1]["attrs"] == {"height": 896, "width": 896, "interpolation": "LINEAR", "keep_aspect_ratio": 0}
+    assert transforms[2]["attrs"] == {"rescale_factor": 1 / 255} and transforms[3]["attrs"] == {"mean": [0.5] * 3, "std": [0.5] * 3}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"do_pan_and_scan": True}, "do_pan_and_scan is true"),
+        ({"resample": 4}, r"PIL filter 4 has no onnxruntime-extensions equivalent"),
+        ({"size": {"shortest_edge": 896}}, r"resize to \{'shortest_edge': 896\}"),
+        ({"rescale_factor": None}, "has no 'rescale_factor'"),
+        ({"image_processor_type": "SiglipImageProcessor"}, "is not Gemma3ImageProcessor"),
+    ],
+)
+def test_processor_config_refuses_what_onnxruntime_genai_cannot_repeat(change, message):
+    from modelforge.errors import StepFailed
+    from modelforge.reference import reference_dir
+    from modelforge.steps.onnx_package import processor_config
+
+    preprocessor = {**json.loads((reference_dir() / "medgemma-27b-it-preprocessor_config.json").read_text()), **change}
+    with pytest.raises(StepFailed, match=message):
+        processor_config(preprocessor, "preprocessor_config.json")

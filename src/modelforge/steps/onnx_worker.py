@@ -56,7 +56,9 @@ def _vision_model(checkpoint: Path):
 
 def export_vision(checkpoint: Path, work: Path) -> dict:
     """vision.onnx: pixel_values [1, 3, H, W] (the processor's normalized pixels) → image_features
-    [1, T, D] (SigLIP tower + multi-modal projector). embedding.onnx: input_ids [1, S] int64 and
+    [T, D] (SigLIP tower + multi-modal projector; rank 2 because onnxruntime-genai allocates the
+    vision output with the rank of the graph's output and hands that buffer unchanged to the
+    embedding graph's image_features input). embedding.onnx: input_ids [1, S] int64 and
     image_features [N, D] → inputs_embeds [1, S, D]: Gemma's scaled token embedding with the image
     features put at the image-token positions in order (Gemma3Model.get_placeholder_mask +
     masked_scatter), the input the builder's decoder takes when built with exclude_embeds."""
@@ -71,7 +73,8 @@ def export_vision(checkpoint: Path, work: Path) -> dict:
 
         def forward(self, pixel_values):
             features = self.model.model.get_image_features(pixel_values=pixel_values)
-            return features.pooler_output if hasattr(features, "pooler_output") else features
+            features = features.pooler_output if hasattr(features, "pooler_output") else features
+            return features.reshape(-1, features.shape[-1])
 
     class Embedding(torch.nn.Module):
         def __init__(self):

@@ -5,7 +5,8 @@ quantization, the packaging and the parity check::
 
     checkpoint ─► export text (genai builder, precision of text_decoder) ─────────────┐
         │                                                                            ├─► package ─► <target>/
-        └──────► export vision (vision.onnx, embedding.onnx) ─► quantize vision.onnx ─┘
+        ├──────► export vision (vision.onnx, embedding.onnx) ─► quantize vision.onnx ─┤
+        └──────► preprocessor_config.json (for onnxruntime-genai's image pipeline) ────┘
                                   (parity: checkpoint + package → report in the lock)
 
 Imports manifest, plan, planner, memory and targets.litertlm's public helpers only.
@@ -76,8 +77,15 @@ def plan(builder: PlanBuilder, target: str, spec: OnnxTarget) -> str:
             vision_graph = InputRef("vision", quantized)
         inputs += [vision_graph, InputRef("embedding", vision, ("embedding.onnx", "embedding.onnx.data"))]
     image_token = builder.facts.config.get("image_token_index") if multimodal else None
+    genai_images = multimodal and genai_image_pipeline_fits(builder.facts.config)
+    if genai_images:
+        if "preprocessor_config.json" not in {item.path for item in builder.facts.files}:
+            raise PlanError(f"{where}: task image_text_to_text needs the source's preprocessor_config.json (the image "
+                            "preprocessing onnxruntime-genai must repeat); add it to the source")
+        inputs.append(InputRef("preprocessor", checkpoint.node, ("preprocessor_config.json",)))
     package = builder.add(StepNode.make(
-        f"{target}.package", onnx_package.KIND, onnx_package.VERSION, {"multimodal": multimodal, "image_token_id": image_token},
+        f"{target}.package", onnx_package.KIND, onnx_package.VERSION,
+        {"multimodal": multimodal, "image_token_id": image_token, "genai_image_processor": genai_images},
         tuple(inputs), onnx_package.TOOLS,
     ))
     if spec.parity is not None:
@@ -91,6 +99,13 @@ def plan(builder: PlanBuilder, target: str, spec: OnnxTarget) -> str:
         ))
         predict(builder, step, "parity", wanted)
     return package
+
+
+def genai_image_pipeline_fits(config: dict) -> bool:
+    """Whether onnxruntime-genai's Gemma 3 image pipeline can feed this model: it puts a fixed 256
+    image tokens per image in the prompt (steps/onnx_package.py), the model's projector gives
+    mm_tokens_per_image (Gemma 3's default, 256, when config.json leaves it out)."""
+    return config.get("mm_tokens_per_image", onnx_package.GENAI_GEMMA3_IMAGE_TOKENS) == onnx_package.GENAI_GEMMA3_IMAGE_TOKENS
 
 
 def predict(builder: PlanBuilder, step: str, kind: str, components: tuple[str, ...], vision_only: bool = False) -> None:
