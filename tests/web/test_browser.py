@@ -275,8 +275,8 @@ def test_without_webgpu_litertjs_variants_run_on_the_cpu(tiny_bundle, session_fa
 
 
 def test_litertjs_fallback_on_a_damaged_graph(tiny_bundle, tmp_path, session_factory):
-    """The float variant's decoder graph arrives damaged: its part's SHA-256 fails, the page says so
-    and starts the next variant, whose files are intact."""
+    """The float variant's decoder graph arrives damaged: its part's SHA-256 fails, the page says so,
+    naming the file, and starts the next variant, whose files are intact."""
     import json
     import shutil
 
@@ -293,4 +293,5 @@ def test_litertjs_fallback_on_a_damaged_graph(tiny_bundle, tmp_path, session_fac
         assert session.open(server.url, timeout_ms=300_000) == "ready", session.diagnostics()
         notices = session.text("#notices")
         assert manifest["variants"][0]["label"] in notices and "SHA-256 mismatch" in notices, notices
+        assert f"file model ({manifest['variants'][0]['files']['model']['url']})" in notices, notices
         assert session.page.get_attribute("body", "data-variant") == manifest["variants"][1]["name"]

@@ -190,9 +190,10 @@ class LitertEngine {
     }
   }
 
-  // Greedy answer to `question` (with `pixels` when an image is attached). onText(text) gets the
-  // answer so far after each token; shouldStop() is asked before each. Returns {text, tokens,
-  // promptTokens, stopped, ended}.
+  // Greedy answer to `question` (with `pixels` when an image is attached). onText(text, tokens) gets
+  // the answer so far (text and ids) after each token; shouldStop() is asked before each, after the
+  // page had a turn (yieldToPage) to paint the answer and handle a press of Stop. Returns {text,
+  // tokens, promptTokens, stopped, ended}.
   async generate(question, pixels, { onText, shouldStop }) {
     const ids = this.promptIds(question, Boolean(pixels));
     const limit = Math.min(this.variant.max_tokens, this.generation.cache_length);
@@ -215,6 +216,7 @@ class LitertEngine {
     let stopped = false;
     let ended = "length";
     while (position < limit - 1) {
+      await yieldToPage();
       if (shouldStop()) {
         stopped = true;
         ended = "stopped";
@@ -228,10 +230,26 @@ class LitertEngine {
         break;
       }
       tokens.push(token);
-      onText(this.tokenizer.decode(tokens, { skip_special_tokens: true }));
+      onText(this.tokenizer.decode(tokens, { skip_special_tokens: true }), tokens);
     }
     return { text: this.tokenizer.decode(tokens, { skip_special_tokens: true }), tokens, promptTokens: ids, stopped, ended };
   }
+}
+
+// Ends the current task and resumes in a new one, so that the browser can paint and dispatch input
+// (the Stop button) in between. Needed on the wasm backend, where every `await` of the loop settles
+// at once (microtasks only): without it the page froze until the answer was complete, showing no
+// token before the last and ignoring Stop. A MessageChannel task, not setTimeout, which nested
+// timers clamp to 4 ms.
+function yieldToPage() {
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => {
+      channel.port1.close();
+      resolve();
+    };
+    channel.port2.postMessage(null);
+  });
 }
 
 function argmax(array) {
