@@ -164,20 +164,25 @@ def test_int8_variant_within_the_parity_threshold(tiny_web_bundle, session_facto
         assert agreement >= threshold, f"page {answer}\nPyTorch {expected_answer}"
 
 
-# Watches the answer as the user sees it: records each text it shows and, when `modelforgeWatch.stopAfter`
-# is set, presses Stop (a click on the button) as soon as it has shown that many texts, noting how many
-# tokens the page had written then. An init script runs through the DevTools protocol, outside the CSP.
+# Watches the answer as the user sees it: records each text it shows and presses Stop (a click on the
+# button) when told: `stopAtStart`, as soon as the page starts answering; `stopAfter`: N, as soon as the
+# answer has shown N texts, noting how many tokens the page had written then. An init script runs
+# through the DevTools protocol, outside the page's CSP.
 WATCH_ANSWER = """
-window.modelforgeWatch = {texts: [], stopAfter: 0, tokensAtStop: null};
+window.modelforgeWatch = {texts: [], stopAtStart: false, stopAfter: 0, tokensAtStop: null};
 new MutationObserver(() => {
   const watch = window.modelforgeWatch, answer = document.getElementById('answer');
+  if (watch.stopAtStart && document.body.dataset.state === 'generating') {
+    watch.stopAtStart = false;
+    document.getElementById('stop').click();
+  }
   if (!answer || !answer.textContent || watch.texts.at(-1) === answer.textContent) return;
   watch.texts.push(answer.textContent);
   if (watch.texts.length === watch.stopAfter) {
     watch.tokensAtStop = (answer.dataset.tokens || '').split(',').filter(Boolean).length;
     document.getElementById('stop').click();
   }
-}).observe(document, {subtree: true, childList: true, characterData: true});
+}).observe(document, {subtree: true, childList: true, characterData: true, attributeFilter: ['data-state']});
 """
 
 
@@ -194,16 +199,28 @@ def _paste(session, path: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["webgpu", "wasm"])
 def test_litertjs_streams_stops_and_takes_a_pasted_image(tiny_web_bundle, session_factory, card, reference, backend):
-    """One page of the float LiteRT.js variant: Stop pressed while the answer streams ends it within a token,
-    says so and keeps the partial answer (the start of the full one); the same question asked again gets
-    the full answer, streamed, equal to a fresh page's (PyTorch's, as the test above shows); an image
-    pasted into the question box is shown and answered exactly as through the file picker."""
+    """One page of the float LiteRT.js variant: Stop pressed as the answer starts ends it before any token
+    (without an error: the page used to fail decoding the empty answer); Stop pressed while the answer
+    streams ends it within a token, says so and keeps the partial answer (the start of the full one);
+    the same question asked again gets the full answer, streamed, equal to a fresh page's (PyTorch's, as
+    the test above shows); an image pasted into the question box is shown and answered exactly as
+    through the file picker."""
     expected_prompt, expected_answer = reference["text"]
     with serve(tiny_web_bundle) as server:
         session = session_factory(WEBGPU)
         session.page.add_init_script(WATCH_ANSWER)
-        _open(session, server.url + "?variant=tiny-float" + ("&backend=wasm" if backend == "wasm" else ""), "tiny-float", backend)
+        query = "?variant=tiny-float" + ("&backend=wasm" if backend == "wasm" else "")
+        _open(session, server.url + query, "tiny-float", backend)
         watch = lambda: session.page.evaluate("window.modelforgeWatch")  # noqa: E731
+
+        session.page.evaluate("window.modelforgeWatch.stopAtStart = true")
+        session.page.fill("#prompt", TEXT_PROMPT)
+        session.page.click("#send")
+        session.page.locator(ANSWERED).wait_for(timeout=300_000)
+        assert session.state() == "ready", session.diagnostics()
+        label = session.page.inner_text("#answer-state")
+        assert "stopped" in label and "before any text" in label, session.diagnostics()
+        assert session.page.get_attribute("#answer", "data-tokens") == "" and not session.page.text_content("#answer")
 
         session.page.evaluate("window.modelforgeWatch.stopAfter = 3")
         prompt, partial = _ask(session, TEXT_PROMPT)

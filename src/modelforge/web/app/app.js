@@ -739,7 +739,7 @@ async function askLitert(text) {
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
     let label = result?.stopped ? `(stopped after ${seconds} s)` : `(${seconds} s)`;
     if (failed) label = "(failed)";
-    else if (result && !result.text) label += " — the model returned no text";
+    else if (result && !result.text) label += result.stopped ? " — before any text" : " — the model returned no text";
     $("answer-state").textContent = label;
     state.generating = false;
     $("send").disabled = false;

@@ -174,10 +174,13 @@ class LitertEngine {
   }
 
   // Prefill ids[0..n) in chunks of the largest prefill length, each padded to the smallest length
-  // that holds it; `soft` replaces the embeddings at the image's slots.
-  async prefill(ids, slots, soft) {
+  // that holds it; `soft` replaces the embeddings at the image's slots. Before each chunk the page
+  // gets a turn and shouldStop() is asked: false when it said stop.
+  async prefill(ids, slots, soft, shouldStop) {
     const largest = this.prefillLengths.at(-1);
     for (let start = 0; start < ids.length; start += largest) {
+      await yieldToPage();
+      if (shouldStop()) return false;
       const chunk = ids.slice(start, start + largest);
       const length = this.prefillLengths.find((l) => l >= chunk.length);
       const embeddings = await this.embed(chunk.concat(new Array(length - chunk.length).fill(0)));
@@ -188,6 +191,13 @@ class LitertEngine {
       });
       await this.run(this.generation.prefill[String(length)], embeddings, Array.from({ length }, (_, i) => start + i));
     }
+    return true;
+  }
+
+  // The text of `tokens` (the tokenizer refuses an empty list: an answer stopped, or ended by a stop
+  // token, before its first token is "").
+  text(tokens) {
+    return tokens.length ? this.tokenizer.decode(tokens, { skip_special_tokens: true }) : "";
   }
 
   // Greedy answer to `question` (with `pixels` when an image is attached). onText(text, tokens) gets
@@ -209,13 +219,12 @@ class LitertEngine {
       }
     }
     this.resetCache();
-    await this.prefill(ids.slice(0, -1), slots, soft);
+    let stopped = !(await this.prefill(ids.slice(0, -1), slots, soft, shouldStop));
+    let ended = stopped ? "stopped" : "length";
     let token = ids.at(-1);
     let position = ids.length - 1;
     const tokens = [];
-    let stopped = false;
-    let ended = "length";
-    while (position < limit - 1) {
+    while (!stopped && position < limit - 1) {
       await yieldToPage();
       if (shouldStop()) {
         stopped = true;
@@ -230,9 +239,9 @@ class LitertEngine {
         break;
       }
       tokens.push(token);
-      onText(this.tokenizer.decode(tokens, { skip_special_tokens: true }), tokens);
+      onText(this.text(tokens), tokens);
     }
-    return { text: this.tokenizer.decode(tokens, { skip_special_tokens: true }), tokens, promptTokens: ids, stopped, ended };
+    return { text: this.text(tokens), tokens, promptTokens: ids, stopped, ended };
   }
 }
 
