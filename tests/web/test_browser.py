@@ -264,19 +264,37 @@ def test_fallback_to_the_next_variant_and_stop(tiny_task, runtime, tmp_path, ses
         assert not session.page.is_visible("#errors"), session.diagnostics()
 
 
-def test_without_webgpu_litertjs_variants_run_on_the_cpu(tiny_bundle, session_factory):
-    """No WebGPU adapter: the LiteRT.js variant starts on the wasm CPU backend and the page says so."""
-    with serve(tiny_bundle) as server:
+def test_without_webgpu_litertjs_variants_run_on_the_cpu(tiny_bundle, tmp_path, session_factory):
+    """No WebGPU adapter: LiteRT.js variants start on the wasm CPU backend and the page says so. The first
+    variant's decoder is said (in bundle.json) to be 3 GiB, more than the CPU backend's 32-bit
+    WebAssembly memory can take: the page refuses it before any download, says why, and starts the next."""
+    import json
+    import shutil
+
+    out = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    manifest = json.loads((out / "bundle.json").read_text())
+    model = manifest["variants"][0]["files"]["model"]
+    model["size"] = 3 * 1024**3
+    model["chunk_sha256"] = model["chunk_sha256"] * -(-model["size"] // model["chunk_size"])
+    (out / "bundle.json").unlink()  # never write through a link
+    (out / "bundle.json").write_text(json.dumps(manifest))
+    with serve(out) as server:
         session = session_factory([])
         assert session.open(server.url, timeout_ms=300_000) == "ready", session.diagnostics()
         assert session.page.get_attribute("body", "data-backend") == "wasm"
-        assert "runs on the CPU instead" in session.text("#notices")
+        notices = session.text("#notices")
+        assert "runs on the CPU instead" in notices
+        assert f"Could not use {manifest['variants'][0]['label']}: without WebGPU" in notices, notices
+        assert "WebAssembly memory (4 GiB) cannot hold its 3.2 GB graph; use a browser with WebGPU" in notices, notices
+        assert not any(model["url"] in url for url in session.requests)
+        assert session.page.get_attribute("body", "data-variant") == manifest["variants"][1]["name"]
         assert "LiteRT.js" in session.text("#model-info") and "wasm" in session.text("#model-info")
 
 
 def test_litertjs_fallback_on_a_damaged_graph(tiny_bundle, tmp_path, session_factory):
-    """The float variant's decoder graph arrives damaged: its part's SHA-256 fails, the page says so
-    and starts the next variant, whose files are intact."""
+    """The float variant's decoder graph arrives damaged: its part's SHA-256 fails, the page says so,
+    naming the file, and starts the next variant, whose files are intact."""
     import json
     import shutil
 
@@ -293,4 +311,5 @@ def test_litertjs_fallback_on_a_damaged_graph(tiny_bundle, tmp_path, session_fac
         assert session.open(server.url, timeout_ms=300_000) == "ready", session.diagnostics()
         notices = session.text("#notices")
         assert manifest["variants"][0]["label"] in notices and "SHA-256 mismatch" in notices, notices
+        assert f"file model ({manifest['variants'][0]['files']['model']['url']})" in notices, notices
         assert session.page.get_attribute("body", "data-variant") == manifest["variants"][1]["name"]

@@ -6,7 +6,11 @@ the float LiteRT.js variant, within the manifest's parity threshold for the int8
 
 PyTorch's answer is computed on the processor's own input_ids and pixel_values, causal inside the image
 block (parity_impl.reference_image_answers' "causal": what a prefill/decode loop computes), to the
-first stop token or the variant's max_tokens."""
+first stop token or the variant's max_tokens.
+
+The same page also streams its answer, stops mid-answer when Stop is pressed (and answers the next
+question as a fresh page does), and reads an image pasted into the question box as one from the file
+picker (test_litertjs_streams_stops_and_takes_a_pasted_image)."""
 
 from __future__ import annotations
 
@@ -158,3 +162,85 @@ def test_int8_variant_within_the_parity_threshold(tiny_web_bundle, session_facto
         agreement = leading / len(expected_answer)
         print(f"\nint8 on WebGPU: {leading} of PyTorch's {len(expected_answer)} image-answer tokens from the first ({agreement:.2f})")
         assert agreement >= threshold, f"page {answer}\nPyTorch {expected_answer}"
+
+
+# Watches the answer as the user sees it: records each text it shows and presses Stop (a click on the
+# button) when told: `stopAtStart`, as soon as the page starts answering; `stopAfter`: N, as soon as the
+# answer has shown N texts, noting how many tokens the page had written then. An init script runs
+# through the DevTools protocol, outside the page's CSP.
+WATCH_ANSWER = """
+window.modelforgeWatch = {texts: [], stopAtStart: false, stopAfter: 0, tokensAtStop: null};
+new MutationObserver(() => {
+  const watch = window.modelforgeWatch, answer = document.getElementById('answer');
+  if (watch.stopAtStart && document.body.dataset.state === 'generating') {
+    watch.stopAtStart = false;
+    document.getElementById('stop').click();
+  }
+  if (!answer || !answer.textContent || watch.texts.at(-1) === answer.textContent) return;
+  watch.texts.push(answer.textContent);
+  if (watch.texts.length === watch.stopAfter) {
+    watch.tokensAtStop = (answer.dataset.tokens || '').split(',').filter(Boolean).length;
+    document.getElementById('stop').click();
+  }
+}).observe(document, {subtree: true, childList: true, characterData: true, attributeFilter: ['data-state']});
+"""
+
+
+def _paste(session, path: Path) -> None:
+    """Paste an image file into the question box, as a user pastes a copied image (a real ClipboardEvent)."""
+    session.page.evaluate(
+        "([bytes, name]) => { const data = new DataTransfer();"
+        " data.items.add(new File([new Uint8Array(bytes)], name, {type: 'image/png'}));"
+        " document.getElementById('prompt').dispatchEvent("
+        "   new ClipboardEvent('paste', {clipboardData: data, bubbles: true, cancelable: true})); }",
+        [list(path.read_bytes()), path.name],
+    )
+
+
+@pytest.mark.parametrize("backend", ["webgpu", "wasm"])
+def test_litertjs_streams_stops_and_takes_a_pasted_image(tiny_web_bundle, session_factory, card, reference, backend):
+    """One page of the float LiteRT.js variant: Stop pressed as the answer starts ends it before any token
+    (without an error: the page used to fail decoding the empty answer); Stop pressed while the answer
+    streams ends it within a token, says so and keeps the partial answer (the start of the full one);
+    the same question asked again gets the full answer, streamed, equal to a fresh page's (PyTorch's, as
+    the test above shows); an image pasted into the question box is shown and answered exactly as
+    through the file picker."""
+    expected_prompt, expected_answer = reference["text"]
+    with serve(tiny_web_bundle) as server:
+        session = session_factory(WEBGPU)
+        session.page.add_init_script(WATCH_ANSWER)
+        query = "?variant=tiny-float" + ("&backend=wasm" if backend == "wasm" else "")
+        _open(session, server.url + query, "tiny-float", backend)
+        watch = lambda: session.page.evaluate("window.modelforgeWatch")  # noqa: E731
+
+        session.page.evaluate("window.modelforgeWatch.stopAtStart = true")
+        session.page.fill("#prompt", TEXT_PROMPT)
+        session.page.click("#send")
+        session.page.locator(ANSWERED).wait_for(timeout=300_000)
+        assert session.state() == "ready", session.diagnostics()
+        label = session.page.inner_text("#answer-state")
+        assert "stopped" in label and "before any text" in label, session.diagnostics()
+        assert session.page.get_attribute("#answer", "data-tokens") == "" and not session.page.text_content("#answer")
+
+        session.page.evaluate("window.modelforgeWatch.stopAfter = 3")
+        prompt, partial = _ask(session, TEXT_PROMPT)
+        stopped = watch()
+        assert stopped["tokensAtStop"] is not None, f"the answer never showed 3 texts before it ended: {stopped['texts']}"
+        assert "stopped" in session.page.inner_text("#answer-state"), session.diagnostics()
+        assert session.page.get_attribute("#answer", "data-ended") == "stopped"
+        assert len(partial) - stopped["tokensAtStop"] <= 1  # the token in flight when Stop was pressed, no more
+        assert prompt == expected_prompt and partial == expected_answer[: len(partial)] and len(partial) < len(expected_answer)
+        assert session.page.is_disabled("#stop") and session.page.is_enabled("#send")
+
+        session.page.evaluate("window.modelforgeWatch = {...window.modelforgeWatch, texts: [], stopAfter: 0}")
+        assert _ask(session, TEXT_PROMPT) == (expected_prompt, expected_answer)  # nothing left over from the stopped answer
+        shown = watch()["texts"]
+        assert len(shown) >= 3, f"the answer did not stream: it showed {shown}"  # at least two texts before the last
+        assert shown[-1] == session.page.text_content("#answer")
+
+        _paste(session, card)
+        session.page.locator("#preview").wait_for(state="visible", timeout=10_000)
+        assert session.page.is_visible("#clear-image")
+        assert _ask(session, IMAGE_PROMPT) == reference["image"]  # the file picker's answer (test above)
+        assert not session.page.is_visible("#errors"), session.diagnostics()
+        assert not session.page_errors

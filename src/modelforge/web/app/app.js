@@ -456,20 +456,25 @@ async function ensureMediaPipe(bundle) {
 
 // A LiteRT.js variant's files, each fetched (or taken from Cache Storage) and verified part by part,
 // then held whole: loadAndCompile takes a graph as one buffer (docs/web-limits.md).
+// A failure names the file (its logical name and URL), e.g. which graph arrived damaged.
 async function fetchVerified(variant, logical) {
   const entry = variant.files[logical];
   const file = { ...entry, name: `${variant.name}/${logical}`, label: `${variant.label} (${logical})` };
-  const model = await getModel(file);
-  const bytes = new Uint8Array(entry.size);
-  const reader = await model.reader();
-  let offset = 0;
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    bytes.set(value, offset);
-    offset += value.byteLength;
+  try {
+    const model = await getModel(file);
+    const bytes = new Uint8Array(entry.size);
+    const reader = await model.reader();
+    let offset = 0;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      bytes.set(value, offset);
+      offset += value.byteLength;
+    }
+    return { bytes, source: model.source };
+  } catch (err) {
+    throw new Error(`its file ${logical} (${entry.url}) could not be used: ${describe(err)}`);
   }
-  return { bytes, source: model.source };
 }
 
 // The wasm backend's memory is 32-bit: a graph is copied whole into a heap of at most 4 GiB.
@@ -710,8 +715,9 @@ async function askLitert(text) {
       pixels = imagePixels(state.imageBitmap, image.height, image.width);
     }
     result = await state.engine.generate(text, pixels, {
-      onText: (partial) => {
+      onText: (partial, tokens) => {
         chunks += 1;
+        answer.dataset.tokens = tokens.join(","); // the ids so far (kept when stopped or failed)
         renderer.update(partial);
       },
       shouldStop: () => state.stopRequested,
@@ -733,7 +739,7 @@ async function askLitert(text) {
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
     let label = result?.stopped ? `(stopped after ${seconds} s)` : `(${seconds} s)`;
     if (failed) label = "(failed)";
-    else if (result && !result.text) label += " — the model returned no text";
+    else if (result && !result.text) label += result.stopped ? " — before any text" : " — the model returned no text";
     $("answer-state").textContent = label;
     state.generating = false;
     $("send").disabled = false;

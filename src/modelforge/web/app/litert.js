@@ -174,10 +174,13 @@ class LitertEngine {
   }
 
   // Prefill ids[0..n) in chunks of the largest prefill length, each padded to the smallest length
-  // that holds it; `soft` replaces the embeddings at the image's slots.
-  async prefill(ids, slots, soft) {
+  // that holds it; `soft` replaces the embeddings at the image's slots. Before each chunk the page
+  // gets a turn and shouldStop() is asked: false when it said stop.
+  async prefill(ids, slots, soft, shouldStop) {
     const largest = this.prefillLengths.at(-1);
     for (let start = 0; start < ids.length; start += largest) {
+      await yieldToPage();
+      if (shouldStop()) return false;
       const chunk = ids.slice(start, start + largest);
       const length = this.prefillLengths.find((l) => l >= chunk.length);
       const embeddings = await this.embed(chunk.concat(new Array(length - chunk.length).fill(0)));
@@ -188,11 +191,19 @@ class LitertEngine {
       });
       await this.run(this.generation.prefill[String(length)], embeddings, Array.from({ length }, (_, i) => start + i));
     }
+    return true;
   }
 
-  // Greedy answer to `question` (with `pixels` when an image is attached). onText(text) gets the
-  // answer so far after each token; shouldStop() is asked before each. Returns {text, tokens,
-  // promptTokens, stopped, ended}.
+  // The text of `tokens` (the tokenizer refuses an empty list: an answer stopped, or ended by a stop
+  // token, before its first token is "").
+  text(tokens) {
+    return tokens.length ? this.tokenizer.decode(tokens, { skip_special_tokens: true }) : "";
+  }
+
+  // Greedy answer to `question` (with `pixels` when an image is attached). onText(text, tokens) gets
+  // the answer so far (text and ids) after each token; shouldStop() is asked before each, after the
+  // page had a turn (yieldToPage) to paint the answer and handle a press of Stop. Returns {text,
+  // tokens, promptTokens, stopped, ended}.
   async generate(question, pixels, { onText, shouldStop }) {
     const ids = this.promptIds(question, Boolean(pixels));
     const limit = Math.min(this.variant.max_tokens, this.generation.cache_length);
@@ -208,13 +219,13 @@ class LitertEngine {
       }
     }
     this.resetCache();
-    await this.prefill(ids.slice(0, -1), slots, soft);
+    let stopped = !(await this.prefill(ids.slice(0, -1), slots, soft, shouldStop));
+    let ended = stopped ? "stopped" : "length";
     let token = ids.at(-1);
     let position = ids.length - 1;
     const tokens = [];
-    let stopped = false;
-    let ended = "length";
-    while (position < limit - 1) {
+    while (!stopped && position < limit - 1) {
+      await yieldToPage();
       if (shouldStop()) {
         stopped = true;
         ended = "stopped";
@@ -228,10 +239,26 @@ class LitertEngine {
         break;
       }
       tokens.push(token);
-      onText(this.tokenizer.decode(tokens, { skip_special_tokens: true }));
+      onText(this.text(tokens), tokens);
     }
-    return { text: this.tokenizer.decode(tokens, { skip_special_tokens: true }), tokens, promptTokens: ids, stopped, ended };
+    return { text: this.text(tokens), tokens, promptTokens: ids, stopped, ended };
   }
+}
+
+// Ends the current task and resumes in a new one, so that the browser can paint and dispatch input
+// (the Stop button) in between. Needed on the wasm backend, where every `await` of the loop settles
+// at once (microtasks only): without it the page froze until the answer was complete, showing no
+// token before the last and ignoring Stop. A MessageChannel task, not setTimeout, which nested
+// timers clamp to 4 ms.
+function yieldToPage() {
+  return new Promise((resolve) => {
+    const channel = new MessageChannel();
+    channel.port1.onmessage = () => {
+      channel.port1.close();
+      resolve();
+    };
+    channel.port2.postMessage(null);
+  });
 }
 
 function argmax(array) {
