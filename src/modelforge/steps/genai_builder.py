@@ -117,6 +117,26 @@ class DeferredWeights:
     def __getattr__(self, name):  # the quantizer module's `ir`: everything else is onnx_ir's own
         return getattr(self.ir, name)
 
+    def c_ordered(self, tensor):
+        """What the quantizer reads from a serialized float weight: a C-ordered array of the
+        tensor's values. The builder's weights are lazy casts of a transposed checkpoint tensor
+        (make_initializer(weight.T, to=FLOAT)); casting that view and then copying it in C order
+        would hold the float32 weight twice (5.4 GB for MedGemma's 262144 × 2560 output head), so
+        a float32 one is cast straight into a C-ordered array from the checkpoint tensor, when the
+        lazy tensor's function holds exactly one (a widening or same-type cast: the same values)."""
+        import numpy as np
+        import torch
+
+        function = getattr(tensor, "raw", None) if isinstance(tensor, self.ir.LazyTensor) else None
+        cells = [cell.cell_contents for cell in (getattr(function, "__closure__", None) or ())]
+        sources = [cell for cell in cells if isinstance(cell, torch.Tensor)]
+        if tensor.dtype == self.ir.DataType.FLOAT and len(sources) == 1 and sources[0].is_floating_point() \
+                and sources[0].element_size() <= 4 and tuple(sources[0].shape) == tuple(tensor.shape):
+            array = np.empty(tuple(tensor.shape), np.float32)
+            torch.from_numpy(array).copy_(sources[0])
+            return array
+        return np.ascontiguousarray(tensor.numpy())
+
     def from_proto(self, proto):
         import numpy as np
         import onnx
@@ -124,8 +144,7 @@ class DeferredWeights:
         if not (isinstance(proto, onnx.TensorProto) and proto.doc_string == DEFERRED):
             return self.ir.from_proto(proto)
         entry = self.pending[proto.name]
-        # What the quantizer reads from the serialized float weight: a C-ordered float32 array.
-        array = np.ascontiguousarray(entry[0].numpy())
+        array = self.c_ordered(entry[0])
         entry[1] -= 1
         if entry[1] == 0:
             del self.pending[proto.name]  # the last reference to the checkpoint's tensor of this weight
