@@ -1,5 +1,6 @@
 """onnxruntime-genai's model builder (0.18.0) on Gemma 3 checkpoints, with the three shims it needs
-under transformers 5 (and for reproducible bytes) and a build-time check of the RoPE caches it writes. Runs inside the onnx
+under transformers 5 (and for reproducible bytes), one that keeps its int4/int8 quantization within
+the machine's memory, and a build-time check of the RoPE caches it writes. Runs inside the onnx
 worker process (steps/onnx_worker.py); imports onnxruntime_genai, transformers and torch only there.
 
 Why each shim exists (measured on fixtures/tiny-medgemma, experiments/ortweb/RESULTS.md §1):
@@ -22,15 +23,16 @@ Why each shim exists (measured on fixtures/tiny-medgemma, experiments/ortweb/RES
   unrelated repository. The shim gives the wheel's own commit (onnxruntime_genai.__commit__), which
   the builder falls back to when git fails.
 
-- `streamed_quantization` (memory, not correctness): the builder's `to_nbits` serializes the whole
-  float graph to one ModelProto (`ir.to_proto`: every MatMul weight widened to float32, 15.5 GB at
-  MedGemma 4B) before onnxruntime's MatMulNBitsQuantizer replaces the weights one by one, while the
-  bfloat16 checkpoint is still loaded: 21.2 GiB of anonymous memory at 4B (bench/RESULTS.md "onnx
-  export at 4B"). The shim hands the same quantizer the same graph with each MatMul weight left as
-  an empty placeholder, and gives it the weight (widened then, from the checkpoint's tensor) only
-  when it quantizes that MatMul; the weight, and its checkpoint tensor, are dropped right after.
-  The quantizer, its kernel, the order of nodes and initializers are onnxruntime's own: the bytes
-  written are the same (the tiny model's lock pins them), the peak is not (bench/RESULTS.md).
+- `streamed_to_nbits` (memory, not correctness): for int4/int8 the builder's `to_nbits` serializes
+  the whole float graph to one ModelProto (`ir.to_proto`: every MatMul weight widened to float32,
+  15.5 GB at MedGemma 4B) before onnxruntime's MatMulNBitsQuantizer replaces the weights one by
+  one: 21.2 GiB of anonymous memory at 4B, where reading the layers took 0.5 GiB (transformers
+  maps the bfloat16 shards; bench/RESULTS.md "onnx export at 4B"). The shim hands the same
+  quantizer the same graph with each MatMul weight left as an empty placeholder, and gives it the
+  weight (widened then, from the checkpoint's tensor) only when it quantizes that MatMul, dropping
+  it right after: 6.0 GiB at 4B. The quantizer, its kernel, the order of nodes and initializers
+  are onnxruntime's own: the bytes written are the same (tests/test_onnx.py compares both on the
+  tiny model in int4).
 
 `check_rope_caches` compares the four caches in the built graph with transformers' own rotary
 embedding for each layer type and raises RopeMismatch when one differs: a builder that regresses
@@ -62,6 +64,10 @@ class RopeMismatch(Exception):
     """The builder's RoPE caches differ from transformers': the graph would compute wrong logits."""
 
 
+class UnquantizedWeight(Exception):
+    """A MatMul weight streamed_to_nbits held back was not quantized: the graph would lack it."""
+
+
 def _builder_modules():
     """The builder and its Gemma module as the builder itself imports them (through sys.path)."""
     from onnxruntime_genai.models import builder  # noqa: F401  (appends the builder's directory to sys.path)
@@ -88,7 +94,7 @@ def flat_rope_config(config, context_length: int):
     return config
 
 
-# The doc_string of a weight's placeholder while the quantizer runs (streamed_quantization).
+# The doc_string of a weight's placeholder while the quantizer runs (streamed_to_nbits).
 DEFERRED = "modelforge: weight deferred until its MatMul is quantized"
 
 
@@ -152,7 +158,7 @@ class DeferredWeights:
 
 
 def streamed_to_nbits(original):
-    """Model.to_nbits with its float MatMul weights deferred (module docstring, `streamed_quantization`)."""
+    """Model.to_nbits with its float MatMul weights deferred (module docstring)."""
     import gc
 
     def to_nbits(self):
@@ -168,7 +174,7 @@ def streamed_to_nbits(original):
             matmul_nbits_quantizer.ir = saved
         left = sorted(deferred.pending)
         if left:
-            raise RuntimeError(
+            raise UnquantizedWeight(
                 f"the builder left MatMul weights unquantized ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}): "
                 "modelforge's streamed quantization (steps/genai_builder.py) only hands out weights the quantizer replaces; "
                 "handle such weights there"
