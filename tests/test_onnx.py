@@ -199,11 +199,11 @@ def int4_decoders(tmp_path_factory):
     """The tiny decoder in int4 (blocks of 32) built twice, by the builder's own to_nbits and by the
     streamed one, with the initializer bytes of the ModelProto each handed onnxruntime's quantizer
     (recorded on the way through, the quantizer itself unchanged): ~10 s."""
-    from modelforge.steps import genai_builder
-
-    _, _ = genai_builder._builder_modules()
     import sys
 
+    from modelforge.steps import genai_builder
+
+    genai_builder._builder_modules()  # imports the builder's modules as it does (builders.base)
     base = sys.modules["builders.base"]
     original = base.MatMulNBitsQuantizer
     handed: list[int] = []
