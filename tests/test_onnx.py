@@ -288,3 +288,78 @@ def test_int4_fails_the_quantized_gate(tmp_path, onnx_store):
     """int4 on the tiny model's random weights: top-1 0.33, KL 1.5: below the int8 gate."""
     with pytest.raises(StepFailed, match=r"parity check failed: top1_agreement = 0\.3.*mean_kl = 1\.5"):
         api.build(_variant(tmp_path, "int4", QUANTIZED), store_dir=onnx_store)
+
+
+@pytest.fixture(scope="module")
+def int4_decoders(tmp_path_factory):
+    """The tiny decoder in int4 (blocks of 32) built twice, by the builder's own to_nbits and by the
+    streamed one, with the initializer bytes of the ModelProto each handed onnxruntime's quantizer
+    (recorded on the way through, the quantizer itself unchanged): ~10 s."""
+    import sys
+
+    from modelforge.steps import genai_builder
+
+    genai_builder._builder_modules()  # imports the builder's modules as it does (builders.base)
+    base = sys.modules["builders.base"]
+    original = base.MatMulNBitsQuantizer
+    handed: list[int] = []
+
+    class Recorded(original):
+        def __init__(self, model, *args, **kwargs):
+            handed.append(sum(len(item.raw_data) for item in model.graph.initializer))
+            super().__init__(model, *args, **kwargs)
+
+    root = tmp_path_factory.mktemp("int4-decoders")
+    built = {}
+    base.MatMulNBitsQuantizer = Recorded
+    try:
+        for streamed in (False, True):
+            out = root / ("streamed" if streamed else "builder")
+            genai_builder.build(TINY, out, root / "cache", precision="int4", block_size=32, context_length=64,
+                                exclude_embeds=True, stream_weights=streamed)
+            built[streamed] = (out, handed.pop())
+    finally:
+        base.MatMulNBitsQuantizer = original
+    return built
+
+
+def test_streamed_int4_quantization_writes_the_builders_bytes_without_its_float_graph(int4_decoders):
+    """The builder serializes every float32 MatMul weight at once before quantizing (21.2 GiB at
+    MedGemma 4B); the streamed quantizer is handed each weight only when it quantizes it, and
+    writes the same bytes."""
+    import onnx
+
+    (builder_out, builder_handed), (streamed_out, streamed_handed) = int4_decoders[False], int4_decoders[True]
+    for name in ("model.onnx", "model.onnx.data", "genai_config.json"):
+        assert (streamed_out / name).read_bytes() == (builder_out / name).read_bytes(), name
+    graph = onnx.load(str(streamed_out / "model.onnx"), load_external_data=False).graph
+    quantized = [node for node in graph.node if node.op_type == "MatMulNBits"]
+    float_weights = sum(4 * {a.name: a.i for a in node.attribute}["K"] * {a.name: a.i for a in node.attribute}["N"] for node in quantized)
+    assert len(quantized) == 2 * 5 + 1  # qkv, o, gate, up, down in each of 2 layers; the output head
+    others = sum(int({entry.key: entry.value for entry in item.external_data}["length"]) for item in graph.initializer
+                 if not item.name.endswith(("_Q4", "_scales")))
+    assert builder_handed == float_weights + others
+    assert streamed_handed == others  # the norms and the RoPE caches; no MatMul weight
+
+
+def test_rope_check_reads_only_the_caches_of_the_data_file(int4_decoders, tmp_path):
+    """The check reads the four cos/sin caches, not the whole decoder (2.7 GB at 4B): it passes on a
+    data file cut short after the last cache."""
+    import shutil
+
+    import onnx
+
+    from modelforge.steps import genai_builder
+
+    out = tmp_path / "decoder"
+    shutil.copytree(int4_decoders[True][0], out)
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    spans = {item.name: {entry.key: int(entry.value) for entry in item.external_data if entry.key in ("offset", "length")} for item in graph.initializer}
+    end = max(spans[name]["offset"] + spans[name]["length"] for name in genai_builder.CACHES)
+    data = out / "model.onnx.data"
+    assert end < data.stat().st_size
+    with open(data, "r+b") as handle:
+        handle.truncate(end)
+    report = genai_builder.check_rope_caches(out / "model.onnx", TINY)
+    assert set(report["rope_check"]["max_abs"]) == set(genai_builder.CACHES)
+    assert max(report["rope_check"]["max_abs"].values()) <= genai_builder.TOLERANCE

@@ -56,14 +56,16 @@ def test_precision_is_validated(tmp_project, precision, message):
 
 
 def test_the_real_manifest_predicts_memory_for_every_heavy_step(tmp_path):
-    """MedGemma 4B's onnx exports are unmeasured (memory.py): the prediction comes from the tiny
-    model's base and an assumed factor; this pins which steps get one and that they fit 24 GiB."""
+    """MedGemma 4B's onnx steps, fitted on their 4B measurements (memory.py, bench/RESULTS.md "onnx
+    export at 4B"): which steps get a prediction, and that each stays under the 20 GiB a step of the
+    litertlm build is held to (the text export took 21.2 GiB before its quantizer streamed the
+    weights: steps/genai_builder.py)."""
     manifest = load_manifest(MANIFESTS / "medgemma-1.5-onnx.yaml")
     plan = make_plan(manifest, reference_facts(), "manifests/medgemma-1.5-onnx.yaml", manifest_digest(manifest))
     predicted = plan.facts["memory"]
     assert set(predicted) == {"onnx.export_text", "onnx.export_vision", "onnx.quantize.vision", "onnx.parity"}
     assert predicted["onnx.export_text"] == memory.predict("onnx_export_text", memory.F32_BYTES * 3_880_263_168)
-    assert all(peak < 24 * 2**30 for peak in predicted.values())
+    assert all(peak < 20 * 2**30 for peak in predicted.values())
 
 
 def _package(manifest_name: str, facts):

@@ -1,5 +1,6 @@
 """onnxruntime-genai's model builder (0.18.0) on Gemma 3 checkpoints, with the three shims it needs
-under transformers 5 (and for reproducible bytes) and a build-time check of the RoPE caches it writes. Runs inside the onnx
+under transformers 5 (and for reproducible bytes), one that keeps its int4/int8 quantization within
+the machine's memory, and a build-time check of the RoPE caches it writes. Runs inside the onnx
 worker process (steps/onnx_worker.py); imports onnxruntime_genai, transformers and torch only there.
 
 Why each shim exists (measured on fixtures/tiny-medgemma, experiments/ortweb/RESULTS.md §1):
@@ -21,6 +22,17 @@ Why each shim exists (measured on fixtures/tiny-medgemma, experiments/ortweb/RES
   virtualenv (here the project's checkout), so the graph's bytes changed with every commit of an
   unrelated repository. The shim gives the wheel's own commit (onnxruntime_genai.__commit__), which
   the builder falls back to when git fails.
+
+- `streamed_to_nbits` (memory, not correctness): for int4/int8 the builder's `to_nbits` serializes
+  the whole float graph to one ModelProto (`ir.to_proto`: every MatMul weight widened to float32,
+  15.5 GB at MedGemma 4B) before onnxruntime's MatMulNBitsQuantizer replaces the weights one by
+  one: 21.2 GiB of anonymous memory at 4B, where reading the layers took 0.5 GiB (transformers
+  maps the bfloat16 shards; bench/RESULTS.md "onnx export at 4B"). The shim hands the same
+  quantizer the same graph with each MatMul weight left as an empty placeholder, and gives it the
+  weight (widened then, from the checkpoint's tensor) only when it quantizes that MatMul, dropping
+  it right after: 6.0 GiB at 4B. The quantizer, its kernel, the order of nodes and initializers
+  are onnxruntime's own: the bytes written are the same (tests/test_onnx.py compares both on the
+  tiny model in int4).
 
 `check_rope_caches` compares the four caches in the built graph with transformers' own rotary
 embedding for each layer type and raises RopeMismatch when one differs: a builder that regresses
@@ -52,6 +64,10 @@ class RopeMismatch(Exception):
     """The builder's RoPE caches differ from transformers': the graph would compute wrong logits."""
 
 
+class UnquantizedWeight(Exception):
+    """A MatMul weight streamed_to_nbits held back was not quantized: the graph would lack it."""
+
+
 def _builder_modules():
     """The builder and its Gemma module as the builder itself imports them (through sys.path)."""
     from onnxruntime_genai.models import builder  # noqa: F401  (appends the builder's directory to sys.path)
@@ -78,10 +94,101 @@ def flat_rope_config(config, context_length: int):
     return config
 
 
+# The doc_string of a weight's placeholder while the quantizer runs (streamed_to_nbits).
+DEFERRED = "modelforge: weight deferred until its MatMul is quantized"
+
+
+class DeferredWeights:
+    """The MatMul weights of the builder's graph taken out of it (each replaced by an empty
+    placeholder tensor marked DEFERRED) and handed out, one at a time, to onnxruntime's quantizer
+    (through `from_proto`, which the quantizer module calls on the initializer it found)."""
+
+    def __init__(self, graph, op_types):
+        import numpy as np
+        import onnx_ir as ir
+
+        self.ir = ir
+        self.pending: dict[str, list] = {}  # name → [the weight's tensor, MatMuls still to quantize]
+        for value in list(graph.initializers.values()):
+            uses = list(value.uses())
+            # Only a weight that is the B input of MatMuls alone: the quantizer's other paths (Gather) read
+            # their initializer differently, and they keep theirs.
+            if "MatMul" not in op_types or value.const_value is None or not uses:
+                continue
+            if any(use.node.op_type != "MatMul" or use.idx != 1 for use in uses):
+                continue
+            self.pending[value.name] = [value.const_value, len(uses)]
+            value.const_value = ir.Tensor(np.zeros(0, np.float32), name=value.name, doc_string=DEFERRED)
+
+    def __getattr__(self, name):  # the quantizer module's `ir`: everything else is onnx_ir's own
+        return getattr(self.ir, name)
+
+    def c_ordered(self, tensor):
+        """What the quantizer reads from a serialized float weight: a C-ordered array of the
+        tensor's values. The builder's weights are lazy casts of a transposed checkpoint tensor
+        (make_initializer(weight.T, to=FLOAT)); casting that view and then copying it in C order
+        would hold the float32 weight twice (5.4 GB for MedGemma's 262144 × 2560 output head), so
+        a float32 one is cast straight into a C-ordered array from the checkpoint tensor, when the
+        lazy tensor's function holds exactly one (a widening or same-type cast: the same values)."""
+        import numpy as np
+        import torch
+
+        function = getattr(tensor, "raw", None) if isinstance(tensor, self.ir.LazyTensor) else None
+        cells = [cell.cell_contents for cell in (getattr(function, "__closure__", None) or ())]
+        sources = [cell for cell in cells if isinstance(cell, torch.Tensor)]
+        if tensor.dtype == self.ir.DataType.FLOAT and len(sources) == 1 and sources[0].is_floating_point() \
+                and sources[0].element_size() <= 4 and tuple(sources[0].shape) == tuple(tensor.shape):
+            array = np.empty(tuple(tensor.shape), np.float32)
+            torch.from_numpy(array).copy_(sources[0])
+            return array
+        return np.ascontiguousarray(tensor.numpy())
+
+    def from_proto(self, proto):
+        import numpy as np
+        import onnx
+
+        if not (isinstance(proto, onnx.TensorProto) and proto.doc_string == DEFERRED):
+            return self.ir.from_proto(proto)
+        entry = self.pending[proto.name]
+        array = self.c_ordered(entry[0])
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self.pending[proto.name]  # the last reference to the checkpoint's tensor of this weight
+        return self.ir.Tensor(array, name=proto.name)
+
+
+def streamed_to_nbits(original):
+    """Model.to_nbits with its float MatMul weights deferred (module docstring)."""
+    import gc
+
+    def to_nbits(self):
+        from onnxruntime.quantization import matmul_nbits_quantizer
+
+        gc.collect()  # the transformers model the builder let go of (make_model's `del self.weights`)
+        deferred = DeferredWeights(self.model.graph, set(self.quant_attrs["op_types_to_quantize"]))
+        saved = matmul_nbits_quantizer.ir
+        matmul_nbits_quantizer.ir = deferred
+        try:
+            model = original(self)
+        finally:
+            matmul_nbits_quantizer.ir = saved
+        left = sorted(deferred.pending)
+        if left:
+            raise UnquantizedWeight(
+                f"the builder left MatMul weights unquantized ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}): "
+                "modelforge's streamed quantization (steps/genai_builder.py) only hands out weights the quantizer replaces; "
+                "handle such weights there"
+            )
+        return model
+
+    return to_nbits
+
+
 @contextlib.contextmanager
-def shims(context_length: int, fix_local_rope: bool = True):
+def shims(context_length: int, fix_local_rope: bool = True, stream_weights: bool = True):
     """The builder patched for the duration (module docstring). fix_local_rope=False leaves the
-    builder's local-RoPE bug in place: only the tests use it, to show that the check catches it."""
+    builder's local-RoPE bug in place: only the tests use it, to show that the check catches it;
+    stream_weights=False leaves the builder's own to_nbits: only the tests use it, to compare bytes."""
     import transformers
 
     builder, gemma = _builder_modules()
@@ -107,24 +214,28 @@ def shims(context_length: int, fix_local_rope: bool = True):
 
         return getattr(onnxruntime_genai, "__commit__", None) or None
 
-    saved = (builder.AutoConfig, gemma.AutoConfig, gemma.Gemma3Model.make_rotary_embedding_multi_cache, base.Model.__dict__["get_genai_commit"])
+    saved = (builder.AutoConfig, gemma.AutoConfig, gemma.Gemma3Model.make_rotary_embedding_multi_cache, base.Model.__dict__["get_genai_commit"],
+             base.Model.to_nbits)
     builder.AutoConfig = gemma.AutoConfig = FlatAutoConfig
     base.Model.get_genai_commit = classmethod(wheel_commit)
+    if stream_weights:
+        base.Model.to_nbits = streamed_to_nbits(base.Model.to_nbits)
     if fix_local_rope:
         gemma.Gemma3Model.make_rotary_embedding_multi_cache = multi_cache
     try:
         yield
     finally:
-        builder.AutoConfig, gemma.AutoConfig, gemma.Gemma3Model.make_rotary_embedding_multi_cache, base.Model.get_genai_commit = saved
+        (builder.AutoConfig, gemma.AutoConfig, gemma.Gemma3Model.make_rotary_embedding_multi_cache, base.Model.get_genai_commit,
+         base.Model.to_nbits) = saved
 
 
 def build(checkpoint: Path, out_dir: Path, cache_dir: Path, *, precision: str, block_size: int, context_length: int,
-          exclude_embeds: bool, fix_local_rope: bool = True) -> dict:
+          exclude_embeds: bool, fix_local_rope: bool = True, stream_weights: bool = True) -> dict:
     """The decoder (model.onnx, model.onnx.data, genai_config.json, tokenizer files) for the CPU
     execution provider, with a full (not windowed) sliding KV cache so that one graph serves
     onnxruntime-genai and a hand-driven onnxruntime loop alike (onnxruntime's GQA refuses an empty
     windowed past). Returns the RoPE check's figures; raises RopeMismatch when it fails."""
-    with shims(context_length, fix_local_rope):
+    with shims(context_length, fix_local_rope, stream_weights):
         builder, _ = _builder_modules()
         options = [f"exclude_embeds={'true' if exclude_embeds else 'false'}", "windowed_kv_cache=false", "hf_token=false"]
         if precision in ("int4", "int8"):
@@ -137,18 +248,25 @@ def build(checkpoint: Path, out_dir: Path, cache_dir: Path, *, precision: str, b
     return check_rope_caches(out_dir / "model.onnx", checkpoint)
 
 
+def read_initializers(model_path: Path, names) -> dict:
+    """The named initializers of a graph as numpy arrays, reading only their bytes of the external
+    data file (the whole decoder is 2.7 GB at MedGemma 4B; the four RoPE caches 8 MB)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model_path), load_external_data=False)
+    return {item.name: numpy_helper.to_array(item, base_dir=str(model_path.parent)) for item in graph.graph.initializer if item.name in names}
+
+
 def check_rope_caches(model_path: Path, checkpoint: Path) -> dict:
     """Each cos/sin cache of the graph against transformers' rotary embedding of its layer type."""
     import numpy as np
-    import onnx
     import torch
     import transformers
-    from onnx import numpy_helper
 
     config = transformers.AutoConfig.from_pretrained(checkpoint)
     text = getattr(config, "text_config", config)
-    graph = onnx.load(str(model_path), load_external_data=True)
-    caches = {item.name: numpy_helper.to_array(item) for item in graph.graph.initializer if item.name in CACHES}
+    caches = read_initializers(model_path, CACHES)
     missing = sorted(set(CACHES) - set(caches))
     if missing:
         raise RopeMismatch(f"the built graph has no {', '.join(missing)}: not the Gemma 3 cache layout this check knows")
