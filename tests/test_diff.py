@@ -95,15 +95,16 @@ def test_a_container_that_gains_its_first_items_is_named_by_the_items_only():
     old = {"targets": {"onnx": {"kind": "onnx", "precision": {}}, "web": {"headers": []}}}
     new = {"targets": {"onnx": {"kind": "onnx", "precision": {"text": "int4", "vision": "int8"}}, "web": {"headers": ["a"]}}}
     assert changed_fields(old, new) == [
-        ("targets.onnx.precision.text", None, "int4"),
-        ("targets.onnx.precision.vision", None, "int8"),
-        ("targets.web.headers[0]", None, "a"),
+        ("targets.onnx.precision.text", None, "int4", "added"),
+        ("targets.onnx.precision.vision", None, "int8", "added"),
+        ("targets.web.headers[0]", None, "a", "added"),
     ]
     assert changed_fields(new, old) == [
-        ("targets.onnx.precision.text", "int4", None),
-        ("targets.onnx.precision.vision", "int8", None),
-        ("targets.web.headers[0]", "a", None),
+        ("targets.onnx.precision.text", "int4", None, "removed"),
+        ("targets.onnx.precision.vision", "int8", None, "removed"),
+        ("targets.web.headers[0]", "a", None, "removed"),
     ]
-    # an empty container that replaces a value is still a change of that field
-    assert changed_fields({"a": 1}, {"a": {}}) == [("a", 1, {})]
+    # an empty container that replaces a value is still a change of that field; an added null is added
+    assert changed_fields({"a": 1}, {"a": {}}) == [("a", 1, {}, "changed")]
+    assert changed_fields({}, {"a": None}) == [("a", None, None, "added")]
     assert changed_fields({"a": {"b": 1}}, {"a": {"b": 1}}) == []

@@ -70,8 +70,8 @@ def diff_manifests(old_path: Path, new_path: Path, *, old_label: str, new_label:
 
     old_project, new_project = api.open_project(old_path), api.open_project(new_path)
     result = ManifestDiff(old_label, new_label)
-    for path, before, after in changed_fields(old_project.manifest.model_dump(mode="json"), new_project.manifest.model_dump(mode="json")):
-        result.fields.append({"path": path, "old": before, "new": after})
+    for change in changed_fields(old_project.manifest.model_dump(mode="json"), new_project.manifest.model_dump(mode="json")):
+        result.fields.append(change._asdict())
     store = Store(store_dir or default_store_dir())
     try:
         reporter = SilentReporter()
@@ -143,6 +143,19 @@ def _reference_note(diff: ManifestDiff) -> str:
     )
 
 
+def _field_text(change: dict[str, Any]) -> str:
+    """`+ path: value` (added), `- path: value` (removed) or `~ path: old → new`."""
+    if change["status"] == "added":
+        return f"+ {change['path']}: {json.dumps(change['new'])}"
+    if change["status"] == "removed":
+        return f"- {change['path']}: {json.dumps(change['old'])}"
+    return f"~ {change['path']}: {json.dumps(change['old'])} → {json.dumps(change['new'])}"
+
+
+def _cell(change: dict[str, Any], side: str, absent_when: str) -> str:
+    return "(absent)" if change["status"] == absent_when else f"`{json.dumps(change[side])}`"
+
+
 def render_text(diff: ManifestDiff) -> str:
     lines = [f"modelforge diff {diff.old_label} → {diff.new_label}"]
     if diff.planned_from:
@@ -150,7 +163,7 @@ def render_text(diff: ManifestDiff) -> str:
     if not diff.fields:
         lines.append("no manifest field changed")
     for change in diff.fields:
-        lines.append(f"  ~ {change['path']}: {json.dumps(change['old'])} → {json.dumps(change['new'])}")
+        lines.append(f"  {_field_text(change)}")
     lines.append("steps:")
     for step in diff.steps:
         lines.append(f"  {step['status']:<11} {step['name']} ({step['kind']})")
@@ -180,7 +193,7 @@ def render_markdown(diff: ManifestDiff) -> str:
     lines.append("")
     if diff.fields:
         lines += ["| field | before | after |", "|---|---|---|"]
-        lines += [f"| `{c['path']}` | `{json.dumps(c['old'])}` | `{json.dumps(c['new'])}` |" for c in diff.fields]
+        lines += [f"| `{c['path']}` | {_cell(c, 'old', 'added')} | {_cell(c, 'new', 'removed')} |" for c in diff.fields]
         lines.append("")
     lines += ["| step | kind | status |", "|---|---|---|"]
     lines += [f"| `{s['name']}` | {s['kind']} | {s['status']} |" for s in diff.steps]

@@ -138,7 +138,7 @@ def _check_manifest_against_lock(project: Project) -> None:
     locked = read_lock(project.lock_path).manifest
     if locked.digest == manifest_digest(project.manifest):
         return
-    changed = [path for path, _, _ in changed_fields(locked.content, project.manifest.model_dump(mode="json"))]
+    changed = [change.path for change in changed_fields(locked.content, project.manifest.model_dump(mode="json"))]
     shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
     raise LockError(
         f"{project.relative_manifest} changed since {project.lock_path.name} was written ({shown or 'content'}); "

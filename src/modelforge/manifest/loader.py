@@ -11,7 +11,7 @@ import stat
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -270,23 +270,33 @@ def flatten_fields(value: Any, prefix: str = "") -> dict[str, Any]:
 _ABSENT = object()
 
 
-def changed_fields(old: Any, new: Any) -> list[tuple[str, Any, Any]]:
-    """The fields that differ between two manifest contents (JSON dumps), as (path, old, new) sorted
-    by path; a side that lacks the field gives None. An empty mapping or list that gained its first
-    items (or lost its last) is named by those items only, not also as `{} → null`."""
+class FieldChange(NamedTuple):
+    """One manifest field that differs; a side that lacks the field (status added or removed) gives None."""
+
+    path: str
+    old: Any
+    new: Any
+    status: str  # added | removed | changed
+
+
+def changed_fields(old: Any, new: Any) -> list[FieldChange]:
+    """The fields that differ between two manifest contents (JSON dumps), sorted by path. An empty
+    mapping or list that gained its first items (or lost its last) is named by those items only,
+    not also as a change of the empty container."""
     old_flat, new_flat = flatten_fields(old), flatten_fields(new)
     changes = []
     for path in sorted(set(old_flat) | set(new_flat)):
         before, after = old_flat.get(path, _ABSENT), new_flat.get(path, _ABSENT)
         if before == after or _emptied_container(path, before, after, new_flat) or _emptied_container(path, after, before, old_flat):
             continue
-        changes.append((path, None if before is _ABSENT else before, None if after is _ABSENT else after))
+        status = "added" if before is _ABSENT else "removed" if after is _ABSENT else "changed"
+        changes.append(FieldChange(path, None if before is _ABSENT else before, None if after is _ABSENT else after, status))
     return changes
 
 
 def _emptied_container(path: str, value: Any, other: Any, other_flat: dict[str, Any]) -> bool:
     """Whether `value` is an empty container whose place the other side fills with items."""
-    return value in ({}, []) and other is _ABSENT and any(key.startswith((f"{path}.", f"{path}[")) for key in other_flat)
+    return value in ({}, []) and other is _ABSENT and any(not path or key.startswith((f"{path}.", f"{path}[")) for key in other_flat)
 
 
 def manifest_digest(manifest: Manifest) -> str:
