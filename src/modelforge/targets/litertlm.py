@@ -61,19 +61,26 @@ def checkpoint_input(builder: PlanBuilder, target: str, spec: LitertlmTarget) ->
     return InputRef("checkpoint", node), []
 
 
-def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
-    where = builder.where(target)
+def check_source_architecture(builder: PlanBuilder, where: str, task: str, exporter: str) -> bool:
+    """Refuse a source that is not Gemma 3, or a text-only one for task image_text_to_text (a
+    PlanError naming `exporter`, the tool that would fail on it); returns whether the task is multimodal."""
     architectures = builder.facts.config.get("architectures", [])
     if not any(name in SUPPORTED_ARCHITECTURES for name in architectures):
         raise PlanError(
-            f"{where}: the source architecture {', '.join(architectures) or '(none)'} is not one litert-torch's "
-            f"export_hf handles here (supported: {', '.join(SUPPORTED_ARCHITECTURES)}); pick a Gemma 3 checkpoint"
+            f"{where}: the source architecture {', '.join(architectures) or '(none)'} is not one {exporter} "
+            f"handles here (supported: {', '.join(SUPPORTED_ARCHITECTURES)}); pick a Gemma 3 checkpoint"
         )
-    multimodal = spec.task == "image_text_to_text"
-    if multimodal and spec.checkpoint != "source":
-        raise PlanError(f"{where}: task image_text_to_text needs the multimodal source, not the text-only {spec.checkpoint!r}; set checkpoint: source")
+    multimodal = task == "image_text_to_text"
     if multimodal and "Gemma3ForConditionalGeneration" not in architectures:
         raise PlanError(f"{where}: task image_text_to_text needs a multimodal checkpoint (Gemma3ForConditionalGeneration); use text_generation")
+    return multimodal
+
+
+def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
+    where = builder.where(target)
+    if spec.task == "image_text_to_text" and spec.checkpoint != "source":
+        raise PlanError(f"{where}: task image_text_to_text needs the multimodal source, not the text-only {spec.checkpoint!r}; set checkpoint: source")
+    multimodal = check_source_architecture(builder, where, spec.task, "litert-torch's export_hf")
     unknown = [c for c in spec.components if c not in COMPONENT_FILES]
     if unknown:
         raise PlanError(f"{where}: component {unknown[0]!r} has no graph in a litertlm bundle; use {', '.join(COMPONENT_FILES)}")

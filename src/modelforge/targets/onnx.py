@@ -20,26 +20,15 @@ from modelforge.manifest.models import OnnxPrecisionSpec, OnnxTarget
 from modelforge.plan import InputRef, StepNode
 from modelforge.planner import PlanBuilder, source_input
 from modelforge.steps import onnx_export, onnx_package, onnx_parity, onnx_quantize
-from modelforge.targets.litertlm import SUPPORTED_ARCHITECTURES
+from modelforge.targets.litertlm import PART_COMPONENTS, check_source_architecture
 
 KIND = "onnx"
 COMPONENTS = ("text_decoder", "vision_encoder", "projector")
-# The components each export part loads (the embedding graph holds text_decoder's token embedding,
-# which the vision export also reads).
-PART_COMPONENTS = {"text": ("text_decoder",), "vision": ("vision_encoder", "projector")}
 
 
 def plan(builder: PlanBuilder, target: str, spec: OnnxTarget) -> str:
     where = builder.where(target)
-    architectures = builder.facts.config.get("architectures", [])
-    if not any(name in SUPPORTED_ARCHITECTURES for name in architectures):
-        raise PlanError(
-            f"{where}: the source architecture {', '.join(architectures) or '(none)'} is not one this target builds "
-            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)}); pick a Gemma 3 checkpoint"
-        )
-    multimodal = spec.task == "image_text_to_text"
-    if multimodal and "Gemma3ForConditionalGeneration" not in architectures:
-        raise PlanError(f"{where}: task image_text_to_text needs a multimodal checkpoint (Gemma3ForConditionalGeneration); use text_generation")
+    multimodal = check_source_architecture(builder, where, spec.task, "onnxruntime-genai's builder")
     unknown = [c for c in spec.components if c not in COMPONENTS]
     if unknown:
         raise PlanError(f"{where}: component {unknown[0]!r} has no ONNX graph; use {', '.join(COMPONENTS)}")
