@@ -326,7 +326,7 @@ def section_tiny(harness: Harness, work: Path) -> dict:
             "hashes": {"a": first["hashes"], "b": second["hashes"]},
             "graph_bytes": first["bytes"],
             "peak_anonymous_bytes": [first["peak_anonymous_bytes"], second["peak_anonymous_bytes"]],
-            "seconds": [round(sum(job.get("wall_s", 0) for job in (run["export_job"], run["result"]) if job), 2) for run in runs],
+            "seconds": [run["result"].get("wall_s") for run in runs],
             "export_seconds": [run["export_job"]["wall_s"] if run["export_job"] else None for run in runs],
             "report": first["result"].get("report"),
             "parity": parity.get("report") if parity["ok"] else {"error": parity.get("stderr_tail", "")[-600:]},
@@ -337,13 +337,17 @@ def section_tiny(harness: Harness, work: Path) -> dict:
     return rows
 
 
-def write_1b_checkpoint(directory: Path) -> dict:
-    """Gemma 3 1B (text only, Gemma3ForCausalLM) with the Hub's names and shapes, bf16, one shard."""
+def write_1b_checkpoint(directory: Path, layers: int = 26, vocabulary: int = 262144) -> dict:
+    """Gemma 3 1B (text only, Gemma3ForCausalLM) with the Hub's names and shapes, bf16, one shard;
+    fewer layers or a smaller vocabulary for the light `small` section."""
     from modelforge.testing.gemma3_checkpoint import _FIXTURE_FILES, _pool, _write_shard
 
+    config = {**GEMMA3_1B, "num_hidden_layers": layers, "vocab_size": vocabulary, "layer_types": GEMMA3_1B["layer_types"][:layers]}
+    if layers < 6:
+        config["layer_types"][-1] = "full_attention"  # both attention kinds, as the real pattern has
     hidden, inner, heads, kv, head = 1152, 6912, 4, 1, 256
-    shapes = {"model.embed_tokens.weight": (GEMMA3_1B["vocab_size"], hidden), "model.norm.weight": (hidden,)}
-    for index in range(GEMMA3_1B["num_hidden_layers"]):
+    shapes = {"model.embed_tokens.weight": (vocabulary, hidden), "model.norm.weight": (hidden,)}
+    for index in range(layers):
         prefix = f"model.layers.{index}."
         for norm in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"):
             shapes[prefix + norm + ".weight"] = (hidden,)
@@ -352,31 +356,36 @@ def write_1b_checkpoint(directory: Path) -> dict:
                        prefix + "self_attn.q_norm.weight": (head,), prefix + "self_attn.k_norm.weight": (head,),
                        prefix + "mlp.gate_proj.weight": (inner, hidden), prefix + "mlp.up_proj.weight": (inner, hidden),
                        prefix + "mlp.down_proj.weight": (hidden, inner)})
-    stamp = {"shapes": len(shapes), "config": GEMMA3_1B}
+    stamp = {"shapes": len(shapes), "config": config}
     stamp_path = directory / ".bench-stamp.json"
     if stamp_path.exists() and json.loads(stamp_path.read_text()) == stamp:
         return stamp
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     _write_shard(directory / "model.safetensors", sorted(shapes), shapes, _pool())
-    (directory / "config.json").write_text(json.dumps(GEMMA3_1B, indent=2) + "\n")
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for name in _FIXTURE_FILES:
         shutil.copyfile(TINY / name, directory / name)
     stamp_path.write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
     return stamp
 
 
-def section_mid(harness: Harness, work: Path) -> dict:
-    checkpoint = work / "checkpoint-1b"
-    print("mid: writing the synthetic Gemma 3 1B checkpoint", flush=True)
-    write_1b_checkpoint(checkpoint)
+SIZES = {"mid": {"layers": 26, "vocabulary": 262144, "heavy": True}, "small": {"layers": 2, "vocabulary": 32768, "heavy": False}}
+
+
+def section_mid(harness: Harness, work: Path, label: str = "mid") -> dict:
+    """Peak memory of each path on a synthetic 1B-shaped checkpoint (`small`: 2 layers, vocabulary 32768, a light run)."""
+    size = SIZES[label]
+    checkpoint = work / f"checkpoint-1b-{label}"
+    print(f"{label}: writing the synthetic Gemma 3 1B-shaped checkpoint", flush=True)
+    write_1b_checkpoint(checkpoint, size["layers"], size["vocabulary"])
     weights = f32_weight_bytes(checkpoint)
     rows = {}
     for variant in ("builder fp32", "builder int4", "torch fp32", "torch int4"):
-        print(f"mid: {variant}", flush=True)
-        out = work / "mid" / variant.replace(" ", "-")
-        torch_fp32 = work / "mid" / "torch-fp32" if variant == "torch int4" and rows.get("torch fp32", {}).get("ok") else None
-        result, before = make(harness, variant, checkpoint, out, heavy=True, torch_fp32=torch_fp32)
+        print(f"{label}: {variant}", flush=True)
+        out = work / label / variant.replace(" ", "-")
+        torch_fp32 = work / label / "torch-fp32" if variant == "torch int4" and rows.get("torch fp32", {}).get("ok") else None
+        result, before = make(harness, variant, checkpoint, out, heavy=size["heavy"], torch_fp32=torch_fp32)
         jobs = [*before, result]
         if torch_fp32 is not None:
             jobs = [rows["torch fp32"]["jobs"][0], result]  # the export measured just before, reused
@@ -391,8 +400,8 @@ def section_mid(harness: Harness, work: Path) -> dict:
         }
         if variant != "torch fp32":
             shutil.rmtree(out, ignore_errors=True)
-    shutil.rmtree(work / "mid", ignore_errors=True)
-    return {"f32_weight_bytes": weights, "rows": rows}
+    shutil.rmtree(work / label, ignore_errors=True)
+    return {"f32_weight_bytes": weights, "layers": size["layers"], "vocabulary": size["vocabulary"], "rows": rows}
 
 
 # --------------------------------------------------------------------------- rendering
@@ -422,14 +431,18 @@ def render(result: dict) -> str:
                 f"| {variant} | {parity.get('greedy_identical_steps', 'n/a')}/{STEPS} | {parity.get('top1_agreement', float('nan')):.3f} | "
                 f"{parity.get('max_abs_logit', float('nan')):.2e} | {parity.get('mean_kl', float('nan')):.2e} | {row['identical']['model.onnx']} | "
                 f"{row['identical']['model.onnx.data']} | {', '.join(row['other_files_differing']) or '-'} | "
-                f"{peak / 2**20:.0f} | {ratio(peak, baseline)} | {(row['graph_bytes'] or 0) / 1e6:.2f} | {row['seconds'][0]} |"
+                f"{peak / 2**20:.0f} | {ratio(peak, baseline)} | {(row['graph_bytes'] or 0) / 1e6:.2f} | {row['seconds'][0] + (row['export_seconds'][0] or 0):.1f} |"
                 if peak else f"| {variant} | failed | | | | | | | | | | |")
         lines.append("")
-    mid = result.get("mid")
-    if mid:
+    for label in ("mid", "small"):
+        mid = result.get(label)
+        if not mid:
+            continue
         weights = mid["f32_weight_bytes"]
         rows = mid["rows"]
-        lines += [f"### mid: synthetic Gemma 3 1B text decoder ({weights / 2**30:.2f} GiB of float32 weights), peak memory", "",
+        title = ("synthetic Gemma 3 1B text decoder" if label == "mid" else
+                 f"Gemma 3 1B widths, {mid.get('layers')} layers, vocabulary {mid.get('vocabulary')} (a light run)")
+        lines += [f"### {label}: {title} ({weights / 2**30:.2f} GiB of float32 weights), peak memory", "",
                   "| variant | ok | peak anon GiB | / f32 weights | / builder same precision | peak RSS GiB | graph GB | wall s | note |", "|---|---|---|---|---|---|---|---|---|"]
         for variant, row in rows.items():
             baseline = rows.get(f"builder {VARIANTS[variant][1]}", {}).get("peak_anonymous_bytes")
@@ -463,7 +476,7 @@ def targets(result: dict) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--sections", default="tiny,mid", help="a subset of tiny,mid")
+    parser.add_argument("--sections", default="tiny,small,mid", help="a subset of tiny,small,mid (none: re-render --results)")
     parser.add_argument("--work", type=Path, default=BENCH / "out" / "onnx_exporters", help="scratch: graphs, the 1B checkpoint (deleted graphs as measured)")
     parser.add_argument("--results", type=Path, default=BENCH / "results" / "onnx_exporters.json")
     parser.add_argument("--markdown", type=Path, default=BENCH / "RESULTS.md")
@@ -492,14 +505,18 @@ def main() -> int:
                     "load_average": os.getloadavg()},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__,
                      "onnxruntime_genai": onnxruntime_genai.__version__, "onnx": onnx.__version__},
-        "tiny": previous.get("tiny"), "mid": previous.get("mid"),
+        **{label: previous.get(label) for label in ("tiny", "mid", "small")},
     }
     if "tiny" in sections:
         result["tiny"] = section_tiny(harness, work)
-    if "mid" in sections:
-        result["mid"] = section_mid(harness, work)
-        if not arguments.keep_checkpoint:
-            shutil.rmtree(work / "checkpoint-1b", ignore_errors=True)
+    for label in ("small", "mid"):
+        if label in sections:
+            result[label] = section_mid(harness, work, label)
+            if not arguments.keep_checkpoint:
+                shutil.rmtree(work / f"checkpoint-1b-{label}", ignore_errors=True)
+    if arguments.results.exists():  # another run may have written other sections meanwhile: keep them
+        latest = json.loads(arguments.results.read_text())
+        result.update({label: latest.get(label) for label in ("tiny", "mid", "small") if label not in sections})
     result["targets"] = targets(result)
     arguments.results.parent.mkdir(parents=True, exist_ok=True)
     arguments.results.write_text(json.dumps(result, indent=1, sort_keys=True, default=str) + "\n")
