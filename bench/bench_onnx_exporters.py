@@ -184,14 +184,19 @@ def job_parity(request: dict) -> dict:
     cache = {name: np.zeros((1, config.num_key_value_heads, 0, config.head_dim), np.float32) for name in past}
     comparison, feed, length = LogitComparison(), ids, 0
     comparison.start_prompt()
+    seconds = []
     for step in range(STEPS):
         length += len(feed)
+        started = time.perf_counter()
         result = dict(zip(outputs, session.run(None, {"input_ids": np.array([feed], np.int64), "attention_mask": np.ones((1, length), np.int64), **cache})))
+        seconds.append(time.perf_counter() - started)
         cache = {name: result[name.replace("past_key_values", "present")] for name in past}
         comparison.add(result["logits"][0, -1].astype(np.float64), reference[step])
         feed = [tokens[step]]
     report = comparison.report()
     report["greedy_identical_steps"] = report["greedy_identical_steps"][0]
+    # onnxruntime, one thread, on a shared machine: compare within a run only
+    report["prefill_s"], report["decode_tokens_per_s"] = round(seconds[0], 4), round((len(seconds) - 1) / sum(seconds[1:]), 2)
     return {"report": report}
 
 
@@ -389,6 +394,9 @@ def section_mid(harness: Harness, work: Path, label: str = "mid") -> dict:
         jobs = [*before, result]
         if torch_fp32 is not None:
             jobs = [rows["torch fp32"]["jobs"][0], result]  # the export measured just before, reused
+        parity = None
+        if label == "small" and result["ok"]:  # 1B widths (head_dim 256, 4 heads / 1 KV head), light enough to check against PyTorch
+            parity = harness.run("parity", checkpoint=str(checkpoint), graph=str(out))
         peaks = [job.get("peak_anonymous_bytes") for job in jobs]
         rows[variant] = {
             "ok": all(job["ok"] for job in jobs), "jobs": jobs,
@@ -397,6 +405,7 @@ def section_mid(harness: Harness, work: Path, label: str = "mid") -> dict:
             "seconds": sum(job["wall_s"] for job in jobs),
             "graph_bytes": graph_bytes(out) if result["ok"] else None,
             "killed": any(job.get("killed") for job in jobs),
+            "parity": (parity.get("report") if parity["ok"] else {"error": parity.get("stderr_tail", "")[-600:]}) if parity else None,
         }
         if variant != "torch fp32":
             shutil.rmtree(out, ignore_errors=True)
@@ -407,6 +416,15 @@ def section_mid(harness: Harness, work: Path, label: str = "mid") -> dict:
 # --------------------------------------------------------------------------- rendering
 def ratio(value, baseline):
     return round(value / baseline, 2) if value and baseline else None
+
+
+def describe_parity(parity: dict | None) -> str:
+    if not parity:
+        return "-"
+    if "error" in parity:
+        return "failed"
+    return (f"{parity['greedy_identical_steps']}/{STEPS}, {parity['max_abs_logit']:.1e}, {parity['top1_agreement']:.2f}, {parity['mean_kl']:.1e}; "
+            f"{parity.get('decode_tokens_per_s', 'n/a')}")
 
 
 def render(result: dict) -> str:
@@ -443,7 +461,8 @@ def render(result: dict) -> str:
         title = ("synthetic Gemma 3 1B text decoder" if label == "mid" else
                  f"Gemma 3 1B widths, {mid.get('layers')} layers, vocabulary {mid.get('vocabulary')} (a light run)")
         lines += [f"### {label}: {title} ({weights / 2**30:.2f} GiB of float32 weights), peak memory", "",
-                  "| variant | ok | peak anon GiB | / f32 weights | / builder same precision | peak RSS GiB | graph GB | wall s | note |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| variant | ok | peak anon GiB | / f32 weights | / builder same precision | peak RSS GiB | graph GB | wall s | parity: greedy, max abs dlogit, top-1, KL; decode tok/s (1 thread) | note |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for variant, row in rows.items():
             baseline = rows.get(f"builder {VARIANTS[variant][1]}", {}).get("peak_anonymous_bytes")
             note = "killed at the cap (OOM)" if row["killed"] else ("" if row["ok"] else "failed")
@@ -451,7 +470,7 @@ def render(result: dict) -> str:
                 note = (note + "; " if note else "") + "max of export and MatMulNBits quantization"
             lines.append(f"| {variant} | {row['ok']} | {gib(row['peak_anonymous_bytes'])} | {ratio(row['peak_anonymous_bytes'], weights)} | "
                          f"{ratio(row['peak_anonymous_bytes'], baseline)} | {gib(row['peak_rss_bytes'])} | {(row['graph_bytes'] or 0) / 1e9:.2f} | "
-                         f"{row['seconds']:.0f} | {note} |")
+                         f"{row['seconds']:.0f} | {describe_parity(row.get('parity'))} | {note} |")
         lines.append("")
     targets = result.get("targets", {})
     if targets:
