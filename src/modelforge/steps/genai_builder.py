@@ -1,5 +1,6 @@
 """onnxruntime-genai's model builder (0.18.0) on Gemma 3 checkpoints, with the three shims it needs
-under transformers 5 (and for reproducible bytes), one that keeps its int4/int8 quantization within
+under transformers 5 (and for reproducible bytes), one for float32 accuracy on bfloat16 checkpoints,
+one that keeps its int4/int8 quantization within
 the machine's memory, and a build-time check of the RoPE caches it writes. Runs inside the onnx
 worker process (steps/onnx_worker.py); imports onnxruntime_genai, transformers and torch only there.
 
@@ -16,6 +17,24 @@ Why each shim exists (measured on fixtures/tiny-medgemma, experiments/ortweb/RES
   layers' cos/sin caches with the global layers' linear factor 8 still set (rope_attrs
   ["rescale_factors"] is never reset), which Gemma 3 does not do: silently wrong logits (0/24 greedy
   tokens equal to PyTorch on the tiny model). The shim resets the factor to 1 for the local caches.
+
+- `float32_gains` (accuracy of bfloat16 checkpoints; MedGemma ships bf16): the builder loads the
+  checkpoint in its own dtype and writes each Gemma RMSNorm gain as `layernorm.weight + add_offset`
+  (builders/base.py make_layernorm and the q/k norms of make_attention; add_offset 1 for Gemma),
+  an addition done in bfloat16 before the cast to the graph's float32: every gain rounded to bf16's
+  spacing near 1 (2^-7), where transformers computes 1 + weight.float(). And builders/gemma.py sets
+  the embedding scale to np.round(np.sqrt(hidden_size), decimals=2) (33.94 for 1152), where
+  Gemma3TextScaledWordEmbedding multiplies by the float32 tensor of hidden_size ** 0.5. The shim
+  turns the loaded model's RMSNorm modules to float32 right after the builder loads it (every
+  `weight + add_offset` then adds in float32: exactly 1 + fp32(weight), rounded once by the cast
+  to the graph's dtype) and sets the scale to hidden_size ** 0.5 after Gemma3Model.__init__ (the
+  graph's float32 constant is then transformers' float32 scale). Measured on a synthetic 2-layer
+  bf16 checkpoint at Gemma 3 1B's widths (bench/bench_onnx_exporters.py, section small): the fp32
+  graph's max |Δlogit| against PyTorch float32 was 2.1e-2 as built, 2.3e-4 with the gains alone
+  recomputed, 4.6e-6 with both. A float32 checkpoint (fixtures/tiny-medgemma, hidden 64: scale 8.0
+  either way) gets the same bytes as without the shim; only bf16 (and fp16) sources change.
+  (The multimodal package's embedding.onnx, with its scale, is our own dynamo export: the scale
+  matters to the decoder only when it holds the embedding, exclude_embeds=False.)
 
 - `wheel_commit`: the builder stamps model.onnx's producer_version with `git rev-parse HEAD` run
   five directories above its own file: in a virtualenv that is whatever repository holds the
@@ -157,6 +176,32 @@ class DeferredWeights:
         return self.ir.Tensor(array, name=proto.name)
 
 
+def float32_norm_weights(original):
+    """Model.load_weights with the loaded model's RMSNorm weights turned to float32 (module docstring):
+    the builder reads them only to add Gemma's offset and write the gain as an initializer."""
+
+    def load_weights(self, input_path):
+        model = original(self, input_path)
+        for module in model.modules():
+            if type(module).__name__.endswith("RMSNorm"):
+                module.float()
+        return model
+
+    return load_weights
+
+
+def exact_embedding_scale(original):
+    """Gemma3Model.__init__ with transformers' embedding scale, hidden_size ** 0.5, for the builder's
+    rounded one (module docstring). The builder names the graph's constant after the value's str
+    (`/model/constants/FLOAT/{scale}`) and parses it back: a Python float round-trips exactly."""
+
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.embed_attrs["scale"] = float(self.hidden_size) ** 0.5
+
+    return __init__
+
+
 def streamed_to_nbits(original):
     """Model.to_nbits with its float MatMul weights deferred (module docstring)."""
     import gc
@@ -185,10 +230,12 @@ def streamed_to_nbits(original):
 
 
 @contextlib.contextmanager
-def shims(context_length: int, fix_local_rope: bool = True, stream_weights: bool = True):
+def shims(context_length: int, fix_local_rope: bool = True, stream_weights: bool = True, fix_gains: bool = True):
     """The builder patched for the duration (module docstring). fix_local_rope=False leaves the
     builder's local-RoPE bug in place: only the tests use it, to show that the check catches it;
-    stream_weights=False leaves the builder's own to_nbits: only the tests use it, to compare bytes."""
+    stream_weights=False leaves the builder's own to_nbits: only the tests use it, to compare bytes;
+    fix_gains=False leaves the builder's bf16 norm gains and rounded embedding scale: only the tests
+    use it, to show the difference."""
     import transformers
 
     builder, gemma = _builder_modules()
@@ -215,27 +262,30 @@ def shims(context_length: int, fix_local_rope: bool = True, stream_weights: bool
         return getattr(onnxruntime_genai, "__commit__", None) or None
 
     saved = (builder.AutoConfig, gemma.AutoConfig, gemma.Gemma3Model.make_rotary_embedding_multi_cache, base.Model.__dict__["get_genai_commit"],
-             base.Model.to_nbits)
+             base.Model.to_nbits, base.Model.load_weights, gemma.Gemma3Model.__init__)
     builder.AutoConfig = gemma.AutoConfig = FlatAutoConfig
     base.Model.get_genai_commit = classmethod(wheel_commit)
     if stream_weights:
         base.Model.to_nbits = streamed_to_nbits(base.Model.to_nbits)
     if fix_local_rope:
         gemma.Gemma3Model.make_rotary_embedding_multi_cache = multi_cache
+    if fix_gains:
+        base.Model.load_weights = float32_norm_weights(base.Model.load_weights)
+        gemma.Gemma3Model.__init__ = exact_embedding_scale(gemma.Gemma3Model.__init__)
     try:
         yield
     finally:
         (builder.AutoConfig, gemma.AutoConfig, gemma.Gemma3Model.make_rotary_embedding_multi_cache, base.Model.get_genai_commit,
-         base.Model.to_nbits) = saved
+         base.Model.to_nbits, base.Model.load_weights, gemma.Gemma3Model.__init__) = saved
 
 
 def build(checkpoint: Path, out_dir: Path, cache_dir: Path, *, precision: str, block_size: int, context_length: int,
-          exclude_embeds: bool, fix_local_rope: bool = True, stream_weights: bool = True) -> dict:
+          exclude_embeds: bool, fix_local_rope: bool = True, stream_weights: bool = True, fix_gains: bool = True) -> dict:
     """The decoder (model.onnx, model.onnx.data, genai_config.json, tokenizer files) for the CPU
     execution provider, with a full (not windowed) sliding KV cache so that one graph serves
     onnxruntime-genai and a hand-driven onnxruntime loop alike (onnxruntime's GQA refuses an empty
     windowed past). Returns the RoPE check's figures; raises RopeMismatch when it fails."""
-    with shims(context_length, fix_local_rope, stream_weights):
+    with shims(context_length, fix_local_rope, stream_weights, fix_gains):
         builder, _ = _builder_modules()
         options = [f"exclude_embeds={'true' if exclude_embeds else 'false'}", "windowed_kv_cache=false", "hf_token=false"]
         if precision in ("int4", "int8"):
