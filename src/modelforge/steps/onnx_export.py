@@ -14,7 +14,7 @@ from modelforge.steps.litert_worker import run_job
 from modelforge.steps.onnx_worker import MODULE
 
 KIND = "onnx_export"
-VERSION = 2
+VERSION = 3
 TOOLS = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "onnxscript", "torch", "transformers")  # the builder quantizes with onnxruntime's MatMulNBits quantizer
 
 
