@@ -209,11 +209,12 @@ def check_lines(checks: dict) -> list[str]:
             tied = f"; tied, so absent: {', '.join(report['tied_absent'])}" if report.get("tied_absent") else ""
             lines.append(f"checked {name}: {report['tensors']} tensors fit {report['architecture']}{tied}")
             continue
-        if "rope_check" in report:  # recorded only when it passed: a mismatch fails the export
-            rope = report["rope_check"]
+        if "rope_check" in report:  # recorded only when they passed: a mismatch fails the export
+            rope, gains = report["rope_check"], report.get("gain_check")
             lines.append(
                 f"checked {name}: RoPE caches equal transformers' over {rope['positions']} positions "
                 f"(max |difference| {max(rope['max_abs'].values()):.2g} ≤ {rope['tolerance']})"
+                + (f"; {gains['gains']} norm gains equal its float32 ones" if gains else "")
             )
             continue
         figures = []

@@ -1,7 +1,7 @@
 """onnxruntime-genai's model builder (0.18.0) on Gemma 3 checkpoints, with the three shims it needs
 under transformers 5 (and for reproducible bytes), one for float32 accuracy on bfloat16 checkpoints,
 one that keeps its int4/int8 quantization within
-the machine's memory, and a build-time check of the RoPE caches it writes. Runs inside the onnx
+the machine's memory, and build-time checks of the RoPE caches and the norm gains it writes. Runs inside the onnx
 worker process (steps/onnx_worker.py); imports onnxruntime_genai, transformers and torch only there.
 
 Why each shim exists (measured on fixtures/tiny-medgemma, experiments/ortweb/RESULTS.md §1):
@@ -62,6 +62,7 @@ so a patch of `onnxruntime_genai.models.builders.gemma` silently does nothing) f
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from pathlib import Path
 
@@ -81,6 +82,10 @@ CHECKED_POSITIONS = 4096
 
 class RopeMismatch(Exception):
     """The builder's RoPE caches differ from transformers': the graph would compute wrong logits."""
+
+
+class GainMismatch(Exception):
+    """The builder's RMSNorm gains differ from transformers' float32 ones."""
 
 
 class UnquantizedWeight(Exception):
@@ -284,7 +289,7 @@ def build(checkpoint: Path, out_dir: Path, cache_dir: Path, *, precision: str, b
     """The decoder (model.onnx, model.onnx.data, genai_config.json, tokenizer files) for the CPU
     execution provider, with a full (not windowed) sliding KV cache so that one graph serves
     onnxruntime-genai and a hand-driven onnxruntime loop alike (onnxruntime's GQA refuses an empty
-    windowed past). Returns the RoPE check's figures; raises RopeMismatch when it fails."""
+    windowed past). Returns the RoPE and gain checks' figures; raises RopeMismatch or GainMismatch when one fails."""
     with shims(context_length, fix_local_rope, stream_weights, fix_gains):
         builder, _ = _builder_modules()
         options = [f"exclude_embeds={'true' if exclude_embeds else 'false'}", "windowed_kv_cache=false", "hf_token=false"]
@@ -295,17 +300,60 @@ def build(checkpoint: Path, out_dir: Path, cache_dir: Path, *, precision: str, b
         extra = builder.parse_extra_options(None, str(checkpoint), str(out_dir), precision, "cpu", str(cache_dir), options)
         with contextlib.redirect_stdout(sys.stderr):
             builder.create_model(None, str(checkpoint), str(out_dir), precision, "cpu", str(cache_dir), **extra)
-    return check_rope_caches(out_dir / "model.onnx", checkpoint)
+    return {**check_rope_caches(out_dir / "model.onnx", checkpoint), **check_norm_gains(out_dir / "model.onnx", checkpoint)}
 
 
-def read_initializers(model_path: Path, names) -> dict:
-    """The named initializers of a graph as numpy arrays, reading only their bytes of the external
-    data file (the whole decoder is 2.7 GB at MedGemma 4B; the four RoPE caches 8 MB)."""
+def read_initializers(model_path: Path, wanted) -> dict:
+    """The initializers of a graph whose names `wanted` accepts (a container or a predicate), as numpy
+    arrays, reading only their bytes of the external data file (the whole decoder is 2.7 GB at
+    MedGemma 4B; the four RoPE caches 8 MB)."""
     import onnx
     from onnx import numpy_helper
 
+    accepts = wanted if callable(wanted) else wanted.__contains__
     graph = onnx.load(str(model_path), load_external_data=False)
-    return {item.name: numpy_helper.to_array(item, base_dir=str(model_path.parent)) for item in graph.graph.initializer if item.name in names}
+    return {item.name: numpy_helper.to_array(item, base_dir=str(model_path.parent)) for item in graph.graph.initializer if accepts(item.name)}
+
+
+# The builder's names for Gemma 3's RMSNorm gains → the checkpoint's (after the text model's prefix).
+GAIN_NAMES = (
+    (re.compile(r"model\.layers\.(\d+)\.attn\.([qk]_norm)\.layernorm\.weight"), r"layers.\1.self_attn.\2.weight"),
+    (re.compile(r"model\.layers\.\d+\.final_norm_layernorm\.weight"), "norm.weight"),
+    (re.compile(r"model\.layers\.(\d+)\.(\w+_layernorm)\.weight"), r"layers.\1.\2.weight"),
+)
+
+
+def check_norm_gains(model_path: Path, checkpoint: Path) -> dict:
+    """Each RMSNorm gain of the graph against transformers' float32 gain, 1 + float32(weight) of the
+    checkpoint: exact when the float32_gains shim applied (a bf16 checkpoint's gains computed in
+    bf16 are up to 2^-8 relative off, 2.1e-2 in the logits at 1B widths). Raises GainMismatch."""
+    import numpy as np
+
+    from modelforge.steps import partial_load
+
+    gains = read_initializers(model_path, lambda name: any(pattern.fullmatch(name) for pattern, _ in GAIN_NAMES))
+    shards = partial_load.Shards(checkpoint)
+    text_keys = {name: name for name in shards.keys if not name.startswith(partial_load.VISION_MODULES)}
+    worst, wrong = 0.0, []
+    try:
+        for name, gain in sorted(gains.items()):
+            suffix = next(pattern.sub(replacement, name) for pattern, replacement in GAIN_NAMES if pattern.fullmatch(name))
+            sources = [key for key in text_keys if key == suffix or key.endswith(f".{suffix}")]
+            if len(sources) != 1:
+                raise GainMismatch(f"the built graph's gain {name} matches {len(sources)} checkpoint tensors ({suffix}); not the Gemma 3 layout this check knows")
+            expected = shards.tensor(sources[0]).float().numpy() + np.float32(1)
+            delta = float(np.abs(gain.astype(np.float64) - expected).max())
+            worst = max(worst, delta)
+            if delta != 0.0:
+                wrong.append(f"{name} (max |Δ| {delta:.3g})")
+    finally:
+        shards.close()
+    if not gains or wrong:
+        raise GainMismatch(
+            f"the builder's RMSNorm gains are not transformers' float32 1 + weight ({', '.join(wrong[:3]) or 'none found in the graph'}): "
+            "the graph would compute less accurate logits; the builder's Gemma norms changed, update modelforge/steps/genai_builder.py"
+        )
+    return {"gain_check": {"gains": len(gains), "max_abs": worst}}
 
 
 def check_rope_caches(model_path: Path, checkpoint: Path) -> dict:

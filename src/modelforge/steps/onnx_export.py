@@ -1,7 +1,7 @@
 """Step `onnx_export`: one part of a Gemma 3 checkpoint as ONNX, in the worker process
 (steps/onnx_worker.py). Part `text`: the decoder with its KV cache through onnxruntime-genai's model
-builder (model.onnx, model.onnx.data, genai_config.json, tokenizer files), its RoPE caches checked
-against transformers' (steps/genai_builder.py); the builder quantizes it itself (precision, block
+builder (model.onnx, model.onnx.data, genai_config.json, tokenizer files), its RoPE caches and norm gains
+checked against transformers' (steps/genai_builder.py); the builder quantizes it itself (precision, block
 size). Part `vision`: vision.onnx (tower + projector) and embedding.onnx, float, through
 torch.onnx.export (dynamo); their quantization is a later step."""
 
@@ -14,7 +14,7 @@ from modelforge.steps.litert_worker import run_job
 from modelforge.steps.onnx_worker import MODULE
 
 KIND = "onnx_export"
-VERSION = 3
+VERSION = 4
 TOOLS = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "onnxscript", "torch", "transformers")  # the builder quantizes with onnxruntime's MatMulNBits quantizer
 
 
