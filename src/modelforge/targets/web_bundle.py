@@ -178,7 +178,8 @@ def _check_litertjs_size(builder: PlanBuilder, target: str, variant: str, text_r
         raise PlanError(
             f"{builder.where(target)}: variant {variant!r} (runtime: litertjs; text {text_recipe}, vision {vision_recipe}) cannot run in the "
             f"browser: {'; and '.join(problems)}. Quantize harder (recipe: dynamic_wi4b32_afp32, vision_recipe: weight_only_wi8_afp32) "
-            "or drop the variant; see docs/web-limits.md"
+            "if that fits, else drop the variant (a decoder of about 1.5 GiB or more cannot run in LiteRT.js this way: MedGemma 4B's "
+            "int4 one is 2.20 GB); see docs/web-limits.md"
         )
 
 
