@@ -256,7 +256,7 @@ def run_tiny(args) -> dict:
     bundle = json.loads((web / "bundle.json").read_text())
     variant = next(v for v in bundle["variants"] if v["name"] == TINY_VARIANT)
     result["graphs"] = {logical: entry.get("size") for logical, entry in variant["files"].items()}
-    size = variant["generation"]["image"]["size"]
+    size = variant["generation"]["image"]
     cards = base / "cards"
     cards.mkdir(exist_ok=True)
     card = test_cards((size["height"], size["width"]), cards)[0]
@@ -298,11 +298,29 @@ def run_browser(args) -> dict:
     web = args.work / "out" / "web"
     bundle = json.loads((web / "bundle.json").read_text())
     variant = next(v for v in bundle["variants"] if v["name"] == VARIANT)
-    size = (variant.get("generation") or {}).get("image", {}).get("size") or {"height": 896, "width": 896}
+    size = (variant.get("generation") or {}).get("image") or {"height": 896, "width": 896}
     cards = args.work / "cards"
     cards.mkdir(exist_ok=True)
     card = test_cards((size["height"], size["width"]), cards)[0]
     return drive(web, VARIANT, args.backend, card, args.work / "profile", args.load_timeout, args.answer_timeout, args.tokens)
+
+
+# In the page, after it settled: LiteRT.js's own wasm instance (the module the page imported): its heap now,
+# and the largest block its malloc still gives (halving from 2 GiB to 1 MiB precision), freed at once.
+HEAP_PROBE = """async (url) => {
+  const core = await import(new URL(url, location.href).href);
+  let wasm;
+  try { wasm = core.getGlobalLiteRt().liteRtWasm; } catch (err) { return {error: String(err)}; }
+  const heap = wasm.HEAPU8.length;
+  let low = 0, high = 2 ** 31;
+  while (high - low > 2 ** 20) {
+    const size = Math.floor((low + high) / 2);
+    let ptr = 0;
+    try { ptr = wasm._malloc(size); } catch (err) { ptr = 0; }
+    if (ptr) { wasm._free(ptr); low = size; } else { high = size; }
+  }
+  return {heap_bytes_before: heap, heap_bytes_after: wasm.HEAPU8.length, largest_malloc_bytes: low};
+}"""
 
 
 def drive(web: Path, variant: str, backend: str, card: Path, profile: Path, load_timeout: float, answer_timeout: float,
@@ -325,6 +343,9 @@ def drive(web: Path, variant: str, backend: str, card: Path, profile: Path, load
         browser_pid = _browser_pid()
         sampler = TreeSampler(browser_pid, label=_chromium_kind).start() if browser_pid else None
         page = context.new_page()
+        # The renderer's main thread is busy for minutes at a time while a graph compiles (software WebGPU,
+        # a shared 2-core machine): every read of the page waits that long.
+        page.set_default_timeout(load_timeout * 1000)
         page.on("console", lambda m: console.append(f"{m.type}: {m.text}"[:500]))
         page.on("pageerror", lambda e: errors.append(str(e)[:2000]))
         page.on("crash", lambda _: errors.append("page crashed (renderer process gone)"))
@@ -383,6 +404,10 @@ def drive(web: Path, variant: str, backend: str, card: Path, profile: Path, load
                 result["errors"] = page.inner_text("#errors") if page.is_visible("#errors") else ""
         except Exception as err:  # a crashed renderer or a closed browser is a finding, not a harness failure
             result["exception"] = f"{type(err).__name__}: {str(err)[:2000]}"
+        try:
+            result["heap_probe"] = page.evaluate(HEAP_PROBE, json.loads((web / "bundle.json").read_text())["litertjs"]["files"]["litertjs_core.mjs"]["url"])
+        except Exception as err:  # noqa: BLE001  (recorded: the page may be gone)
+            result["heap_probe"] = {"error": f"{type(err).__name__}: {str(err)[:500]}"}
         result["statuses"] = statuses
         result["memory"] = sampler.stop() if sampler else None
         result["console_tail"] = console[-40:]
