@@ -440,6 +440,21 @@ def render_markdown(result: dict) -> str:
     lines = [f"<!-- {MARK} begin -->", "## LiteRT.js variant (images) of MedGemma 4B in the browser (`bench/bench_web_4b.py`)", "",
              f"Run {result.get('date', '?')}; text `{TEXT_RECIPE}`, vision `{VISION_RECIPE}`, the synthetic 4B checkpoint "
              "(random weights). Memory: RSS of the process tree, sampled every 0.25 s.", ""]
+    if tiny := result.get("tiny"):
+        parity = next(iter(((tiny.get("build") or {}).get("parity") or {}).values()), {})
+        lines += ["### Step one: the tiny model (`bench_web_4b.py tiny`)", "",
+                  f"Build rc {(tiny.get('build') or {}).get('rc')}; the variant's graph parity in the interpreter (int4 on random weights): "
+                  f"top-1 agreement {parity.get('top1_agreement', '—')}, mean KL {parity.get('mean_kl', '—')}, vision cosine {parity.get('vision_cosine', '—')}.", "",
+                  "| backend asked | state | load s | graphs | prompt = processor's | leading tokens = PyTorch | answer tokens | notices / errors |",
+                  "|---|---|---:|---|---|---:|---:|---|"]
+        for backend in ("webgpu", "wasm"):
+            run = tiny.get(backend) or {}
+            versus = run.get("versus_pytorch") or {}
+            graphs = ", ".join(f"{k} {v}" for k, v in (run.get("graph_backends") or {}).items()) or "—"
+            said = " ".join(filter(None, [run.get("notices"), run.get("errors"), run.get("exception")])).replace("\n", " ").replace("|", "/")[:300]
+            lines.append(f"| {backend} | {run.get('state')} | {run.get('load_s')} | {graphs} | {versus.get('prompt_identical')} | "
+                         f"{versus.get('leading_identical')} of {versus.get('reference_tokens')} | {(run.get('answer') or {}).get('tokens')} | {said or '—'} |")
+        lines.append("")
     if build:
         lines += ["### Build", "", f"rc {build.get('rc')}, {build.get('wall_s')} s, peak tree RSS {gib(build.get('peak_tree_rss_bytes'))} GiB.", "",
                   "| step | kind | wall s | peak RSS GiB |", "|---|---|---:|---:|"]
@@ -457,7 +472,8 @@ def render_markdown(result: dict) -> str:
                   f"- Chromium peak RSS (all processes) {gib(memory.get('peak_total_bytes'))} GiB; by kind "
                   + ", ".join(f"{k} {gib(v)}" for k, v in sorted((memory.get("peak_by_kind_bytes") or {}).items(), key=lambda kv: -kv[1])[:4]),
                   f"- errors: {(browser.get('errors') or browser.get('exception') or 'none')[:600]!r}",
-                  f"- notices: {(browser.get('notices') or 'none')[:600]!r}"]
+                  f"- notices: {(browser.get('notices') or 'none')[:600]!r}",
+                  f"- LiteRT.js's wasm heap afterwards (probe): {json.dumps(browser.get('heap_probe'))}"]
         if answer := browser.get("answer"):
             lines.append(f"- image question: {answer.get('prompt_tokens')} prompt tokens, {answer.get('tokens')} answer tokens in "
                          f"{answer.get('s')} s (first after {answer.get('first_token_s')} s), state {answer.get('state')}")
