@@ -272,7 +272,7 @@ def run_tiny(args) -> dict:
     stop_tokens = yaml.safe_load(TINY_MANIFEST.read_text())["targets"]["bundle"]["metadata"]["stop_tokens"]
     reference = tiny_reference(card, variant["max_tokens"], stop_tokens)
     result["reference"] = reference
-    for backend in ("webgpu", "wasm"):
+    for backend in ("wasm", "webgpu"):
         # On WebGPU the int4 decoder's compile does not return (the float one takes seconds): bounded.
         run = drive(web, TINY_VARIANT, backend, card, base / "profile", 240 if backend == "webgpu" else 600, 600, None)
         answer = run.get("answer") or {}
@@ -358,6 +358,11 @@ def drive(web: Path, variant: str, backend: str, card: Path, profile: Path, load
         page.on("pageerror", lambda e: errors.append(str(e)[:2000]))
         page.on("crash", lambda _: errors.append("page crashed (renderer process gone)"))
         url = server.url + f"?variant={variant}" + ("&backend=wasm" if backend == "wasm" else "")
+        # A renderer whose main thread never comes back (a graph whose compile does not return) blocks every
+        # read of the page: past the load timeout, the browser is killed and that is recorded.
+        watchdog = threading.Timer(load_timeout + 15, _kill_tree, [browser_pid, result])
+        watchdog.daemon = True
+        watchdog.start()
         started = time.perf_counter()
         if sampler:
             sampler.enter("load")
@@ -374,8 +379,9 @@ def drive(web: Path, variant: str, backend: str, card: Path, profile: Path, load
                 if state in ("ready", "error", "unsupported"):
                     break
                 time.sleep(0.5)
-            result["load_s"] = round(time.perf_counter() - started, 1)
             result["state"] = page.get_attribute("body", "data-state")
+            watchdog.cancel()
+            result["load_s"] = round(time.perf_counter() - started, 1)
             result["variant_started"] = page.get_attribute("body", "data-variant")
             result["backend"] = page.get_attribute("body", "data-backend")
             for name in ("errors", "notices", "model-info"):
@@ -412,8 +418,13 @@ def drive(web: Path, variant: str, backend: str, card: Path, profile: Path, load
                 result["errors"] = page.inner_text("#errors") if page.is_visible("#errors") else ""
         except Exception as err:  # a crashed renderer or a closed browser is a finding, not a harness failure
             result["exception"] = f"{type(err).__name__}: {str(err)[:2000]}"
+            result.setdefault("load_s", round(time.perf_counter() - started, 1))
+            if "Timeout" in type(err).__name__:  # closing a browser whose renderer is stuck would wait forever
+                _kill_tree(browser_pid, result)
+        watchdog.cancel()
+        core_url = json.loads((web / "bundle.json").read_text())["litertjs"]["files"]["litertjs_core.mjs"]["url"]
         try:
-            result["heap_probe"] = page.evaluate(HEAP_PROBE, json.loads((web / "bundle.json").read_text())["litertjs"]["files"]["litertjs_core.mjs"]["url"])
+            result["heap_probe"] = None if result.get("killed_after_s") else page.evaluate(HEAP_PROBE, core_url)
         except Exception as err:  # noqa: BLE001  (recorded: the page may be gone)
             result["heap_probe"] = {"error": f"{type(err).__name__}: {str(err)[:500]}"}
         result["statuses"] = statuses
@@ -426,6 +437,20 @@ def drive(web: Path, variant: str, backend: str, card: Path, profile: Path, load
         except Exception:  # noqa: BLE001  (the browser may already be gone)
             pass
     return result
+
+
+def _kill_tree(pid: int | None, result: dict) -> None:
+    import psutil
+
+    if pid is None:
+        return
+    result["killed_after_s"] = "load timeout: the page never settled; browser killed"
+    try:
+        root = psutil.Process(pid)
+        for process in [*root.children(recursive=True), root]:
+            process.kill()
+    except psutil.Error:
+        pass
 
 
 def _browser_pid() -> int | None:
@@ -455,11 +480,12 @@ def render_markdown(result: dict) -> str:
                   f"top-1 agreement {parity.get('top1_agreement', '—')}, mean KL {parity.get('mean_kl', '—')}, vision cosine {parity.get('vision_cosine', '—')}.", "",
                   "| backend asked | state | load s | graphs | prompt = processor's | leading tokens = PyTorch | answer tokens | notices / errors |",
                   "|---|---|---:|---|---|---:|---:|---|"]
-        for backend in ("webgpu", "wasm"):
+        for backend in ("wasm", "webgpu"):
             run = tiny.get(backend) or {}
             versus = run.get("versus_pytorch") or {}
             graphs = ", ".join(f"{k} {v}" for k, v in (run.get("graph_backends") or {}).items()) or "—"
-            said = " ".join(filter(None, [run.get("notices"), run.get("errors"), run.get("exception")])).replace("\n", " ").replace("|", "/")[:300]
+            stuck = f"did not settle in {run.get('load_s')} s; last console line: {(run.get('console_tail') or [''])[-1]}" if run.get("exception") else ""
+            said = " ".join(filter(None, [run.get("notices"), run.get("errors"), stuck])).replace("\n", " ").replace("|", "/")[:300]
             lines.append(f"| {backend} | {run.get('state')} | {run.get('load_s')} | {graphs} | {versus.get('prompt_identical')} | "
                          f"{versus.get('leading_identical')} of {versus.get('reference_tokens')} | {(run.get('answer') or {}).get('tokens')} | {said or '—'} |")
         lines.append("")
