@@ -157,3 +157,63 @@ def test_the_prediction_matches_the_tiny_models_real_task(tiny_web_bundle, varia
     # Structure besides the weights stays within the per-layer allowance.
     assert graph_bytes - sum(size for *_, size in buffers) < limits.GRAPH_BYTES_PER_LAYER * prediction.layers
     assert graph_bytes <= prediction.task_bytes - limits.TASK_OVERHEAD_BYTES
+
+
+def _wasm_memory_maximum(path) -> int | None:
+    """Pages a .wasm file's memory may grow to: its memory section's, or its imported memory's, maximum."""
+    data = path.read_bytes()
+
+    def leb(offset):
+        value = shift = 0
+        while True:
+            byte = data[offset]
+            offset += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value, offset
+
+    def limits_at(offset):
+        flags = data[offset]
+        _, offset = leb(offset + 1)
+        return leb(offset)[0] if flags & 1 else None
+
+    offset = 8
+    while offset < len(data):
+        section, size_offset = data[offset], offset + 1
+        size, start = leb(size_offset)
+        if section == 5:  # memory
+            return limits_at(leb(start)[1])
+        if section == 2:  # imports: a threaded build imports its (shared) memory
+            count, cursor = leb(start)
+            for _ in range(count):
+                for _name in range(2):
+                    length, cursor = leb(cursor)
+                    cursor += length
+                kind = data[cursor]
+                cursor += 1
+                if kind == 2:
+                    return limits_at(cursor)
+                if kind == 0:
+                    _, cursor = leb(cursor)
+                elif kind == 1:
+                    cursor += 1
+                    flags = data[cursor]
+                    _, cursor = leb(cursor + 1)
+                    cursor = leb(cursor)[1] if flags & 1 else cursor
+                elif kind == 3:
+                    cursor += 2
+                else:
+                    _, cursor = leb(cursor + 1)
+        offset = start + size
+    return None
+
+
+def test_the_litertjs_heap_is_what_the_vendored_wasm_builds_allow():
+    """Every build of @litertjs/core the page may load caps its memory at 32,768 pages (2 GiB), the
+    limit the planner holds a LiteRT.js variant's graphs to."""
+    builds = sorted((MANIFESTS.parent / "web" / "node_modules" / "@litertjs" / "core" / "wasm").glob("*.wasm"))
+    if not builds:
+        pytest.skip("web runtime not vendored: npm ci --prefix web")
+    assert {build.name: _wasm_memory_maximum(build) * 65536 for build in builds} == {build.name: limits.LITERTJS_HEAP_MAX for build in builds}
+    assert limits.MAX_LITERTJS_GRAPH_BYTES < limits.LITERTJS_HEAP_MAX

@@ -177,8 +177,9 @@ def _check_litertjs_size(builder: PlanBuilder, target: str, variant: str, text_r
     if problems:
         raise PlanError(
             f"{builder.where(target)}: variant {variant!r} (runtime: litertjs; text {text_recipe}, vision {vision_recipe}) cannot run in the "
-            f"browser: {'; and '.join(problems)}. Quantize harder (recipe: dynamic_wi4b32_afp32, vision_recipe: weight_only_wi8_afp32) "
-            "or drop the variant; see docs/web-limits.md"
+            f"browser: {'; and '.join(problems)}. Quantize harder if that fits (recipe: dynamic_wi8_afp32, "
+            "vision_recipe: weight_only_wi8_afp32; an int4 decoder runs on wasm only, it never compiles on LiteRT.js's WebGPU), else drop "
+            "the variant (MedGemma 4B's graphs cannot fit: its int4 decoder alone is 2.20 GB); see docs/web-limits.md"
         )
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 __all__ = [
     "GRAPH_BYTES_PER_LAYER",
+    "LITERTJS_HEAP_MAX",
+    "MAX_LITERTJS_GRAPH_BYTES",
     "MAX_TASK_BYTES",
     "MAX_TENSOR_BYTES",
     "WASM32_HEAP_MAX",
@@ -45,6 +47,16 @@ MAX_TASK_BYTES = 3 * 2**30
 # `createWebGpuDevice`). A weight tensor up to this size fits one buffer binding on every adapter the
 # runtime itself accepts; a larger one only on some (WebGPU's defaults are 256 MiB and 128 MiB).
 MAX_TENSOR_BYTES = 524_550_144
+# The wasm heap of @litertjs/core 2.5.3: every one of its four builds (litert_wasm_{jspi_,compat_,threaded_,}
+# internal.wasm) declares a memory of at most 32,768 pages, and the loaders' `getHeapMax` returns
+# 2147483648, so the heap cannot grow past 2 GiB (not the 4 GiB a wasm32 memory could have).
+# `loadAndCompile` mallocs each whole .tflite there, whichever accelerator compiles it, and frees it only
+# when the model is deleted: a variant's graphs sit in this heap together for the page's life.
+LITERTJS_HEAP_MAX = 2_147_483_648
+# The most a LiteRT.js variant's graphs may weigh together: that heap less 512 MiB for the runtime's own
+# (its binary's data, interpreter arenas, CPU-side tensors). A judgement, like the .task's reserve; on the
+# wasm backend the KV cache and activations live in the same heap too (docs/web-limits.md).
+MAX_LITERTJS_GRAPH_BYTES = LITERTJS_HEAP_MAX - 512 * 2**20
 # Graph structure (ops, signatures, small constants) besides the weights, per decoder layer: the tiny
 # model's export measures ~260 KB per layer with two prefill signatures and a decode one; doubled.
 GRAPH_BYTES_PER_LAYER = 512 * 1024
@@ -156,20 +168,21 @@ def predict_graph_bytes(shapes: Mapping[str, tuple[int, ...]], recipe: str) -> i
     return prediction.task_bytes - TASK_OVERHEAD_BYTES
 
 
-def check_litertjs_graphs(graphs: Mapping[str, int], *, max_bytes: int = MAX_TASK_BYTES) -> list[str]:
+def check_litertjs_graphs(graphs: Mapping[str, int], *, max_bytes: int | None = None) -> list[str]:
     """The limits a LiteRT.js variant's graphs (name → predicted bytes) break. `@litertjs/core`
-    2.5.3's `loadAndCompile` copies each whole .tflite into its 32-bit wasm heap (at most 4 GiB,
-    kept for the page's life), so the variant's graphs together must leave the runtime room there:
-    the same 1 GiB as a .task. Read from the package's code (index.js `_malloc` of the model bytes),
-    measured only on the tiny model (docs/web-limits.md); weights streamed by `loadModelAndWeights`
-    would lift it, and are not used yet."""
+    2.5.3's `loadAndCompile` copies each whole .tflite into its wasm heap (at most 2 GiB in every
+    build of the package, kept for the page's life), so the variant's graphs together must leave the
+    runtime room there. Read from the package (index.js `_malloc` of the model bytes; the .wasm files'
+    memory maximum) and measured at 4B by bench/bench_web_4b.py; weights streamed into GPU buffers by
+    `loadModelAndWeights` would lift it, and are not used yet."""
+    max_bytes = MAX_LITERTJS_GRAPH_BYTES if max_bytes is None else max_bytes
     total = sum(graphs.values())
     if total <= max_bytes:
         return []
     listed = ", ".join(f"{name} {_gb(size)}" for name, size in sorted(graphs.items(), key=lambda item: -item[1]))
     return [
         f"its graphs would be about {_gb(total)} together ({listed}), above the {_gb(max_bytes)} a page can hand LiteRT.js "
-        f"(loadAndCompile copies each graph into its wasm32 heap, at most {_gb(WASM32_HEAP_MAX)})"
+        f"(loadAndCompile copies each graph into its wasm32 heap, which @litertjs/core 2.5.3 caps at {_gb(LITERTJS_HEAP_MAX)})"
     ]
 
 
