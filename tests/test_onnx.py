@@ -47,6 +47,21 @@ def _pytorch_greedy(ids: list[int], steps: int, checkpoint: Path = TINY, **image
     return generated[0, len(ids):].tolist()
 
 
+def _genai_greedy(model, prompt_length: int, feed) -> list[int]:
+    """STEPS greedy tokens from onnxruntime-genai, after `feed(generator)` hands it the prompt."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=prompt_length + STEPS, min_length=prompt_length + STEPS)
+    generator = og.Generator(model, params)
+    feed(generator)
+    tokens = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    return tokens
+
+
 def test_target_has_onnxruntime_genai_layout(onnx_build):
     files = sorted(path.name for path in _target(onnx_build).iterdir())
     assert files == [
@@ -73,14 +88,7 @@ def test_onnxruntime_genai_generates_pytorchs_answer_from_a_chat_prompt(onnx_bui
     reference_ids = AutoTokenizer.from_pretrained(TINY).apply_chat_template(
         [{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=True, return_dict=False)
     assert ids == list(reference_ids)
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(ids) + STEPS, min_length=len(ids) + STEPS)
-    generator = og.Generator(model, params)
-    generator.append_tokens(ids)
-    tokens = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        tokens.append(int(generator.get_next_tokens()[0]))
+    tokens = _genai_greedy(model, len(ids), lambda generator: generator.append_tokens(ids))
     assert tokens == _pytorch_greedy(ids, STEPS)
     assert tokenizer.decode(tokens)
 
@@ -195,14 +203,7 @@ def test_onnxruntime_genai_generates_pytorchs_answer_from_an_image_and_a_chat_pr
     assert ids == reference["input_ids"][0].tolist() and ids.count(json.loads((checkpoint / "config.json").read_text())["image_token_index"]) == 256
     assert np.abs(inputs["pixel_values"].as_numpy() - reference["pixel_values"]).max() < 1e-6
 
-    params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(ids) + STEPS, min_length=len(ids) + STEPS)
-    generator = og.Generator(model, params)
-    generator.set_inputs(inputs)
-    tokens = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        tokens.append(int(generator.get_next_tokens()[0]))
+    tokens = _genai_greedy(model, len(ids), lambda generator: generator.set_inputs(inputs))
     assert tokens == _pytorch_greedy(ids, STEPS, checkpoint=checkpoint, pixel_values=torch.from_numpy(reference["pixel_values"]))
 
 
