@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from modelforge.errors import StepFailed
-from modelforge.web.split_weights import ALIGNMENT, join_weights, split_weights
+from modelforge.web.split_weights import ALIGNMENT, MIN_EXTERNAL_BYTES, WEIGHT_TYPES, join_weights, split_weights
 
 INPUT = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
 
@@ -66,15 +66,16 @@ def _schema_model(path: Path):
 def test_the_pair_runs_as_the_original_and_joins_back(graph, tmp_path):
     expected = _interpret(graph)
     result = split_weights(graph, tmp_path / "small.graph.tflite", tmp_path / "small.weights")
-    assert result.external_buffers >= 3 and result.graph_bytes < result.weights_bytes
+    assert result.external_buffers == 2 and result.graph_bytes < result.weights_bytes  # the bias (256 bytes) stays
     np.testing.assert_array_equal(_compiled_model(tmp_path / "small.graph.tflite"), expected)
     join_weights(tmp_path / "small.graph.tflite", tmp_path / "small.weights", tmp_path / "joined.tflite")
     np.testing.assert_array_equal(_interpret(tmp_path / "joined.tflite"), expected)
 
 
 def test_the_layout_loadModelAndWeights_reads(graph, tmp_path):
-    """Every constant tensor points at an external buffer of the one group (the weights file), at an
-    aligned offset; the flatbuffer keeps only metadata buffers; each buffer is stored once."""
+    """Every weight tensor points at an external buffer of the one group (the weights file), at an
+    aligned offset; the flatbuffer keeps only metadata and small or integer constants; each buffer is
+    stored once."""
     split_weights(graph, tmp_path / "g.tflite", tmp_path / "w.bin")
     model = _schema_model(tmp_path / "g.tflite")
     weights = (tmp_path / "w.bin").read_bytes()
@@ -83,7 +84,11 @@ def test_the_layout_loadModelAndWeights_reads(graph, tmp_path):
     by_id = {external.id: external for external in model.externalBuffers}
     tensors = [t for g in model.subgraphs for t in g.tensors]
     originals = [t for g in original.subgraphs for t in g.tensors]
-    constant = [(t, o) for t, o in zip(tensors, originals) if o.buffer and original.buffers[o.buffer].data is not None]
+    def weight(tensor) -> bool:
+        data = original.buffers[tensor.buffer].data if tensor.buffer else None
+        return data is not None and len(data) >= MIN_EXTERNAL_BYTES and tensor.type in WEIGHT_TYPES
+
+    constant = [(t, o) for t, o in zip(tensors, originals) if weight(o)]
     assert constant and all(t.buffer == 0 and t.externalBuffer in by_id for t, _ in constant)
     for tensor, source in constant:
         external = by_id[tensor.externalBuffer]
@@ -91,8 +96,9 @@ def test_the_layout_loadModelAndWeights_reads(graph, tmp_path):
         stored = weights[external.offset : external.offset + external.length]
         assert stored == bytes(bytearray(original.buffers[source.buffer].data))
     assert len({t.externalBuffer for t, _ in constant}) == len({o.buffer for _, o in constant})  # one id a buffer
-    inline = {i for i, buffer in enumerate(model.buffers) if buffer.data is not None and len(buffer.data)}
-    assert inline == {m.buffer for m in model.metadata}  # only the metadata (runtime version...) stays
+    assert not any(weight(t) for t in tensors)
+    kept = [t for t, o in zip(tensors, originals) if o.buffer and not weight(o)]
+    assert all(t.externalBuffer == 0 and t.buffer for t in kept)  # small and integer constants stay inline
 
 
 def test_same_input_same_bytes_and_offset_mode_input(graph, tmp_path):

@@ -10,13 +10,14 @@ tensor's bytes from the stream straight into its WebGPU buffer. The layout it re
 external buffer range") and hands the JS stream callback each external tensor's `offset`/`length` in
 its group. So the split is:
 
-* `graph.tflite`: the same flatbuffer; every tensor whose constant data moved has `buffer = 0` and
+* `graph.tflite`: the same flatbuffer; every weight (a constant buffer of at least
+  `MIN_EXTERNAL_BYTES` whose tensors all have a weight element type) moves out: its tensors get `buffer = 0` and
   `external_buffer = id` (ids 1, 2, ... in buffer order; tensors sharing a buffer share the id); the
   moved `Buffer` entries are left empty (indices stay stable); one group names the weights file.
 * the weights file: the moved buffers' bytes in buffer-index order, each at an offset aligned to
   `ALIGNMENT`, zero padding between. `ExternalBuffer.offset` is relative to the start of this file.
 
-Buffers referenced by metadata, and empty buffers, stay inline. The output is a pure function of the
+Buffers referenced by metadata, small ones and integer (non-weight) ones stay inline. The output is a pure function of the
 input bytes (same input, same bytes). `join_weights` is the inverse (for tests and checks): it puts the
 bytes back inline, giving a graph the ordinary interpreter runs.
 
@@ -34,6 +35,14 @@ import numpy
 from modelforge.errors import StepFailed
 
 ALIGNMENT = 64  # bytes; WebGPU's writeBuffer wants multiples of 4, 64 keeps every tensor cache-line aligned
+MIN_EXTERNAL_BYTES = 1024  # smaller constants (shapes, axes, indices, scalars) stay in the flatbuffer
+# Weight element types (schema.fbs TensorType): FLOAT32, FLOAT16, UINT8, INT8, INT4, BFLOAT16, INT2, UINT4.
+# Integer index and shape constants (INT32, INT64...) stay inline: the runtime reads them on the CPU
+# while it prepares the graph.
+WEIGHT_TYPES = frozenset({0, 1, 3, 9, 17, 18, 19, 20})
+# Quantized weight types (INT8, INT4, INT2, UINT4): the only ones LiteRT.js 2.5.3's WebGPU delegate takes
+# from the stream (docs/web-streamed-weights.md); float weights it reads from the CPU-side copy.
+QUANTIZED_TYPES = frozenset({9, 17, 19, 20})
 TFLITE_IDENTIFIER = b"TFL3"
 
 
@@ -78,23 +87,29 @@ def _load(path: Path):
     return raw, schema.ModelT.InitFromObj(schema.Model.GetRootAs(raw, 0))
 
 
-def split_weights(source: Path, graph_out: Path, weights_out: Path) -> SplitResult:
-    """Write `graph_out` (flatbuffer, constants external) and `weights_out` (their bytes) from `source`."""
+def split_weights(
+    source: Path, graph_out: Path, weights_out: Path, element_types: frozenset[int] = WEIGHT_TYPES
+) -> SplitResult:
+    """Write `graph_out` (flatbuffer, weights external) and `weights_out` (their bytes) from `source`;
+    only buffers whose tensors all have one of `element_types` move out."""
     schema = _schema()
     raw, model = _load(source)
     if model.externalBuffers:
         raise StepFailed(f"{source} already has external buffers; split the graph with its weights inline")
     metadata_buffers = {m.buffer for m in (model.metadata or [])}
-    tensor_buffers = sorted(
-        {t.buffer for g in (model.subgraphs or []) for t in (g.tensors or []) if t.buffer} - metadata_buffers
-    )
+    types: dict[int, set[int]] = {}
+    for subgraph in model.subgraphs or []:
+        for tensor in subgraph.tensors or []:
+            if tensor.buffer:
+                types.setdefault(tensor.buffer, set()).add(tensor.type)
+    tensor_buffers = sorted(index for index, kinds in types.items() if kinds <= element_types and index not in metadata_buffers)
     ids: dict[int, int] = {}
     externals = []
     chunks: list[bytes] = []
     position = 0
     for index in tensor_buffers:
         data = _buffer_bytes(model.buffers[index], raw)
-        if not data:
+        if len(data) < MIN_EXTERNAL_BYTES:
             continue
         padding = -position % ALIGNMENT
         chunks.append(b"\0" * padding)
@@ -113,7 +128,7 @@ def split_weights(source: Path, graph_out: Path, weights_out: Path) -> SplitResu
                 tensor.externalBuffer = ids[tensor.buffer]
                 tensor.buffer = 0
                 moved += 1
-    # Offset-mode buffers that stayed (metadata) come back inline: the graph is one flatbuffer.
+    # Offset-mode buffers that stayed come back inline: the graph is one flatbuffer.
     for index, buffer in enumerate(model.buffers or []):
         if buffer.offset > 1:
             model.buffers[index] = schema.BufferT()
