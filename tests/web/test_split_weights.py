@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from modelforge.errors import StepFailed
-from modelforge.web.split_weights import ALIGNMENT, MIN_EXTERNAL_BYTES, WEIGHT_TYPES, join_weights, split_weights
+from modelforge.web.split_weights import (
+    ALIGNMENT,
+    MIN_EXTERNAL_BYTES,
+    QUANTIZED_TYPES,
+    WEIGHT_TYPES,
+    join_weights,
+    split_weights,
+)
 
 INPUT = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
 
@@ -134,6 +141,13 @@ def test_same_input_same_bytes_and_offset_mode_input(graph, tmp_path):
     split_weights(offset_mode / "source.tflite", offset_mode / "g.tflite", offset_mode / "w.bin")
     for name in ("g.tflite", "w.bin"):
         assert (first / name).read_bytes() == (second / name).read_bytes() == (offset_mode / name).read_bytes()
+
+
+def test_quantized_only_leaves_float_weights_inline(graph, tmp_path):
+    result = split_weights(graph, tmp_path / "g.tflite", tmp_path / "w.bin", element_types=QUANTIZED_TYPES)
+    assert (result.external_buffers, result.weights_bytes) == (0, 0)
+    assert not _schema_model(tmp_path / "g.tflite").externalBuffers
+    np.testing.assert_array_equal(_interpret(tmp_path / "g.tflite"), _interpret(graph))
 
 
 def test_not_a_tflite_file(tmp_path):
