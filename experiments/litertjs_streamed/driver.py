@@ -54,21 +54,11 @@ def attempt(playwright, url: str) -> dict:
     return result
 
 
-def external_extent(graph: Path) -> dict:
-    """The weights file's size and the largest external buffer (the page's scratch mapping)."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.Model.GetRootAs(graph.read_bytes(), 0)
-    buffers = [model.ExternalBuffers(i) for i in range(model.ExternalBuffersLength())]
-    return {"size": max((b.Offset() + b.Length() for b in buffers), default=0),
-            "largest": max((b.Length() for b in buffers), default=0)}
-
-
 def main(bundle: Path, graphs: list[str]) -> None:
     from playwright.sync_api import sync_playwright
 
     from modelforge.web.serve import serve
-    from modelforge.web.split_weights import QUANTIZED_TYPES, split_weights
+    from modelforge.web.split_weights import QUANTIZED_TYPES, external_extent, split_weights
 
     with tempfile.TemporaryDirectory(prefix="litertjs-streamed-") as temporary:
         site = Path(temporary) / "site"

@@ -144,6 +144,17 @@ def split_weights(
     return SplitResult(len(graph), len(weights), moved, len(externals))
 
 
+def external_extent(graph: Path) -> dict[str, int]:
+    """`size`: the bytes a split graph's weights file must have; `largest`: its largest external buffer
+    (the page maps every buffer onto one scratch region of that size, docs/web-streamed-weights.md)."""
+    _, model = _load(graph)
+    externals = model.externalBuffers or []
+    return {
+        "size": max((e.offset + e.length for e in externals), default=0),
+        "largest": max((e.length for e in externals), default=0),
+    }
+
+
 def join_weights(graph: Path, weights: Path, out: Path) -> None:
     """The inverse of `split_weights`: a `.tflite` with every external buffer's bytes inline."""
     schema = _schema()
