@@ -15,6 +15,7 @@ from modelforge.web.split_weights import (
     MIN_EXTERNAL_BYTES,
     QUANTIZED_TYPES,
     WEIGHT_TYPES,
+    external_extent,
     join_weights,
     split_weights,
 )
@@ -104,6 +105,8 @@ def test_the_layout_loadModelAndWeights_reads(graph, tmp_path):
         assert stored == bytes(bytearray(original.buffers[source.buffer].data))
     assert len({t.externalBuffer for t, _ in constant}) == len({o.buffer for _, o in constant})  # one id a buffer
     assert not any(weight(t) for t in tensors)
+    assert external_extent(tmp_path / "g.tflite") == {
+        "size": len(weights), "largest": max(e.length for e in model.externalBuffers)}
     kept = [t for t, o in zip(tensors, originals) if o.buffer and not weight(o)]
     assert all(t.externalBuffer == 0 and t.buffer for t in kept)  # small and integer constants stay inline
 
