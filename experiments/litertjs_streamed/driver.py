@@ -10,9 +10,8 @@ the outputs of every signature are compared with the `inline` (loadAndCompile) r
 console is searched for the stream callback's own log lines ("[StreamWeights] Starting loading
 session", once a call; "[StreamWeights] Writing", once a tensor), which @litertjs/core prints when the
 wasm side asks for streamed weights.
-Writes results.json next to this file. Run from the worktree root, under the memory cap:
-    /work/wt/capped NAME 2500M env PYTHONPATH=$PWD/src /work/main/.venv/bin/python \
-        experiments/litertjs_streamed/driver.py BUNDLE_DIR model-HASH embedder-HASH
+Writes results.json next to this file. Run from the project root (a memory cap of ~2.5 GiB suffices):
+    PYTHONPATH=$PWD/src .venv/bin/python experiments/litertjs_streamed/driver.py BUNDLE_DIR model-HASH embedder-HASH
 """
 
 from __future__ import annotations
