@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from results_markdown import replace_section, verdict  # noqa: E402  (bench/ is the script's directory)
+from results_markdown import replace_section, targets_table, verdict  # noqa: E402  (bench/ is the script's directory)
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -630,8 +630,7 @@ def render_markdown(result: dict) -> str:
     for title, headers, rows in tables(result):
         lines += ["", f"{title}:", "", "| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
         lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    lines += ["", "| target | value | result |", "|---|---:|---|"]
-    lines += [f"| {t['target']} | {t['value']} | {verdict(t['passed'])} |" for t in result["targets"]]
+    lines += ["", *targets_table(result["targets"])]
     lines.append(f"<!-- {MARK} end -->")
     return "\n".join(lines) + "\n"
 

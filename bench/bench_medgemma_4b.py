@@ -52,7 +52,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT / "tools"))
 from bench_litertlm import ENV, machine, versions  # noqa: E402  (the same environment and records as the litertlm bench)
 from bench_text_only import drop_caches, filesystem  # noqa: E402
-from results_markdown import replace_section, verdict  # noqa: E402  (bench/ is the script's directory)
+from results_markdown import replace_section, targets_table, verdict  # noqa: E402  (bench/ is the script's directory)
 
 MANIFEST = ROOT / "manifests" / "medgemma-1.5-litertlm.yaml"
 MARK = "bench:medgemma_4b"
@@ -778,8 +778,7 @@ def render_markdown(result: dict) -> str:
     for title, headers, rows in tables(result):
         lines += ["", f"{title}:", "", "| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
         lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    lines += ["", "| target | value | result |", "|---|---:|---|"]
-    lines += [f"| {t['target']} | {t['value']} | {verdict(t['passed'])} |" for t in result["targets"]]
+    lines += ["", *targets_table(result["targets"])]
     if result.get("notes"):
         lines += [""] + [f"- {note}" for note in result["notes"]]
     lines.append(f"<!-- {MARK} {result['label']} end -->")

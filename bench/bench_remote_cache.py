@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from results_markdown import replace_section, verdict  # noqa: E402  (bench/ is the script's directory)
+from results_markdown import replace_section, targets_table  # noqa: E402  (bench/ is the script's directory)
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -304,9 +304,7 @@ def render_markdown(result: dict, label: str) -> str:
         "|" + "|".join(["---", "---"] + ["---:"] * (len(HEADERS) - 3) + ["---"]) + "|",
         *["| " + " | ".join(row) + " |" for row in table_rows(result)],
         "",
-        "| target | value | result |",
-        "|---|---:|---|",
-        *[f"| {t['target']} | {t['value']} | {verdict(t['passed'])} |" for t in result["targets"]],
+        *targets_table(result["targets"]),
         "",
         "Checks (every scenario): " + ", ".join(f"{k} = {v}" for k, v in result["checks"].items()) + ".",
     ]

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from modelforge.testing.reference import load_tensor_shapes, reference_dir, shard_assignment, shard_file_names
-from results_markdown import replace_section, verdict  # noqa: E402  (bench/ is the script's directory)
+from results_markdown import replace_section, targets_table, verdict  # noqa: E402  (bench/ is the script's directory)
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -550,9 +550,7 @@ def render_markdown(result: dict) -> str:
         "|---|---:|",
         *[f"| {k} | {_fmt(v, 3)} |" for k, v in result["ratios"].items()],
         "",
-        "| target | value | result |",
-        "|---|---:|---|",
-        *[f"| {t['target']} | {_fmt(t['value'], 3)} | {verdict(t['passed'])} |" for t in result["targets"]],
+        *targets_table(result["targets"], lambda value: _fmt(value, 3)),
         "",
         "Checks: " + ", ".join(f"{k} = {v}" for k, v in result["checks"].items()) + ".",
     ]

@@ -27,3 +27,10 @@ def replace_section(path: Path, mark: str, section: str) -> None:
 def verdict(passed: bool | None) -> str:
     """A target's result: PASS, FAIL, or n/a where it could not be judged."""
     return "PASS" if passed else ("FAIL" if passed is False else "n/a")
+
+
+def targets_table(targets: list[dict], value=str) -> list[str]:
+    """The lines of a benchmark's targets table: each target's name, its value (rendered by `value`)
+    and its verdict."""
+    return ["| target | value | result |", "|---|---:|---|",
+            *[f"| {t['target']} | {value(t['value'])} | {verdict(t['passed'])} |" for t in targets]]
