@@ -62,7 +62,11 @@ def modelforge(past_the_size_check: bool = False) -> list[str]:
             "from modelforge.cli import main; sys.argv[0] = 'modelforge'; main()"]
 
 
-def scratch_project(base: Path) -> Path:
+def variant_name(stream_weights: bool) -> str:
+    return VARIANT + "-streamed" if stream_weights else VARIANT
+
+
+def scratch_project(base: Path, stream_weights: bool) -> Path:
     import yaml
 
     shutil.rmtree(base, ignore_errors=True)
@@ -73,8 +77,9 @@ def scratch_project(base: Path) -> Path:
     bundle["quantization"]["text_decoder"] = {"recipe": TEXT_RECIPE}
     bundle.pop("parity", None)
     manifest["targets"]["web"]["variants"] = [{
-        "name": VARIANT, "label": "MedGemma 1.5 4B · int4 text, int8 vision, reads images (LiteRT.js)", "from": "bundle",
+        "name": variant_name(stream_weights), "label": "MedGemma 1.5 4B · int4 text, int8 vision, reads images (LiteRT.js)", "from": "bundle",
         "runtime": "litertjs", "recipe": TEXT_RECIPE, "vision_recipe": VISION_RECIPE, "max_tokens": 600,
+        **({"stream_weights": True} if stream_weights else {}),
     }]
     target = base / "manifests" / MANIFEST.name
     target.write_text(yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True))
@@ -141,13 +146,15 @@ def own_cgroup() -> dict:
 
 
 def run_build(args) -> dict:
-    manifest = scratch_project(args.work / "project")
+    manifest = scratch_project(args.work / "project", args.stream_weights)
+    # Loaded whole, the variant is refused by plan (the finding); streamed, it is planned as is.
+    past = not args.stream_weights
     store, out = args.work / "store", args.work / "out"
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     refused = subprocess.run([*modelforge(), "plan", str(manifest), "--source-dir", str(args.checkpoint), "--store", str(store)],
                              capture_output=True, text=True, env=env)
-    plan = subprocess.run([*modelforge(past_the_size_check=True), "plan", str(manifest), "--source-dir", str(args.checkpoint), "--store", str(store), "--json"],
+    plan = subprocess.run([*modelforge(past_the_size_check=past), "plan", str(manifest), "--source-dir", str(args.checkpoint), "--store", str(store), "--json"],
                           capture_output=True, text=True, env=env)
     result: dict = {"manifest_variant": {"recipe": TEXT_RECIPE, "vision_recipe": VISION_RECIPE}, "plan_rc": plan.returncode,
                     "plan_as_is": {"rc": refused.returncode, "said": refused.stderr.strip()[-1500:]}}
@@ -156,7 +163,7 @@ def run_build(args) -> dict:
         return result
     planned = json.loads(plan.stdout)
     result["planned_steps"] = [step.get("name") for step in planned.get("steps", [])]
-    command = [*modelforge(past_the_size_check=True), "build", str(manifest), "--source-dir", str(args.checkpoint), "--store", str(store), "--out", str(out)]
+    command = [*modelforge(past_the_size_check=past), "build", str(manifest), "--source-dir", str(args.checkpoint), "--store", str(store), "--out", str(out)]
     log("build: " + " ".join(command))
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=args.work / "project")
@@ -181,7 +188,7 @@ def run_build(args) -> dict:
             steps[name]["peak_tree_rss_bytes"] = peak
     web = out / "web"
     bundle = json.loads((web / "bundle.json").read_text()) if (web / "bundle.json").exists() else {}
-    variant = next((v for v in bundle.get("variants", []) if v.get("name") == VARIANT), {})
+    variant = next((v for v in bundle.get("variants", []) if v.get("name") == variant_name(args.stream_weights)), {})
     result.update({
         "rc": rc, "wall_s": round(time.perf_counter() - started, 1), "steps": steps,
         "peak_tree_rss_bytes": memory["peak_total_bytes"], "cgroup": own_cgroup(),
@@ -189,6 +196,7 @@ def run_build(args) -> dict:
         "graphs": {logical: entry.get("size") for logical, entry in (variant.get("files") or {}).items()},
         "graphs_total_bytes": sum(entry.get("size", 0) for logical, entry in (variant.get("files") or {}).items()
                                   if entry.get("path", entry.get("url", "")).endswith(".tflite")),
+        "streamed": variant.get("streamed"),
         "store_bytes": _du(store), "out_bytes": _du(out),
     })
     return result
@@ -305,12 +313,13 @@ def run_browser(args) -> dict:
 
     web = args.work / "out" / "web"
     bundle = json.loads((web / "bundle.json").read_text())
-    variant = next(v for v in bundle["variants"] if v["name"] == VARIANT)
+    name = variant_name(args.stream_weights)
+    variant = next(v for v in bundle["variants"] if v["name"] == name)
     size = (variant.get("generation") or {}).get("image") or {"height": 896, "width": 896}
     cards = args.work / "cards"
     cards.mkdir(exist_ok=True)
     card = test_cards((size["height"], size["width"]), cards)[0]
-    return drive(web, VARIANT, args.backend, card, args.work / "profile", args.load_timeout, args.answer_timeout, args.tokens)
+    return drive(web, name, args.backend, card, args.work / "profile", args.load_timeout, args.answer_timeout, args.tokens)
 
 
 # In the page, after it settled: LiteRT.js's own wasm instance (the module the page imported): its heap now,
@@ -384,6 +393,7 @@ def drive(web: Path, variant: str, backend: str, card: Path, profile: Path, load
             result["load_s"] = round(time.perf_counter() - started, 1)
             result["variant_started"] = page.get_attribute("body", "data-variant")
             result["backend"] = page.get_attribute("body", "data-backend")
+            result["streamed"] = json.loads(page.get_attribute("body", "data-streamed") or "null")
             for name in ("errors", "notices", "model-info"):
                 result[name.replace("-", "_")] = page.inner_text(f"#{name}") if page.is_visible(f"#{name}") else ""
             # the page names each graph that fell back to the CPU in a notice; the others run on the backend asked
@@ -466,11 +476,13 @@ def _browser_pid() -> int | None:
     return None
 
 
-def render_markdown(result: dict) -> str:
+def render_markdown(result: dict, mark: str = MARK) -> str:
     build, browser = result.get("build") or {}, result.get("browser") or {}
     gb = lambda b: f"{b / 1e9:.2f} GB" if isinstance(b, (int, float)) else "—"  # noqa: E731
     gib = lambda b: f"{b / GIB:.2f}" if isinstance(b, (int, float)) else "—"  # noqa: E731
-    lines = [f"<!-- {MARK} begin -->", "## LiteRT.js variant (images) of MedGemma 4B in the browser (`bench/bench_web_4b.py`)", "",
+    streamed = mark != MARK
+    lines = [f"<!-- {mark} begin -->", "## LiteRT.js variant (images) of MedGemma 4B in the browser"
+             + (", weights streamed to WebGPU (`bench/bench_web_4b.py --stream-weights`)" if streamed else " (`bench/bench_web_4b.py`)"), "",
              f"Run {result.get('date', '?')}; text `{TEXT_RECIPE}`, vision `{VISION_RECIPE}`, the synthetic 4B checkpoint "
              "(random weights). Memory: RSS of the process tree, sampled every 0.25 s.", ""]
     if tiny := result.get("tiny"):
@@ -493,8 +505,8 @@ def render_markdown(result: dict) -> str:
         said = (build.get("plan_as_is") or {}).get("said", "")
         lines += ["### Build", "", f"`modelforge plan` as is: rc {(build.get('plan_as_is') or {}).get('rc')}"
                   + (f" — {said[said.find('cannot run'):][:420]}…" if "cannot run" in said else "") + "",
-                  "", "Built with the planner's LiteRT.js size check switched off (bench only): "
-                  f"rc {build.get('rc')}, {build.get('wall_s')} s, peak RSS summed over the build's processes {gib(build.get('peak_tree_rss_bytes'))} GiB "
+                  "", ("Built as planned: " if streamed else "Built with the planner's LiteRT.js size check switched off (bench only): ")
+                  + f"rc {build.get('rc')}, {build.get('wall_s')} s, peak RSS summed over the build's processes {gib(build.get('peak_tree_rss_bytes'))} GiB "
                   "(file-backed pages included), under a 19 GiB memory cgroup on a shared 2-core machine.", "",
                   "| step | kind | wall s | peak RSS GiB |", "|---|---|---:|---:|"]
         for name, step in (build.get("steps") or {}).items():
@@ -507,7 +519,9 @@ def render_markdown(result: dict) -> str:
         memory = browser.get("memory") or {}
         lines += ["### Browser", "", f"{browser.get('chromium', '')}, backend asked: {browser.get('backend_requested')}.", "",
                   f"- state after loading: **{browser.get('state')}** in {browser.get('load_s')} s; backend {browser.get('backend')}; "
-                  f"graphs {json.dumps(browser.get('graph_backends'))}",
+                  f"graphs {json.dumps(browser.get('graph_backends'))}"
+                  + (f"; streamed weights (readers, bytes read, CPU mappings onto the scratch region): {json.dumps(browser.get('streamed'))}"
+                     if browser.get("streamed") else ""),
                   f"- Chromium peak RSS (all processes) {gib(memory.get('peak_total_bytes'))} GiB; by kind "
                   + ", ".join(f"{k} {gib(v)}" for k, v in sorted((memory.get("peak_by_kind_bytes") or {}).items(), key=lambda kv: -kv[1])[:4]),
                   f"- errors: {(browser.get('errors') or browser.get('exception') or 'none')[:600]!r}",
@@ -517,23 +531,27 @@ def render_markdown(result: dict) -> str:
             lines.append(f"- image question: {answer.get('prompt_tokens')} prompt tokens, {answer.get('tokens')} answer tokens in "
                          f"{answer.get('s')} s (first after {answer.get('first_token_s')} s), state {answer.get('state')}")
         lines += ["", f"Verdict: loads and answers at 4B: **{verdict(browser.get('state') == 'ready' and bool((browser.get('answer') or {}).get('tokens')))}**", ""]
-    lines.append(f"<!-- {MARK} end -->")
+    lines.append(f"<!-- {mark} end -->")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("phase", choices=["tiny", "build", "browser", "render"])
-    parser.add_argument("--checkpoint", type=Path, default=ROOT.parent.parent / "main" / "bench" / "out" / "medgemma_4b" / "checkpoint-full",
+    parser.add_argument("--checkpoint", type=Path, default=BENCH / "out" / "medgemma_4b" / "checkpoint-full",
                         help="the synthetic 4B checkpoint (bench_medgemma_4b.py writes it)")
     parser.add_argument("--work", type=Path, default=BENCH / "out" / "web_4b", help="scratch project, store, output, browser profile")
-    parser.add_argument("--results", type=Path, default=BENCH / "results" / "web_4b.json")
+    parser.add_argument("--stream-weights", action="store_true",
+                        help="the variant as it ships: decoder and embedder weights streamed to WebGPU (stream_weights: true)")
+    parser.add_argument("--results", type=Path, default=None, help="default: bench/results/web_4b[_streamed].json")
     parser.add_argument("--markdown", type=Path, default=BENCH / "RESULTS.md")
     parser.add_argument("--backend", choices=["webgpu", "wasm"], default="webgpu")
     parser.add_argument("--load-timeout", type=float, default=2400)
     parser.add_argument("--answer-timeout", type=float, default=900)
     parser.add_argument("--tokens", type=int, default=8, help="stop the answer after this many tokens")
     args = parser.parse_args(argv)
+    args.results = args.results or BENCH / "results" / ("web_4b_streamed.json" if args.stream_weights else "web_4b.json")
+    mark = MARK + "_streamed" if args.stream_weights else MARK
     args.work.mkdir(parents=True, exist_ok=True)
     result = json.loads(args.results.read_text()) if args.results.exists() else {}
     if args.phase == "build":
@@ -545,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     result["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    replace_section(args.markdown, MARK, render_markdown(result))
+    replace_section(args.markdown, mark, render_markdown(result, mark))
     log(json.dumps({k: v for k, v in result.get(args.phase, {}).items() if k not in ("tail", "console_tail", "statuses")}, indent=1, default=str)[:4000])
     return 0
 

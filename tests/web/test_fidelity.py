@@ -164,6 +164,49 @@ def test_int8_variant_within_the_parity_threshold(tiny_web_bundle, session_facto
         assert agreement >= threshold, f"page {answer}\nPyTorch {expected_answer}"
 
 
+def test_streamed_variant_within_the_parity_threshold(tiny_web_bundle, session_factory, card, reference):
+    """The way MedGemma 4B fits the browser (docs/web-streamed-weights.md): the int8 decoder's and
+    embedder's quantized weights are separate files, downloaded and verified like every file, then
+    streamed into WebGPU buffers (each compiled partition reads them from the start), every CPU-side
+    mapping of them landing on the one scratch region. The answer is within the manifest's threshold
+    of PyTorch's."""
+    import json
+
+    threshold = _manifest()["targets"]["bundle"]["parity"]["min_image_token_agreement"]
+    bundle = json.loads((tiny_web_bundle / "bundle.json").read_text())
+    variant = next(v for v in bundle["variants"] if v["name"] == "tiny-int8-streamed")
+    weights = {entry["weights"]: variant["files"][entry["weights"]]["size"] for entry in variant["streamed"].values()}
+    with serve(tiny_web_bundle) as server:
+        session = session_factory(WEBGPU)
+        _open(session, server.url + "?variant=tiny-int8-streamed", "tiny-int8-streamed", "webgpu")
+        streamed = json.loads(session.page.get_attribute("body", "data-streamed"))
+        print(f"\nstreamed: {streamed}, weights files {weights}")
+        assert streamed["readers"] >= len(weights), session.diagnostics()
+        assert streamed["bytes"] >= sum(weights.values()) and streamed["mappings"] > 0, streamed
+        _drop(session, card)
+        session.page.locator("#preview").wait_for(state="visible", timeout=10_000)
+        prompt, answer = _ask(session, IMAGE_PROMPT)
+        expected_prompt, expected_answer = reference["image"]
+        assert prompt == expected_prompt
+        leading = next((i for i, (a, b) in enumerate(zip(answer, expected_answer)) if a != b), min(len(answer), len(expected_answer)))
+        agreement = leading / len(expected_answer)
+        print(f"\nint8, streamed, on WebGPU: {leading} of PyTorch's {len(expected_answer)} image-answer tokens from the first ({agreement:.2f})")
+        assert agreement >= threshold, f"page {answer}\nPyTorch {expected_answer}"
+        assert not session.page_errors
+
+
+def test_a_streamed_variant_without_webgpu_is_passed_over_with_the_reason(tiny_web_bundle, session_factory):
+    """Streamed weights go to the GPU only: on the CPU backend the page does not download them, says
+    why, and falls back to the next variant."""
+    with serve(tiny_web_bundle) as server:
+        session = session_factory(WEBGPU)
+        session.open(server.url + "?variant=tiny-int8-streamed&backend=wasm", timeout_ms=300_000)
+        notices = session.text("#notices") + session.text("#errors")
+        assert "int8 text, weights streamed to the GPU" in notices and "so it needs WebGPU, which was turned off for this page" in notices, \
+            session.diagnostics()
+        assert session.page.get_attribute("body", "data-variant") != "tiny-int8-streamed"
+
+
 # Watches the answer as the user sees it: records each text it shows and presses Stop (a click on the
 # button) when told: `stopAtStart`, as soon as the page starts answering; `stopAfter`: N, as soon as the
 # answer has shown N texts, noting how many tokens the page had written then. An init script runs

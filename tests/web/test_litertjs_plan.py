@@ -54,6 +54,7 @@ def test_a_variant_with_the_targets_recipes_reuses_its_nodes(tmp_path):
     assert not [step.name for step in plan.steps if step.name.startswith("web.") and "litertjs" in step.kind]
     assert not [step.name for step in plan.steps if step.name.startswith("web.quantize.tiny-float") or step.name.startswith("web.quantize.tiny-int8-images")]
     [first, *_] = [variant for variant in params["variants"] if variant.get("runtime") == "litertjs"]
+    assert "stream_weights" not in first  # absent, not false, where off: those variants keep their step keys
     assert first["generation"]["cache_length"] == load_manifest(MANIFESTS / "tiny-medgemma-litertlm.yaml").targets["bundle"].cache_length
     # Each variant's graphs get their own parity check (the bundle's thresholds, no runtime phase).
     parity = next(step for step in plan.steps if step.name == "web.parity.tiny-float")
@@ -99,7 +100,42 @@ def test_at_4b_a_variant_whose_graphs_cannot_fit_litertjs_is_refused_at_plan_tim
         _plan(_variant("x", runtime="litertjs", recipe=text, vision_recipe=vision))
 
 
+def test_at_4b_streamed_weights_fit_litertjs_where_loaded_graphs_cannot():
+    """The same int4 text + int8 vision variant, its decoder and embedder split (stream_weights): what
+    stays in the heap is their flatbuffers (blockwise float16 scales, norms, structure), one scratch
+    region as large as the largest int4 tensor (the 262,208 × 2,560 embedding table), and the vision
+    graphs; the int4 matrices (2.2 GB) stream to the GPU."""
+    plan = _plan(_variant("int4", runtime="litertjs", recipe="dynamic_wi4b32_afp32", vision_recipe="weight_only_wi8_afp32", stream_weights=True))
+    _, params = _inputs(plan)
+    assert params["variants"][0]["stream_weights"] is True
+    fact = plan.facts["web"]["web.int4"]
+    assert fact["largest_streamed"] == {"tensor": "language_model.model.embed_tokens.weight", "bytes": 262_208 * 2_560 // 2}
+    assert fact["graph_bytes"]["scratch region"] == 262_208 * 2_560 // 2 + 2 * 65536
+    assert 2.1e9 < fact["streamed_bytes"] < 2.3e9
+    assert 1.0e9 < fact["total_bytes"] < 1.2e9  # of the 1.5 GiB a page can hand LiteRT.js
+
+
+def test_streamed_weights_that_still_cannot_fit_are_refused():
+    """int8 text streams 4.3 GB, but its flatbuffers, the 0.67 GB scratch region and float vision
+    (1.67 GB) still exceed the heap."""
+    with pytest.raises(PlanError, match=r"variant 'x' .* cannot run in the browser: with its weights streamed, its graphs would keep about "
+                                        r"2\.40 GB.* in LiteRT.js's wasm32 heap \(vision graphs 1\.\d\d GB.*scratch region 0\.67 GB.*Quantize harder"):
+        _plan(_variant("x", runtime="litertjs", recipe="dynamic_wi8_afp32", stream_weights=True))
+
+
+def test_streamed_weights_need_a_quantized_decoder():
+    manifest = load_manifest(REAL)
+    float_bundle = manifest.targets["bundle"].model_copy(update={"quantization": {}})
+    manifest = manifest.model_copy(update={"targets": {**manifest.targets, "bundle": float_bundle}})
+    with pytest.raises(PlanError, match=r"variant 'x' streams its weights, but its text decoder would be float .*set the variant's recipe"):
+        _plan(_variant("x", runtime="litertjs", stream_weights=True), manifest=manifest)
+
+
 def test_manifest_refusals():
+    with pytest.raises(ValidationError, match="stream_weights applies to runtime: litertjs variants only"):
+        _variant("x", stream_weights=True, recipe="dynamic_wi8_afp32")
+    with pytest.raises(ValidationError, match="stream_weights streams quantized weights only"):
+        _variant("x", runtime="litertjs", recipe="none", stream_weights=True)
     with pytest.raises(ValidationError, match="MediaPipe web runtime rejects float embedding tables.*runtime: litertjs"):
         _variant("x", recipe="none")
     with pytest.raises(ValidationError, match="vision_recipe applies to runtime: litertjs variants only"):

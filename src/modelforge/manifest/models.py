@@ -533,6 +533,13 @@ class WebVariantSpec(Spec):
         "cannot compile int8 weight-only vision graphs on WebGPU (the page then runs them on its wasm CPU backend).",
     )
     max_tokens: int | None = Field(default=None, ge=1, le=1 << 20, description="Input + output tokens (default: the cache length).")
+    stream_weights: bool = Field(
+        default=False,
+        description="litertjs only: ship the decoder and embedder with their quantized weights in separate files that the page "
+        "streams into WebGPU buffers (loadModelAndWeights), so that only the rest of each graph enters LiteRT.js's 2 GiB wasm "
+        "heap: how MedGemma 4B fits. Needs a quantized text recipe; the variant then runs on WebGPU only (the page falls back "
+        "to the next variant without it). See docs/web-streamed-weights.md.",
+    )
 
     @field_validator("recipe")
     @classmethod
@@ -550,6 +557,10 @@ class WebVariantSpec(Spec):
             )
         if self.runtime == "mediapipe" and self.vision_recipe != "none":
             raise ValueError("vision_recipe applies to runtime: litertjs variants only (a MediaPipe .task reads text only); remove it")
+        if self.runtime == "mediapipe" and self.stream_weights:
+            raise ValueError("stream_weights applies to runtime: litertjs variants only (MediaPipe loads a whole .task); remove it")
+        if self.stream_weights and self.recipe == "none":
+            raise ValueError("stream_weights streams quantized weights only (LiteRT.js reads float ones from its heap); set a quantized recipe")
         return self
 
 

@@ -19,7 +19,7 @@ TOOLS: tuple[str, ...] = ()
 def run(context: StepContext) -> None:
     """params: {title, notice, variants, runtime: {version, files} (MediaPipe variants), litertjs: {versions, files}
     (LiteRT.js variants)}. A MediaPipe variant: {name, label, max_tokens, input}; a LiteRT.js one: {name, label,
-    max_tokens, runtime: litertjs, inputs: {text, vision_encoder?, projector?, source}, files: {chat_template},
+    max_tokens, runtime: litertjs, inputs: {text, vision_encoder?, projector?, source}, files: {chat_template}, stream_weights?,
     generation: {prefill_lengths, cache_length, start_token, stop_tokens, image?: {soft_tokens, image_token_id,
     start_of_image_id, end_of_image_id}}}."""
     from modelforge.hashing import hash_file
@@ -75,6 +75,7 @@ def _litertjs_variant(context: StepContext, variant: dict):
         name=variant["name"], label=variant["label"], max_tokens=variant["max_tokens"], graphs=graphs, tokenizer=tokenizer,
         tokenizer_config=context.input_path(source, "tokenizer_config.json"),
         chat_template=context.input_path(source, variant["files"]["chat_template"]), generation=generation,
+        stream_weights=variant.get("stream_weights", False),
     )
 
 

@@ -117,7 +117,12 @@ def _litertjs_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec
         )
 
     text_recipe = variant.recipe if variant.recipe is not None else (origin.quantization.get("text_decoder") or QuantizationSpec()).recipe
-    _check_litertjs_size(builder, target, variant.name, text_recipe, variant.vision_recipe)
+    if variant.stream_weights and text_recipe == "none":
+        raise PlanError(
+            f"{where}: variant {variant.name!r} streams its weights, but its text decoder would be float (the litertlm target "
+            f"{variant.source_target!r} does not quantize it): LiteRT.js streams quantized weights only; set the variant's recipe"
+        )
+    _check_litertjs_size(builder, target, variant, text_recipe)
     refs = {"text": graphs("text_decoder", text_recipe)}
     refs |= {component: graphs(component, variant.vision_recipe) for component in ("vision_encoder", "projector")}
     names = {}
@@ -129,7 +134,9 @@ def _litertjs_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec
     names["source"] = f"variant.{variant.name}.source"
     inputs.append(InputRef(names["source"], builder.source.name, source_input(builder, needed).select))
     config = builder.facts.config
+    streamed = {"stream_weights": True} if variant.stream_weights else {}  # absent when off: those bundles keep their keys
     return {
+        **streamed,
         "name": variant.name, "label": variant.label, "runtime": "litertjs", "max_tokens": max_tokens, "inputs": names,
         "files": {"chat_template": origin.metadata.chat_template},
         "generation": {
@@ -158,28 +165,46 @@ def _plan_parity(builder: PlanBuilder, target: str, variant: WebVariantSpec, ori
     litertlm.predict_memory(builder, step, "parity", litertlm.PART_COMPONENTS["text"] + litertlm.PART_COMPONENTS["vision"])
 
 
-def _check_litertjs_size(builder: PlanBuilder, target: str, variant: str, text_recipe: str, vision_recipe: str) -> None:
-    """Predict a LiteRT.js variant's graphs from the tensor shapes and refuse it when they cannot fit:
-    the decoder (which holds the tied embedding as its output head), the embedder, the vision
-    encoder and adapter."""
+def _check_litertjs_size(builder: PlanBuilder, target: str, variant: WebVariantSpec, text_recipe: str) -> None:
+    """Predict what a LiteRT.js variant puts in LiteRT.js's wasm heap, from the tensor shapes, and refuse
+    it when that cannot fit: the decoder (which holds the tied embedding as its output head), the
+    embedder, the vision encoder and adapter; with `stream_weights`, the decoder's and embedder's
+    flatbuffers and the one scratch region their streamed weights are mapped onto instead."""
     def shapes(components) -> dict[str, tuple[int, ...]]:
         return limits.text_decoder_shapes(builder.facts.tensors, builder.owner, components)
 
     text = shapes(litertlm.PART_COMPONENTS["text"])
     embedding = {name: shape for name, shape in text.items() if name.endswith("embed_tokens.weight")}
-    graphs = {
-        "model.tflite": limits.predict_graph_bytes(text, text_recipe),
-        "embedder.tflite": limits.predict_graph_bytes(embedding, text_recipe) if embedding else 0,
-        "vision graphs": limits.predict_graph_bytes(shapes(litertlm.PART_COMPONENTS["vision"]), vision_recipe),
-    }
-    builder.plan_facts.setdefault("web", {})[f"{target}.{variant}"] = {"graph_bytes": graphs, "total_bytes": sum(graphs.values())}
-    problems = limits.check_litertjs_graphs(graphs)
+    vision = limits.predict_graph_bytes(shapes(litertlm.PART_COMPONENTS["vision"]), variant.vision_recipe)
+    fact: dict = {}
+    if variant.stream_weights:
+        model = limits.predict_streamed_graph(text, text_recipe)
+        embedder = limits.predict_streamed_graph(embedding, text_recipe) if embedding else None
+        graphs = {
+            "model.tflite (flatbuffer)": model.heap_bytes,
+            "embedder.tflite (flatbuffer)": embedder.heap_bytes if embedder else 0,
+            # Every streamed weight's CPU-side mapping lands on it (docs/web-streamed-weights.md), plus the
+            # 64 KiB alignment page the page adds on each side.
+            "scratch region": max(model.largest_streamed_bytes, embedder.largest_streamed_bytes if embedder else 0) + 2 * 65536,
+            "vision graphs": vision,
+        }
+        fact["streamed_bytes"] = model.streamed_bytes + (embedder.streamed_bytes if embedder else 0)
+        fact["largest_streamed"] = {"tensor": model.largest_streamed, "bytes": model.largest_streamed_bytes}
+    else:
+        graphs = {
+            "model.tflite": limits.predict_graph_bytes(text, text_recipe),
+            "embedder.tflite": limits.predict_graph_bytes(embedding, text_recipe) if embedding else 0,
+            "vision graphs": vision,
+        }
+    builder.plan_facts.setdefault("web", {})[f"{target}.{variant.name}"] = {"graph_bytes": graphs, "total_bytes": sum(graphs.values()), **fact}
+    problems = limits.check_litertjs_graphs(graphs, streamed=variant.stream_weights)
     if problems:
+        advice = ("quantize harder if that fits" if variant.stream_weights else
+                  "stream its weights (stream_weights: true, WebGPU only: how MedGemma 4B fits) or quantize harder if that fits "
+                  "(recipe: dynamic_wi8_afp32, vision_recipe: weight_only_wi8_afp32)")
         raise PlanError(
-            f"{builder.where(target)}: variant {variant!r} (runtime: litertjs; text {text_recipe}, vision {vision_recipe}) cannot run in the "
-            f"browser: {'; and '.join(problems)}. Quantize harder if that fits (recipe: dynamic_wi8_afp32, "
-            "vision_recipe: weight_only_wi8_afp32; an int4 decoder runs on wasm only, it never compiles on LiteRT.js's WebGPU), else drop "
-            "the variant (MedGemma 4B's graphs cannot fit: its int4 decoder alone is 2.20 GB); see docs/web-limits.md"
+            f"{builder.where(target)}: variant {variant.name!r} (runtime: litertjs; text {text_recipe}, vision {variant.vision_recipe}) cannot "
+            f"run in the browser: {'; and '.join(problems)}. {advice[0].upper() + advice[1:]}, else drop the variant; see docs/web-limits.md"
         )
 
 

@@ -6,7 +6,8 @@ server configurations — deterministic bytes for the same inputs.
       bundle.json                                     what the app reads (see below)
       runtime/<stem>-<sha16><ext>                     vendored runtime files, content-hashed names
       models/<name>-<sha16>.task                      MediaPipe variants, content-hashed names
-      models/<graph>-<sha16>.tflite, models/tokenizer-<sha16>.json, models/chat_template-<sha16>.jinja
+      models/<graph>-<sha16>.tflite, models/tokenizer-<sha16>.json, models/chat_template-<sha16>.jinja,
+      models/<graph>_weights-<sha16>.weights (stream_weights variants)
                                                       LiteRT.js variants' files, named by content (two
                                                       variants sharing a graph share its file)
       nginx.conf Caddyfile .htaccess _headers firebase.json
@@ -28,7 +29,13 @@ instead of one `.task`:
      "variants": [{"name", "label", "runtime": "litertjs", "multimodal", "max_tokens", "size" (all files),
                    "files": {"model" | "embedder" | "vision_encoder" | "vision_adapter" | "tokenizer" | "tokenizer_config" | "chat_template":
                              {"url", "sha256", "size", "chunk_size", "chunk_sha256"}},
-                   "generation": {what the page's decoding loop needs: see steps/web_bundle.py}}]
+                   "generation": {what the page's decoding loop needs: see steps/web_bundle.py},
+                   "streamed" (stream_weights variants only): {"model" | "embedder": {"weights": "model_weights" | "embedder_weights",
+                               "group", "size", "largest"}}}]
+
+A `stream_weights` variant's "model" and "embedder" are flatbuffers whose quantized weights live in
+"model_weights" / "embedder_weights" (TFLite external buffers, `modelforge.web.split_weights`); the page
+streams those into WebGPU buffers (docs/web-streamed-weights.md).
 
 The `runtime` (MediaPipe) section is present only when a MediaPipe variant is.
 
@@ -105,8 +112,14 @@ class Variant:
 
 
 LITERTJS_GRAPHS = ("model", "embedder", "vision_encoder", "vision_adapter")
+# The graphs a `stream_weights` variant splits (docs/web-streamed-weights.md): their quantized weights go
+# to `<graph>_weights` and reach the GPU through loadModelAndWeights' stream, never the wasm heap.
+STREAMED_GRAPHS = ("model", "embedder")
 # The served extension of each LiteRT.js variant file (store objects have no extension).
-LITERTJS_EXTENSIONS = {**{graph: ".tflite" for graph in LITERTJS_GRAPHS}, "tokenizer": ".json", "tokenizer_config": ".json", "chat_template": ".jinja"}
+LITERTJS_EXTENSIONS = {
+    **{graph: ".tflite" for graph in LITERTJS_GRAPHS}, **{f"{graph}_weights": ".weights" for graph in STREAMED_GRAPHS},
+    "tokenizer": ".json", "tokenizer_config": ".json", "chat_template": ".jinja",
+}
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,8 @@ class LitertjsVariant:
     tokenizer, tokenizer_config: tokenizer.json and tokenizer_config.json; chat_template: the Jinja template.
     generation: what the loop needs (signatures, prefill lengths, cache length, token ids, image size
       and soft tokens), written into bundle.json as is.
+    stream_weights: ship the decoder and embedder split (`split_weights`, quantized weights only) so
+      that the page streams their weights into WebGPU buffers (WebGPU only).
     """
 
     name: str
@@ -129,6 +144,7 @@ class LitertjsVariant:
     tokenizer_config: Path
     chat_template: Path
     generation: Mapping
+    stream_weights: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -376,14 +392,23 @@ def _vendor_litertjs(files: Mapping[str, Path], staging: Path) -> dict[str, dict
 
 
 def _litertjs_entry(variant: LitertjsVariant, staging: Path) -> dict:
+    sources = variant.files()
+    split_dir = staging / f".split-{variant.name}"
+    streamed = _split_streamed(variant, sources, split_dir) if variant.stream_weights else {}
     files = {}
-    for logical, path in variant.files().items():
+    for logical, path in sources.items():
         digest, chunks, size = _hash_file(path, CHUNK_SIZE)
         rel = f"models/{logical}-{digest[:16]}{LITERTJS_EXTENSIONS[logical]}"
-        if not (staging / rel).exists():  # a file two variants share is laid out once
+        if (staging / rel).exists():  # a file two variants share is laid out once
+            pass
+        elif path.parent == split_dir:  # written here: moved, not copied (2.2 GB at MedGemma 4B)
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, staging / rel)
+        else:
             _place(path, staging / rel)
         files[logical] = {"url": rel, "sha256": digest, "size": size, "chunk_size": CHUNK_SIZE, "chunk_sha256": chunks}
-    return {
+    shutil.rmtree(split_dir, ignore_errors=True)
+    entry = {
         "name": variant.name,
         "label": variant.label,
         "runtime": "litertjs",
@@ -393,6 +418,32 @@ def _litertjs_entry(variant: LitertjsVariant, staging: Path) -> dict:
         "files": files,
         "generation": dict(variant.generation),
     }
+    if streamed:
+        entry["streamed"] = streamed
+    return entry
+
+
+def _split_streamed(variant: LitertjsVariant, sources: dict[str, Path], split_dir: Path) -> dict[str, dict]:
+    """Split the variant's decoder and embedder (quantized weights out), replacing them in `sources` and
+    adding their `<graph>_weights`; returns bundle.json's `streamed`: per graph, its weights file's
+    logical name, the external buffer group the flatbuffer names (the page creates its file-system entry
+    under that name), the weights' size and the largest one's (the page's scratch region)."""
+    from modelforge.web.split_weights import QUANTIZED_TYPES, split_weights
+
+    split_dir.mkdir()
+    streamed = {}
+    for graph in STREAMED_GRAPHS:
+        group = f"{variant.name}-{graph}.weights"
+        flatbuffer, weights = split_dir / f"{graph}.tflite", split_dir / group
+        result = split_weights(sources[graph], flatbuffer, weights, QUANTIZED_TYPES)
+        if not result.external_buffers:
+            raise BundleError(
+                f"variant {variant.name}: its {graph} graph ({sources[graph]}) has no quantized weights to stream; "
+                "stream_weights needs a quantized text recipe (e.g. dynamic_wi4b32_afp32)"
+            )
+        sources[graph], sources[f"{graph}_weights"] = flatbuffer, weights
+        streamed[graph] = {"weights": f"{graph}_weights", "group": group, "size": result.weights_bytes, "largest": result.largest_external}
+    return streamed
 
 
 def bundle_files(bundle_dir: Path) -> list[str]:

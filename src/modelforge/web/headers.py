@@ -89,6 +89,7 @@ MIME_TYPES: dict[str, str] = {
     ".wasm": "application/wasm",
     ".task": "application/octet-stream",
     ".tflite": "application/octet-stream",
+    ".weights": "application/octet-stream",
     ".litertlm": "application/octet-stream",
     ".bin": "application/octet-stream",
     ".png": "image/png",

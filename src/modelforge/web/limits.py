@@ -26,11 +26,13 @@ __all__ = [
     "MAX_TENSOR_BYTES",
     "WASM32_HEAP_MAX",
     "RecipeStorage",
+    "StreamedGraphPrediction",
     "TaskSizePrediction",
     "WebLimitError",
     "check_litertjs_graphs",
     "check_task_size",
     "predict_graph_bytes",
+    "predict_streamed_graph",
     "predict_task_size",
     "recipe_storage",
 ]
@@ -168,18 +170,58 @@ def predict_graph_bytes(shapes: Mapping[str, tuple[int, ...]], recipe: str) -> i
     return prediction.task_bytes - TASK_OVERHEAD_BYTES
 
 
-def check_litertjs_graphs(graphs: Mapping[str, int], *, max_bytes: int | None = None) -> list[str]:
-    """The limits a LiteRT.js variant's graphs (name → predicted bytes) break. `@litertjs/core`
+@dataclass(frozen=True)
+class StreamedGraphPrediction:
+    """A graph split for streamed loading (modelforge.web.split_weights, quantized weights only):
+    `heap_bytes` stay in the flatbuffer (float weights, blockwise scales, graph structure),
+    `streamed_bytes` go to the GPU through the stream, the largest of them `largest_streamed_bytes`."""
+
+    heap_bytes: int
+    streamed_bytes: int
+    largest_streamed: str
+    largest_streamed_bytes: int
+
+
+def predict_streamed_graph(shapes: Mapping[str, tuple[int, ...]], recipe: str) -> StreamedGraphPrediction:
+    """The split of the graph `predict_graph_bytes(shapes, recipe)` predicts: every 2-D weight's
+    quantized data streams; its scales (a float16 tensor, or the flatbuffer's quantization
+    parameters), the float 1-D weights and the graph structure stay in the flatbuffer."""
+    storage = recipe_storage(recipe)
+    heap = streamed = 0
+    largest, largest_bytes = "", 0
+    layers = set()
+    for name, shape in sorted(shapes.items()):
+        if match := _LAYER.search(name):
+            layers.add(match.group(1))
+        if len(shape) >= 2:
+            data, scales = storage.tensor_bytes(tuple(shape))
+            streamed += data
+            heap += scales
+            if data > largest_bytes:
+                largest, largest_bytes = name, data
+        else:
+            heap += 4 * _numel(tuple(shape))
+    return StreamedGraphPrediction(heap + GRAPH_BYTES_PER_LAYER * max(1, len(layers)), streamed, largest, largest_bytes)
+
+
+def check_litertjs_graphs(graphs: Mapping[str, int], *, max_bytes: int | None = None, streamed: bool = False) -> list[str]:
+    """The limits a LiteRT.js variant's heap residents (name → predicted bytes) break. `@litertjs/core`
     2.5.3's `loadAndCompile` copies each whole .tflite into its wasm heap (at most 2 GiB in every
     build of the package, kept for the page's life), so the variant's graphs together must leave the
     runtime room there. Read from the package (index.js `_malloc` of the model bytes; the .wasm files'
-    memory maximum) and measured at 4B by bench/bench_web_4b.py; weights streamed into GPU buffers by
-    `loadModelAndWeights` would lift it, and are not used yet."""
+    memory maximum) and measured at 4B by bench/bench_web_4b.py. With `streamed`, the decoder's and
+    embedder's entries are their flatbuffers and the scratch region their weights are mapped onto
+    (`loadModelAndWeights`, docs/web-streamed-weights.md): the quantized weights themselves skip the heap."""
     max_bytes = MAX_LITERTJS_GRAPH_BYTES if max_bytes is None else max_bytes
     total = sum(graphs.values())
     if total <= max_bytes:
         return []
     listed = ", ".join(f"{name} {_gb(size)}" for name, size in sorted(graphs.items(), key=lambda item: -item[1]))
+    if streamed:
+        return [
+            f"with its weights streamed, its graphs would keep about {_gb(total)} in LiteRT.js's wasm32 heap ({listed}), above the "
+            f"{_gb(max_bytes)} a page can hand it (@litertjs/core 2.5.3 caps that heap at {_gb(LITERTJS_HEAP_MAX)})"
+        ]
     return [
         f"its graphs would be about {_gb(total)} together ({listed}), above the {_gb(max_bytes)} a page can hand LiteRT.js "
         f"(loadAndCompile copies each graph into its wasm32 heap, which @litertjs/core 2.5.3 caps at {_gb(LITERTJS_HEAP_MAX)})"

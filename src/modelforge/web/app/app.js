@@ -477,10 +477,31 @@ async function fetchVerified(variant, logical) {
   }
 }
 
+// A streamed graph's weights file (variant.streamed), fetched (or taken from Cache Storage) and
+// verified, but not held: {size, reader()}, where each reader() streams its verified parts from the
+// start again (the runtime reads it once per GPU partition it compiles).
+async function fetchStreamed(variant, logical) {
+  const entry = variant.files[logical];
+  const file = { ...entry, name: `${variant.name}/${logical}`, label: `${variant.label} (${logical})` };
+  try {
+    const model = await getModel(file);
+    return { weights: { size: entry.size, reader: () => model.reader() }, source: model.source };
+  } catch (err) {
+    throw new Error(`its file ${logical} (${entry.url}) could not be used: ${describe(err)}`);
+  }
+}
+
 // The wasm backend's memory is 32-bit: a graph is copied whole into a heap of at most 4 GiB.
 const WASM_GRAPH_LIMIT = 2 * 1024 ** 3;
 
 async function startLitert(variant) {
+  const streamedWeights = new Set(Object.values(variant.streamed || {}).map((entry) => entry.weights));
+  if (streamedWeights.size && state.backend !== "webgpu") {
+    throw new Error(
+      "its weights stream straight into the GPU's memory (they do not fit LiteRT.js's 2 GiB of WebAssembly memory), " +
+        "so it needs WebGPU, which " + (state.gpuOk ? "was turned off for this page" : "this browser does not offer here"),
+    );
+  }
   if (state.backend === "wasm") {
     const largest = Math.max(...Object.values(variant.files).map((f) => f.size));
     if (largest > WASM_GRAPH_LIMIT) {
@@ -501,6 +522,12 @@ async function startLitert(variant) {
   const sources = new Set();
   for (const logical of Object.keys(variant.files).sort()) {
     setStatus(`Getting ${variant.label}: ${logical}…`);
+    if (streamedWeights.has(logical)) {
+      const { weights, source } = await fetchStreamed(variant, logical);
+      files[logical] = weights;
+      sources.add(source);
+      continue;
+    }
     const { bytes, source } = await fetchVerified(variant, logical);
     files[logical] = bytes;
     sources.add(source);
@@ -813,6 +840,7 @@ async function main() {
         (bundle.notice ? ` · Note: ${bundle.notice}` : "");
       document.body.dataset.variant = variant.name;
       document.body.dataset.backend = state.engine ? state.engine.backend : "webgpu";
+      if (state.engine?.streamStats) document.body.dataset.streamed = JSON.stringify(state.engine.streamStats);
       break;
     } catch (err) {
       hideProgress();

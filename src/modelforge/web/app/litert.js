@@ -42,12 +42,93 @@ async function compile(name, bytes, backend, notes) {
   }
 }
 
+// Streamed weights (a `stream_weights` variant, docs/web-streamed-weights.md): `bytes` is the graph's
+// flatbuffer, its quantized weights are `weights` ({size, reader()}: a reader of verified parts from the
+// start, each call), which loadModelAndWeights writes straight into WebGPU buffers. WebGPU only.
+//
+// LiteRT.js 2.5.3 first maps every external weight on the CPU side from a file named `entry.group` in its
+// Emscripten file system (and fails without one); a real file there would pass every weight through
+// the 2 GiB heap. So the file is an entry of the weights' size with no contents whose every mapping is
+// the one `scratch` region (as large as the largest weight): nothing is copied, and the weights reach
+// the GPU only through the stream. This leans on Emscripten internals of the 2.5.3 build
+// (FS_createLazyFile, a node's stream_ops.mmap); experiments/litertjs_streamed/driver.py re-checks them.
+// The delegate asks for the stream once per partition it compiles: each getReader() starts over.
+async function compileStreamed(name, bytes, weights, entry, scratch, stats) {
+  const { core } = runtime;
+  const wasm = core.getGlobalLiteRt().liteRtWasm;
+  if (!wasm?.FS_createLazyFile || !wasm._malloc) {
+    throw new Error(`${name}: this LiteRT.js build does not expose the file system that streamed weights need`);
+  }
+  try {
+    wasm.FS_unlink(`/${entry.group}`); // left by an earlier start of the same variant
+  } catch {
+    /* none */
+  }
+  const hidden = globalThis.XMLHttpRequest;
+  globalThis.XMLHttpRequest = undefined; // createLazyFile then makes a URL node instead of aborting on the main thread
+  let node;
+  try {
+    node = wasm.FS_createLazyFile("/", entry.group, "unused", true, false);
+  } finally {
+    globalThis.XMLHttpRequest = hidden;
+  }
+  node.contents = { length: entry.size }; // the size fstat reports; nothing is stored
+  node.stream_ops = {
+    ...node.stream_ops,
+    mmap: (stream, length) => {
+      if (length > scratch.bytes) throw new Error(`${name}: a ${length}-byte weight mapping exceeds the ${scratch.bytes}-byte scratch region`);
+      stats.mappings += 1;
+      return { ptr: scratch.ptr, allocated: false };
+    },
+    read: () => {
+      throw new Error(`${name}: the runtime read streamed weights from its file system`);
+    },
+  };
+  const stream = {
+    getReader() {
+      stats.readers += 1;
+      let reader = null;
+      return new ReadableStream({
+        async pull(controller) {
+          reader ??= await weights.reader();
+          const { value, done } = await reader.read();
+          if (done) controller.close();
+          else {
+            stats.bytes += value.byteLength;
+            controller.enqueue(value);
+          }
+        },
+        async cancel() {
+          await reader?.cancel();
+        },
+      }).getReader();
+    },
+  };
+  try {
+    return { model: await core.loadModelAndWeights(bytes, stream, { accelerator: "webgpu" }), backend: "webgpu" };
+  } catch (err) {
+    throw new Error(`${name} (weights streamed to WebGPU): ${err?.message || err}`);
+  }
+}
+
+// One region of the wasm heap, aligned to Emscripten's 64 KiB pages as its own mmap aligns (the runtime
+// wraps each mapping in a host buffer that must be aligned; a mapping starts up to a page before its
+// weight), kept for the page's life: the CPU-side tensors point into it.
+function scratchRegion(bytes) {
+  const wasm = runtime.core.getGlobalLiteRt().liteRtWasm;
+  const page = 65536;
+  const base = wasm._malloc(bytes + 2 * page);
+  if (!base) throw new Error(`the runtime's memory has no room for the ${bytes}-byte region streamed weights are mapped onto`);
+  return { ptr: Math.ceil(base / page) * page, bytes: bytes + page };
+}
+
 function inputDetails(runner) {
   return runner.getInputDetails().map((d) => ({ name: d.name, shape: Array.from(d.shape) }));
 }
 
 // A started LiteRT.js variant. `files` maps each logical file of the variant (bundle.json) to its
-// bytes (Uint8Array), already verified.
+// bytes (Uint8Array), already verified; a streamed graph's weights (variant.streamed) to {size,
+// reader()} instead.
 export async function startLitertVariant(variant, files, backend) {
   const { tokenizers, jinja } = runtime;
   const text = (bytes) => new TextDecoder().decode(bytes);
@@ -56,13 +137,25 @@ export async function startLitertVariant(variant, files, backend) {
   const notes = [];
   const models = {};
   const backends = {};
+  const streamed = variant.streamed || {};
+  const stats = { readers: 0, bytes: 0, mappings: 0 };
+  let scratch = null;
+  if (Object.keys(streamed).length) {
+    if (backend !== "webgpu") throw new Error("its weights stream into WebGPU buffers, and WebGPU is not in use here");
+    scratch = scratchRegion(Math.max(...Object.values(streamed).map((entry) => entry.largest)));
+  }
   for (const name of ["model", "embedder", "vision_encoder", "vision_adapter"]) {
     if (!files[name]) continue;
-    const { model, backend: used } = await compile(name, files[name], backend, notes);
+    const entry = streamed[name];
+    const { model, backend: used } = entry
+      ? await compileStreamed(name, files[name], files[entry.weights], entry, scratch, stats)
+      : await compile(name, files[name], backend, notes);
     models[name] = model;
     backends[name] = used;
   }
-  return new LitertEngine(variant, models, backends, tokenizer, template, notes);
+  const engine = new LitertEngine(variant, models, backends, tokenizer, template, notes);
+  if (scratch) engine.streamStats = stats;
+  return engine;
 }
 
 class LitertEngine {
