@@ -67,11 +67,12 @@ def test_a_variant_with_the_targets_recipes_reuses_its_nodes(tmp_path):
 
 def test_at_4b_a_variant_with_another_recipe_gets_its_own_quantize_step_and_reuses_the_targets_vision(monkeypatch):
     """MedGemma 4B: int4 text (own step on the target's export) and the target's int8 vision (its
-    very nodes): about 2.98 GB of graphs. LiteRT.js 2.5.3 cannot take them (next test); planned here as
-    if its heap were 4 GiB, to check the steps such a variant gets."""
+    very nodes): about 3.02 GB of graphs, and 6.85 GB of KV cache buffers at the cache length. LiteRT.js
+    2.5.3 cannot take them (next test); planned here as if its heap were 16 GiB, to check the steps such a
+    variant gets."""
     from modelforge.web import limits
 
-    monkeypatch.setattr(limits, "MAX_LITERTJS_GRAPH_BYTES", 3 * 2**30)
+    monkeypatch.setattr(limits, "MAX_LITERTJS_GRAPH_BYTES", 16 * 2**30)
     plan = _plan(_variant("int4", runtime="litertjs", recipe="dynamic_wi4b32_afp32", vision_recipe="weight_only_wi8_afp32"))
     inputs, params = _inputs(plan)
     assert inputs["variant.int4.text"] == "web.quantize.int4.text_decoder"
@@ -83,43 +84,53 @@ def test_at_4b_a_variant_with_another_recipe_gets_its_own_quantize_step_and_reus
     assert "runtime" not in params and params["litertjs"]["versions"] == {"@litertjs/core": "2.5.3"}
     assert params["variants"][0]["generation"]["image"] == {"soft_tokens": 256, "image_token_id": 262144, "start_of_image_id": 255999, "end_of_image_id": 256000}
     graphs = plan.facts["web"]["web.int4"]
-    assert 2.9e9 < graphs["total_bytes"] < 3 * 2**30
+    # 34 layers × 1,024 key rows (4 KV heads × 256) × 4,096 positions × float32 × K, V in and out × 3 signatures
+    assert graphs["graph_bytes"]["KV cache buffers"] == 34 * 1024 * 4096 * 4 * 4 * 3
+    assert 2.9e9 < graphs["total_bytes"] - graphs["graph_bytes"]["KV cache buffers"] < 3 * 2**30
 
 
 @pytest.mark.parametrize(("text", "vision", "total"), [
-    ("none", "none", "19.92 GB"),
-    ("dynamic_wi8_afp32", "weight_only_wi8_afp32", "5.03 GB"),
-    ("dynamic_wi4b32_afp32", "none", "4.27 GB"),
+    ("none", "none", "26.76 GB"),
+    ("dynamic_wi8_afp32", "weight_only_wi8_afp32", "11.87 GB"),
+    ("dynamic_wi4b32_afp32", "none", "11.12 GB"),
     # the lightest combination: its int4 decoder alone (2.20 GB) is above LiteRT.js 2.5.3's 2 GiB heap
-    ("dynamic_wi4b32_afp32", "weight_only_wi8_afp32", "3.02 GB"),
+    ("dynamic_wi4b32_afp32", "weight_only_wi8_afp32", "9.86 GB"),
 ])
 def test_at_4b_a_variant_whose_graphs_cannot_fit_litertjs_is_refused_at_plan_time(text, vision, total):
     with pytest.raises(PlanError, match=rf"variant 'x' \(runtime: litertjs; text {text}, vision {vision}\) cannot run in the browser: "
-                                        rf"its graphs would be about {total}.*loadAndCompile copies each graph into its wasm32 heap, "
+                                        rf"its graphs and KV cache would take about {total}.*loadAndCompile copies each graph into its wasm32 heap, "
                                         r"which @litertjs/core 2.5.3 caps at 2.15 GB \(2.00 GiB\)"):
         _plan(_variant("x", runtime="litertjs", recipe=text, vision_recipe=vision))
 
 
-def test_at_4b_streamed_weights_fit_litertjs_where_loaded_graphs_cannot():
+def test_at_4b_streamed_weights_leave_the_graphs_a_tenth_of_the_heap_but_not_the_kv_cache(monkeypatch):
     """The same int4 text + int8 vision variant, its decoder and embedder split (stream_weights): what
     stays in the heap is their flatbuffers (blockwise float16 scales, norms, structure), one scratch
-    region as large as the largest int4 tensor (the 262,208 × 2,560 embedding table), and the vision
-    graphs; the int4 matrices (2.2 GB) stream to the GPU."""
-    plan = _plan(_variant("int4", runtime="litertjs", recipe="dynamic_wi4b32_afp32", vision_recipe="weight_only_wi8_afp32", stream_weights=True))
+    region as large as the largest int4 tensor (the 262,208 × 2,560 embedding table) and the vision
+    graphs (1.08 GB), while the int4 matrices (2.2 GB) stream to the GPU; but the KV cache buffers of
+    the 4,096-token cache (6.85 GB) still do not fit. Planned past the limit to read the prediction."""
+    from modelforge.web import limits
+
+    variant = _variant("int4", runtime="litertjs", recipe="dynamic_wi4b32_afp32", vision_recipe="weight_only_wi8_afp32", stream_weights=True)
+    with pytest.raises(PlanError, match=r"with its weights streamed, it would still keep about 7\.92 GB .*\(KV cache buffers 6\.85 GB"):
+        _plan(variant)
+    monkeypatch.setattr(limits, "MAX_LITERTJS_GRAPH_BYTES", 16 * 2**30)
+    plan = _plan(variant)
     _, params = _inputs(plan)
     assert params["variants"][0]["stream_weights"] is True
     fact = plan.facts["web"]["web.int4"]
     assert fact["largest_streamed"] == {"tensor": "language_model.model.embed_tokens.weight", "bytes": 262_208 * 2_560 // 2}
     assert fact["graph_bytes"]["scratch region"] == 262_208 * 2_560 // 2 + 2 * 65536
     assert 2.1e9 < fact["streamed_bytes"] < 2.3e9
-    assert 1.0e9 < fact["total_bytes"] < 1.2e9  # of the 1.5 GiB a page can hand LiteRT.js
+    assert 1.0e9 < fact["total_bytes"] - fact["graph_bytes"]["KV cache buffers"] < 1.2e9
 
 
 def test_streamed_weights_that_still_cannot_fit_are_refused():
-    """int8 text streams 4.3 GB, but its flatbuffers, the 0.67 GB scratch region and float vision
-    (1.67 GB) still exceed the heap."""
-    with pytest.raises(PlanError, match=r"variant 'x' .* cannot run in the browser: with its weights streamed, its graphs would keep about "
-                                        r"2\.40 GB.* in LiteRT.js's wasm32 heap \(vision graphs 1\.\d\d GB.*scratch region 0\.67 GB.*Quantize harder"):
+    """int8 text streams 3.9 GB, but float vision (1.69 GB), the 0.67 GB scratch region and the KV cache
+    still exceed the heap."""
+    with pytest.raises(PlanError, match=r"variant 'x' .* cannot run in the browser: with its weights streamed, it would still keep about "
+                                        r"9\.25 GB.* in LiteRT.js's wasm32 heap \(KV cache buffers 6\.85 GB.*vision graphs 1\.69 GB.*scratch region 0\.67 GB"
+                                        r".*Shorten the litertlm target's cache_length"):
         _plan(_variant("x", runtime="litertjs", recipe="dynamic_wi8_afp32", stream_weights=True))
 
 

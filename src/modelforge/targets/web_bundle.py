@@ -122,7 +122,7 @@ def _litertjs_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec
             f"{where}: variant {variant.name!r} streams its weights, but its text decoder would be float (the litertlm target "
             f"{variant.source_target!r} does not quantize it): LiteRT.js streams quantized weights only; set the variant's recipe"
         )
-    _check_litertjs_size(builder, target, variant, text_recipe)
+    _check_litertjs_size(builder, target, variant, origin, text_recipe)
     refs = {"text": graphs("text_decoder", text_recipe)}
     refs |= {component: graphs(component, variant.vision_recipe) for component in ("vision_encoder", "projector")}
     names = {}
@@ -165,17 +165,20 @@ def _plan_parity(builder: PlanBuilder, target: str, variant: WebVariantSpec, ori
     litertlm.predict_memory(builder, step, "parity", litertlm.PART_COMPONENTS["text"] + litertlm.PART_COMPONENTS["vision"])
 
 
-def _check_litertjs_size(builder: PlanBuilder, target: str, variant: WebVariantSpec, text_recipe: str) -> None:
+def _check_litertjs_size(builder: PlanBuilder, target: str, variant: WebVariantSpec, origin, text_recipe: str) -> None:
     """Predict what a LiteRT.js variant puts in LiteRT.js's wasm heap, from the tensor shapes, and refuse
     it when that cannot fit: the decoder (which holds the tied embedding as its output head), the
-    embedder, the vision encoder and adapter; with `stream_weights`, the decoder's and embedder's
-    flatbuffers and the one scratch region their streamed weights are mapped onto instead."""
+    embedder, the vision encoder and adapter (with `stream_weights`, the decoder's and embedder's
+    flatbuffers and the one scratch region their streamed weights are mapped onto instead), and the KV
+    cache buffers of every decoder signature."""
     def shapes(components) -> dict[str, tuple[int, ...]]:
         return limits.text_decoder_shapes(builder.facts.tensors, builder.owner, components)
 
     text = shapes(litertlm.PART_COMPONENTS["text"])
     embedding = {name: shape for name, shape in text.items() if name.endswith("embed_tokens.weight")}
     vision = limits.predict_graph_bytes(shapes(litertlm.PART_COMPONENTS["vision"]), variant.vision_recipe)
+    key_rows = [shape[0] for name, shape in text.items() if name.endswith("self_attn.k_proj.weight")]
+    kv_cache = limits.kv_cache_io_bytes(key_rows, origin.cache_length, len(origin.prefill_lengths) + 1)
     fact: dict = {}
     if variant.stream_weights:
         model = limits.predict_streamed_graph(text, text_recipe)
@@ -187,6 +190,7 @@ def _check_litertjs_size(builder: PlanBuilder, target: str, variant: WebVariantS
             # 64 KiB alignment page the page adds on each side.
             "scratch region": max(model.largest_streamed_bytes, embedder.largest_streamed_bytes if embedder else 0) + 2 * 65536,
             "vision graphs": vision,
+            "KV cache buffers": kv_cache,
         }
         fact["streamed_bytes"] = model.streamed_bytes + (embedder.streamed_bytes if embedder else 0)
         fact["largest_streamed"] = {"tensor": model.largest_streamed, "bytes": model.largest_streamed_bytes}
@@ -195,11 +199,13 @@ def _check_litertjs_size(builder: PlanBuilder, target: str, variant: WebVariantS
             "model.tflite": limits.predict_graph_bytes(text, text_recipe),
             "embedder.tflite": limits.predict_graph_bytes(embedding, text_recipe) if embedding else 0,
             "vision graphs": vision,
+            "KV cache buffers": kv_cache,
         }
     builder.plan_facts.setdefault("web", {})[f"{target}.{variant.name}"] = {"graph_bytes": graphs, "total_bytes": sum(graphs.values()), **fact}
     problems = limits.check_litertjs_graphs(graphs, streamed=variant.stream_weights)
     if problems:
-        advice = ("quantize harder if that fits" if variant.stream_weights else
+        advice = ("shorten the litertlm target's cache_length or prefill_lengths, or quantize harder, if that fits"
+                  if variant.stream_weights else
                   "stream its weights (stream_weights: true, WebGPU only: how MedGemma 4B fits) or quantize harder if that fits "
                   "(recipe: dynamic_wi8_afp32, vision_recipe: weight_only_wi8_afp32)")
         raise PlanError(

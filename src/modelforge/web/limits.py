@@ -31,6 +31,7 @@ __all__ = [
     "WebLimitError",
     "check_litertjs_graphs",
     "check_task_size",
+    "kv_cache_io_bytes",
     "predict_graph_bytes",
     "predict_streamed_graph",
     "predict_task_size",
@@ -204,6 +205,16 @@ def predict_streamed_graph(shapes: Mapping[str, tuple[int, ...]], recipe: str) -
     return StreamedGraphPrediction(heap + GRAPH_BYTES_PER_LAYER * max(1, len(layers)), streamed, largest, largest_bytes)
 
 
+def kv_cache_io_bytes(key_rows: Iterable[int], cache_length: int, signatures: int) -> int:
+    """The KV cache buffers LiteRT.js 2.5.3 keeps in its wasm heap for a decoder graph: per layer (its
+    k_proj's output rows = KV heads × head dim) and per signature (each prefill length and decode), the
+    K and V cache inputs and outputs, float32, at the cache length. Fitted on MedGemma-4B-wide decoders
+    streamed to WebGPU (docs/web-streamed-weights.md, "At MedGemma 4B"): 8 layers at cache 1024 with
+    one prefill length loaded with the heap at 1.19 GB; at cache 4096 with two (and at 34 layers) the
+    compile ran the 2 GiB heap out."""
+    return sum(key_rows) * cache_length * 4 * 4 * signatures
+
+
 def check_litertjs_graphs(graphs: Mapping[str, int], *, max_bytes: int | None = None, streamed: bool = False) -> list[str]:
     """The limits a LiteRT.js variant's heap residents (name → predicted bytes) break. `@litertjs/core`
     2.5.3's `loadAndCompile` copies each whole .tflite into its wasm heap (at most 2 GiB in every
@@ -219,11 +230,11 @@ def check_litertjs_graphs(graphs: Mapping[str, int], *, max_bytes: int | None = 
     listed = ", ".join(f"{name} {_gb(size)}" for name, size in sorted(graphs.items(), key=lambda item: -item[1]))
     if streamed:
         return [
-            f"with its weights streamed, its graphs would keep about {_gb(total)} in LiteRT.js's wasm32 heap ({listed}), above the "
+            f"with its weights streamed, it would still keep about {_gb(total)} in LiteRT.js's wasm32 heap ({listed}), above the "
             f"{_gb(max_bytes)} a page can hand it (@litertjs/core 2.5.3 caps that heap at {_gb(LITERTJS_HEAP_MAX)})"
         ]
     return [
-        f"its graphs would be about {_gb(total)} together ({listed}), above the {_gb(max_bytes)} a page can hand LiteRT.js "
+        f"its graphs and KV cache would take about {_gb(total)} together ({listed}), above the {_gb(max_bytes)} a page can hand LiteRT.js "
         f"(loadAndCompile copies each graph into its wasm32 heap, which @litertjs/core 2.5.3 caps at {_gb(LITERTJS_HEAP_MAX)})"
     ]
 

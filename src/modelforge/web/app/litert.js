@@ -107,7 +107,9 @@ async function compileStreamed(name, bytes, weights, entry, scratch, stats) {
   try {
     return { model: await core.loadModelAndWeights(bytes, stream, { accelerator: "webgpu" }), backend: "webgpu" };
   } catch (err) {
-    throw new Error(`${name} (weights streamed to WebGPU): ${err?.message || err}`);
+    const heap = wasm.HEAPU8?.length;
+    const used = heap ? `; LiteRT.js's memory had grown to ${(heap / 2 ** 30).toFixed(2)} of its 2 GiB` : "";
+    throw new Error(`${name} (weights streamed to WebGPU${used}): ${err?.message || err}`);
   }
 }
 
@@ -138,7 +140,10 @@ export async function startLitertVariant(variant, files, backend) {
   const models = {};
   const backends = {};
   const streamed = variant.streamed || {};
-  const stats = { readers: 0, bytes: 0, mappings: 0 };
+  // What the streamed load did, for the page's body[data-streamed] (tests and bench/bench_web_4b.py): stream
+  // readers asked for, bytes they delivered, CPU-side mappings onto the scratch region, and the wasm heap's
+  // size (its high-water mark: it never shrinks) after each graph compiled.
+  const stats = { readers: 0, bytes: 0, mappings: 0, heap: {} };
   let scratch = null;
   if (Object.keys(streamed).length) {
     if (backend !== "webgpu") throw new Error("its weights stream into WebGPU buffers, and WebGPU is not in use here");
@@ -152,6 +157,7 @@ export async function startLitertVariant(variant, files, backend) {
       : await compile(name, files[name], backend, notes);
     models[name] = model;
     backends[name] = used;
+    stats.heap[name] = runtime.core.getGlobalLiteRt().liteRtWasm?.HEAPU8?.length ?? null;
   }
   const engine = new LitertEngine(variant, models, backends, tokenizer, template, notes);
   if (scratch) engine.streamStats = stats;
