@@ -66,7 +66,7 @@ def variant_name(stream_weights: bool) -> str:
     return VARIANT + "-streamed" if stream_weights else VARIANT
 
 
-def scratch_project(base: Path, stream_weights: bool) -> Path:
+def scratch_project(base: Path, stream_weights: bool, cache_length: int | None = None, prefill_lengths: list[int] | None = None) -> Path:
     import yaml
 
     shutil.rmtree(base, ignore_errors=True)
@@ -81,6 +81,11 @@ def scratch_project(base: Path, stream_weights: bool) -> Path:
         "runtime": "litertjs", "recipe": TEXT_RECIPE, "vision_recipe": VISION_RECIPE, "max_tokens": 600,
         **({"stream_weights": True} if stream_weights else {}),
     }]
+    if cache_length:  # the `layers` phase: a shorter cache, fewer signatures
+        bundle["cache_length"] = cache_length
+        manifest["targets"]["web"]["variants"][0]["max_tokens"] = min(600, cache_length)
+    if prefill_lengths:
+        bundle["prefill_lengths"] = prefill_lengths
     target = base / "manifests" / MANIFEST.name
     target.write_text(yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True))
     return target
@@ -200,6 +205,45 @@ def run_build(args) -> dict:
         "store_bytes": _du(store), "out_bytes": _du(out),
     })
     return result
+
+
+def run_layers(args) -> dict:
+    """Where LiteRT.js's heap goes, on a decoder of MedGemma 4B's widths (and real vocabulary and tied
+    head) with `--layers` layers (one vision layer; `modelforge.testing.gemma3_checkpoint`, the 4B
+    checkpoint's tokenizer), `--cache-length` and `--prefill-lengths`: build the streamed variant, load
+    it in Chromium, read the heap after each graph (body[data-streamed])."""
+    from modelforge.steps.parity_impl import test_cards
+    from modelforge.testing.gemma3_checkpoint import write_checkpoint
+
+    prefill = [int(length) for length in args.prefill_lengths.split(",")]
+    key = f"L{args.layers}-C{args.cache_length}-P{'_'.join(map(str, prefill))}"
+    base = args.work / "layers" / key
+    checkpoint = base / "checkpoint"
+    if args.layers == 34:  # all of MedGemma 4B: the full checkpoint itself (its 27 vision layers too)
+        checkpoint = args.checkpoint
+    else:
+        write_checkpoint(checkpoint, args.layers, 1)
+        for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja"):
+            shutil.copyfile(args.checkpoint / name, checkpoint / name)
+    manifest = scratch_project(base / "project", True, args.cache_length, prefill)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    started = time.perf_counter()
+    build = subprocess.run([*modelforge(past_the_size_check=True), "build", str(manifest), "--source-dir", str(checkpoint), "--store", str(base / "store"),
+                            "--out", str(base / "out")], capture_output=True, text=True, env=env, cwd=base / "project")
+    result: dict = {"layers": args.layers, "cache_length": args.cache_length, "prefill_lengths": prefill,
+                    "build": {"rc": build.returncode, "wall_s": round(time.perf_counter() - started, 1)}}
+    if build.returncode:
+        result["build"]["tail"] = (build.stdout + build.stderr)[-2000:]
+        return {key: result}
+    cards = base / "cards"
+    cards.mkdir(exist_ok=True)
+    run = drive(base / "out" / "web", variant_name(True), "webgpu", test_cards((896, 896), cards)[0], base / "profile", 900, 300, 1)
+    result["browser"] = {name: run.get(name) for name in ("state", "load_s", "errors", "streamed", "heap_probe")}
+    shutil.rmtree(base / "store", ignore_errors=True)  # ~2-6 GB each; the figures are what is kept
+    shutil.rmtree(base / "out", ignore_errors=True)
+    if checkpoint != args.checkpoint:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return {key: result}
 
 
 TINY_MANIFEST = ROOT / "manifests" / "tiny-medgemma-litertlm.yaml"
@@ -531,13 +575,29 @@ def render_markdown(result: dict, mark: str = MARK) -> str:
             lines.append(f"- image question: {answer.get('prompt_tokens')} prompt tokens, {answer.get('tokens')} answer tokens in "
                          f"{answer.get('s')} s (first after {answer.get('first_token_s')} s), state {answer.get('state')}")
         lines += ["", f"Verdict: loads and answers at 4B: **{verdict(browser.get('state') == 'ready' and bool((browser.get('answer') or {}).get('tokens')))}**", ""]
+    if layers := result.get("layers"):
+        lines += ["### Where the heap goes: 4B-wide decoders with fewer layers (`bench_web_4b.py layers`)", "",
+                  "Same widths, vocabulary and tied head as MedGemma 4B, one vision layer, weights streamed; heap: LiteRT.js's wasm "
+                  "heap after each graph compiled (its high-water mark), or where the page says it failed.", "",
+                  "| decoder layers | cache length | prefill lengths | state | heap after the decoder | heap after every graph | said |",
+                  "|---:|---:|---|---|---:|---:|---|"]
+        for run in sorted(layers.values(), key=lambda r: (r["layers"], -r["cache_length"])):
+            browser = run.get("browser") or {}
+            heap = (browser.get("streamed") or {}).get("heap") or {}
+            said = (browser.get("errors") or (run["build"].get("tail") or ""))[-220:].replace("\n", " ").replace("|", "/")
+            lines.append(f"| {run['layers']} | {run['cache_length']} | {', '.join(map(str, run['prefill_lengths']))} | {browser.get('state', 'build failed')} | "
+                         f"{gb(heap.get('model'))} | {gb(max(heap.values()) if heap else None)} | {said if browser.get('state') != 'ready' else '—'} |")
+        lines.append("")
     lines.append(f"<!-- {mark} end -->")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("phase", choices=["tiny", "build", "browser", "render"])
+    parser.add_argument("phase", choices=["tiny", "build", "browser", "layers", "render"])
+    parser.add_argument("--layers", type=int, default=8, help="layers: decoder layers at 4B widths")
+    parser.add_argument("--cache-length", type=int, default=4096, help="layers: the KV cache length")
+    parser.add_argument("--prefill-lengths", default="128,1024", help="layers: prefill lengths, comma-separated")
     parser.add_argument("--checkpoint", type=Path, default=BENCH / "out" / "medgemma_4b" / "checkpoint-full",
                         help="the synthetic 4B checkpoint (bench_medgemma_4b.py writes it)")
     parser.add_argument("--work", type=Path, default=BENCH / "out" / "web_4b", help="scratch project, store, output, browser profile")
@@ -558,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
         result["build"] = run_build(args)
     elif args.phase == "tiny":
         result["tiny"] = run_tiny(args)
+    elif args.phase == "layers":
+        result.setdefault("layers", {}).update(run_layers(args))
     elif args.phase == "browser":
         result["browser"] = run_browser(args)
     result["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

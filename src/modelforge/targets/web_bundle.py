@@ -204,10 +204,10 @@ def _check_litertjs_size(builder: PlanBuilder, target: str, variant: WebVariantS
     builder.plan_facts.setdefault("web", {})[f"{target}.{variant.name}"] = {"graph_bytes": graphs, "total_bytes": sum(graphs.values()), **fact}
     problems = limits.check_litertjs_graphs(graphs, streamed=variant.stream_weights)
     if problems:
-        advice = ("shorten the litertlm target's cache_length or prefill_lengths, or quantize harder, if that fits"
-                  if variant.stream_weights else
-                  "stream its weights (stream_weights: true, WebGPU only: how MedGemma 4B fits) or quantize harder if that fits "
-                  "(recipe: dynamic_wi8_afp32, vision_recipe: weight_only_wi8_afp32)")
+        shorten = "shorten the litertlm target's cache_length or prefill_lengths (the KV cache buffers)"
+        advice = (f"{shorten} or quantize harder, if that fits" if variant.stream_weights else
+                  f"stream its weights (stream_weights: true, WebGPU only; an int4 decoder compiles on LiteRT.js's WebGPU no other way), "
+                  f"{shorten}, or quantize harder (recipe: dynamic_wi8_afp32, vision_recipe: weight_only_wi8_afp32), if that fits")
         raise PlanError(
             f"{builder.where(target)}: variant {variant.name!r} (runtime: litertjs; text {text_recipe}, vision {variant.vision_recipe}) cannot "
             f"run in the browser: {'; and '.join(problems)}. {advice[0].upper() + advice[1:]}, else drop the variant; see docs/web-limits.md"
