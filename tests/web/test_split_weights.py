@@ -75,6 +75,8 @@ def test_the_pair_runs_as_the_original_and_joins_back(graph, tmp_path):
     expected = _interpret(graph)
     result = split_weights(graph, tmp_path / "small.graph.tflite", tmp_path / "small.weights")
     assert result.external_buffers == 2 and result.graph_bytes < result.weights_bytes  # the bias (256 bytes) stays
+    assert result.largest_external == external_extent(tmp_path / "small.graph.tflite")["largest"] > 0
+    assert result.weights_bytes == external_extent(tmp_path / "small.graph.tflite")["size"] == (tmp_path / "small.weights").stat().st_size
     np.testing.assert_array_equal(_compiled_model(tmp_path / "small.graph.tflite"), expected)
     join_weights(tmp_path / "small.graph.tflite", tmp_path / "small.weights", tmp_path / "joined.tflite")
     np.testing.assert_array_equal(_interpret(tmp_path / "joined.tflite"), expected)
@@ -164,3 +166,19 @@ def test_weights_file_too_short(graph, tmp_path):
     (tmp_path / "short.bin").write_bytes((tmp_path / "w.bin").read_bytes()[:100])
     with pytest.raises(StepFailed, match=r"short\.bin is 100 bytes but external buffer \d+ of .*g\.tflite needs"):
         join_weights(tmp_path / "g.tflite", tmp_path / "short.bin", tmp_path / "joined.tflite")
+
+
+def test_a_stream_weights_variant_without_quantized_weights_is_refused(graph, tmp_path):
+    """A web bundle streams only quantized weights (LiteRT.js reads float ones from its heap): a
+    stream_weights variant whose decoder has none is a mistake the bundle names."""
+    from modelforge.web.bundle import BundleError, LitertjsVariant, write_bundle
+    from modelforge.web.vendor import litertjs_files, litertjs_versions, web_dir
+
+    tiny = Path(__file__).resolve().parents[2] / "fixtures" / "tiny-medgemma"
+    variant = LitertjsVariant(
+        name="float-streamed", label="Float", max_tokens=8, graphs={"model": graph, "embedder": graph}, tokenizer=tiny / "tokenizer.json",
+        tokenizer_config=tiny / "tokenizer_config.json", chat_template=tiny / "chat_template.jinja", generation={}, stream_weights=True,
+    )
+    with pytest.raises(BundleError, match=r"variant float-streamed: its model graph \(.*\) has no quantized weights to stream; stream_weights needs"):
+        write_bundle(tmp_path / "web", variants=[variant], title="T", litertjs=litertjs_files(web_dir()), litertjs_versions=litertjs_versions(web_dir()))
+    assert not (tmp_path / "web").exists()
