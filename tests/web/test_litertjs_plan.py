@@ -171,3 +171,43 @@ def test_a_litertjs_variant_needs_the_vendored_runtime():
     facts = replace(reference_facts(), web_runtime={"version": "0.10.29", "files": {}})
     with pytest.raises(PlanError, match=r"the LiteRT.js web runtime is not vendored; run `npm ci --prefix web`"):
         make_plan(manifest, facts, "manifests/medgemma-1.5-litertlm.yaml", manifest_digest(manifest))
+
+
+def _with_text_layers(facts, layers: int):
+    """The reference 4B tensors with `layers` decoder layers and one vision layer (bench_web_4b.py `layers`)."""
+    import re
+
+    def kept(name: str) -> bool:
+        match = re.search(r"\.layers\.(\d+)\.", name)
+        return not match or int(match.group(1)) < (layers if name.startswith("language_model.") else 1)
+
+    return replace(facts, tensors={name: info for name, info in facts.tensors.items() if kept(name)})
+
+
+@pytest.mark.parametrize(("layers", "cache_length", "prefill_lengths", "loaded"), [
+    # bench/RESULTS.md, bench:web_4b_streamed: int4 text streamed, int8 vision, in Chromium on WebGPU
+    (2, 4096, (128, 1024), True),
+    (8, 4096, (128, 1024), False),  # the decoder's compile ran the heap out (1.83 GiB)
+    (8, 1024, (128,), True),
+    (16, 1024, (128,), True),
+    (34, 1024, (128,), False),  # all of MedGemma 4B, a quarter of its cache: out at 1.95 GiB
+])
+def test_the_heap_rule_tells_apart_the_measured_4b_wide_runs(layers, cache_length, prefill_lengths, loaded):
+    """The planner's LiteRT.js heap rule (flatbuffers, scratch region, vision graphs, KV cache buffers,
+    against 1.5 GiB) refuses exactly the streamed variants that could not load in Chromium."""
+    manifest = load_manifest(REAL)
+    bundle = manifest.targets["bundle"].model_copy(update={"cache_length": cache_length, "prefill_lengths": prefill_lengths})
+    variant = _variant("x", runtime="litertjs", recipe="dynamic_wi4b32_afp32", vision_recipe="weight_only_wi8_afp32", stream_weights=True,
+                       max_tokens=min(600, cache_length))
+    web = manifest.targets["web"].model_copy(update={"variants": (variant,)})
+    manifest = manifest.model_copy(update={"targets": {**manifest.targets, "bundle": bundle, "web": web}})
+    facts = replace(_with_text_layers(reference_facts(), layers), web_runtime=RUNTIME)
+
+    def plan():
+        return make_plan(manifest, facts, "manifests/medgemma-1.5-litertlm.yaml", manifest_digest(manifest))
+
+    if loaded:
+        assert plan().facts["web"]["web.x"]["total_bytes"] < 1.5 * 2**30
+    else:
+        with pytest.raises(PlanError, match=r"with its weights streamed, it would still keep about .*KV cache buffers"):
+            plan()

@@ -206,12 +206,14 @@ def predict_streamed_graph(shapes: Mapping[str, tuple[int, ...]], recipe: str) -
 
 
 def kv_cache_io_bytes(key_rows: Iterable[int], cache_length: int, signatures: int) -> int:
-    """The KV cache buffers LiteRT.js 2.5.3 keeps in its wasm heap for a decoder graph: per layer (its
-    k_proj's output rows = KV heads × head dim) and per signature (each prefill length and decode), the
-    K and V cache inputs and outputs, float32, at the cache length. Fitted on MedGemma-4B-wide decoders
-    streamed to WebGPU (docs/web-streamed-weights.md, "At MedGemma 4B"): 8 layers at cache 1024 with
-    one prefill length loaded with the heap at 1.19 GB; at cache 4096 with two (and at 34 layers) the
-    compile ran the 2 GiB heap out."""
+    """The KV cache buffers LiteRT.js 2.5.3 keeps in its wasm heap for a decoder graph, counted as, per
+    layer (its k_proj's output rows = KV heads × head dim) and per signature (each prefill length and
+    decode), the K and V cache inputs and outputs in float32 at the cache length. Fitted on decoders of
+    MedGemma 4B's widths with weights streamed to WebGPU (bench/bench_web_4b.py `layers`,
+    docs/web-streamed-weights.md "At MedGemma 4B"): with the reserve of MAX_LITERTJS_GRAPH_BYTES it
+    tells the five measured runs that loaded from those that ran the heap out; the heap's growth from 8
+    to 16 layers (27 MB a layer at cache 1024, against 40 MB counted with the flatbuffer) suggests it
+    over-counts by about 40 %, so it errs on the side of refusing."""
     return sum(key_rows) * cache_length * 4 * 4 * signatures
 
 
