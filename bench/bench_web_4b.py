@@ -548,7 +548,9 @@ def render_markdown(result: dict, mark: str = MARK) -> str:
     if build:
         said = (build.get("plan_as_is") or {}).get("said", "")
         lines += ["### Build", "", f"`modelforge plan` as is: rc {(build.get('plan_as_is') or {}).get('rc')}"
-                  + (f" — {said[said.find('cannot run'):][:420]}…" if "cannot run" in said else "") + "",
+                  + (f" — {said[said.find('cannot run'):][:420]}…" if "cannot run" in said else "")
+                  + (" (when this run was made; the planner has counted the KV cache buffers since and refuses this variant: "
+                     "see the layers table below)" if streamed and not said else ""),
                   "", ("Built as planned: " if streamed else "Built with the planner's LiteRT.js size check switched off (bench only): ")
                   + f"rc {build.get('rc')}, {build.get('wall_s')} s, peak RSS summed over the build's processes {gib(build.get('peak_tree_rss_bytes'))} GiB "
                   "(file-backed pages included), under a 19 GiB memory cgroup on a shared 2-core machine.", "",
@@ -584,7 +586,9 @@ def render_markdown(result: dict, mark: str = MARK) -> str:
         for run in sorted(layers.values(), key=lambda r: (r["layers"], -r["cache_length"])):
             browser = run.get("browser") or {}
             heap = (browser.get("streamed") or {}).get("heap") or {}
-            said = (browser.get("errors") or (run["build"].get("tail") or ""))[-220:].replace("\n", " ").replace("|", "/")
+            said = browser.get("errors") or run["build"].get("tail") or ""
+            grown = re.search(r"memory had grown to [\d.]+ of its 2 GiB", said)
+            said = (grown.group(0) if grown else said[-220:]).replace("\n", " ").replace("|", "/")
             lines.append(f"| {run['layers']} | {run['cache_length']} | {', '.join(map(str, run['prefill_lengths']))} | {browser.get('state', 'build failed')} | "
                          f"{gb(heap.get('model'))} | {gb(max(heap.values()) if heap else None)} | {said if browser.get('state') != 'ready' else '—'} |")
         lines.append("")
