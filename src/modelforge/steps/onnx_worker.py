@@ -132,8 +132,13 @@ def strip_stack_traces(path: Path) -> None:
 
 def quantize(request: dict) -> dict:
     """MatMulNBits (onnxruntime's weight-only quantizer) on every MatMul with a constant weight of
-    `file`: int8 or int4, symmetric, in blocks of block_size, fp32 activations (accuracy level 1)."""
+    `file`: int8 or int4, symmetric, in blocks of block_size, fp32 activations (accuracy level 1).
+    embedding.onnx has no MatMul: its token table is quantized for a GatherBlockQuantized instead
+    (quantize_embedding)."""
     import onnx
+
+    if request["file"] == "embedding.onnx":
+        return quantize_embedding(request)
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     source = Path(request["input_dir"]) / request["file"]
@@ -151,6 +156,80 @@ def quantize(request: dict) -> dict:
     target = out / request["file"]
     onnx.save_model(quantized, str(target), save_as_external_data=True, all_tensors_to_one_file=True, location=request["file"] + ".data", size_threshold=1024)
     return {"files": {path.name: str(path) for path in sorted(out.iterdir())}, "report": {"quantized_matmuls": count}}
+
+
+def quantize_embedding(request: dict) -> dict:
+    """embedding.onnx's token table (vocabulary × hidden, float32: 2.69 GB at MedGemma 4B) in int4
+    blocks of block_size along the hidden axis, read by com.microsoft GatherBlockQuantized: the form
+    onnxruntime-genai's builder gives a tied int4 embedding, quantized by the kernel that quantizes
+    the decoder's tied output head (symmetric, zero point 8, float32 scales), so a token's embedding
+    dequantizes as its row of the head does. The table is read from the data file a block of rows
+    at a time (memory-mapped), so the step never holds it whole. One float32 table is also more
+    than onnxruntime-web can load (a tensor above 2 GiB overflows its 32-bit sizes)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+
+    if request["precision"] != "int4":
+        raise RuntimeError(f"embedding.onnx: GatherBlockQuantized takes int4 tables here, not {request['precision']}")
+    source = Path(request["input_dir"]) / request["file"]
+    block = request["block_size"]
+    model = onnx.load(str(source), load_external_data=False)
+    initializers = {item.name: item for item in model.graph.initializer}
+    gathers = [node for node in model.graph.node if node.op_type == "Gather" and node.input[0] in initializers
+               and len(initializers[node.input[0]].dims) == 2]
+    if len(gathers) != 1:
+        raise RuntimeError(f"embedding.onnx: expected one Gather over a constant table, found {len(gathers)}")
+    gather = gathers[0]
+
+    def stored(item) -> np.ndarray:
+        """An initializer's values, memory-mapped from the data file where it lives there."""
+        if item.data_location != onnx.TensorProto.EXTERNAL:
+            return numpy_helper.to_array(item)
+        where = {entry.key: entry.value for entry in item.external_data}
+        dtype = helper.tensor_dtype_to_np_dtype(item.data_type)
+        return np.memmap(source.parent / where["location"], dtype=dtype, mode="r", offset=int(where.get("offset", 0)), shape=tuple(item.dims))
+
+    table = stored(initializers[gather.input[0]])
+    if table.dtype != np.float32 or table.shape[1] % block:
+        raise RuntimeError(f"embedding.onnx: the table is {table.dtype} {table.shape}; expected float32 with whole blocks of {block}")
+    vocab, hidden = table.shape
+    blocks = hidden // block
+    packed = np.zeros((vocab, blocks, block // 2), np.uint8)
+    scales = np.zeros((vocab, blocks), np.float32)
+    for start in range(0, vocab, 8192):
+        rows = np.ascontiguousarray(table[start:start + 8192].T)  # [hidden, rows]: the head's MatMul B layout
+        count = rows.shape[1]
+        chunk_packed = np.zeros((count, blocks, block // 2), np.uint8)
+        chunk_scales = np.zeros(count * blocks, np.float32)
+        unused_zero_points = np.zeros(count * ((blocks + 1) // 2), np.uint8)  # symmetric: none written to the graph
+        quantize_matmul_4bits(chunk_packed, rows, chunk_scales, unused_zero_points, block, count, hidden, True)
+        packed[start:start + count], scales[start:start + count] = chunk_packed, chunk_scales.reshape(count, blocks)
+    name = gather.input[0]
+    kept = []
+    for item in model.graph.initializer:
+        if item.name == name:
+            continue
+        value = numpy_helper.from_array(np.array(stored(item)), item.name)
+        kept.append(value)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend([*kept, numpy_helper.from_array(packed.reshape(vocab, blocks * block // 2), f"{name}_Q4"),
+                                    numpy_helper.from_array(scales, f"{name}_scales")])
+    index = list(model.graph.node).index(gather)
+    replacement = helper.make_node(
+        "GatherBlockQuantized", [f"{name}_Q4", gather.input[1], f"{name}_scales"], list(gather.output),
+        name=f"{gather.name}/GatherBlockQuantized", domain="com.microsoft", bits=4, block_size=block, gather_axis=0, quantize_axis=1)
+    model.graph.node.remove(gather)
+    model.graph.node.insert(index, replacement)
+    if not any(entry.domain == "com.microsoft" for entry in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    out = Path(request["work_dir"]) / "quantized"
+    out.mkdir(parents=True)
+    onnx.save_model(model, str(out / request["file"]), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=request["file"] + ".data", size_threshold=1024)
+    return {"files": {path.name: str(path) for path in sorted(out.iterdir())},
+            "report": {"quantized_table": name, "rows": int(vocab), "float32_bytes": int(table.nbytes), "int4_bytes": int(packed.nbytes + scales.nbytes)}}
 
 
 # --- parity --------------------------------------------------------------------------------------
