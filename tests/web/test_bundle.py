@@ -31,7 +31,7 @@ def test_layout(small_bundle, small_task, fake_runtime):
     files = tree(small_bundle)
     assert sorted(files) == sorted(
         [
-            "index.html", "app.js", "accumulator.js", "litert.js", "style.css", "favicon.svg", "bundle.json",
+            "index.html", "app.js", "accumulator.js", "litert.js", "ortweb.js", "style.css", "favicon.svg", "bundle.json",
             ".htaccess", "Caddyfile", "_headers", "firebase.json", "nginx.conf",
             f"models/small-{digest[:16]}.task",
             *[

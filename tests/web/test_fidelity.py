@@ -118,13 +118,13 @@ def _drop(session, path: Path) -> None:
     session.page.dispatch_event("#chat", "drop", {"dataTransfer": transfer})
 
 
-def _open(session, url: str, variant: str, backend: str) -> None:
+def _open(session, url: str, variant: str, backend: str, runtime: str = "LiteRT.js") -> None:
     started = time.monotonic()
     assert session.open(url, timeout_ms=300_000) == "ready", session.diagnostics()
     print(f"\n{variant} on {backend}: ready in {time.monotonic() - started:.1f} s")
     assert session.page.get_attribute("body", "data-variant") == variant, session.diagnostics()
     assert session.page.get_attribute("body", "data-backend") == backend, session.diagnostics()
-    assert "LiteRT.js" in session.text("#model-info")
+    assert runtime in session.text("#model-info")
 
 
 @pytest.mark.parametrize("backend", ["webgpu", "wasm"])
@@ -139,6 +139,31 @@ def test_float_variant_answers_exactly_as_pytorch(tiny_web_bundle, session_facto
         prompt, answer = _ask(session, IMAGE_PROMPT)
         expected_prompt, expected_answer = reference["image"]
         assert prompt == expected_prompt  # the template, the soft tokens' place, the tokenizer
+        assert answer == expected_answer, f"page {answer}\nPyTorch {expected_answer}"
+
+        session.page.click("#clear-image")
+        prompt, answer = _ask(session, TEXT_PROMPT)
+        assert (prompt, answer) == reference["text"]
+        assert not session.page.is_visible("#errors"), session.diagnostics()
+        assert not session.page_errors
+
+
+@pytest.mark.parametrize("backend", ["webgpu", "wasm"])
+def test_onnxruntime_web_variant_answers_exactly_as_pytorch(tiny_web_bundle, session_factory, card, reference, backend):
+    """The onnx target's float graphs (vision.onnx, embedding.onnx, the decoder with its KV cache), each
+    with its external data, on onnxruntime-web: the page's prompt is the processor's and its greedy
+    answers, with the image and without, are PyTorch's, on WebGPU (KV cache kept on the GPU) and on
+    the wasm CPU backend. The route MedGemma 4B reads images by (docs/web-routes.md)."""
+    with serve(tiny_web_bundle) as server:
+        session = session_factory(WEBGPU)
+        query = "?variant=tiny-onnx" + ("&backend=wasm" if backend == "wasm" else "")
+        _open(session, server.url + query, "tiny-onnx", backend, runtime="onnxruntime-web")
+
+        session.page.set_input_files("#image", str(card))
+        session.page.locator("#preview").wait_for(state="visible", timeout=10_000)
+        prompt, answer = _ask(session, IMAGE_PROMPT)
+        expected_prompt, expected_answer = reference["image"]
+        assert prompt == expected_prompt
         assert answer == expected_answer, f"page {answer}\nPyTorch {expected_answer}"
 
         session.page.click("#clear-image")

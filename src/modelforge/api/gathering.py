@@ -133,9 +133,11 @@ def _without_the_hub(project: Project, error: HubUnavailableError, need_weights:
 
 
 def web_runtime_facts(store: Store) -> dict[str, Any]:
-    """{"version", "files"} of the vendored MediaPipe runtime and, under "litertjs", {"versions",
-    "files"} of the LiteRT.js one; a runtime that is not installed is absent."""
-    from modelforge.web.vendor import RuntimeMissingError, litertjs_files, litertjs_versions, runtime_files, runtime_version, web_dir
+    """{"version", "files"} of the vendored MediaPipe runtime and, under "litertjs" and "onnxruntime_web",
+    {"versions", "files"} of the LiteRT.js and onnxruntime-web ones; a runtime that is not installed is absent."""
+    from modelforge.web.vendor import (
+        RuntimeMissingError, litertjs_files, litertjs_versions, ortweb_files, ortweb_versions, runtime_files, runtime_version, web_dir,
+    )
 
     def hashed(files: dict[str, Path]) -> dict[str, dict[str, Any]]:
         return {name: {"sha256": store.hashes.hash(path), "size": path.stat().st_size} for name, path in sorted(files.items())}
@@ -147,6 +149,10 @@ def web_runtime_facts(store: Store) -> dict[str, Any]:
         pass
     try:
         facts["litertjs"] = {"versions": litertjs_versions(web_dir()), "files": hashed(litertjs_files(web_dir()))}
+    except RuntimeMissingError:
+        pass
+    try:
+        facts["onnxruntime_web"] = {"versions": ortweb_versions(web_dir()), "files": hashed(ortweb_files(web_dir()))}
     except RuntimeMissingError:
         pass
     return facts

@@ -513,14 +513,17 @@ class WebVariantSpec(Spec):
     name: str = Field(pattern=NAME, description="Slug of the variant's files (models/<name>-<sha16>.task for MediaPipe).")
     label: str = Field(min_length=1, max_length=200, description="What the page shows, e.g. 'MedGemma 4B · int8'.")
     source_target: str = Field(
-        alias="from", description="The litertlm target of this manifest whose export settings and metadata the variant reuses."
+        alias="from", description="The target of this manifest whose graphs or export settings the variant reuses: a litertlm "
+        "target (runtime mediapipe or litertjs) or an onnx target (runtime onnxruntime_web)."
     )
-    runtime: Literal["mediapipe", "litertjs"] = Field(
+    runtime: Literal["mediapipe", "litertjs", "onnxruntime_web"] = Field(
         default="mediapipe",
         description="What runs the variant in the page. mediapipe: a text-only MediaPipe .task (the text fallback; the web "
         "runtime rejects float embeddings, so it needs a recipe). litertjs: the litertlm target's own graphs (embedder, "
         "prefill/decode, vision encoder and adapter) on LiteRT.js, WebGPU or its wasm CPU backend, with images; the "
-        "litertlm target's task must be image_text_to_text.",
+        "litertlm target's task must be image_text_to_text. onnxruntime_web: the onnx target's own package (decoder, "
+        "embedding and vision graphs at the onnx target's precision) on onnxruntime-web, WebGPU or its wasm CPU backend, "
+        "with images when the onnx target has them: how MedGemma 4B reads images in the browser (docs/web-routes.md).",
     )
     recipe: str | None = Field(
         default=None,
@@ -559,6 +562,11 @@ class WebVariantSpec(Spec):
             raise ValueError("vision_recipe applies to runtime: litertjs variants only (a MediaPipe .task reads text only); remove it")
         if self.runtime == "mediapipe" and self.stream_weights:
             raise ValueError("stream_weights applies to runtime: litertjs variants only (MediaPipe loads a whole .task); remove it")
+        if self.runtime == "onnxruntime_web" and (self.recipe is not None or self.vision_recipe != "none" or self.stream_weights):
+            raise ValueError(
+                "an onnxruntime_web variant ships its onnx target's graphs as they are: set their precision on the onnx target, "
+                "and remove recipe, vision_recipe and stream_weights here"
+            )
         if self.stream_weights and self.recipe == "none":
             raise ValueError("stream_weights streams quantized weights only (LiteRT.js reads float ones from its heap); set a quantized recipe")
         return self
@@ -698,10 +706,11 @@ class Manifest(Spec):
         for name, target in self.targets.items():
             used += [(f"targets.{name}.components", component) for component in getattr(target, "components", ())]
             for variant in getattr(target, "variants", ()):
-                if getattr(self.targets.get(variant.source_target), "kind", None) != "litertlm":
+                wanted = "an onnx" if variant.runtime == "onnxruntime_web" else "a litertlm"
+                if getattr(self.targets.get(variant.source_target), "kind", None) != wanted.split()[1]:
                     raise ValueError(
-                        f"targets.{name}.variants: 'from: {variant.source_target}' is not a litertlm target of this manifest; "
-                        "name one of its litertlm targets"
+                        f"targets.{name}.variants: 'from: {variant.source_target}' is not {wanted} target of this manifest "
+                        f"(runtime {variant.runtime} runs {wanted} target's graphs); name one of its {wanted.split()[1]} targets"
                     )
             checkpoint = getattr(target, "checkpoint", "source")
             if checkpoint != "source" and getattr(self.targets.get(checkpoint), "kind", None) != "hf_text_only":

@@ -24,20 +24,26 @@ def run(context: StepContext) -> None:
     start_of_image_id, end_of_image_id}}}."""
     from modelforge.hashing import hash_file
     from modelforge.web.bundle import Variant, write_bundle
-    from modelforge.web.vendor import litertjs_files, runtime_files, web_dir
+    from modelforge.web.vendor import litertjs_files, ortweb_files, runtime_files, web_dir
 
     params = context.params
-    runtime = litertjs = None
+    runtime = litertjs = ortweb = None
     if "runtime" in params:
         runtime = runtime_files(web_dir())
         _check_vendored(runtime, params["runtime"]["files"], hash_file)
     if "litertjs" in params:
         litertjs = litertjs_files(web_dir())
         _check_vendored(litertjs, params["litertjs"]["files"], hash_file)
+    if "onnxruntime_web" in params:
+        ortweb = ortweb_files(web_dir())
+        _check_vendored(ortweb, params["onnxruntime_web"]["files"], hash_file)
     variants = []
     for variant in params["variants"]:
         if variant.get("runtime") == "litertjs":
             variants.append(_litertjs_variant(context, variant))
+            continue
+        if variant.get("runtime") == "onnxruntime_web":
+            variants.append(_ortweb_variant(context, variant))
             continue
         (task_name,) = context.inputs[variant["input"]]
         variants.append(Variant(
@@ -48,6 +54,7 @@ def run(context: StepContext) -> None:
         context.out_dir, variants=variants, runtime=runtime, title=params["title"],
         runtime_version=params["runtime"]["version"] if runtime else None, notice=params.get("notice", ""),
         litertjs=litertjs, litertjs_versions=params["litertjs"]["versions"] if litertjs else None,
+        ortweb=ortweb, ortweb_versions=params["onnxruntime_web"]["versions"] if ortweb else None,
     )
 
 
@@ -76,6 +83,64 @@ def _litertjs_variant(context: StepContext, variant: dict):
         tokenizer_config=context.input_path(source, "tokenizer_config.json"),
         chat_template=context.input_path(source, variant["files"]["chat_template"]), generation=generation,
         stream_weights=variant.get("stream_weights", False),
+    )
+
+
+def _ortweb_variant(context: StepContext, variant: dict):
+    """The onnx target's package as onnxruntime-web runs it; what the loop needs comes from the
+    package's genai_config.json (the decoder's sizes, token ids), tokenizer.json and the source's
+    preprocessor_config.json."""
+    import onnx
+
+    from modelforge.web.bundle import ORTWEB_GRAPHS, OrtwebVariant
+
+    inputs = variant["inputs"]
+    package = inputs["graphs"]
+    genai = json.loads(context.input_path(package, "genai_config.json").read_text(encoding="utf-8"))["model"]
+    graphs, data_names = {}, {}
+    for graph, file in ORTWEB_GRAPHS.items():
+        if file not in context.inputs[package]:
+            continue
+        path = context.input_path(package, file)
+        proto = onnx.load(str(path), load_external_data=False)
+        locations = {entry.value for item in proto.graph.initializer for entry in item.external_data if entry.key == "location"}
+        if len(locations) != 1:
+            raise StepFailed(f"variant {variant['name']}: {file} keeps its weights in {sorted(locations) or 'no'} external files; "
+                             "onnxruntime-web is handed exactly one")
+        (data_names[graph],) = locations
+        graphs[graph] = (path, context.input_path(package, data_names[graph]))
+    source = inputs["source"]
+    tokenizer = context.input_path(source, "tokenizer.json")
+    _, texts = _token_table(tokenizer)
+
+    def named(index: int, what: str) -> dict:
+        if index not in texts:
+            raise StepFailed(f"variant {variant['name']}: the {what} id {index} is not in tokenizer.json")
+        return {"text": texts[index], "id": index}
+
+    plan = variant["generation"]
+    decoder = genai["decoder"]
+    start = named(genai["bos_token_id"], "start")
+    stops = genai["eos_token_id"] if isinstance(genai["eos_token_id"], list) else [genai["eos_token_id"]]
+    generation = {
+        "cache_length": plan["cache_length"],
+        "start_token": start,
+        "stop_tokens": [named(index, "stop") for index in stops],
+        "chat_template_variables": {"bos_token": start["text"]},
+        "decoder": {"hidden": decoder["hidden_size"], "layers": decoder["num_hidden_layers"],
+                    "kv_heads": decoder["num_key_value_heads"], "head_dim": decoder["head_size"]},
+    }
+    if "vision" in graphs and plan.get("image") is not None:
+        preprocessor = json.loads(context.input_path(source, "preprocessor_config.json").read_text(encoding="utf-8"))
+        image = _image_generation(variant["name"], plan["image"], preprocessor, named)
+        # vision.onnx takes the processor's pixels: rescaled, normalized, NCHW (steps/onnx_worker.py)
+        image |= {"pixels": "normalized_nchw", "rescale_factor": preprocessor.get("rescale_factor", 1 / 255),
+                  "image_mean": preprocessor.get("image_mean", [0.5] * 3), "image_std": preprocessor.get("image_std", [0.5] * 3)}
+        generation["image"] = image
+    return OrtwebVariant(
+        name=variant["name"], label=variant["label"], max_tokens=variant["max_tokens"], graphs=graphs, tokenizer=tokenizer,
+        tokenizer_config=context.input_path(source, "tokenizer_config.json"),
+        chat_template=context.input_path(source, variant["files"]["chat_template"]), generation=generation, data_names=data_names,
     )
 
 
@@ -118,17 +183,23 @@ def _generation(variant: dict, tokenizer: Path, preprocessor: Path | None) -> di
     image = plan.get("image")
     if image is not None and preprocessor is not None:
         processor = json.loads(preprocessor.read_text(encoding="utf-8"))
-        if processor.get("do_pan_and_scan"):
-            raise StepFailed(f"variant {variant['name']}: the source's preprocessor_config.json asks for pan-and-scan, which the page does not do")
-        if processor.get("resample", 2) != 2:
-            raise StepFailed(f"variant {variant['name']}: the source's processor resamples with PIL filter {processor.get('resample')}; the page resizes bilinearly (2) only")
-        soft, start, end = named(image["image_token_id"], "image token"), named(image["start_of_image_id"], "start-of-image"), named(image["end_of_image_id"], "end-of-image")
-        generation["image"] = {
-            "height": processor["size"]["height"], "width": processor["size"]["width"], "resize": "bilinear",
-            # [0, 1] RGB, NHWC: the vision graph rescales and normalizes itself (steps/image_input.py)
-            "pixels": "rgb01_nhwc",
-            "soft_tokens": image["soft_tokens"], "soft_token": soft,
-            "placeholder": start["text"],
-            "sequence": "\n\n" + start["text"] + soft["text"] * image["soft_tokens"] + end["text"] + "\n\n",
-        }
+        # [0, 1] RGB, NHWC: the vision graph rescales and normalizes itself (steps/image_input.py)
+        generation["image"] = _image_generation(variant["name"], image, processor, named) | {"pixels": "rgb01_nhwc"}
     return generation
+
+
+def _image_generation(name: str, image: dict, processor: dict, named) -> dict:
+    """The processor's image size and how the prompt carries the soft tokens (Gemma 3's processor:
+    `<start_of_image>` in the rendered template becomes "\\n\\n<start_of_image>" + soft tokens +
+    "<end_of_image>\\n\\n"); refuses preprocessing the page does not repeat."""
+    if processor.get("do_pan_and_scan"):
+        raise StepFailed(f"variant {name}: the source's preprocessor_config.json asks for pan-and-scan, which the page does not do")
+    if processor.get("resample", 2) != 2:
+        raise StepFailed(f"variant {name}: the source's processor resamples with PIL filter {processor.get('resample')}; the page resizes bilinearly (2) only")
+    soft, start, end = named(image["image_token_id"], "image token"), named(image["start_of_image_id"], "start-of-image"), named(image["end_of_image_id"], "end-of-image")
+    return {
+        "height": processor["size"]["height"], "width": processor["size"]["width"], "resize": "bilinear",
+        "soft_tokens": image["soft_tokens"], "soft_token": soft,
+        "placeholder": start["text"],
+        "sequence": "\n\n" + start["text"] + soft["text"] * image["soft_tokens"] + end["text"] + "\n\n",
+    }

@@ -17,11 +17,12 @@ runtime's limits is refused here, before anything is exported.
 from __future__ import annotations
 
 from modelforge.errors import PlanError
-from modelforge.manifest.models import QuantizationSpec, WebBundleTarget, WebVariantSpec
+from modelforge.manifest.models import OnnxPrecisionSpec, QuantizationSpec, WebBundleTarget, WebVariantSpec
 from modelforge.plan import InputRef, StepNode
 from modelforge.planner import PlanBuilder, source_input
 from modelforge.steps import litert_export, litert_parity, litert_quantize, web_bundle, web_task
 from modelforge.targets import litertlm
+from modelforge.targets import onnx as onnx_target
 from modelforge.web import bundle, limits
 
 KIND = "web_bundle"
@@ -34,6 +35,8 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
         raise PlanError(f"{where}: the MediaPipe web runtime is not vendored; run `npm ci --prefix web` (tools/setup.sh does)")
     if "litertjs" in runtimes and not builder.facts.web_runtime.get("litertjs"):
         raise PlanError(f"{where}: the LiteRT.js web runtime is not vendored; run `npm ci --prefix web` (tools/setup.sh does)")
+    if "onnxruntime_web" in runtimes and not builder.facts.web_runtime.get("onnxruntime_web"):
+        raise PlanError(f"{where}: the onnxruntime-web runtime is not vendored; run `npm ci --prefix web` (tools/setup.sh does)")
     config = builder.facts.config
     # Minimal Hub configs leave vocab_size to the class default; the step then reads it off the graph.
     vocab_size = config.get("text_config", config).get("vocab_size")
@@ -44,6 +47,9 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
         origin = builder.manifest.targets[variant.source_target]
         if variant.runtime == "litertjs":
             variants.append(_litertjs_variant(builder, target, variant, origin, inputs))
+            continue
+        if variant.runtime == "onnxruntime_web":
+            variants.append(_ortweb_variant(builder, target, variant, origin, inputs))
             continue
         checkpoint, _ = litertlm.checkpoint_input(builder, variant.source_target, origin)
         checkpoint = InputRef("checkpoint", checkpoint.node, checkpoint.select)
@@ -79,6 +85,8 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
         params["runtime"] = {key: builder.facts.web_runtime[key] for key in ("version", "files")}
     if "litertjs" in runtimes:
         params["litertjs"] = dict(builder.facts.web_runtime["litertjs"])
+    if "onnxruntime_web" in runtimes:
+        params["onnxruntime_web"] = dict(builder.facts.web_runtime["onnxruntime_web"])
     if builder.manifest.notice:  # absent, not empty, where there is none: those bundles keep their keys
         params["notice"] = builder.manifest.notice
     return builder.add(StepNode.make(
@@ -148,6 +156,57 @@ def _litertjs_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec
             },
         },
     }
+
+
+def _ortweb_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec, origin, inputs: list[InputRef]) -> dict:
+    """An onnxruntime-web variant: the onnx target's package as it is (its own nodes, so its parity
+    check covers these very graphs), the tokenizer and chat template, and what the page's loop needs.
+    Refused when a tensor of it is larger than onnxruntime-web can size."""
+    where = builder.where(target)
+    max_tokens = variant.max_tokens or origin.context_length
+    if max_tokens > origin.context_length:
+        raise PlanError(f"{where}: variant {variant.name!r} max_tokens {max_tokens} exceeds the onnx target's context_length {origin.context_length}; lower it")
+    present = {item.path for item in builder.facts.files}
+    chat_template = "chat_template.jinja"
+    needed = ["tokenizer.json", "tokenizer_config.json", chat_template] + (["preprocessor_config.json"] if origin.task == "image_text_to_text" else [])
+    missing = [name for name in needed if name not in present]
+    if missing:
+        raise PlanError(f"{where}: variant {variant.name!r} needs the source's {', '.join(missing)}; take them with source.files")
+    text_precision = origin.precision.get("text_decoder", OnnxPrecisionSpec())
+    shapes = limits.text_decoder_shapes(builder.facts.tensors, builder.owner, litertlm.PART_COMPONENTS["text"])
+    tensor, size = limits.predict_ortweb_largest(shapes, text_precision.precision, text_precision.blocks)
+    builder.plan_facts.setdefault("web", {})[f"{target}.{variant.name}"] = {"largest_tensor": {"tensor": tensor, "bytes": size}}
+    if size > limits.ORTWEB_MAX_TENSOR_BYTES:
+        raise PlanError(
+            f"{where}: variant {variant.name!r} (runtime: onnxruntime_web; text {text_precision.precision}) cannot run in the browser: "
+            f"its largest tensor, {tensor} at {size / 1e9:.2f} GB, is above the 2 GiB onnxruntime-web can size. Set the onnx "
+            f"target {variant.source_target!r}'s text_decoder precision to int4 (its embedding is then int4 too), else drop the variant; "
+            "see docs/web-limits.md"
+        )
+    package = onnx_target.plan(builder, variant.source_target, origin)
+    names = {"graphs": f"variant.{variant.name}.graphs", "source": f"variant.{variant.name}.source"}
+    inputs.append(InputRef(names["graphs"], package))
+    inputs.append(InputRef(names["source"], builder.source.name, source_input(builder, needed).select))
+    config = builder.facts.config
+    text = config.get("text_config", config)
+    generation = {
+        "cache_length": origin.context_length,
+        "start_token_id": config.get("bos_token_id", text.get("bos_token_id", 2)),
+        "stop_token_ids": sorted(set(_ids(config.get("eos_token_id", text.get("eos_token_id", 1))))),
+    }
+    if origin.task == "image_text_to_text":
+        generation["image"] = {
+            "soft_tokens": config.get("mm_tokens_per_image", 256), "image_token_id": config.get("image_token_index", 262144),
+            "start_of_image_id": config.get("boi_token_index", 255999), "end_of_image_id": config.get("eoi_token_index", 256000),
+        }
+    return {
+        "name": variant.name, "label": variant.label, "runtime": "onnxruntime_web", "max_tokens": max_tokens, "inputs": names,
+        "files": {"chat_template": chat_template}, "generation": generation,
+    }
+
+
+def _ids(value) -> list[int]:
+    return [value] if isinstance(value, int) else list(value)
 
 
 def _plan_parity(builder: PlanBuilder, target: str, variant: WebVariantSpec, origin, refs: dict[str, InputRef]) -> None:

@@ -33,6 +33,17 @@ instead of one `.task`:
                    "streamed" (stream_weights variants only): {"model" | "embedder": {"weights": "model_weights" | "embedder_weights",
                                "group", "size", "largest"}}}]
 
+A bundle with `runtime: onnxruntime_web` variants adds onnxruntime-web, and those variants name the onnx
+target's graphs and their external data:
+
+     "onnxruntime_web": {"packages": {"onnxruntime-web": "1.30.0", ...},
+                         "files": {"ort.webgpu.min.mjs": {"url", "sha256", "size"}, ...}},
+     "variants": [{"name", "label", "runtime": "onnxruntime_web", "multimodal", "max_tokens", "size",
+                   "files": {"decoder" | "decoder_data" | "embedding" | "embedding_data" | "vision" | "vision_data" |
+                             "tokenizer" | "tokenizer_config" | "chat_template": {...}},
+                   "external_data": {"decoder": "model.onnx.data", ...} (the data file each graph names),
+                   "generation": {see steps/web_bundle.py}}]
+
 A `stream_weights` variant's "model" and "embedder" are flatbuffers whose quantized weights live in
 "model_weights" / "embedder_weights" (TFLite external buffers, `modelforge.web.split_weights`); the page
 streams those into WebGPU buffers (docs/web-streamed-weights.md).
@@ -62,7 +73,7 @@ from importlib import resources
 from pathlib import Path
 
 from .headers import APP_FILES, all_configs, is_hashed
-from .vendor import LITERTJS_FILES, LITERTJS_REFERENCES, PACKAGE, RUNTIME_FILES
+from .vendor import LITERTJS_FILES, LITERTJS_REFERENCES, ORTWEB_FILES, PACKAGE, RUNTIME_FILES
 
 __all__ = [
     "APP_SOURCE_FILES", "BUNDLE_SCHEMA", "CHUNK_SIZE", "BundleError", "LitertjsVariant", "Variant", "app_digest", "bundle_files",
@@ -71,7 +82,7 @@ __all__ = [
 
 BUNDLE_SCHEMA = "modelforge-web-bundle/1"
 CHUNK_SIZE = 64 * 1024 * 1024
-APP_SOURCE_FILES = ("index.html", "app.js", "accumulator.js", "litert.js", "style.css", "favicon.svg")
+APP_SOURCE_FILES = ("index.html", "app.js", "accumulator.js", "litert.js", "ortweb.js", "style.css", "favicon.svg")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _READ = 8 << 20
 
@@ -169,6 +180,59 @@ class LitertjsVariant:
                 "tokenizer_config": Path(self.tokenizer_config), "chat_template": Path(self.chat_template)}
 
 
+# An onnxruntime-web variant's graphs (the onnx target's package) by logical name: (file in the
+# package, served extension); each graph's external data is "<graph>_data".
+ORTWEB_GRAPHS = {"decoder": "model.onnx", "embedding": "embedding.onnx", "vision": "vision.onnx"}
+ORTWEB_EXTENSIONS = {
+    **{graph: ".onnx" for graph in ORTWEB_GRAPHS}, **{f"{graph}_data": ".data" for graph in ORTWEB_GRAPHS},
+    "tokenizer": ".json", "tokenizer_config": ".json", "chat_template": ".jinja",
+}
+
+
+@dataclass(frozen=True)
+class OrtwebVariant:
+    """A variant the page runs on onnxruntime-web: the onnx target's graphs as it packaged them
+    (decoder with its KV cache, embedding, and for images the vision graph), each with the external
+    data file it names, driven by the page's own loop (ortweb.js).
+
+    graphs: {"decoder", "embedding", "vision"?: (graph file, data file)}; the data file keeps the
+      name the graph gives it (onnxruntime-web is handed it under that name).
+    """
+
+    name: str
+    label: str
+    max_tokens: int
+    graphs: Mapping[str, tuple[Path, Path]]
+    tokenizer: Path
+    tokenizer_config: Path
+    chat_template: Path
+    generation: Mapping
+    data_names: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise BundleError(f"variant name {self.name!r} must match {_NAME.pattern}")
+        if not self.label.strip():
+            raise BundleError(f"variant {self.name}: empty label")
+        if self.max_tokens <= 0:
+            raise BundleError(f"variant {self.name}: max_tokens must be positive")
+        missing = [graph for graph in ("decoder", "embedding") if graph not in self.graphs]
+        unknown = sorted(set(self.graphs) - set(ORTWEB_GRAPHS))
+        if missing or unknown:
+            raise BundleError(f"variant {self.name}: graphs must be {', '.join(ORTWEB_GRAPHS)} (missing {missing}, unknown {unknown})")
+
+    @property
+    def multimodal(self) -> bool:
+        return "vision" in self.graphs
+
+    def files(self) -> dict[str, Path]:
+        files = {}
+        for graph, (model, data) in self.graphs.items():
+            files[graph], files[f"{graph}_data"] = Path(model), Path(data)
+        return {**files, "tokenizer": Path(self.tokenizer), "tokenizer_config": Path(self.tokenizer_config),
+                "chat_template": Path(self.chat_template)}
+
+
 def _hash_file(path: Path, chunk_size: int) -> tuple[str, list[str], int]:
     """(whole sha256, per-chunk sha256 list, size), in one pass."""
     whole = hashlib.sha256()
@@ -231,19 +295,23 @@ def _canonical_json(value: object) -> str:
 def write_bundle(
     out_dir: Path,
     *,
-    variants: Sequence[Variant | LitertjsVariant],
+    variants: Sequence[Variant | LitertjsVariant | OrtwebVariant],
     runtime: Mapping[str, Path] | None = None,
     title: str,
     runtime_version: str | None = None,
     notice: str = "",
     litertjs: Mapping[str, Path] | None = None,
     litertjs_versions: Mapping[str, str] | None = None,
+    ortweb: Mapping[str, Path] | None = None,
+    ortweb_versions: Mapping[str, str] | None = None,
 ) -> dict:
     """Write the bundle into `out_dir` (created; must be absent, empty, or a previous bundle, which is
     replaced). `runtime` is `vendor.runtime_files(web_dir)` (needed by MediaPipe variants);
     `runtime_version` defaults to the version in the package.json next to the runtime files.
     `litertjs` is `vendor.litertjs_files(web_dir)` and `litertjs_versions` `vendor.litertjs_versions`
-    (needed by LiteRT.js variants). Returns the bundle.json content."""
+    (needed by LiteRT.js variants); `ortweb` and `ortweb_versions` the same of onnxruntime-web
+    (`vendor.ortweb_files`, `vendor.ortweb_versions`; needed by onnxruntime-web variants). Returns the
+    bundle.json content."""
     out_dir = Path(out_dir)
     if not variants:
         raise BundleError("a web bundle needs at least one model variant")
@@ -255,10 +323,16 @@ def write_bundle(
         missing = sorted(set(RUNTIME_FILES) - set(runtime or {}))
         if missing:
             raise BundleError(f"runtime files missing: {missing}")
-    if len(mediapipe) < len(variants):
+    litert = [variant for variant in variants if isinstance(variant, LitertjsVariant)]
+    onnx = [variant for variant in variants if isinstance(variant, OrtwebVariant)]
+    if litert:
         missing = sorted(set(LITERTJS_FILES) - set(litertjs or {}))
         if missing or litertjs_versions is None:
             raise BundleError(f"LiteRT.js variants need the LiteRT.js runtime files and versions; missing {missing or 'versions'}")
+    if onnx:
+        missing = sorted(set(ORTWEB_FILES) - set(ortweb or {}))
+        if missing or ortweb_versions is None:
+            raise BundleError(f"onnxruntime-web variants need its runtime files and versions; missing {missing or 'versions'}")
     if not title.strip():
         raise BundleError("empty title")
     for variant in variants:
@@ -270,6 +344,10 @@ def write_bundle(
             with open(variant.task, "rb") as handle:
                 if handle.read(6) != b"\x00\x00\x00\x00PK":
                     raise BundleError(f"variant {variant.name}: {variant.task} is not a MediaPipe .task (see write_task)")
+        elif isinstance(variant, OrtwebVariant):
+            for graph in variant.graphs:
+                if graph not in variant.data_names:
+                    raise BundleError(f"variant {variant.name}: no name for the external data of its {graph} graph")
         else:
             for graph in variant.graphs.values():
                 with open(graph, "rb") as handle:
@@ -301,13 +379,18 @@ def write_bundle(
                 _place(source, staging / rel)
                 runtime_entries[logical] = {"url": rel, "sha256": digest, "size": size}
             manifest["runtime"] = {"package": PACKAGE, "version": runtime_version, "files": runtime_entries}
-        if len(mediapipe) < len(variants):
+        if litert:
             manifest["litertjs"] = {"packages": dict(sorted(litertjs_versions.items())), "files": _vendor_litertjs(litertjs, staging)}
+        if onnx:
+            manifest["onnxruntime_web"] = {"packages": dict(sorted(ortweb_versions.items())), "files": _vendor_litertjs(ortweb, staging)}
 
         variant_entries = []
         for variant in variants:
             if isinstance(variant, LitertjsVariant):
                 variant_entries.append(_litertjs_entry(variant, staging))
+                continue
+            if isinstance(variant, OrtwebVariant):
+                variant_entries.append(_ortweb_entry(variant, staging))
                 continue
             digest, chunks, size = _hash_file(Path(variant.task), CHUNK_SIZE)
             rel = f"models/{variant.name}-{digest[:16]}.task"
@@ -421,6 +504,27 @@ def _litertjs_entry(variant: LitertjsVariant, staging: Path) -> dict:
     if streamed:
         entry["streamed"] = streamed
     return entry
+
+
+def _ortweb_entry(variant: OrtwebVariant, staging: Path) -> dict:
+    files = {}
+    for logical, path in variant.files().items():
+        digest, chunks, size = _hash_file(path, CHUNK_SIZE)
+        rel = f"models/{logical}-{digest[:16]}{ORTWEB_EXTENSIONS[logical]}"
+        if not (staging / rel).exists():  # a file two variants share is laid out once
+            _place(path, staging / rel)
+        files[logical] = {"url": rel, "sha256": digest, "size": size, "chunk_size": CHUNK_SIZE, "chunk_sha256": chunks}
+    return {
+        "name": variant.name,
+        "label": variant.label,
+        "runtime": "onnxruntime_web",
+        "multimodal": variant.multimodal,
+        "max_tokens": variant.max_tokens,
+        "size": sum(entry["size"] for entry in files.values()),
+        "files": files,
+        "external_data": {graph: variant.data_names[graph] for graph in sorted(variant.graphs)},
+        "generation": dict(variant.generation),
+    }
 
 
 def _split_streamed(variant: LitertjsVariant, sources: dict[str, Path], split_dir: Path) -> dict[str, dict]:

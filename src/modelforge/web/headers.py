@@ -90,6 +90,8 @@ MIME_TYPES: dict[str, str] = {
     ".task": "application/octet-stream",
     ".tflite": "application/octet-stream",
     ".weights": "application/octet-stream",
+    ".onnx": "application/octet-stream",
+    ".data": "application/octet-stream",
     ".litertlm": "application/octet-stream",
     ".bin": "application/octet-stream",
     ".png": "image/png",

@@ -241,6 +241,36 @@ def check_litertjs_graphs(graphs: Mapping[str, int], *, max_bytes: int | None = 
     ]
 
 
+# onnxruntime-web 1.30 sizes a tensor in 32-bit signed arithmetic: a 2.69 GB float32 embedding table
+# (MedGemma 4B's) fails session creation with "SafeIntOnOverflow() Integer overflow" (measured,
+# experiments/ortweb_4b). Its weights otherwise go straight from the page's buffers to WebGPU buffers.
+ORTWEB_MAX_TENSOR_BYTES = 2**31 - 1
+
+
+def predict_ortweb_largest(shapes: Mapping[str, tuple[int, ...]], precision: str, block_size: int = 32) -> tuple[str, int]:
+    """The largest tensor the onnx target's graphs hold for the text decoder at `precision` (its
+    name in the checkpoint and its bytes): every 2-D weight in MatMulNBits form (int4: half a byte
+    per value plus a float32 scale per block; int8: a byte plus the scales) or float32; the token
+    table is float32 unless the text is int4, where the embedding graph gathers it in int4 too
+    (steps/onnx_worker.py, quantize_embedding)."""
+    def quantized(shape: tuple[int, ...], bits: int) -> int:
+        rows, columns = shape[0], _numel(shape[1:])
+        blocks = -(-columns // block_size)
+        return rows * blocks * (block_size * bits // 8) + rows * blocks * 4
+
+    largest = ("", 0)
+    for name, shape in shapes.items():
+        if len(shape) != 2:
+            continue
+        if precision == "fp32" or (name.endswith("embed_tokens.weight") and precision != "int4"):
+            size = 4 * _numel(shape)
+        else:
+            size = quantized(shape, 4 if precision == "int4" else 8)
+        if size > largest[1]:
+            largest = (name, size)
+    return largest
+
+
 def text_decoder_shapes(tensors: Mapping[str, object], owner: Mapping[str, str], components: Iterable[str]) -> dict[str, tuple[int, ...]]:
     """name → shape of the tensors (TensorInfo-like, with .shape) owned by `components`."""
     wanted = set(components)

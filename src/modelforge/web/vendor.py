@@ -19,6 +19,12 @@ each loader's `.wasm` file name); `LITERTJS_REFERENCES` lists them and the bundl
 content-hashed names in their place (an import map would need an inline script, which the CSP forbids).
 Not taken: the threaded pair (it needs SharedArrayBuffer threads the page does not use).
 
+onnxruntime-web (`ORTWEB_FILES`, for `runtime: onnxruntime_web` variants): the WebGPU build's ES module
+(`ort.webgpu.min.mjs`, which also runs the wasm CPU provider) and its asyncify Emscripten pair, plus the
+same tokenizer and template renderer. The module finds the pair through `env.wasm.wasmPaths`, which the
+page sets to their content-hashed URLs, so nothing in these files is rewritten. Not taken: the JSEP,
+JSPI and plain wasm builds, WebGL, the bundles that inline the wasm, and the source maps.
+
 Not taken: the `nosimd` build (every browser with WebGPU has WebAssembly SIMD; the app checks and
 says so), the `module` build (ES-module loader variant of the same wasm) and the source maps.
 """
@@ -29,8 +35,9 @@ import json
 from pathlib import Path
 
 __all__ = [
-    "LITERTJS_FILES", "LITERTJS_PACKAGES", "LITERTJS_REFERENCES", "PACKAGE", "RUNTIME_FILES", "RuntimeMissingError",
-    "litertjs_files", "litertjs_versions", "runtime_files", "runtime_version", "web_dir",
+    "LITERTJS_FILES", "LITERTJS_PACKAGES", "LITERTJS_REFERENCES", "ORTWEB_FILES", "ORTWEB_PACKAGES", "PACKAGE", "RUNTIME_FILES",
+    "RuntimeMissingError", "litertjs_files", "litertjs_versions", "ortweb_files", "ortweb_versions", "runtime_files",
+    "runtime_version", "web_dir",
 ]
 
 PACKAGE = "@mediapipe/tasks-genai"
@@ -52,6 +59,15 @@ LITERTJS_FILES: dict[str, tuple[str, str]] = {
     },
     "tokenizers.mjs": ("@huggingface/tokenizers", "dist/tokenizers.min.mjs"),
     "jinja.mjs": ("@huggingface/jinja", "dist/index.js"),
+}
+ORTWEB_PACKAGES = ("onnxruntime-web", "@huggingface/tokenizers", "@huggingface/jinja")
+# logical name → (npm package, path inside it)
+ORTWEB_FILES: dict[str, tuple[str, str]] = {
+    "ort.webgpu.min.mjs": ("onnxruntime-web", "dist/ort.webgpu.min.mjs"),
+    "ort-wasm-simd-threaded.asyncify.mjs": ("onnxruntime-web", "dist/ort-wasm-simd-threaded.asyncify.mjs"),
+    "ort-wasm-simd-threaded.asyncify.wasm": ("onnxruntime-web", "dist/ort-wasm-simd-threaded.asyncify.wasm"),
+    "tokenizers.mjs": LITERTJS_FILES["tokenizers.mjs"],
+    "jinja.mjs": LITERTJS_FILES["jinja.mjs"],
 }
 # file → {exact text in it: the logical file that text names}; each text occurs exactly once.
 LITERTJS_REFERENCES: dict[str, dict[str, str]] = {
@@ -116,13 +132,13 @@ def runtime_files(web_dir: Path) -> dict[str, Path]:
     return files
 
 
-def litertjs_versions(web_dir: Path) -> dict[str, str]:
-    """{package: installed version} of the LiteRT.js runtime's packages; a package pinned in
-    web/package.json must be installed at its pin (wasm-utils comes with core, pinned by the lock)."""
+def litertjs_versions(web_dir: Path, packages: tuple[str, ...] = LITERTJS_PACKAGES) -> dict[str, str]:
+    """{package: installed version} of the LiteRT.js runtime's packages (or of `packages`); a package
+    pinned in web/package.json must be installed at its pin (wasm-utils comes with core, pinned by the lock)."""
     web_dir = Path(web_dir)
     pins = json.loads((web_dir / "package.json").read_text()).get("dependencies", {}) if (web_dir / "package.json").is_file() else {}
     versions = {}
-    for package in LITERTJS_PACKAGES:
+    for package in packages:
         package_json = web_dir / "node_modules" / package / "package.json"
         if not package_json.is_file():
             raise RuntimeMissingError(f"{package} is not installed in {web_dir / 'node_modules'}: run `npm ci --prefix {web_dir}`")
@@ -142,4 +158,21 @@ def litertjs_files(web_dir: Path) -> dict[str, Path]:
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing:
         raise RuntimeMissingError(f"LiteRT.js runtime files missing: {', '.join(missing)}: run `npm ci --prefix {web_dir}`")
+    return files
+
+
+def ortweb_versions(web_dir: Path) -> dict[str, str]:
+    """{package: installed version} of onnxruntime-web, the tokenizer and the template renderer."""
+    return litertjs_versions(web_dir, ORTWEB_PACKAGES)
+
+
+def ortweb_files(web_dir: Path) -> dict[str, Path]:
+    """{logical file name: path in web/node_modules} of onnxruntime-web's WebGPU build, the tokenizer and
+    the template renderer. Raises RuntimeMissingError (saying to run `npm ci --prefix web`) if they are not installed."""
+    web_dir = Path(web_dir)
+    ortweb_versions(web_dir)
+    files = {name: web_dir / "node_modules" / package / rel for name, (package, rel) in ORTWEB_FILES.items()}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise RuntimeMissingError(f"onnxruntime-web files missing: {', '.join(missing)}: run `npm ci --prefix {web_dir}`")
     return files

@@ -1,14 +1,16 @@
-// modelforge web app: runs the model entirely in the browser — a LiteRT.js variant (the exported
-// graphs, with images; WebGPU, else the wasm CPU backend) or a MediaPipe LLM (.task, text, WebGPU).
+// modelforge web app: runs the model entirely in the browser — an onnxruntime-web variant (the onnx
+// target's graphs, with images) or a LiteRT.js variant (the litertlm target's graphs, with images),
+// each on WebGPU, else its wasm CPU backend, or a MediaPipe LLM (.task, text, WebGPU).
 //
 // Flow: read bundle.json → check WebGPU → for each model variant in priority order: load its runtime,
 // get its files (Cache Storage, else download with progress), verify their size and SHA-256, start
 // it; on failure say why and fall back to the next variant → answer questions (with an image, for a
 // multimodal variant) with streamed output and a stop button. Every problem is reported in the page.
-// Query: ?backend=wasm runs LiteRT.js variants on the CPU; ?variant=NAME starts from that variant.
+// Query: ?backend=wasm runs LiteRT.js and onnxruntime-web variants on the CPU; ?variant=NAME starts from that variant.
 
 import { StreamAccumulator, formatBytes } from "./accumulator.js";
 import { imagePixels, loadLitertRuntime, startLitertVariant } from "./litert.js";
+import { loadOrtwebRuntime, startOrtwebVariant } from "./ortweb.js";
 
 const CACHE_NAME = "modelforge-models-v1";
 
@@ -19,8 +21,8 @@ const state = {
   genai: null,
   fileset: null,
   llm: null,
-  engine: null, // a started LiteRT.js variant (litert.js)
-  backend: null, // "webgpu" or "wasm": where LiteRT.js variants run
+  engine: null, // a started LiteRT.js (litert.js) or onnxruntime-web (ortweb.js) variant
+  backend: null, // "webgpu" or "wasm": where LiteRT.js and onnxruntime-web variants run
   variant: null,
   generating: false,
   stopRequested: false,
@@ -149,7 +151,7 @@ async function loadBundle() {
   const problems = [];
   if (!bundle || typeof bundle !== "object") problems.push("not an object");
   const variants = Array.isArray(bundle?.variants) ? bundle.variants : [];
-  if (variants.some((v) => v.runtime !== "litertjs")) {
+  if (variants.some((v) => v.runtime === "mediapipe" || v.runtime === undefined)) {
     const files = bundle?.runtime?.files;
     for (const name of ["genai_bundle.mjs", "genai_wasm_internal.js", "genai_wasm_internal.wasm"]) {
       if (typeof files?.[name]?.url !== "string") problems.push(`runtime file ${name} missing`);
@@ -159,6 +161,12 @@ async function loadBundle() {
     const files = bundle?.litertjs?.files;
     for (const name of ["litertjs_core.mjs", "litert_wasm_jspi_internal.js", "litert_wasm_internal.js", "litert_wasm_compat_internal.js", "tokenizers.mjs", "jinja.mjs"]) {
       if (typeof files?.[name]?.url !== "string") problems.push(`LiteRT.js runtime file ${name} missing`);
+    }
+  }
+  if (variants.some((v) => v.runtime === "onnxruntime_web")) {
+    const files = bundle?.onnxruntime_web?.files;
+    for (const name of ["ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm", "tokenizers.mjs", "jinja.mjs"]) {
+      if (typeof files?.[name]?.url !== "string") problems.push(`onnxruntime-web runtime file ${name} missing`);
     }
   }
   if (variants.length === 0) problems.push("no model variants");
@@ -176,6 +184,12 @@ async function loadBundle() {
     if (v.runtime === "litertjs") {
       for (const name of ["model", "embedder", "tokenizer", "tokenizer_config", "chat_template"]) checkFile(`${where} ${name}`, v.files?.[name]);
       if (typeof v.generation !== "object" || !v.generation) problems.push(`${where}: no generation settings`);
+    } else if (v.runtime === "onnxruntime_web") {
+      for (const name of ["decoder", "decoder_data", "embedding", "embedding_data", "tokenizer", "tokenizer_config", "chat_template"]) {
+        checkFile(`${where} ${name}`, v.files?.[name]);
+      }
+      if (typeof v.generation !== "object" || !v.generation) problems.push(`${where}: no generation settings`);
+      if (typeof v.external_data !== "object" || !v.external_data) problems.push(`${where}: no external data names`);
     } else {
       checkFile(where, v);
     }
@@ -547,8 +561,49 @@ async function startLitert(variant) {
   return { engine, source: [...sources].join(", ") };
 }
 
+// onnxruntime-web's wasm build is 32-bit: on the CPU every weight lives in its heap (at most 4 GiB,
+// beside the runtime's own work); on WebGPU the weights go to GPU buffers instead.
+const ORTWEB_WASM_LIMIT = 3 * 1024 ** 3;
+
+async function startOrtweb(variant) {
+  if (state.backend === "wasm" && variant.size > ORTWEB_WASM_LIMIT) {
+    throw new Error(
+      `without WebGPU it would run on the CPU, whose WebAssembly memory (4 GiB) cannot hold its ${formatBytes(variant.size)} of graphs; ` +
+        "use a browser with WebGPU",
+    );
+  }
+  setStatus("Loading onnxruntime-web…");
+  const mark = runtimeErrorCount;
+  try {
+    await loadOrtwebRuntime(state.bundle.onnxruntime_web);
+  } catch (err) {
+    throw new Error(withRuntimeLog(`onnxruntime-web could not load (${describe(err)})`, mark));
+  }
+  const files = {};
+  const sources = new Set();
+  for (const logical of Object.keys(variant.files).sort()) {
+    setStatus(`Getting ${variant.label}: ${logical}…`);
+    const { bytes, source } = await fetchVerified(variant, logical);
+    files[logical] = bytes;
+    sources.add(source);
+  }
+  hideProgress();
+  setStatus(`Starting ${variant.label} (${state.backend === "webgpu" ? "GPU" : "CPU"})…`);
+  let engine;
+  try {
+    engine = await startOrtwebVariant(variant, files, state.backend);
+  } catch (err) {
+    if (err instanceof RangeError || /memory/i.test(describe(err))) {
+      throw new Error(`the browser ran out of memory starting it (${describe(err)}); close other tabs or pick a smaller variant`);
+    }
+    throw new Error(withRuntimeLog(`the runtime could not start it (${describe(err)})`, mark));
+  }
+  return { engine, source: [...sources].join(", ") };
+}
+
 async function startVariant(variant) {
   if (variant.runtime === "litertjs") return startLitert(variant);
+  if (variant.runtime === "onnxruntime_web") return startOrtweb(variant);
   if (!state.gpuOk) throw new Error("it needs WebGPU, which this browser does not offer here");
   await ensureMediaPipe(state.bundle);
   const model = await getModel(variant);
@@ -674,7 +729,7 @@ async function ask(event) {
     );
     return;
   }
-  if (state.engine) return askLitert(text);
+  if (state.engine) return askEngine(text);
   const query = state.imageBitmap ? [text, { imageSource: state.imageBitmap }] : text;
 
   state.generating = true;
@@ -718,8 +773,8 @@ async function ask(event) {
   }
 }
 
-// The LiteRT.js path: the page's own greedy loop (litert.js), streaming the decoded answer.
-async function askLitert(text) {
+// The LiteRT.js and onnxruntime-web path: the page's own greedy loop (litert.js, ortweb.js), streaming the answer.
+async function askEngine(text) {
   state.generating = true;
   state.stopRequested = false;
   setPhase("generating");
@@ -806,7 +861,7 @@ async function main() {
   setStatus("Checking for WebGPU…");
   const gpu = await checkWebGpu();
   state.gpuOk = gpu.ok;
-  const canUseCpu = bundle.variants.some((v) => v.runtime === "litertjs");
+  const canUseCpu = bundle.variants.some((v) => v.runtime === "litertjs" || v.runtime === "onnxruntime_web");
   if (!gpu.ok && !canUseCpu) {
     setPhase("unsupported");
     setStatus("This browser cannot run the model.");
@@ -832,8 +887,11 @@ async function main() {
       state.llm = started.llm || null;
       state.engine = started.engine || null;
       state.variant = variant;
+      const engineName = variant.runtime === "onnxruntime_web"
+        ? `onnxruntime-web ${bundle.onnxruntime_web?.packages?.["onnxruntime-web"]}`
+        : `LiteRT.js ${bundle.litertjs?.packages?.["@litertjs/core"]}`;
       const runtimeName = state.engine
-        ? `LiteRT.js ${bundle.litertjs.packages["@litertjs/core"]} on ${state.engine.backend === "webgpu" ? "WebGPU" : state.engine.backend}`
+        ? `${engineName} on ${state.engine.backend === "webgpu" ? "WebGPU" : state.engine.backend}`
         : `runtime ${bundle.runtime.package}@${bundle.runtime.version}`;
       $("model-info").textContent =
         `Model: ${variant.label} (${formatBytes(variant.size)}, ${started.source}) · ${runtimeName}` +

@@ -164,6 +164,24 @@ export async function startLitertVariant(variant, files, backend) {
   return engine;
 }
 
+// The prompt's ids: the chat template rendered as transformers renders it, then (with an image)
+// `<start_of_image>` replaced by the processor's sequence of soft tokens, then tokenizer.json.
+// Shared with the onnxruntime-web loop (ortweb.js).
+export function promptIds(template, tokenizer, generation, question, withImage) {
+  const content = withImage ? [{ type: "image" }, { type: "text", text: question }] : question;
+  let prompt = template.render({
+    messages: [{ role: "user", content }],
+    add_generation_prompt: true,
+    ...generation.chat_template_variables,
+  });
+  if (withImage) {
+    const image = generation.image;
+    if (!prompt.includes(image.placeholder)) throw new Error(`the chat template put no ${image.placeholder} in the prompt`);
+    prompt = prompt.split(image.placeholder).join(image.sequence);
+  }
+  return Array.from(tokenizer.encode(prompt, { add_special_tokens: false }).ids);
+}
+
 class LitertEngine {
   constructor(variant, models, backends, tokenizer, template, notes) {
     this.variant = variant;
@@ -188,21 +206,8 @@ class LitertEngine {
     return [...new Set(Object.values(this.backends))].join(" + ");
   }
 
-  // The prompt's ids: the chat template rendered as transformers renders it, then (with an image)
-  // `<start_of_image>` replaced by the processor's sequence of soft tokens, then tokenizer.json.
   promptIds(question, withImage) {
-    const content = withImage ? [{ type: "image" }, { type: "text", text: question }] : question;
-    let prompt = this.template.render({
-      messages: [{ role: "user", content }],
-      add_generation_prompt: true,
-      ...this.generation.chat_template_variables,
-    });
-    if (withImage) {
-      const image = this.generation.image;
-      if (!prompt.includes(image.placeholder)) throw new Error(`the chat template put no ${image.placeholder} in the prompt`);
-      prompt = prompt.split(image.placeholder).join(image.sequence);
-    }
-    return Array.from(this.tokenizer.encode(prompt, { add_special_tokens: false }).ids);
+    return promptIds(this.template, this.tokenizer, this.generation, question, withImage);
   }
 
   // The image's soft tokens: [0, 1] RGB pixels (NHWC) → vision encoder → adapter; the first
@@ -354,7 +359,7 @@ class LitertEngine {
 // at once (microtasks only): without it the page froze until the answer was complete, showing no
 // token before the last and ignoring Stop. A MessageChannel task, not setTimeout, which nested
 // timers clamp to 4 ms.
-function yieldToPage() {
+export function yieldToPage() {
   return new Promise((resolve) => {
     const channel = new MessageChannel();
     channel.port1.onmessage = () => {
@@ -365,7 +370,7 @@ function yieldToPage() {
   });
 }
 
-function argmax(array) {
+export function argmax(array) {
   let best = 0;
   for (let i = 1; i < array.length; i++) if (array[i] > array[best]) best = i;
   return best;

@@ -1,0 +1,179 @@
+// modelforge web app: onnxruntime-web variants. Runs the onnx target's own graphs (vision.onnx →
+// embedding.onnx → the decoder with its KV cache, onnxruntime-genai's layout), which its build checks
+// against PyTorch (steps/onnx_parity.py), with a greedy loop, and prepares the prompt as litert.js does
+// (the chat template, the image's soft tokens in place of `<start_of_image>`, tokenizer.json's ids).
+// On WebGPU the weights go from the page's buffers straight into GPU buffers and the KV cache stays on
+// the GPU between steps: how MedGemma 4B reads images in a tab (docs/web-routes.md).
+//
+// Imports litert.js's shared helpers only; the vendored runtime modules (content-hashed URLs in
+// bundle.json) are imported by loadOrtwebRuntime.
+
+import { argmax, promptIds, yieldToPage } from "./litert.js";
+
+let runtime = null; // {ort, tokenizers, jinja}
+
+// Loads onnxruntime-web (its WebGPU build, which also runs the wasm CPU provider), the tokenizer and
+// the template renderer once. The module finds its Emscripten pair by the content-hashed URLs.
+export async function loadOrtwebRuntime(section) {
+  if (runtime) return runtime;
+  const url = (name) => new URL(section.files[name].url, location.href).href;
+  const [ort, tokenizers, jinja] = await Promise.all([
+    import(url("ort.webgpu.min.mjs")), import(url("tokenizers.mjs")), import(url("jinja.mjs")),
+  ]);
+  ort.env.wasm.wasmPaths = { mjs: url("ort-wasm-simd-threaded.asyncify.mjs"), wasm: url("ort-wasm-simd-threaded.asyncify.wasm") };
+  ort.env.wasm.numThreads = 1; // no worker threads: the page's CPU path stays one wasm instance
+  ort.env.logLevel = "error";
+  runtime = { ort, tokenizers, jinja };
+  return runtime;
+}
+
+// A started onnxruntime-web variant. `files` maps each logical file of the variant (bundle.json) to
+// its verified bytes (Uint8Array); each graph's data file is handed over under the name the graph
+// gives it (variant.external_data), then let go.
+export async function startOrtwebVariant(variant, files, backend) {
+  const { ort, tokenizers, jinja } = runtime;
+  const text = (bytes) => new TextDecoder().decode(bytes);
+  const tokenizer = new tokenizers.Tokenizer(JSON.parse(text(files.tokenizer)), JSON.parse(text(files.tokenizer_config)));
+  const template = new jinja.Template(text(files.chat_template));
+  const provider = backend === "webgpu" ? "webgpu" : "wasm";
+  const sessions = {};
+  for (const graph of ["vision", "embedding", "decoder"]) {
+    if (!files[graph]) continue;
+    const options = {
+      executionProviders: [provider],
+      graphOptimizationLevel: "all",
+      externalData: [{ path: variant.external_data[graph], data: files[`${graph}_data`] }],
+    };
+    // The KV cache and logits stay where the decoder computed them; the loop reads the logits back.
+    if (graph === "decoder" && provider === "webgpu") options.preferredOutputLocation = "gpu-buffer";
+    try {
+      sessions[graph] = await ort.InferenceSession.create(files[graph], options);
+    } catch (err) {
+      throw new Error(`${graph}: ${String(err?.message || err).split("\n")[0]}`);
+    }
+    files[graph] = files[`${graph}_data`] = null; // the runtime holds what it needs
+  }
+  return new OrtwebEngine(variant, sessions, provider, tokenizer, template);
+}
+
+class OrtwebEngine {
+  constructor(variant, sessions, backend, tokenizer, template) {
+    this.variant = variant;
+    this.generation = variant.generation;
+    this.sessions = sessions;
+    this.backend = backend;
+    this.tokenizer = tokenizer;
+    this.template = template;
+    this.notes = [];
+    this.runtimeName = "onnxruntime-web";
+    this.multimodal = Boolean(sessions.vision && this.generation.image);
+    this.pastNames = sessions.decoder.inputNames.filter((name) => name.startsWith("past_key_values."));
+    this.stopIds = new Set(this.generation.stop_tokens.map((t) => t.id));
+  }
+
+  // The processor's pixels for vision.onnx: the page's [0, 1] RGB (NHWC, litert.js imagePixels) →
+  // normalized with the processor's mean and std, NCHW.
+  normalized(pixels) {
+    const { height, width, image_mean: mean, image_std: std } = this.generation.image;
+    const plane = height * width;
+    const out = new Float32Array(3 * plane);
+    for (let i = 0; i < plane; i++) for (let c = 0; c < 3; c++) out[c * plane + i] = (pixels[i * 3 + c] - mean[c]) / std[c];
+    return out;
+  }
+
+  async softTokens(pixels) {
+    const { ort } = runtime;
+    const image = this.generation.image;
+    const input = new ort.Tensor("float32", this.normalized(pixels), [1, 3, image.height, image.width]);
+    const output = Object.values(await this.sessions.vision.run({ pixel_values: input }))[0];
+    const rows = output.dims[0];
+    if (rows !== image.soft_tokens) throw new Error(`the vision graph gave ${rows} soft tokens, the prompt has ${image.soft_tokens}`);
+    const data = await output.getData();
+    output.dispose();
+    return new ort.Tensor("float32", data, [rows, this.generation.decoder.hidden]);
+  }
+
+  // One decoder call on `ids` after the cache so far; returns the last position's logits.
+  async step(ids) {
+    const { ort } = runtime;
+    const input = new ort.Tensor("int64", BigInt64Array.from(ids, BigInt), [1, ids.length]);
+    const { inputs_embeds: embeds } = await this.sessions.embedding.run({ input_ids: input, image_features: this.features });
+    this.total += ids.length;
+    const mask = new ort.Tensor("int64", new BigInt64Array(this.total).fill(1n), [1, this.total]);
+    const outputs = await this.sessions.decoder.run({ inputs_embeds: embeds, attention_mask: mask, ...this.past });
+    embeds.dispose();
+    this.release();
+    this.past = Object.fromEntries(this.pastNames.map((name) => [name, outputs[name.replace("past_key_values.", "present.")]]));
+    const logits = outputs.logits;
+    const data = await logits.getData();
+    logits.dispose();
+    const vocabulary = logits.dims.at(-1);
+    return data.subarray(data.length - vocabulary);
+  }
+
+  // A fresh, empty KV cache (past length 0).
+  reset() {
+    const { ort } = runtime;
+    const { kv_heads: heads, head_dim: dim } = this.generation.decoder;
+    this.release();
+    this.past = Object.fromEntries(this.pastNames.map((name) => [name, new ort.Tensor("float32", new Float32Array(0), [1, heads, 0, dim])]));
+    this.total = 0;
+  }
+
+  release() {
+    for (const tensor of Object.values(this.past || {})) if (tensor.location === "gpu-buffer") tensor.dispose();
+    this.past = {};
+  }
+
+  text(tokens) {
+    return tokens.length ? this.tokenizer.decode(tokens, { skip_special_tokens: true }) : "";
+  }
+
+  // Greedy answer to `question` (with `pixels` when an image is attached), as litert.js's generate:
+  // onText(text, tokens) after each token, shouldStop() before each, the page given a turn in between.
+  async generate(question, pixels, { onText, shouldStop }) {
+    const { ort } = runtime;
+    const ids = promptIds(this.template, this.tokenizer, this.generation, question, Boolean(pixels));
+    const limit = Math.min(this.variant.max_tokens, this.generation.cache_length);
+    if (ids.length >= limit) throw new Error(`the question is ${ids.length} tokens long; this model takes at most ${limit - 1}`);
+    const hidden = this.generation.decoder.hidden;
+    this.features = pixels ? await this.softTokens(pixels) : new ort.Tensor("float32", new Float32Array(hidden), [1, hidden]);
+    if (pixels) {
+      const slots = ids.filter((id) => id === this.generation.image.soft_token.id).length;
+      if (slots !== this.generation.image.soft_tokens) {
+        throw new Error(`the prompt has ${slots} image slots, the image ${this.generation.image.soft_tokens} soft tokens`);
+      }
+    }
+    this.reset();
+    const tokens = [];
+    let stopped = false;
+    let ended = "length";
+    try {
+      await yieldToPage();
+      if (shouldStop()) return { text: "", tokens, promptTokens: ids, stopped: true, ended: "stopped" };
+      let logits = await this.step(ids);
+      let position = ids.length;
+      for (;;) {
+        const token = argmax(logits);
+        if (this.stopIds.has(token)) {
+          ended = "stop token";
+          break;
+        }
+        tokens.push(token);
+        onText(this.text(tokens), tokens);
+        if (position + 1 >= limit) break;
+        await yieldToPage();
+        if (shouldStop()) {
+          stopped = true;
+          ended = "stopped";
+          break;
+        }
+        logits = await this.step([token]);
+        position += 1;
+      }
+    } finally {
+      this.release();
+    }
+    return { text: this.text(tokens), tokens, promptTokens: ids, stopped, ended };
+  }
+}
