@@ -219,7 +219,8 @@ def test_runtime_files_version_mismatch(tmp_path):
 
 def test_web_project_pins_the_runtime():
     package = json.loads((WEB_DIR / "package.json").read_text())
-    pins = {"@mediapipe/tasks-genai": "0.10.29", "@litertjs/core": "2.5.3", "@huggingface/tokenizers": "0.2.0", "@huggingface/jinja": "0.5.11"}
+    pins = {"@mediapipe/tasks-genai": "0.10.29", "@litertjs/core": "2.5.3", "@huggingface/tokenizers": "0.2.0", "@huggingface/jinja": "0.5.11",
+            "onnxruntime-web": "1.30.0"}
     assert package["dependencies"] == pins  # exact versions, no ranges
     lock = json.loads((WEB_DIR / "package-lock.json").read_text())
     for name, version in {**pins, "@litertjs/wasm-utils": "2.5.3"}.items():

@@ -18,7 +18,7 @@ from modelforge.testing.reference import facts_from_shapes, load_tensor_shapes, 
 from modelforge.web import limits
 
 REAL = MANIFESTS / "medgemma-1.5-litertlm.yaml"
-RUNTIME = {"version": "0.10.29", "files": {}}
+RUNTIME = {"version": "0.10.29", "files": {}, "onnxruntime_web": {"versions": {"onnxruntime-web": "1.30.0"}, "files": {}}}
 EMBEDDING = "language_model.model.embed_tokens.weight"
 
 
@@ -51,7 +51,7 @@ def test_the_real_manifest_web_variant_fits_and_its_size_is_recorded():
     manifest = load_manifest(REAL)
     plan = _plan(manifest, reference_facts())
     predicted = plan.facts["web"]
-    assert set(predicted) == {"web.task.medgemma-int4"}
+    assert set(predicted) == {"web.task.medgemma-int4", "web.medgemma-int4-images"}  # the image variant: tests/web/test_ortweb_plan.py
     int4 = predicted["web.task.medgemma-int4"]
     assert int4["largest_tensor"] == EMBEDDING
     assert int4["largest_tensor_bytes"] == 262_208 * 2_560 // 2 == 335_626_240

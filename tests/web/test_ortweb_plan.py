@@ -38,7 +38,8 @@ def test_the_4b_image_variant_ships_the_onnx_targets_package():
     params = json.loads(web.params_json)
     variant = next(v for v in params["variants"] if v["name"] == "medgemma-int4-images")
     assert variant["runtime"] == "onnxruntime_web" and variant["max_tokens"] == 4096
-    assert variant["generation"]["image"] == {"soft_tokens": 256, "image_token_id": 262144, "start_of_image_id": 255999, "end_of_image_id": 256000}
+    assert variant["generation"]["image"] == {"soft_tokens": 256, "image_token_id": 262144, "start_of_image_id": 255999, "end_of_image_id": 256000,
+                                              "attention_bytes": 16 * 4096 * 4096 * 4}  # one SigLIP layer's scores: 1 GiB
     assert params["onnxruntime_web"] == RUNTIME["onnxruntime_web"] and "litertjs" not in params
     fact = plan.facts["web"]["web.medgemma-int4-images"]["largest_tensor"]
     # 262,208 rows of 80 blocks: 16 bytes of int4 and a float32 scale each (the measured data file: 419,543,040 B)

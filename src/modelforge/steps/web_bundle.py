@@ -135,7 +135,8 @@ def _ortweb_variant(context: StepContext, variant: dict):
         image = _image_generation(variant["name"], plan["image"], preprocessor, named)
         # vision.onnx takes the processor's pixels: rescaled, normalized, NCHW (steps/onnx_worker.py)
         image |= {"pixels": "normalized_nchw", "rescale_factor": preprocessor.get("rescale_factor", 1 / 255),
-                  "image_mean": preprocessor.get("image_mean", [0.5] * 3), "image_std": preprocessor.get("image_std", [0.5] * 3)}
+                  "image_mean": preprocessor.get("image_mean", [0.5] * 3), "image_std": preprocessor.get("image_std", [0.5] * 3),
+                  "attention_bytes": plan["image"]["attention_bytes"]}
         generation["image"] = image
     return OrtwebVariant(
         name=variant["name"], label=variant["label"], max_tokens=variant["max_tokens"], graphs=graphs, tokenizer=tokenizer,

@@ -23,6 +23,7 @@ const state = {
   llm: null,
   engine: null, // a started LiteRT.js (litert.js) or onnxruntime-web (ortweb.js) variant
   backend: null, // "webgpu" or "wasm": where LiteRT.js and onnxruntime-web variants run
+  adapterLimits: null, // the WebGPU adapter's buffer limits (onnxruntime-web variants place their vision graph by them)
   variant: null,
   generating: false,
   stopRequested: false,
@@ -591,13 +592,15 @@ async function startOrtweb(variant) {
   setStatus(`Starting ${variant.label} (${state.backend === "webgpu" ? "GPU" : "CPU"})…`);
   let engine;
   try {
-    engine = await startOrtwebVariant(variant, files, state.backend);
+    engine = await startOrtwebVariant(variant, files, state.backend, state.adapterLimits);
   } catch (err) {
     if (err instanceof RangeError || /memory/i.test(describe(err))) {
       throw new Error(`the browser ran out of memory starting it (${describe(err)}); close other tabs or pick a smaller variant`);
     }
     throw new Error(withRuntimeLog(`the runtime could not start it (${describe(err)})`, mark));
   }
+  for (const note of engine.notes) notice(`${variant.label}: ${note}.`);
+  engine.onNote = (note) => notice(`${variant.label}: ${note}.`);
   return { engine, source: [...sources].join(", ") };
 }
 
@@ -861,6 +864,9 @@ async function main() {
   setStatus("Checking for WebGPU…");
   const gpu = await checkWebGpu();
   state.gpuOk = gpu.ok;
+  if (gpu.adapter) {
+    state.adapterLimits = { maxBufferSize: gpu.adapter.limits.maxBufferSize, maxStorageBufferBindingSize: gpu.adapter.limits.maxStorageBufferBindingSize };
+  }
   const canUseCpu = bundle.variants.some((v) => v.runtime === "litertjs" || v.runtime === "onnxruntime_web");
   if (!gpu.ok && !canUseCpu) {
     setPhase("unsupported");

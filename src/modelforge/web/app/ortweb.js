@@ -30,41 +30,63 @@ export async function loadOrtwebRuntime(section) {
 // A started onnxruntime-web variant. `files` maps each logical file of the variant (bundle.json) to
 // its verified bytes (Uint8Array); each graph's data file is handed over under the name the graph
 // gives it (variant.external_data), then let go.
-export async function startOrtwebVariant(variant, files, backend) {
-  const { ort, tokenizers, jinja } = runtime;
+// `adapterLimits` (WebGPU): the adapter's maxBufferSize and maxStorageBufferBindingSize. The vision
+// graph runs on the CPU where one attention layer's scores (generation.image.attention_bytes: 1 GiB at
+// MedGemma's 896 px) fill the largest buffer the adapter offers (measured on SwiftShader's 1 GiB: the
+// graph fails with "Invalid Buffer"); on WebGPU otherwise, falling back to the CPU if its first run fails.
+export async function startOrtwebVariant(variant, files, backend, adapterLimits = null) {
+  const { tokenizers, jinja } = runtime;
   const text = (bytes) => new TextDecoder().decode(bytes);
   const tokenizer = new tokenizers.Tokenizer(JSON.parse(text(files.tokenizer)), JSON.parse(text(files.tokenizer_config)));
   const template = new jinja.Template(text(files.chat_template));
   const provider = backend === "webgpu" ? "webgpu" : "wasm";
+  const notes = [];
+  const providers = { vision: provider, embedding: provider, decoder: provider };
+  const image = variant.generation.image;
+  if (provider === "webgpu" && files.vision && image?.attention_bytes && adapterLimits) {
+    const largest = Math.min(adapterLimits.maxBufferSize, adapterLimits.maxStorageBufferBindingSize);
+    if (image.attention_bytes >= largest) {
+      providers.vision = "wasm";
+      notes.push(`the vision graph's attention needs ${image.attention_bytes} bytes in one buffer, and this GPU offers at most ${largest}: images are read on the CPU`);
+    }
+  }
   const sessions = {};
+  let retry = null; // the vision graph's bytes, while a WebGPU vision session may still need a CPU stand-in
   for (const graph of ["vision", "embedding", "decoder"]) {
     if (!files[graph]) continue;
-    const options = {
-      executionProviders: [provider],
-      graphOptimizationLevel: "all",
-      externalData: [{ path: variant.external_data[graph], data: files[`${graph}_data`] }],
-    };
-    // The KV cache and logits stay where the decoder computed them; the loop reads the logits back.
-    if (graph === "decoder" && provider === "webgpu") options.preferredOutputLocation = "gpu-buffer";
-    try {
-      sessions[graph] = await ort.InferenceSession.create(files[graph], options);
-    } catch (err) {
-      throw new Error(`${graph}: ${String(err?.message || err).split("\n")[0]}`);
-    }
+    sessions[graph] = await createSession(variant, graph, files[graph], files[`${graph}_data`], providers[graph]);
+    if (graph === "vision" && providers.vision === "webgpu") retry = { model: files.vision, data: files.vision_data };
     files[graph] = files[`${graph}_data`] = null; // the runtime holds what it needs
   }
-  return new OrtwebEngine(variant, sessions, provider, tokenizer, template);
+  const engine = new OrtwebEngine(variant, sessions, provider, tokenizer, template, notes);
+  engine.visionRetry = retry;
+  return engine;
+}
+
+async function createSession(variant, graph, model, data, provider) {
+  const options = {
+    executionProviders: [provider],
+    graphOptimizationLevel: "all",
+    externalData: [{ path: variant.external_data[graph], data }],
+  };
+  // The KV cache and logits stay where the decoder computed them; the loop reads the logits back.
+  if (graph === "decoder" && provider === "webgpu") options.preferredOutputLocation = "gpu-buffer";
+  try {
+    return await runtime.ort.InferenceSession.create(model, options);
+  } catch (err) {
+    throw new Error(`${graph}: ${String(err?.message || err).split("\n")[0]}`);
+  }
 }
 
 class OrtwebEngine {
-  constructor(variant, sessions, backend, tokenizer, template) {
+  constructor(variant, sessions, backend, tokenizer, template, notes) {
     this.variant = variant;
     this.generation = variant.generation;
     this.sessions = sessions;
     this.backend = backend;
     this.tokenizer = tokenizer;
     this.template = template;
-    this.notes = [];
+    this.notes = notes;
     this.runtimeName = "onnxruntime-web";
     this.multimodal = Boolean(sessions.vision && this.generation.image);
     this.pastNames = sessions.decoder.inputNames.filter((name) => name.startsWith("past_key_values."));
@@ -85,7 +107,21 @@ class OrtwebEngine {
     const { ort } = runtime;
     const image = this.generation.image;
     const input = new ort.Tensor("float32", this.normalized(pixels), [1, 3, image.height, image.width]);
-    const output = Object.values(await this.sessions.vision.run({ pixel_values: input }))[0];
+    let outputs;
+    try {
+      outputs = await this.sessions.vision.run({ pixel_values: input });
+    } catch (err) {
+      if (!this.visionRetry) throw err;
+      // The first image on WebGPU failed (e.g. a buffer larger than the GPU allows): read images on the CPU.
+      const { model, data } = this.visionRetry;
+      this.visionRetry = null;
+      await this.sessions.vision.release();
+      this.sessions.vision = await createSession(this.variant, "vision", model, data, "wasm");
+      this.onNote?.(`the vision graph failed on WebGPU (${String(err?.message || err).split("\n")[0]}); images are read on the CPU`);
+      outputs = await this.sessions.vision.run({ pixel_values: input });
+    }
+    this.visionRetry = null; // it ran: its bytes can go
+    const output = Object.values(outputs)[0];
     const rows = output.dims[0];
     if (rows !== image.soft_tokens) throw new Error(`the vision graph gave ${rows} soft tokens, the prompt has ${image.soft_tokens}`);
     const data = await output.getData();
