@@ -4,8 +4,9 @@ Each stage is its own step, so a change of the vision precision re-runs only the
 quantization, the packaging and the parity check::
 
     checkpoint ─► export text (genai builder, precision of text_decoder) ─────────────┐
-        │                                                                            ├─► package ─► <target>/
+        │                                                                            │
         ├──────► export vision (vision.onnx, embedding.onnx) ─► quantize vision.onnx ─┤
+        │                                 └─► int4 embedding.onnx (int4 text only) ───┼─► package ─► <target>/
         └──────► preprocessor_config.json (for onnxruntime-genai's image pipeline) ────┘
                                   (parity: checkpoint + package → report in the lock)
 

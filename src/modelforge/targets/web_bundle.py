@@ -1,11 +1,14 @@
 """Target `web_bundle`: a static page running the model in the browser. A `runtime: mediapipe`
 variant is a plain text export (MediaPipe cannot take GPU composites nor images) with its own
 quantization, packed as a `.task`; a `runtime: litertjs` variant ships the litertlm target's own
-graphs (the same export and quantize nodes when the recipe is the same), run by LiteRT.js with images::
+graphs (the same export and quantize nodes when the recipe is the same), run by LiteRT.js with images;
+a `runtime: onnxruntime_web` variant ships an onnx target's package as it is, run by onnxruntime-web
+with images::
 
     checkpoint ─► export (text_generation) ─► quantize <variant> ─► web_task <variant> ───┐
     <litertlm>.export_text ─► (<litertlm>.quantize.text_decoder | none | own recipe) ──────┤
-    <litertlm>.export_vision ─► (float | quantize vision_encoder, projector) ──────────────┼─► web_bundle
+    <litertlm>.export_vision ─► (float | quantize vision_encoder, projector) ──────────────┤
+    <onnx>.package (the onnx target's own steps) ──────────────────────────────────────────┼─► web_bundle
     source: tokenizer.json, tokenizer_config.json, chat template, preprocessor_config.json ┤
     vendored runtimes (web/node_modules, hashed at plan time) ─────────────────────────────┘
 
