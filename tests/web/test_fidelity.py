@@ -134,18 +134,24 @@ def test_float_variant_answers_exactly_as_pytorch(tiny_web_bundle, session_facto
         query = "?variant=tiny-float" + ("&backend=wasm" if backend == "wasm" else "")
         _open(session, server.url + query, "tiny-float", backend)
 
-        session.page.set_input_files("#image", str(card))
-        session.page.locator("#preview").wait_for(state="visible", timeout=10_000)
-        prompt, answer = _ask(session, IMAGE_PROMPT)
-        expected_prompt, expected_answer = reference["image"]
-        assert prompt == expected_prompt  # the template, the soft tokens' place, the tokenizer
-        assert answer == expected_answer, f"page {answer}\nPyTorch {expected_answer}"
+        _answers_as_pytorch(session, card, reference)
 
-        session.page.click("#clear-image")
-        prompt, answer = _ask(session, TEXT_PROMPT)
-        assert (prompt, answer) == reference["text"]
-        assert not session.page.is_visible("#errors"), session.diagnostics()
-        assert not session.page_errors
+
+def _answers_as_pytorch(session, card: Path, reference: dict) -> None:
+    """The image question through the file picker, then the text question: prompts and greedy answers
+    are PyTorch's, and the page shows no error."""
+    session.page.set_input_files("#image", str(card))
+    session.page.locator("#preview").wait_for(state="visible", timeout=10_000)
+    prompt, answer = _ask(session, IMAGE_PROMPT)
+    expected_prompt, expected_answer = reference["image"]
+    assert prompt == expected_prompt  # the template, the soft tokens' place, the tokenizer
+    assert answer == expected_answer, f"page {answer}\nPyTorch {expected_answer}"
+
+    session.page.click("#clear-image")
+    prompt, answer = _ask(session, TEXT_PROMPT)
+    assert (prompt, answer) == reference["text"]
+    assert not session.page.is_visible("#errors"), session.diagnostics()
+    assert not session.page_errors
 
 
 @pytest.mark.parametrize("backend", ["webgpu", "wasm"])
@@ -158,19 +164,7 @@ def test_onnxruntime_web_variant_answers_exactly_as_pytorch(tiny_web_bundle, ses
         session = session_factory(WEBGPU)
         query = "?variant=tiny-onnx" + ("&backend=wasm" if backend == "wasm" else "")
         _open(session, server.url + query, "tiny-onnx", backend, runtime="onnxruntime-web")
-
-        session.page.set_input_files("#image", str(card))
-        session.page.locator("#preview").wait_for(state="visible", timeout=10_000)
-        prompt, answer = _ask(session, IMAGE_PROMPT)
-        expected_prompt, expected_answer = reference["image"]
-        assert prompt == expected_prompt
-        assert answer == expected_answer, f"page {answer}\nPyTorch {expected_answer}"
-
-        session.page.click("#clear-image")
-        prompt, answer = _ask(session, TEXT_PROMPT)
-        assert (prompt, answer) == reference["text"]
-        assert not session.page.is_visible("#errors"), session.diagnostics()
-        assert not session.page_errors
+        _answers_as_pytorch(session, card, reference)
 
 
 @pytest.mark.parametrize("variant", ["tiny-int8-images", "tiny-int8-streamed"])

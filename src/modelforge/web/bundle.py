@@ -114,12 +114,16 @@ class Variant:
     random_seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise BundleError(f"variant name {self.name!r} must match {_NAME.pattern}")
-        if not self.label.strip():
-            raise BundleError(f"variant {self.name}: empty label")
-        if self.max_tokens <= 0:
-            raise BundleError(f"variant {self.name}: max_tokens must be positive")
+        _check_variant(self.name, self.label, self.max_tokens)
+
+
+def _check_variant(name: str, label: str, max_tokens: int) -> None:
+    if not _NAME.match(name):
+        raise BundleError(f"variant name {name!r} must match {_NAME.pattern}")
+    if not label.strip():
+        raise BundleError(f"variant {name}: empty label")
+    if max_tokens <= 0:
+        raise BundleError(f"variant {name}: max_tokens must be positive")
 
 
 LITERTJS_GRAPHS = ("model", "embedder", "vision_encoder", "vision_adapter")
@@ -158,12 +162,7 @@ class LitertjsVariant:
     stream_weights: bool = False
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise BundleError(f"variant name {self.name!r} must match {_NAME.pattern}")
-        if not self.label.strip():
-            raise BundleError(f"variant {self.name}: empty label")
-        if self.max_tokens <= 0:
-            raise BundleError(f"variant {self.name}: max_tokens must be positive")
+        _check_variant(self.name, self.label, self.max_tokens)
         missing = [graph for graph in ("model", "embedder") if graph not in self.graphs]
         unknown = sorted(set(self.graphs) - set(LITERTJS_GRAPHS))
         if missing or unknown:
@@ -210,12 +209,7 @@ class OrtwebVariant:
     data_names: Mapping[str, str]
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise BundleError(f"variant name {self.name!r} must match {_NAME.pattern}")
-        if not self.label.strip():
-            raise BundleError(f"variant {self.name}: empty label")
-        if self.max_tokens <= 0:
-            raise BundleError(f"variant {self.name}: max_tokens must be positive")
+        _check_variant(self.name, self.label, self.max_tokens)
         missing = [graph for graph in ("decoder", "embedding") if graph not in self.graphs]
         unknown = sorted(set(self.graphs) - set(ORTWEB_GRAPHS))
         if missing or unknown:

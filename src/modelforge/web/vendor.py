@@ -152,12 +152,15 @@ def litertjs_versions(web_dir: Path, packages: tuple[str, ...] = LITERTJS_PACKAG
 def litertjs_files(web_dir: Path) -> dict[str, Path]:
     """{logical file name: path in web/node_modules} of the LiteRT.js runtime, tokenizer and template
     renderer. Raises RuntimeMissingError (saying to run `npm ci --prefix web`) if they are not installed."""
-    web_dir = Path(web_dir)
     litertjs_versions(web_dir)
-    files = {name: web_dir / "node_modules" / package / rel for name, (package, rel) in LITERTJS_FILES.items()}
+    return _installed(Path(web_dir), LITERTJS_FILES, "LiteRT.js runtime")
+
+
+def _installed(web_dir: Path, table: dict[str, tuple[str, str]], what: str) -> dict[str, Path]:
+    files = {name: web_dir / "node_modules" / package / rel for name, (package, rel) in table.items()}
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing:
-        raise RuntimeMissingError(f"LiteRT.js runtime files missing: {', '.join(missing)}: run `npm ci --prefix {web_dir}`")
+        raise RuntimeMissingError(f"{what} files missing: {', '.join(missing)}: run `npm ci --prefix {web_dir}`")
     return files
 
 
@@ -169,10 +172,5 @@ def ortweb_versions(web_dir: Path) -> dict[str, str]:
 def ortweb_files(web_dir: Path) -> dict[str, Path]:
     """{logical file name: path in web/node_modules} of onnxruntime-web's WebGPU build, the tokenizer and
     the template renderer. Raises RuntimeMissingError (saying to run `npm ci --prefix web`) if they are not installed."""
-    web_dir = Path(web_dir)
     ortweb_versions(web_dir)
-    files = {name: web_dir / "node_modules" / package / rel for name, (package, rel) in ORTWEB_FILES.items()}
-    missing = [str(path) for path in files.values() if not path.is_file()]
-    if missing:
-        raise RuntimeMissingError(f"onnxruntime-web files missing: {', '.join(missing)}: run `npm ci --prefix {web_dir}`")
-    return files
+    return _installed(Path(web_dir), ORTWEB_FILES, "onnxruntime-web")

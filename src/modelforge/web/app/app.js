@@ -526,12 +526,19 @@ async function startLitert(variant) {
       );
     }
   }
-  setStatus("Loading the LiteRT.js runtime…");
+  return startEngine(variant, "the LiteRT.js runtime", () => loadLitertRuntime(state.bundle.litertjs),
+    (files) => startLitertVariant(variant, files, state.backend), streamedWeights);
+}
+
+// Loads a page-driven runtime (LiteRT.js, onnxruntime-web), gets the variant's files (each verified
+// and held whole; streamed weights as re-readable streams) and starts the variant with them.
+async function startEngine(variant, runtimeName, loadRuntime, start, streamedWeights = new Set()) {
+  setStatus(`Loading ${runtimeName}…`);
   const mark = runtimeErrorCount;
   try {
-    await loadLitertRuntime(state.bundle.litertjs);
+    await loadRuntime();
   } catch (err) {
-    throw new Error(withRuntimeLog(`the LiteRT.js runtime could not load (${describe(err)})`, mark));
+    throw new Error(withRuntimeLog(`${runtimeName} could not load (${describe(err)})`, mark));
   }
   const files = {};
   const sources = new Set();
@@ -551,7 +558,7 @@ async function startLitert(variant) {
   setStatus(`Starting ${variant.label} (${state.backend === "webgpu" ? "GPU" : "CPU"})…`);
   let engine;
   try {
-    engine = await startLitertVariant(variant, files, state.backend);
+    engine = await start(files);
   } catch (err) {
     if (err instanceof RangeError || /memory/i.test(describe(err))) {
       throw new Error(`the browser ran out of memory starting it (${describe(err)}); close other tabs or pick a smaller variant`);
@@ -559,6 +566,7 @@ async function startLitert(variant) {
     throw new Error(withRuntimeLog(`the runtime could not start it (${describe(err)})`, mark));
   }
   for (const note of engine.notes) notice(`${variant.label}: ${note}.`);
+  engine.onNote = (note) => notice(`${variant.label}: ${note}.`);
   return { engine, source: [...sources].join(", ") };
 }
 
@@ -573,35 +581,8 @@ async function startOrtweb(variant) {
         "use a browser with WebGPU",
     );
   }
-  setStatus("Loading onnxruntime-web…");
-  const mark = runtimeErrorCount;
-  try {
-    await loadOrtwebRuntime(state.bundle.onnxruntime_web);
-  } catch (err) {
-    throw new Error(withRuntimeLog(`onnxruntime-web could not load (${describe(err)})`, mark));
-  }
-  const files = {};
-  const sources = new Set();
-  for (const logical of Object.keys(variant.files).sort()) {
-    setStatus(`Getting ${variant.label}: ${logical}…`);
-    const { bytes, source } = await fetchVerified(variant, logical);
-    files[logical] = bytes;
-    sources.add(source);
-  }
-  hideProgress();
-  setStatus(`Starting ${variant.label} (${state.backend === "webgpu" ? "GPU" : "CPU"})…`);
-  let engine;
-  try {
-    engine = await startOrtwebVariant(variant, files, state.backend, state.adapterLimits);
-  } catch (err) {
-    if (err instanceof RangeError || /memory/i.test(describe(err))) {
-      throw new Error(`the browser ran out of memory starting it (${describe(err)}); close other tabs or pick a smaller variant`);
-    }
-    throw new Error(withRuntimeLog(`the runtime could not start it (${describe(err)})`, mark));
-  }
-  for (const note of engine.notes) notice(`${variant.label}: ${note}.`);
-  engine.onNote = (note) => notice(`${variant.label}: ${note}.`);
-  return { engine, source: [...sources].join(", ") };
+  return startEngine(variant, "onnxruntime-web", () => loadOrtwebRuntime(state.bundle.onnxruntime_web),
+    (files) => startOrtwebVariant(variant, files, state.backend, state.adapterLimits));
 }
 
 async function startVariant(variant) {
