@@ -1,7 +1,9 @@
 """Step `web_bundle`: the static app, the vendored runtimes (checked against the hashes the plan was
 made with), the models under content-hashed names, bundle.json and the server configs. For a LiteRT.js
-variant it also writes what the page's decoding loop needs (`generation` in bundle.json), resolving
-token strings to ids with the source's tokenizer.json. Imports only steps.base and modelforge.web."""
+or onnxruntime-web variant it also writes what the page's decoding loop needs (`generation` in
+bundle.json), resolving token strings and ids with the source's tokenizer.json (and, for onnxruntime-web,
+the onnx package's genai_config.json; onnx reads which data file each graph names). Imports only
+steps.base and modelforge.web (and onnx, for graph headers)."""
 
 from __future__ import annotations
 
@@ -18,10 +20,12 @@ TOOLS: tuple[str, ...] = ()
 
 def run(context: StepContext) -> None:
     """params: {title, notice, variants, runtime: {version, files} (MediaPipe variants), litertjs: {versions, files}
-    (LiteRT.js variants)}. A MediaPipe variant: {name, label, max_tokens, input}; a LiteRT.js one: {name, label,
-    max_tokens, runtime: litertjs, inputs: {text, vision_encoder?, projector?, source}, files: {chat_template}, stream_weights?,
-    generation: {prefill_lengths, cache_length, start_token, stop_tokens, image?: {soft_tokens, image_token_id,
-    start_of_image_id, end_of_image_id}}}."""
+    (LiteRT.js variants), onnxruntime_web: {versions, files} (onnxruntime-web variants)}. A MediaPipe variant:
+    {name, label, max_tokens, input}; a LiteRT.js one: {name, label, max_tokens, runtime: litertjs, inputs: {text,
+    vision_encoder?, projector?, source}, files: {chat_template}, stream_weights?, generation: {prefill_lengths,
+    cache_length, start_token, stop_tokens, image?: {soft_tokens, image_token_id, start_of_image_id, end_of_image_id}}};
+    an onnxruntime-web one: {name, label, max_tokens, runtime: onnxruntime_web, inputs: {graphs (the onnx package),
+    source}, files: {chat_template}, generation: {cache_length, image?: {the same ids, attention_bytes}}}."""
     from modelforge.hashing import hash_file
     from modelforge.web.bundle import Variant, write_bundle
     from modelforge.web.vendor import litertjs_files, ortweb_files, runtime_files, web_dir
@@ -132,6 +136,9 @@ def _ortweb_variant(context: StepContext, variant: dict):
     }
     if "vision" in graphs and plan.get("image") is not None:
         preprocessor = json.loads(context.input_path(source, "preprocessor_config.json").read_text(encoding="utf-8"))
+        if abs(preprocessor.get("rescale_factor", 1 / 255) * 255 - 1) > 1e-6 or not preprocessor.get("do_normalize", True):
+            raise StepFailed(f"variant {variant['name']}: the source's processor rescales by {preprocessor.get('rescale_factor')} "
+                             f"(normalize: {preprocessor.get('do_normalize', True)}); the page rescales by 1/255 and normalizes only")
         image = _image_generation(variant["name"], plan["image"], preprocessor, named)
         # vision.onnx takes the processor's pixels: rescaled, normalized, NCHW (steps/onnx_worker.py)
         image |= {"pixels": "normalized_nchw", "rescale_factor": preprocessor.get("rescale_factor", 1 / 255),
