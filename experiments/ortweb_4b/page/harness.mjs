@@ -1,6 +1,6 @@
 // Loads the onnx target's three graphs (vision.onnx, embedding.onnx, model.onnx, each with its
 // external .data) in onnxruntime-web on the execution provider of the query
-// (?ep=webgpu|wasm&vision_ep=wasm&kv=gpu|cpu&steps=N&only=chat,image), runs a greedy loop for every case of
+// (?ep=webgpu|wasm&vision_ep=wasm&kv=gpu|cpu&steps=N&chunk=N&only=chat,image), runs a greedy loop for every case of
 // /cases.json and leaves per step the argmax and the logits at the reference's top-20 ids in
 // window.probeResult. Each phase is logged as it ends, so a crash says how far it got.
 const params = new URLSearchParams(location.search);
@@ -66,16 +66,20 @@ async function main() {
       }
       let past = Object.fromEntries(pastNames.map((n) => [n, new ort.Tensor('float32', new Float32Array(0), [1, kvHeads, 0, headDim])]));
       let current = c.input_ids, total = 0;
+      const chunk = Number(params.get('chunk') || 0); // prefill in pieces of this many tokens (0: whole)
       for (let step = 0; step < steps; step++) {
         const started = performance.now();
-        const ids = new ort.Tensor('int64', BigInt64Array.from(current.map(BigInt)), [1, current.length]);
-        const { inputs_embeds: embeds } = await embedding.run({ input_ids: ids, image_features: features });
-        total += current.length;
-        const mask = new ort.Tensor('int64', new BigInt64Array(total).fill(1n), [1, total]);
-        const fetches = kvOnGpu ? undefined : undefined;
-        const out = await decoder.run({ inputs_embeds: embeds, attention_mask: mask, ...past }, fetches);
-        for (const t of Object.values(past)) if (t.location === 'gpu-buffer') t.dispose();
-        past = Object.fromEntries(pastNames.map((n) => [n, out[n.replace('past_key_values', 'present')]]));
+        let out;
+        for (let at = 0; at < current.length; at += chunk || current.length) {
+          const piece = current.slice(at, chunk ? at + chunk : current.length);
+          const ids = new ort.Tensor('int64', BigInt64Array.from(piece.map(BigInt)), [1, piece.length]);
+          const { inputs_embeds: embeds } = await embedding.run({ input_ids: ids, image_features: features });
+          total += piece.length;
+          const mask = new ort.Tensor('int64', new BigInt64Array(total).fill(1n), [1, total]);
+          out = await decoder.run({ inputs_embeds: embeds, attention_mask: mask, ...past });
+          for (const t of Object.values(past)) if (t.location === 'gpu-buffer') t.dispose();
+          past = Object.fromEntries(pastNames.map((n) => [n, out[n.replace('past_key_values', 'present')]]));
+        }
         const logitsTensor = out.logits;
         const all = await logitsTensor.getData();
         const vocab = logitsTensor.dims[2];

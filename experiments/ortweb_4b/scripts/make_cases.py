@@ -33,8 +33,10 @@ def main(checkpoint: str, package: str, out: str, steps: str = "4") -> None:
     turn = lambda body: [2, 105, *ids("user\n"), *body, 106, *ids("\n"), 105, *ids("model\n")]  # noqa: E731
     image_block = [*ids("\n\n"), config["boi_token_index"], *[config["image_token_index"]] * config["mm_tokens_per_image"], config["eoi_token_index"], *ids("\n\n")]
     pixels = Gemma3ImageProcessor.from_pretrained(checkpoint)(picture(), return_tensors="np")["pixel_values"].astype(np.float32)
+    long_question = " ".join(["Describe the chest X-ray findings in detail."] * 40)  # ~300 tokens: a long prefill
     cases = [
         {"name": "chat", "input_ids": turn(ids("What are the signs of pneumonia on a chest X-ray?"))},
+        {"name": "long", "input_ids": turn(ids(long_question))},
         {"name": "image", "input_ids": turn([*image_block, *ids("Describe this image.")]), "pixel_values": pixels.ravel().tolist(), "pixel_shape": list(pixels.shape)},
     ]
     options = ort.SessionOptions()
