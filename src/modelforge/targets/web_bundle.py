@@ -191,12 +191,8 @@ def _ortweb_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec, 
     inputs.append(InputRef(names["graphs"], package))
     inputs.append(InputRef(names["source"], builder.source.name, source_input(builder, needed).select))
     config = builder.facts.config
-    text = config.get("text_config", config)
-    generation = {
-        "cache_length": origin.context_length,
-        "start_token_id": config.get("bos_token_id", text.get("bos_token_id", 2)),
-        "stop_token_ids": sorted(set(_ids(config.get("eos_token_id", text.get("eos_token_id", 1))))),
-    }
+    # Start and stop tokens come from the package's genai_config.json, in the step.
+    generation: dict = {"cache_length": origin.context_length}
     if origin.task == "image_text_to_text":
         vision = config.get("vision_config", {})
         patches = (vision.get("image_size", 896) // vision.get("patch_size", 14)) ** 2
@@ -212,10 +208,6 @@ def _ortweb_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec, 
         "name": variant.name, "label": variant.label, "runtime": "onnxruntime_web", "max_tokens": max_tokens, "inputs": names,
         "files": {"chat_template": chat_template}, "generation": generation,
     }
-
-
-def _ids(value) -> list[int]:
-    return [value] if isinstance(value, int) else list(value)
 
 
 def _plan_parity(builder: PlanBuilder, target: str, variant: WebVariantSpec, origin, refs: dict[str, InputRef]) -> None:
