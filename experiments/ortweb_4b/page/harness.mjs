@@ -1,6 +1,6 @@
 // Loads the onnx target's three graphs (vision.onnx, embedding.onnx, model.onnx, each with its
 // external .data) in onnxruntime-web on the execution provider of the query
-// (?ep=webgpu|wasm&vision_ep=wasm&kv=gpu|cpu&steps=N&chunk=N&only=chat,image), runs a greedy loop for every case of
+// (?ep=webgpu|wasm&vision_ep=wasm&kv=gpu|cpu&steps=N&chunk=N&only=chat,image&subgroups=off), runs a greedy loop for every case of
 // /cases.json and leaves per step the argmax and the logits at the reference's top-20 ids in
 // window.probeResult. Each phase is logged as it ends, so a crash says how far it got.
 const params = new URLSearchParams(location.search);
@@ -20,6 +20,7 @@ const log = (line) => {
 };
 
 async function main() {
+  let gpuProvider = 'webgpu';
   const ort = await import(`/ort/${bundle}`);
   ort.env.wasm.wasmPaths = '/ort/';
   ort.env.wasm.numThreads = 1;
@@ -29,11 +30,25 @@ async function main() {
     if (!adapter) throw new Error('no WebGPU adapter');
     result.adapter = { vendor: adapter.info.vendor, architecture: adapter.info.architecture };
     result.adapterLimits = { maxBufferSize: adapter.limits.maxBufferSize, maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize };
+    result.subgroupSizes = [adapter.info.subgroupMinSize, adapter.info.subgroupMaxSize];
+    if (params.get('subgroups') === 'off') {
+      // A device without subgroups, as the product page gives onnxruntime-web on an adapter whose
+      // subgroups are narrower than its flash attention assumes (experiments/ortweb_gqa).
+      const limits = ['maxBindGroups', 'maxComputeWorkgroupStorageSize', 'maxComputeWorkgroupsPerDimension', 'maxStorageBuffersPerShaderStage',
+        'maxStorageBufferBindingSize', 'maxBufferSize', 'maxComputeInvocationsPerWorkgroup', 'maxComputeWorkgroupSizeX', 'maxComputeWorkgroupSizeY', 'maxComputeWorkgroupSizeZ'];
+      const device = await adapter.requestDevice({
+        requiredFeatures: ['timestamp-query', 'shader-f16'].filter((f) => adapter.features.has(f)),
+        requiredLimits: Object.fromEntries(limits.map((k) => [k, adapter.limits[k]])),
+      });
+      gpuProvider = { name: 'webgpu', device };
+      result.subgroups = 'off';
+    }
   }
   const { hidden, kv_heads: kvHeads, head_dim: headDim, cases } = await (await fetch('/cases.json')).json();
   const create = async (name, file, extra = {}) => {
     const started = performance.now();
-    const provider = name === 'vision' ? (params.get('vision_ep') || ep) : ep;
+    let provider = name === 'vision' ? (params.get('vision_ep') || ep) : ep;
+    if (provider === 'webgpu') provider = gpuProvider;
     const session = await ort.InferenceSession.create(`/graphs/${file}`, {
       executionProviders: [provider], graphOptimizationLevel: 'all',
       externalData: [{ path: `${file}.data`, data: `/graphs/${file}.data` }], ...extra,

@@ -23,8 +23,46 @@ export async function loadOrtwebRuntime(section) {
   ort.env.wasm.wasmPaths = { mjs: url("ort-wasm-simd-threaded.asyncify.mjs"), wasm: url("ort-wasm-simd-threaded.asyncify.wasm") };
   ort.env.wasm.numThreads = 1; // no worker threads: the page's CPU path stays one wasm instance
   ort.env.logLevel = "error";
-  runtime = { ort, tokenizers, jinja };
+  runtime = { ort, tokenizers, jinja, gpu: null };
   return runtime;
+}
+
+// onnxruntime-web 1.30's flash attention (GroupQueryAttention's prefill on a device with subgroups,
+// up to MedGemma's sliding window) takes 8 or 16 keys a step, one per subgroup lane, and loads only a
+// subgroup's width of them: on an adapter whose subgroups are narrower (SwiftShader's are 4 lanes) it
+// reads stale keys, and every prompt of 32 tokens or more is attended wrongly — at MedGemma 4B the
+// image prompt's answer departed from the first token (measured: experiments/ortweb_gqa). Such an
+// adapter, or one that does not say its subgroup size, gets a device without subgroups, on which
+// onnxruntime-web takes its plain attention kernels; other adapters keep onnxruntime-web's own device.
+const FLASH_ATTENTION_MIN_SUBGROUP = 8;
+// The features and limits onnxruntime-web asks of its own device (WebGpuContext), less subgroups.
+const GPU_FEATURES = ["timestamp-query", "shader-f16"];
+const GPU_LIMITS = [
+  "maxBindGroups", "maxComputeWorkgroupStorageSize", "maxComputeWorkgroupsPerDimension", "maxStorageBuffersPerShaderStage",
+  "maxStorageBufferBindingSize", "maxBufferSize", "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX", "maxComputeWorkgroupSizeY", "maxComputeWorkgroupSizeZ",
+];
+
+// The WebGPU execution provider for this page's sessions, with a note where it withheld subgroups.
+// One device for the page (onnxruntime-web keeps the first it is given), from an adapter of its own.
+async function webgpuProvider() {
+  if (runtime.gpu) return runtime.gpu;
+  const adapter = await navigator.gpu?.requestAdapter();
+  const width = adapter?.info?.subgroupMinSize;
+  if (!adapter || !adapter.features.has("subgroups") || width >= FLASH_ATTENTION_MIN_SUBGROUP) {
+    runtime.gpu = { provider: "webgpu", note: null };
+    return runtime.gpu;
+  }
+  const device = await adapter.requestDevice({
+    requiredFeatures: GPU_FEATURES.filter((feature) => adapter.features.has(feature)),
+    requiredLimits: Object.fromEntries(GPU_LIMITS.map((name) => [name, adapter.limits[name]])),
+  });
+  const lanes = width ? `${width} lanes wide` : "of an unstated width";
+  runtime.gpu = {
+    provider: { name: "webgpu", device },
+    note: `this GPU's subgroups are ${lanes}, narrower than onnxruntime-web's fast attention needs (${FLASH_ATTENTION_MIN_SUBGROUP}): it runs without them, exact but slower`,
+  };
+  return runtime.gpu;
 }
 
 // A started onnxruntime-web variant. `files` maps each logical file of the variant (bundle.json) to
@@ -41,6 +79,8 @@ export async function startOrtwebVariant(variant, files, backend, adapterLimits 
   const template = new jinja.Template(text(files.chat_template));
   const provider = backend === "webgpu" ? "webgpu" : "wasm";
   const notes = [];
+  const gpu = provider === "webgpu" ? await webgpuProvider() : null;
+  if (gpu?.note) notes.push(gpu.note);
   const providers = { vision: provider, embedding: provider, decoder: provider };
   const image = variant.generation.image;
   if (provider === "webgpu" && files.vision && image?.attention_bytes && adapterLimits) {
@@ -54,7 +94,8 @@ export async function startOrtwebVariant(variant, files, backend, adapterLimits 
   let retry = null; // the vision graph's bytes, while a WebGPU vision session may still need a CPU stand-in
   for (const graph of ["vision", "embedding", "decoder"]) {
     if (!files[graph]) continue;
-    sessions[graph] = await createSession(variant, graph, files[graph], files[`${graph}_data`], providers[graph]);
+    const chosen = providers[graph] === "webgpu" ? gpu.provider : providers[graph];
+    sessions[graph] = await createSession(variant, graph, files[graph], files[`${graph}_data`], chosen);
     if (graph === "vision" && providers.vision === "webgpu") retry = { model: files.vision, data: files.vision_data };
     files[graph] = files[`${graph}_data`] = null; // the runtime holds what it needs
   }
@@ -63,6 +104,7 @@ export async function startOrtwebVariant(variant, files, backend, adapterLimits 
   return engine;
 }
 
+// `provider`: "wasm", or the WebGPU provider of webgpuProvider ("webgpu" or {name: "webgpu", device}).
 async function createSession(variant, graph, model, data, provider) {
   const options = {
     executionProviders: [provider],
@@ -70,7 +112,7 @@ async function createSession(variant, graph, model, data, provider) {
     externalData: [{ path: variant.external_data[graph], data }],
   };
   // The KV cache and logits stay where the decoder computed them; the loop reads the logits back.
-  if (graph === "decoder" && provider === "webgpu") options.preferredOutputLocation = "gpu-buffer";
+  if (graph === "decoder" && provider !== "wasm") options.preferredOutputLocation = "gpu-buffer";
   try {
     return await runtime.ort.InferenceSession.create(model, options);
   } catch (err) {
