@@ -511,3 +511,40 @@ def test_int4_embedding_is_the_decoders_tied_head_gathered(int4_build):
     text = [0, 1, 4, 5]
     np.testing.assert_allclose(embeds[text], rows[ids[0, text]] * np.float32(hidden ** 0.5), rtol=1e-6, atol=1e-6)
     assert np.array_equal(embeds[2:4], features)
+
+
+def test_vision_attention_in_head_groups_is_siglips_attention(tmp_path):
+    """vision.onnx computes the vision tower's attention a group of heads at a time, so that no tensor
+    is above WebGPU's default binding size (MedGemma: 8 groups of 2 heads, 128 MiB of scores instead of
+    1 GiB). Exported one head at a time, the tiny model's vision graph has a softmax per head and still
+    gives PyTorch's (eager, all heads at once) image features."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+    import transformers
+
+    from modelforge.reference import reference_dir
+    from modelforge.steps import onnx_worker
+    from modelforge.targets.onnx import vision_attention
+
+    medgemma = vision_attention(json.loads((reference_dir() / "mlx-community_gemma-3-4b-it-bf16-config.json").read_text()))
+    assert medgemma == {"heads_per_group": 2, "bytes": 128 * 2**20, "heads": 16}
+    config = json.loads((TINY / "config.json").read_text())
+    assert vision_attention(config)["heads_per_group"] == 2  # the tiny model's 2 heads fit in one group
+
+    onnx_worker.export_vision(TINY, tmp_path, heads_per_group=1)
+    graph = onnx.load(tmp_path / "graphs" / "vision.onnx", load_external_data=False)
+    softmaxes = sum(node.op_type == "Softmax" for node in graph.graph.node)
+    assert softmaxes == config["vision_config"]["num_hidden_layers"] * config["vision_config"]["num_attention_heads"]
+
+    size = config["vision_config"]["image_size"]
+    pixels = np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "graphs" / "vision.onnx"), providers=["CPUExecutionProvider"])
+    (features,) = session.run(None, {"pixel_values": pixels})
+    model = transformers.Gemma3ForConditionalGeneration.from_pretrained(TINY, dtype=torch.float32).eval()
+    model.model.vision_tower.set_attn_implementation("eager")
+    with torch.no_grad():
+        expected = model.model.get_image_features(pixel_values=torch.from_numpy(pixels))
+    expected = getattr(expected, "pooler_output", expected).reshape(features.shape).numpy()
+    assert np.abs(features - expected).max() < 1e-5 * max(1.0, np.abs(expected).max())

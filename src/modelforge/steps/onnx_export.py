@@ -3,7 +3,8 @@
 builder (model.onnx, model.onnx.data, genai_config.json, tokenizer files), its RoPE caches and norm gains
 checked against transformers' (steps/genai_builder.py); the builder quantizes it itself (precision, block
 size). Part `vision`: vision.onnx (tower + projector) and embedding.onnx, float, through
-torch.onnx.export (dynamo); their quantization is a later step."""
+torch.onnx.export (dynamo), the vision attention computed in groups of heads (attention_heads_per_group,
+targets/onnx.py: no tensor above WebGPU's default binding size); their quantization is a later step."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ TOOLS = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "onnxscript", "t
 
 def run(context: StepContext) -> None:
     """params: {part: text, precision: fp32|int8|int4, block_size, context_length, exclude_embeds}
-    or {part: vision}."""
+    or {part: vision, attention_heads_per_group}."""
     params = context.params
     work = context.scratch_dir / "export"
     work.mkdir()

@@ -32,11 +32,40 @@ def export(request: dict) -> dict:
         )
         files = {path.name: str(path) for path in sorted(out.iterdir()) if path.is_file()}
         return {"files": files, "report": report}
-    return export_vision(Path(request["checkpoint"]), work)
+    return export_vision(Path(request["checkpoint"]), work, request.get("attention_heads_per_group"))
 
 
-def _vision_model(checkpoint: Path):
-    """Gemma3ForConditionalGeneration with only the vision tower, projector and token embedding read."""
+# The vision tower's attention as transformers' eager attention, computed a group of heads at a time:
+# one MatMul/Softmax/MatMul per group, so no tensor of the graph holds more than a group's scores.
+ATTENTION_BY_HEAD_GROUPS = "modelforge_head_groups"
+
+
+def attention_by_head_groups(heads_per_group: int):
+    """An attention function for transformers' AttentionInterface: SigLIP's eager attention (the same
+    operations per head: scores, softmax in float32, weighted values) over `heads_per_group` heads at
+    a time, concatenated in head order."""
+    from transformers.models.siglip.modeling_siglip import eager_attention_forward
+
+    def forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        import torch
+
+        heads = query.shape[1]
+        if heads_per_group >= heads:
+            return eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+        outputs = []
+        for start in range(0, heads, heads_per_group):
+            group = slice(start, start + heads_per_group)
+            mask = attention_mask if attention_mask is None or attention_mask.shape[1] == 1 else attention_mask[:, group]
+            output, _ = eager_attention_forward(module, query[:, group], key[:, group], value[:, group], mask, scaling, dropout, **kwargs)
+            outputs.append(output)  # [batch, patches, group, head_dim]
+        return torch.cat(outputs, dim=2), None
+
+    return forward
+
+
+def _vision_model(checkpoint: Path, heads_per_group: int | None = None):
+    """Gemma3ForConditionalGeneration with only the vision tower, projector and token embedding read;
+    its vision attention computed `heads_per_group` heads at a time (all at once: None)."""
     import torch
     import transformers
 
@@ -50,21 +79,29 @@ def _vision_model(checkpoint: Path):
         partial_load.materialize(model, shards, lambda name: name.startswith(partial_load.VISION_MODULES) or name == EMBEDDING)
     finally:
         shards.close()
-    model.model.vision_tower.set_attn_implementation("eager")
+    if heads_per_group is None:
+        model.model.vision_tower.set_attn_implementation("eager")
+    else:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(ATTENTION_BY_HEAD_GROUPS, attention_by_head_groups(heads_per_group))
+        model.model.vision_tower.set_attn_implementation(ATTENTION_BY_HEAD_GROUPS)
     return model.eval(), config
 
 
-def export_vision(checkpoint: Path, work: Path) -> dict:
+def export_vision(checkpoint: Path, work: Path, heads_per_group: int | None = None) -> dict:
     """vision.onnx: pixel_values [1, 3, H, W] (the processor's normalized pixels) → image_features
     [T, D] (SigLIP tower + multi-modal projector; rank 2 because onnxruntime-genai allocates the
     vision output with the rank of the graph's output and hands that buffer unchanged to the
     embedding graph's image_features input). embedding.onnx: input_ids [1, S] int64 and
     image_features [N, D] → inputs_embeds [1, S, D]: Gemma's scaled token embedding with the image
     features put at the image-token positions in order (Gemma3Model.get_placeholder_mask +
-    masked_scatter), the input the builder's decoder takes when built with exclude_embeds."""
+    masked_scatter), the input the builder's decoder takes when built with exclude_embeds.
+    `heads_per_group`: the vision attention's heads computed together (targets/onnx.py bounds one
+    group's scores to what every WebGPU adapter can bind); None: all of them, one MatMul a layer."""
     import torch
 
-    model, config = _vision_model(checkpoint)
+    model, config = _vision_model(checkpoint, heads_per_group)
 
     class Vision(torch.nn.Module):
         def __init__(self):

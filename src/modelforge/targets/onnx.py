@@ -25,6 +25,24 @@ from modelforge.targets.litertlm import PART_COMPONENTS, check_source_architectu
 
 KIND = "onnx"
 COMPONENTS = ("text_decoder", "vision_encoder", "projector")
+# The most bytes one group of the vision attention's heads may hold in scores: WebGPU's default
+# maxStorageBufferBindingSize, which every adapter offers. MedGemma's SigLIP (16 heads over 4,096
+# patches) would hold 1 GiB in one layer's scores, all of SwiftShader's largest buffer and more than
+# many GPUs bind; in groups of 2 heads, 128 MiB (docs/web-limits.md).
+VISION_ATTENTION_MAX_BYTES = 128 * 2**20
+
+
+def vision_attention(config: dict) -> dict:
+    """How vision.onnx computes the vision tower's attention for a checkpoint's config.json:
+    {heads_per_group, bytes: the scores of one group (float32), heads}."""
+    vision = config.get("vision_config", {})
+    heads = vision.get("num_attention_heads", 16)
+    patches = (vision.get("image_size", 896) // vision.get("patch_size", 14)) ** 2
+    per_head = patches * patches * 4
+    group = max(1, min(heads, VISION_ATTENTION_MAX_BYTES // per_head))
+    while heads % group:  # equal groups
+        group -= 1
+    return {"heads_per_group": group, "bytes": group * per_head, "heads": heads}
 
 
 def plan(builder: PlanBuilder, target: str, spec: OnnxTarget) -> str:
@@ -53,7 +71,8 @@ def plan(builder: PlanBuilder, target: str, spec: OnnxTarget) -> str:
     predict(builder, text, "onnx_export_text", PART_COMPONENTS["text"])
     inputs = [InputRef("decoder", text)]
     if multimodal:
-        vision = builder.add(StepNode.make(f"{target}.export_vision", onnx_export.KIND, onnx_export.VERSION, {"part": "vision"}, (checkpoint,), onnx_export.TOOLS))
+        vision_params = {"part": "vision", "attention_heads_per_group": vision_attention(builder.facts.config)["heads_per_group"]}
+        vision = builder.add(StepNode.make(f"{target}.export_vision", onnx_export.KIND, onnx_export.VERSION, vision_params, (checkpoint,), onnx_export.TOOLS))
         predict(builder, vision, "onnx_export_vision", ("text_decoder", "vision_encoder", "projector"), vision_only=True)
         vision_precision = spec.precision.get("vision_encoder", OnnxPrecisionSpec())
         vision_graph = InputRef("vision", vision, ("vision.onnx", "vision.onnx.data"))

@@ -194,15 +194,13 @@ def _ortweb_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec, 
     # Start and stop tokens come from the package's genai_config.json, in the step.
     generation: dict = {"cache_length": origin.context_length}
     if origin.task == "image_text_to_text":
-        vision = config.get("vision_config", {})
-        patches = (vision.get("image_size", 896) // vision.get("patch_size", 14)) ** 2
         generation["image"] = {
             "soft_tokens": config.get("mm_tokens_per_image", 256), "image_token_id": config.get("image_token_index", 262144),
             "start_of_image_id": config.get("boi_token_index", 255999), "end_of_image_id": config.get("eoi_token_index", 256000),
-            # One attention layer's scores in the vision graph (heads × patches² float32): 1 GiB at
-            # MedGemma's 896 px. The page runs the vision graph on the CPU where a WebGPU buffer that
-            # size is more than the adapter offers (docs/web-routes.md).
-            "attention_bytes": vision.get("num_attention_heads", 16) * patches * patches * 4,
+            # The vision graph's largest tensor, one group of heads' attention scores (128 MiB at
+            # MedGemma's 896 px, onnx_target.vision_attention). The page runs the vision graph on the
+            # CPU where a WebGPU buffer that size is more than the adapter offers (docs/web-routes.md).
+            "attention_bytes": onnx_target.vision_attention(config)["bytes"],
         }
     return {
         "name": variant.name, "label": variant.label, "runtime": "onnxruntime_web", "max_tokens": max_tokens, "inputs": names,
