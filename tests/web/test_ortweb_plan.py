@@ -29,7 +29,9 @@ def _plan(manifest, runtime=RUNTIME):
 
 def test_the_4b_image_variant_ships_the_onnx_targets_package():
     """MedGemma 4B's image variant: the onnx target's package node itself (int4 text, its embedding
-    int4 too: 0.42 GB, the largest tensor; the float table would be 2.69 GB) and the source files."""
+    int4 too: 0.42 GB, the largest tensor; the float table would be 2.69 GB) and the source files. Its
+    vision graph computes attention 2 heads at a time: 128 MiB of scores, WebGPU's default binding
+    size, where all 16 heads would hold 1 GiB, all of SwiftShader's largest buffer."""
     plan = _plan(load_manifest(REAL))
     web = next(step for step in plan.steps if step.name == "web")
     inputs = {ref.name: ref.node for ref in web.inputs}
@@ -39,7 +41,9 @@ def test_the_4b_image_variant_ships_the_onnx_targets_package():
     variant = next(v for v in params["variants"] if v["name"] == "medgemma-int4-images")
     assert variant["runtime"] == "onnxruntime_web" and variant["max_tokens"] == 4096
     assert variant["generation"]["image"] == {"soft_tokens": 256, "image_token_id": 262144, "start_of_image_id": 255999, "end_of_image_id": 256000,
-                                              "attention_bytes": 16 * 4096 * 4096 * 4}  # one SigLIP layer's scores: 1 GiB
+                                              "attention_bytes": 2 * 4096 * 4096 * 4}
+    vision = next(step for step in plan.steps if step.name == "onnx.export_vision")
+    assert json.loads(vision.params_json)["attention_heads_per_group"] == 2
     assert params["onnxruntime_web"] == RUNTIME["onnxruntime_web"] and "litertjs" not in params
     fact = plan.facts["web"]["web.medgemma-int4-images"]["largest_tensor"]
     # 262,208 rows of 80 blocks: 16 bytes of int4 and a float32 scale each (the measured data file: 419,543,040 B)

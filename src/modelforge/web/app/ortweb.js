@@ -69,9 +69,10 @@ async function webgpuProvider() {
 // its verified bytes (Uint8Array); each graph's data file is handed over under the name the graph
 // gives it (variant.external_data), then let go.
 // `adapterLimits` (WebGPU): the adapter's maxBufferSize and maxStorageBufferBindingSize. The vision
-// graph runs on the CPU where one attention layer's scores (generation.image.attention_bytes: 1 GiB at
-// MedGemma's 896 px) fill the largest buffer the adapter offers (measured on SwiftShader's 1 GiB: the
-// graph fails with "Invalid Buffer"); on WebGPU otherwise, falling back to the CPU if its first run fails.
+// graph runs on the CPU where one group of its attention heads' scores (generation.image.attention_bytes:
+// 128 MiB at MedGemma's 896 px, 2 of 16 heads) fill the largest buffer the adapter offers (all 16 heads'
+// 1 GiB failed with "Invalid Buffer" on SwiftShader's 1 GiB); on WebGPU otherwise, falling back to the
+// CPU if its first run fails.
 export async function startOrtwebVariant(variant, files, backend, adapterLimits = null) {
   const { tokenizers, jinja } = runtime;
   const text = (bytes) => new TextDecoder().decode(bytes);
