@@ -32,7 +32,7 @@ def export(request: dict) -> dict:
         )
         files = {path.name: str(path) for path in sorted(out.iterdir()) if path.is_file()}
         return {"files": files, "report": report}
-    return export_vision(Path(request["checkpoint"]), work, request.get("attention_heads_per_group"))
+    return export_vision(Path(request["checkpoint"]), work, request["attention_heads_per_group"])
 
 
 # The vision tower's attention as transformers' eager attention, computed a group of heads at a time:
@@ -63,9 +63,9 @@ def attention_by_head_groups(heads_per_group: int):
     return forward
 
 
-def _vision_model(checkpoint: Path, heads_per_group: int | None = None):
+def _vision_model(checkpoint: Path, heads_per_group: int):
     """Gemma3ForConditionalGeneration with only the vision tower, projector and token embedding read;
-    its vision attention computed `heads_per_group` heads at a time (all at once: None)."""
+    its vision attention computed `heads_per_group` heads at a time."""
     import torch
     import transformers
 
@@ -79,17 +79,14 @@ def _vision_model(checkpoint: Path, heads_per_group: int | None = None):
         partial_load.materialize(model, shards, lambda name: name.startswith(partial_load.VISION_MODULES) or name == EMBEDDING)
     finally:
         shards.close()
-    if heads_per_group is None:
-        model.model.vision_tower.set_attn_implementation("eager")
-    else:
-        from transformers import AttentionInterface
+    from transformers import AttentionInterface
 
-        AttentionInterface.register(ATTENTION_BY_HEAD_GROUPS, attention_by_head_groups(heads_per_group))
-        model.model.vision_tower.set_attn_implementation(ATTENTION_BY_HEAD_GROUPS)
+    AttentionInterface.register(ATTENTION_BY_HEAD_GROUPS, attention_by_head_groups(heads_per_group))
+    model.model.vision_tower.set_attn_implementation(ATTENTION_BY_HEAD_GROUPS)
     return model.eval(), config
 
 
-def export_vision(checkpoint: Path, work: Path, heads_per_group: int | None = None) -> dict:
+def export_vision(checkpoint: Path, work: Path, heads_per_group: int) -> dict:
     """vision.onnx: pixel_values [1, 3, H, W] (the processor's normalized pixels) → image_features
     [T, D] (SigLIP tower + multi-modal projector; rank 2 because onnxruntime-genai allocates the
     vision output with the rank of the graph's output and hands that buffer unchanged to the
@@ -98,7 +95,7 @@ def export_vision(checkpoint: Path, work: Path, heads_per_group: int | None = No
     features put at the image-token positions in order (Gemma3Model.get_placeholder_mask +
     masked_scatter), the input the builder's decoder takes when built with exclude_embeds.
     `heads_per_group`: the vision attention's heads computed together (targets/onnx.py bounds one
-    group's scores to what every WebGPU adapter can bind); None: all of them, one MatMul a layer."""
+    group's scores to what every WebGPU adapter can bind); all of them: one MatMul a layer, eager."""
     import torch
 
     model, config = _vision_model(checkpoint, heads_per_group)
