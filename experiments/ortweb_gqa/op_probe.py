@@ -21,10 +21,10 @@ from playwright.sync_api import sync_playwright
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "ortweb" / "scripts"))
+sys.path.insert(0, str(HERE.parent / "ortweb_4b" / "scripts"))
+from run_browser import FLAGS  # noqa: E402  (the 4B harness's Chromium flags)
 from serve import server  # noqa: E402  (COOP/COEP, no caching)
 
-FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--no-first-run", "--disable-extensions", "--enable-unsafe-webgpu"]
 DTYPES = {np.float32: ("float32", TensorProto.FLOAT), np.int32: ("int32", TensorProto.INT32),
           np.int64: ("int64", TensorProto.INT64), np.uint8: ("uint8", TensorProto.UINT8)}
 
