@@ -57,9 +57,9 @@ def test_parity_and_architecture_checks_become_one_line_each():
                              "gain_check": {"gains": 13, "max_abs": 0.0}},
     })
     assert lines == [
-        "parity bundle.parity: passed: top-1 agreement 0.8125 (≥ 0.8), mean KL 0.05381 (≤ 0.1), max |logit difference| 5.76, vision cosine 0.9999 (≥ 0.99), "
+        "parity bundle.parity: passed: top-1 agreement 0.8125 (≥ 0.8), mean KL ≤ 0.054 (≤ 0.1), max |logit difference| ≤ 5.8, vision cosine ≥ 0.9999 (≥ 0.99), "
         "image answers through the runtime 0.2083 (≥ 0.1)",
-        "checked onnx.export_text: RoPE caches equal transformers' over 1024 positions (max |difference| 3e-07 ≤ 0.0001); 13 norm gains equal its float32 ones",
+        "checked onnx.export_text: RoPE caches equal transformers' over 1024 positions (max |difference| ≤ 1e-06, tolerance 0.0001); 13 norm gains equal its float32 ones",
         "checked text.check: 28 tensors fit Gemma3ForCausalLM; tied, so absent: lm_head.weight",
     ]
 

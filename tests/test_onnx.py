@@ -236,7 +236,7 @@ def test_lock_records_the_toolchain_steps_and_parity(onnx_build):
     assert {"onnx.export_text", "onnx.export_vision", "onnx.package", "onnx.parity"} == set(lock.steps)
     parity = lock.checks["onnx.parity"]
     assert parity["passed"] and parity["top1_agreement"] == 1.0 and parity["greedy_identical_steps"] == [24, 24]
-    assert parity["max_abs_logit"] < 1e-3 and parity["vision_cosine"] >= 0.9999
+    assert parity["max_abs_logit"] <= 1e-3 and parity["vision_cosine"] >= 0.9999  # bounds: figures.py
     rope = lock.checks["onnx.export_text"]["rope_check"]
     assert rope["positions"] == 1024 and set(rope["max_abs"]) == {"cos_cache_global", "sin_cache_global", "cos_cache_local", "sin_cache_local"}
 

@@ -190,11 +190,12 @@ def build(
 
 
 # What each parity figure is called on screen, its threshold, and the comparison the threshold makes.
-# The lock records parity figures to 4 significant digits (steps/litert_parity.py); so does the screen.
+# The screen shows what the lock records (figures.py): agreements as they are, errors as upper
+# bounds ("≤"), similarities as lower bounds ("≥").
 PARITY_FIGURES = (
     ("top1_agreement", "top-1 agreement", "min_top1_agreement", "≥", ".4g"),
-    ("mean_kl", "mean KL", "max_kl", "≤", ".4g"),
-    ("max_abs_logit", "max |logit difference|", "max_abs_logit", "≤", ".4g"),
+    ("mean_kl", "mean KL", "max_kl", "≤", ".2g"),
+    ("max_abs_logit", "max |logit difference|", "max_abs_logit", "≤", ".2g"),
     ("vision_cosine", "vision cosine", "min_vision_cosine", "≥", ".4g"),
     ("image_token_agreement", "image answers through the runtime", "min_image_token_agreement", "≥", ".4g"),
 )
@@ -203,8 +204,11 @@ PARITY_FIGURES = (
 def check_lines(checks: dict) -> list[str]:
     """One line per recorded check (the lock's `checks`): the parity figures against their
     thresholds, and what the architecture check compared."""
+    from modelforge.figures import ERROR_FLOORS, SIMILARITY_FLOORS, stable_report
+
     lines = []
     for name, report in sorted(checks.items()):
+        report = stable_report(report)
         if "architecture" in report:
             tied = f"; tied, so absent: {', '.join(report['tied_absent'])}" if report.get("tied_absent") else ""
             lines.append(f"checked {name}: {report['tensors']} tensors fit {report['architecture']}{tied}")
@@ -213,7 +217,7 @@ def check_lines(checks: dict) -> list[str]:
             rope, gains = report["rope_check"], report.get("gain_check")
             lines.append(
                 f"checked {name}: RoPE caches equal transformers' over {rope['positions']} positions "
-                f"(max |difference| {max(rope['max_abs'].values()):.2g} ≤ {rope['tolerance']})"
+                f"(max |difference| ≤ {max(rope['max_abs'].values()):.2g}, tolerance {rope['tolerance']})"
                 + (f"; {gains['gains']} norm gains equal its float32 ones" if gains else "")
             )
             continue
@@ -222,7 +226,8 @@ def check_lines(checks: dict) -> list[str]:
             if report.get(key) is None:
                 continue
             limit = report.get("thresholds", {}).get(threshold)
-            figures.append(f"{label} {report[key]:{style}}" + (f" ({sign} {limit})" if limit is not None else ""))
+            bound = "≤ " if key in ERROR_FLOORS else "≥ " if key in SIMILARITY_FLOORS else ""
+            figures.append(f"{label} {bound}{report[key]:{style}}" + (f" ({sign} {limit})" if limit is not None else ""))
         verdict = "passed" if report.get("passed") else "FAILED"
         lines.append(f"parity {name}: {verdict}: {', '.join(figures)}")
     return lines

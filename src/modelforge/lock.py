@@ -1,6 +1,7 @@
 """The lockfile: a versioned pydantic model written as sorted YAML under lock/<name>.lock, with
 a header line naming the command that regenerates it. Rewritten only when its content changes,
-so a no-op build leaves git clean. Imports plan, store, hashing, errors."""
+so a no-op build leaves git clean, and never for a measurement alone (figures.py has the rule). Imports
+figures, store, errors."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from modelforge.errors import LockError
+from modelforge.figures import pinned_facts
 from modelforge.store import write_atomic
 
 LOCK_VERSION = 1
@@ -117,12 +119,24 @@ def read_lock_or_none(path: Path) -> Lock | None:
 
 
 def write_lock(path: Path, lock: Lock) -> bool:
-    """Write the lock if its content changed; True if the file was written."""
+    """Write the lock if what it pins changed; True if the file was written. A lock that differs
+    from the one on disk only in its measurements (the figures of its checks) is not written: the
+    outputs and the facts are the same, and a rewrite would be noise in every checkout."""
     text = render(lock)
-    if path.exists() and path.read_text() == text:
-        return False
+    if path.exists():
+        current = read_lock_or_none(path)
+        if path.read_text() == text or (current is not None and says_the_same(current, lock)):
+            return False
     write_atomic(path, text.encode())
     return True
+
+
+def says_the_same(old: Lock, new: Lock) -> bool:
+    """Equal but for measurements: every output, step key, source file and pinned fact of every check."""
+    def facts(lock: Lock) -> dict:
+        return lock.model_dump(mode="json") | {"checks": {name: pinned_facts(report) for name, report in lock.checks.items()}}
+
+    return facts(old) == facts(new)
 
 
 def differences(old: Lock, new: Lock) -> list[str]:

@@ -12,6 +12,7 @@ from modelforge.api.planning import opened, tools_of
 from modelforge.api.project import Project, open_project
 from modelforge.errors import LockError
 from modelforge.executor import Reporter, SilentReporter
+from modelforge.figures import stable_report
 from modelforge.lock import (
     PENDING,
     Lock,
@@ -65,7 +66,7 @@ def make_lock(project: Project, the_plan: Plan, toolchain: Mapping[str, str], st
         report = CHECK_REPORTS.get(step.kind)
         record = store.get_record(keys[step.name]["key"]) if report else None
         if record is not None and report in record.outputs:
-            checks[step.name] = json.loads(store.object_path(record.outputs[report].sha256).read_text())
+            checks[step.name] = stable_report(json.loads(store.object_path(record.outputs[report].sha256).read_text()))
     return Lock(
         checks=checks,
         manifest=LockedManifest(
