@@ -3,6 +3,7 @@ and session-scoped builds of the tiny manifests are shared where building is slo
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -47,7 +48,14 @@ def copy_project(base: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def litertlm_store(tmp_path_factory):
-    return tmp_path_factory.mktemp("litertlm-store")
+    """The store of the shared litertlm build. CI builds the README's first command before the tests
+    (to prove it leaves `git status` clean) and names its store in MODELFORGE_TEST_SEED_STORE: the
+    session starts from a copy of it instead of building the same steps a second time."""
+    store = tmp_path_factory.mktemp("litertlm-store")
+    seed = os.environ.get("MODELFORGE_TEST_SEED_STORE")
+    if seed:
+        shutil.copytree(seed, store, symlinks=True, dirs_exist_ok=True, ignore=shutil.ignore_patterns("tmp", "locks"))
+    return store
 
 
 @pytest.fixture(scope="session")
