@@ -479,7 +479,7 @@ def test_int4_embedding_is_the_decoders_tied_head_gathered(int4_build):
     (GatherBlockQuantized), quantized as the decoder's tied output head is: byte for byte the same
     table and scales, so a token goes in as the row the head scores it by. Image features pass
     through untouched. At 4B this is 0.42 GB instead of 2.69 GB, and the only form onnxruntime-web
-    loads (experiments/ortweb_4b)."""
+    loads (docs/evidence/ortweb_4b)."""
     import numpy as np
     import onnx
     import onnxruntime as ort

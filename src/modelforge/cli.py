@@ -456,7 +456,7 @@ project_option = click.option(
 
 @main.group()
 def cache() -> None:
-    """The shared remote cache: keys, push, pull, ls, verify, gc (see README, "Working as a team")."""
+    """The shared remote cache: keys, push, pull, ls, verify, gc (see docs/team-cache.md)."""
 
 
 @cache.command()

@@ -100,4 +100,4 @@ def load_project_config(root: Path) -> ProjectConfig:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "(top level)"
         message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{path}: {where}: {message}; fix it (see README, \"Working as a team\")") from None
+        raise ConfigError(f"{path}: {where}: {message}; fix it (see docs/team-cache.md)") from None

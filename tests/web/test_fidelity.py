@@ -29,7 +29,7 @@ MANIFEST = ROOT / "manifests" / "tiny-medgemma-litertlm.yaml"
 IMAGE_PROMPT = "Describe the chest X-ray findings."
 TEXT_PROMPT = "What are the symptoms of pneumonia?"
 # With the image, a prompt of 65 tokens: past the 32 from which onnxruntime-web 1.30's flash attention
-# went wrong on narrow subgroups (experiments/ortweb_gqa; this question's first token departed).
+# went wrong on narrow subgroups (docs/evidence/ortweb_gqa; this question's first token departed).
 LONG_PROMPT = ("The patient reports chest pain radiating to the left arm. Describe the chest X-ray findings in detail. "
                "Explain the treatment options for a child.")
 

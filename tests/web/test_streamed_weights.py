@@ -1,6 +1,6 @@
 """LiteRT.js 2.5.3 streams a split graph's quantized weights to WebGPU with none of them copied into
 its wasm heap (docs/web-streamed-weights.md): the tiny bundle's int8 decoder, split by
-split_weights(QUANTIZED_TYPES) and loaded by experiments/litertjs_streamed/page/probe.js's
+split_weights(QUANTIZED_TYPES) and loaded by tests/web/pages/litertjs_streamed/probe.js's
 `scratch_rereadable` mode, gives the outputs `loadAndCompile` gives (to float rounding), on
 SwiftShader WebGPU.
 Guards the workaround against a LiteRT.js update."""
@@ -18,7 +18,7 @@ from modelforge.web.split_weights import QUANTIZED_TYPES, external_extent, split
 from .test_browser import BASE_FLAGS, CHROMIUM, WEBGPU, playwright  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGE = ROOT / "experiments" / "litertjs_streamed" / "page"
+PAGE = Path(__file__).resolve().parent / "pages" / "litertjs_streamed"
 
 pytestmark = [
     pytest.mark.browser,

@@ -4,7 +4,7 @@ one that keeps its int4/int8 quantization within
 the machine's memory, and build-time checks of the RoPE caches and the norm gains it writes. Runs inside the onnx
 worker process (steps/onnx_worker.py); imports onnxruntime_genai, transformers and torch only there.
 
-Why each shim exists (measured on fixtures/tiny-medgemma, experiments/ortweb/RESULTS.md §1):
+Why each shim exists (measured on fixtures/tiny-medgemma, docs/evidence/ortweb/RESULTS.md §1):
 
 - `flat_rope_config`: transformers 5 stores Gemma 3's RoPE per layer type
   (rope_parameters = {"full_attention": {linear, factor 8, theta 1e6}, "sliding_attention": {default,

@@ -243,7 +243,7 @@ def check_litertjs_graphs(graphs: Mapping[str, int], *, max_bytes: int | None = 
 
 # onnxruntime-web 1.30 sizes a tensor in 32-bit signed arithmetic: a 2.69 GB float32 embedding table
 # (MedGemma 4B's) fails session creation with "SafeIntOnOverflow() Integer overflow" (measured,
-# experiments/ortweb_4b). Its weights otherwise go straight from the page's buffers to WebGPU buffers.
+# docs/evidence/ortweb_4b). Its weights otherwise go straight from the page's buffers to WebGPU buffers.
 ORTWEB_MAX_TENSOR_BYTES = 2**31 - 1
 
 
