@@ -23,7 +23,7 @@ come back through one small actor the driver polls; the reason each step runs is
 executor's (executor.explain). A worker refuses a step whose toolchain differs from the one in its
 key, so a mismatched node cannot poison the cache.
 
-Imports executor, plan, store, remote, toolchain, errors; ray is imported on first use (the `ray`
+Imports executor, plan, store, remote, project_config, toolchain, errors; ray is imported on first use (the `ray`
 extra), never at module import."""
 
 from __future__ import annotations
@@ -88,6 +88,14 @@ def check_remote(remote: RemoteCache | None) -> RemoteCache:
 
 
 # ------------------------------------------------------------------------------------ the driver
+
+
+def remote_spec(remote: RemoteCache) -> dict:
+    """What a task needs to reach the cache: its URL and client options, never a credential (an
+    option named like one is dropped; the workers take credentials from their own environment)."""
+    from modelforge.project_config import public_options
+
+    return {"url": remote.url, "options": public_options(dict(remote.options))}
 
 
 def run_plans(jobs: list[Job], store: Store, remote: RemoteCache, address: str | None = None) -> None:
@@ -260,7 +268,7 @@ class _Driver:
             "tools": {tool: job.toolchain.get(tool, "absent") for tool in step.tools},
             "inputs": inputs,
             "upstream_inputs": upstream_inputs,
-            "remote": {"url": self.remote.url, "options": dict(self.remote.options)},
+            "remote": remote_spec(self.remote),
         }
         return spec, upstream
 
