@@ -7,9 +7,12 @@ one a multipart upload streamed from disk, which the store makes visible only wh
 its record, signed by the writer's ed25519 key, created only if absent. So a reader never sees a
 record before its objects, a pusher killed at any moment leaves nothing a reader accepts half of,
 and two pushers of one key race harmlessly (the second finds the first's record).
-Pulling a step: its record, accepted only when a key the project trusts signed it, then each object
-the local store lacks, streamed into the store's scratch, re-hashed, and adopted only when it hashes
-to its name. Objects are trusted by their hash alone; records by their signature alone.
+Pulling a step: its record (its size asked first: over MAX_RECORD_BYTES it is refused unread),
+accepted only when a key the project trusts signed it, then each object the local store lacks,
+streamed into the store's scratch, re-hashed, and adopted only when it hashes to its name. Objects
+are trusted by their hash alone (a pusher re-hashes one already there, and replaces it when wrong);
+records by their signature alone. Whatever the bucket holds, reading it is a value or a one-line
+warning, never an exception; every error is one line, credentials and signed URLs redacted.
 
 A remote record is JSON: {"format": "modelforge-step-record/1", "record": {key, kind, outputs:
 {name: {sha256, size}}}, "signature": {"key": "name:base64 public key", "value": base64 ed25519
@@ -273,6 +276,7 @@ class RemoteCache:
                 self.verified.discard(item.sha256)
                 return "does not hash to its name (damaged or tampered)"
             store.adopt(file, item.sha256)
+        self.verified.add(item.sha256)
         return None
 
     # ------------------------------------------------------------------ writing
