@@ -303,3 +303,54 @@ def test_a_cluster_out_of_reach_is_one_line_not_a_hang(tmp_path):
     nobody = f"127.0.0.1:{_free_port()}"
     with pytest.raises(ClusterError, match=rf"cannot reach a Ray cluster at {nobody} .*; start one with `ray start --head`"):
         api.build(project / MANIFEST, executor="ray", address=nobody, cache=f"file://{tmp_path / 'cache'}", store_dir=tmp_path / "store")
+
+
+def _run_on_big(team: Path, cluster, remote, store_dir: Path):
+    """Every step predicted too large for the small node, so each runs on the big one."""
+    from modelforge import ray_executor
+
+    project = api.open_project(team / MANIFEST)
+    store = Store(store_dir)
+    try:
+        gathered = api.gather(project, store, None, SilentReporter(), need_weights=True)
+        plan = api.plan_for(project, gathered)
+        plan = dataclasses.replace(plan, facts={**plan.facts, "memory": {step.name: 3 * GIB for step in plan.steps}})
+        job = ray_executor.Job(plan, gathered.paths, api.tools_of(plan), {}, SilentReporter(), frozenset({"text"}))
+        keys = {name: value["key"] for name, value in compute_keys(plan, api.tools_of(plan)).items()}
+        ray_executor.run_plans([job], store, remote, cluster.address)
+    finally:
+        store.close()
+    return keys
+
+
+def test_the_driver_signs_nothing_a_worker_uploaded_under_a_hash_it_does_not_have(cluster, team, tmp_path):
+    """A compromised node (here: one whose store was edited, hash cache and all) uploads other
+    bytes than the hash it reports. The driver re-hashes every uploaded object before signing:
+    that step fails with one line, and no record naming those bytes is signed."""
+    import json
+    import sqlite3
+
+    keys = _run_on_big(team, cluster, caching.remote_for(team), tmp_path / "driver-1")
+    big = cluster.stores["big"]
+    record = json.loads((big / "steps" / keys["config"][:2] / f"{keys['config']}.json").read_text())
+    ((name, item),) = record["outputs"].items()
+    path = big / "objects" / item["sha256"][:2] / item["sha256"]
+    original = path.read_bytes()
+    evil = original.replace(b"Gemma3", b"Evil_3")
+    assert evil != original and len(evil) == len(original)
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as handle:  # in place: same inode, so the node's own checks see "its" object
+        handle.write(evil)
+    stat = os.stat(path)
+    with sqlite3.connect(big / "state.sqlite") as database:
+        changed = database.execute(
+            "UPDATE state SET stamp = ? WHERE path = ?",
+            (f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}", str(path.resolve())),
+        ).rowcount
+    assert changed == 1
+
+    fresh = caching.remote_for(team, cache=f"file://{tmp_path / 'fresh-cache'}")
+    with pytest.raises(ClusterError, match=rf"step config: the worker on Ray node \w+ reported {name} as {item['sha256'][:12]}…, but the object it uploaded .* does not hash to its name") as caught:
+        _run_on_big(team, cluster, fresh, tmp_path / "driver-2")
+    assert "\n" not in str(caught.value)
+    assert caching.remote_for(team, cache=fresh.url).lookup(keys["config"]).record is None

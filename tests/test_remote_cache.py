@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, copy_project
 from modelforge import api
 from modelforge.api import caching
-from modelforge.errors import ConfigError
+from modelforge.errors import ConfigError, LockError
 from modelforge.executor import SilentReporter
 from modelforge.remote import object_path, record_path
 from modelforge.signing import SigningKey, generate, load_signing_key
@@ -291,7 +291,7 @@ def test_a_multipart_upload_killed_between_parts_is_invisible_and_a_retry_comple
     # gc --remote keeps what a lock pins, deletes the rest, and (file://) the killed upload's staging file.
     machine(team, "a")
     pinned = {key for key, _ in remote_of(team).records()} - {key}
-    collected = caching.gc_remote(team, grace=0)
+    collected = caching.gc_remote(team, grace=0, record_grace=0)
     assert collected.records == 1
     assert {key for key, _ in remote_of(team).records()} == pinned
     assert _visible_is_whole(team) == pinned
@@ -415,3 +415,235 @@ def test_cache_verify_through_the_cli_names_a_damaged_object_and_exits_7(team):
     # The object, and each record naming it (the config step's, and the assembled checkpoint's).
     assert err.strip().splitlines()[-1].startswith("error: 3 problem(s) in the remote cache; builds ignore these entries")
     assert err.count("but missing or damaged") == 2
+
+
+# ------------------------------------------------------------------ hostile bytes from the bucket
+# Anyone who can write to the bucket, with no key, must not stop a build: what they plant is a
+# one-line warning and a local run.
+
+FILE_ONLY = pytest.mark.parametrize("team", ["file"], indirect=True)
+
+
+def committed_key(step: str) -> str:
+    from modelforge.lock import read_lock
+
+    return read_lock(ROOT / "lock" / "tiny-medgemma-text-only.lock").steps[step].key
+
+
+def _plant_record(team: Path, step: str, data: bytes) -> str:
+    key = committed_key(step)
+    put_raw(team, record_path(key), data.replace(b"KEY", key.encode()))
+    return key
+
+
+HOSTILE_RECORDS = {
+    "deep nesting": b"[" * 200_000,
+    "deep nesting in a record": b'{"format": "modelforge-step-record/1", "record": ' + b"{\"a\": " * 100_000 + b"}",
+    "not UTF-8": b"\xff\xfe\x00garbage",
+    "outputs of the wrong shape": json.dumps(
+        {"format": "modelforge-step-record/1", "record": {"key": "KEY", "kind": "x", "outputs": {"a": {"sha256": [], "size": {}}}}}
+    ).encode(),
+    "outputs a list": json.dumps({"format": "modelforge-step-record/1", "record": {"key": "KEY", "kind": "x", "outputs": []}}).encode(),
+    "huge number": b'{"format": "modelforge-step-record/1", "n": 1' + b"0" * 100_000 + b"}",
+}
+
+
+@FILE_ONLY
+@pytest.mark.parametrize("body", sorted(HOSTILE_RECORDS))
+def test_a_hostile_remote_record_is_one_warning_in_plan_and_build_and_the_step_runs_locally(team, body):
+    key = _plant_record(team, "config", HOSTILE_RECORDS[body])
+    planned = api.plan(team / MANIFEST, store_dir=team.parent / "b" / "store")
+    assert not any(status.remote for status in planned.statuses if status.name == "config")
+    result, messages = machine(team, "b")
+    assert "config" in result.ran and "config" not in result.pulled
+    lines = [line for line in messages if key[:12] in line]
+    assert len(lines) == 1 and "the step runs locally" in lines[0] and "\n" not in lines[0], messages
+    assert len(lines[0]) < 400
+
+
+@FILE_ONLY
+def test_a_hostile_record_through_the_cli_plan_and_build_exits_0(team):
+    _plant_record(team, "config", HOSTILE_RECORDS["deep nesting"])
+    for command in (["plan", MANIFEST], ["build", MANIFEST, "--store", str(team.parent / "b" / "store"), "--out", str(team.parent / "b" / "dist")]):
+        run = _cli(*command, "--cache", remote_of(team).url, cwd=team)
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, out + err
+        assert "internal error" not in out + err
+
+
+@FILE_ONLY
+def test_a_huge_remote_record_is_refused_by_its_size_before_it_is_read(team):
+    from modelforge.remote import MAX_RECORD_BYTES
+
+    key = committed_key("config")
+    path = Path(remote_of(team).url.removeprefix("file://")) / record_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:  # 256 MiB, sparse: nothing on disk, everything to a reader that reads it whole
+        handle.truncate(256 << 20)
+    assert MAX_RECORD_BYTES <= 1 << 20
+    result, messages = machine(team, "b", cache_read_only=True)  # read-only: the planted record stays
+    assert "config" in result.ran and "config" not in result.pulled
+    lines = [line for line in messages if key[:12] in line]
+    assert len(lines) == 1 and "268435456 bytes" in lines[0] and "the step runs locally" in lines[0], messages
+    # ls, verify and gc read records too: each names it, none reads it whole.
+    entries = {entry.key: entry for entry in caching.ls(team)}
+    assert "268435456 bytes" in entries[key].trust
+    assert any("268435456 bytes" in problem.problem for problem in caching.verify_remote(team)[1])
+    # A writer's honest push replaces it.
+    machine(team, "c")
+    assert remote_of(team).lookup(key).record is not None
+
+
+# --------------------------------------------------------------- presence by hash, not by size
+
+
+@pytest.mark.parametrize("how", ["same size", "other size"])
+def test_a_planted_wrong_object_does_not_block_an_honest_push(team, how):
+    """An attacker who predicts a reproducible build's hashes plants wrong bytes under one of them
+    before any honest push: the pusher holding the right bytes replaces them, so readers (even
+    read-only ones, who never push) pull the step instead of running it forever."""
+    machine(team, "a", cache="")
+    store = Store(team.parent / "a" / "store")
+    record = store.get_record(committed_key("config"))
+    store.close()
+    (item,) = record.outputs.values()
+    planted = b"x" * item.size if how == "same size" else b"x"
+    put_raw(team, object_path(item.sha256), planted)
+    caching.push(team / "lock" / "tiny-medgemma-text-only.lock", store_dir=team.parent / "a" / "store")
+    assert hashlib.sha256(get_raw(team, object_path(item.sha256))).hexdigest() == item.sha256
+    result, messages = machine(team, "reader", cache_read_only=True)
+    assert set(result.pulled) == STEPS, messages
+
+
+# ------------------------------------------------------------------------ one-line remote errors
+
+
+@FILE_ONLY
+def test_a_missing_bucket_is_one_line_in_build_and_push_never_a_dump(team, s3_server, monkeypatch):
+    """The bucket's name is wrong (or it was deleted): a build goes on locally with one warning, and
+    `cache push` fails with one line (exit 7) that says so, with no credentials in either."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    missing = "s3://no-such-bucket-here/modelforge"
+    store = str(team.parent / "a" / "store")
+    for command in (
+        ["build", MANIFEST, "--store", store, "--out", str(team.parent / "a" / "dist"), "--cache", missing],
+        ["cache", "push", "lock/tiny-medgemma-text-only.lock", "--store", store, "--cache", missing],
+    ):
+        run = _cli(*command, cwd=team, AWS_ACCESS_KEY_ID="AKIAIOSFODNN7EXAMPLE")
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == (0 if command[0] == "build" else 7), out + err
+        lines = [line for line in (out + err).splitlines() if "no-such-bucket-here" in line and ("warning" in line or "error" in line)]
+        assert len(lines) == 1 and "does not exist" in lines[0], out + err
+        assert len(lines[0]) < 500 and "Debug" not in out + err and "<?xml" not in out + err, lines
+        assert "AKIAIOSFODNN7EXAMPLE" not in out + err and "wJalrXUtnFEMIK7MDENG" not in out + err
+
+
+def test_remote_error_text_is_redacted_and_one_line():
+    from modelforge.remote import redact
+
+    text = (
+        "Error performing GET https://bucket.s3.amazonaws.com/x/objects/ab/abcd?X-Amz-Algorithm=AWS4-HMAC-SHA256&"
+        "X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20261204&X-Amz-Signature=deadbeef in 4ms\n"
+        "https://acct.blob.core.windows.net/c/x?sv=2022-11-02&sig=c2VjcmV0 "
+        'Authorization: AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/2026, Signature=0123abcd '
+        'secret_access_key: "wJalrXUtnFEMIK7MDENG" account_key=c2VjcmV0a2V5 https://user:hunter2@proxy.example/x'
+    )
+    shown = redact(text)
+    for secret in ("AKIAIOSFODNN7EXAMPLE", "deadbeef", "c2VjcmV0", "0123abcd", "wJalrXUtnFEMIK7MDENG", "hunter2"):
+        assert secret not in shown, shown
+    assert "https://bucket.s3.amazonaws.com/x/objects/ab/abcd" in shown and "acct.blob.core.windows.net/c/x" in shown
+
+
+# --------------------------------------------------------- gc --remote never deletes what may be pinned
+
+
+def _other_lock(team: Path) -> None:
+    """A second, readable lock pinning other keys (so that gc has something to keep)."""
+    text = (ROOT / "lock" / "tiny-medgemma-text-only.lock").read_text()
+    from modelforge.lock import read_lock
+
+    for step in read_lock(ROOT / "lock" / "tiny-medgemma-text-only.lock").steps.values():
+        text = text.replace(step.key, hashlib.sha256(step.key.encode()).hexdigest())
+    (team / "lock" / "other.lock").write_text(text)
+
+
+@FILE_ONLY
+def test_gc_remote_refuses_when_a_lock_cannot_be_read_and_deletes_nothing(team):
+    machine(team, "a")
+    _other_lock(team)
+    lock = team / "lock" / "tiny-medgemma-text-only.lock"
+    lock.write_text("<<<<<<< HEAD\n" + lock.read_text() + "=======\nlock_version: 1\n>>>>>>> feature\n")
+    before = {key for key, _ in remote_of(team).records()}
+    for arguments in (["--dry-run"], []):
+        run = _cli("cache", "gc", "--remote", "--record-grace", "0s", *arguments, cwd=team)
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 6, out + err
+        assert err.count("\n") == 1 and "tiny-medgemma-text-only.lock" in err and "nothing was deleted" in err, err
+        assert "would remove" not in out
+    assert {key for key, _ in remote_of(team).records()} == before
+    with pytest.raises(LockError, match=r"tiny-medgemma-text-only.lock"):
+        caching.gc_remote(team, dry_run=True, grace=0, record_grace=0)
+
+
+def test_gc_remote_spares_records_younger_than_the_grace_period_and_their_objects(team):
+    machine(team, "a")
+    _other_lock(team)
+    (team / "lock" / "tiny-medgemma-text-only.lock").unlink()  # a teammate's branch lock, not here
+    records = {key for key, _ in remote_of(team).records()}
+    collected = caching.gc_remote(team, grace=0)  # records: the default grace, 7 days
+    assert collected.records == 0 and collected.objects == 0
+    assert {key for key, _ in remote_of(team).records()} == records
+    assert caching.verify_remote(team)[1] == []
+    assert caching.RECORD_GRACE_SECONDS == 7 * 86400
+    collected = caching.gc_remote(team, grace=0, record_grace=0)
+    assert collected.records == len(STEPS)
+    assert list(remote_of(team).records()) == []
+
+
+@FILE_ONLY
+def test_gc_remote_deletes_an_unpinned_record_older_than_the_grace_period(team):
+    machine(team, "a")
+    _other_lock(team)
+    (team / "lock" / "tiny-medgemma-text-only.lock").unlink()
+    old_key = committed_key("text.check")
+    path = Path(remote_of(team).url.removeprefix("file://")) / record_path(old_key)
+    old = time.time() - 8 * 86400
+    os.utime(path, (old, old))
+    collected = caching.gc_remote(team, grace=0)
+    assert collected.records == 1
+    assert {key for key, _ in remote_of(team).records()} == {committed_key(step) for step in STEPS} - {old_key}
+    assert caching.verify_remote(team)[1] == []
+
+
+# ------------------------------------------------------------------------ credentials in the toml
+
+SECRET_OPTIONS = [
+    "account_key", "azure_storage_account_key", "master_key", "service_account_key", "google_service_account_key",
+    "aws_secret_access_key", "aws_session_token", "azure_client_secret", "azure_storage_sas_key", "google_application_credentials",
+]
+
+
+@pytest.mark.parametrize("name", SECRET_OPTIONS)
+def test_a_credential_in_cache_options_is_refused_naming_it(tmp_path, name):
+    project = copy_project(tmp_path / "project")
+    (project / "modelforge.toml").write_text(f'[cache]\nurl = "s3://bucket/x"\n[cache.options]\n{name} = "c2VjcmV0"\n')
+    with pytest.raises(ConfigError, match=rf"cache.options: {name}: credentials do not belong in a committed file"):
+        caching.remote_for(project)
+
+
+def test_settings_that_are_not_credentials_are_accepted_and_sent_to_ray_workers(tmp_path):
+    from modelforge.ray_executor import remote_spec
+    from modelforge.remote import RemoteCache
+
+    project = copy_project(tmp_path / "project")
+    allowed = {"endpoint": "http://minio:9000", "region": "eu-west-1", "aws_sse_kms_key_id": "arn:aws:kms:eu-west-1:1:key/x"}
+    lines = "".join(f'{name} = "{value}"\n' for name, value in allowed.items())
+    (project / "modelforge.toml").write_text(f'[cache]\nurl = "s3://bucket/x"\n[cache.options]\n{lines}')
+    assert caching.remote_for(project).options == allowed
+    # Whatever reaches a RemoteCache another way, a Ray task spec carries no credential.
+    remote = RemoteCache("s3://bucket/x", options={**allowed, **{name: "c2VjcmV0" for name in SECRET_OPTIONS}})
+    assert remote_spec(remote) == {"url": "s3://bucket/x", "options": allowed}

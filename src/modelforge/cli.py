@@ -545,18 +545,22 @@ def cache_verify(cache: str | None, project: Path, delete_damaged: bool) -> None
 @click.option("--remote", "remote_too", is_flag=True, help="Collect the remote cache instead: records no lock under lock/ pins, and objects no remaining record names.")
 @click.option("--older-than", default=None, metavar="AGE", help="Local: forget records unused for this long (90m, 12h, 30d).")
 @click.option("--max-size", default=None, metavar="SIZE", help="Local: then forget the least recently used until the objects fit (50GiB).")
+@click.option("--record-grace", default="7d", show_default=True, metavar="AGE", help="Remote: keep unpinned records younger than this (a teammate's branch may pin them).")
 @click.option("--dry-run", is_flag=True, help="Say what would go; remove nothing.")
 @cache_option
 @store_option
 @project_option
 @_handle_errors
-def cache_gc(remote_too: bool, older_than: str | None, max_size: str | None, dry_run: bool, cache: str | None, store_dir: Path | None, project: Path) -> None:
+def cache_gc(
+    remote_too: bool, older_than: str | None, max_size: str | None, record_grace: str, dry_run: bool, cache: str | None, store_dir: Path | None,
+    project: Path,
+) -> None:
     """Collect garbage: the local store by age and size, or (--remote) the remote cache by the locks under lock/."""
     from modelforge.api import caching
     from modelforge.memory import parse_size
 
     if remote_too:
-        collected = caching.gc_remote(project, cache=cache, dry_run=dry_run)
+        collected = caching.gc_remote(project, cache=cache, dry_run=dry_run, record_grace=caching.parse_duration(record_grace))
         where = "remote cache"
     else:
         if older_than is None and max_size is None:

@@ -35,6 +35,27 @@ def check_cache_url(url: str) -> str:
     return url
 
 
+# An option whose name contains one of these words is taken for a credential (account_key,
+# master_key, service_account_key, client_secret, session_token, sas_token, password, ...) and refused
+# in modelforge.toml, and kept out of anything sent elsewhere (Ray task specs).
+SECRET_WORDS = ("key", "secret", "token", "password", "credential", "sas")
+# The object store settings whose names contain such a word but hold no secret: which KMS key
+# encrypts (an id, not key material) and whether S3 bucket keys are enabled.
+NON_SECRET_OPTIONS = frozenset({
+    "aws_sse_kms_key_id", "sse_kms_key_id", "aws_sse_bucket_key_enabled", "sse_bucket_key_enabled", "bucket_key_enabled",
+})
+
+
+def is_secret_option(name: str) -> bool:
+    lowered = name.lower()
+    return lowered not in NON_SECRET_OPTIONS and any(word in lowered for word in SECRET_WORDS)
+
+
+def public_options(options: dict[str, str]) -> dict[str, str]:
+    """The options without any that is_secret_option names (to send to another machine)."""
+    return {name: value for name, value in options.items() if not is_secret_option(name)}
+
+
 class CacheSpec(ConfigSpec):
     url: str | None = Field(
         default=None,
@@ -68,7 +89,7 @@ class CacheSpec(ConfigSpec):
     @field_validator("options")
     @classmethod
     def _no_secrets(cls, value: dict[str, str]) -> dict[str, str]:
-        secret = [key for key in value if any(word in key.lower() for word in ("secret", "token", "password", "access_key", "sas"))]
+        secret = [key for key in value if is_secret_option(key)]
         if secret:
             raise ValueError(f"{', '.join(sorted(secret))}: credentials do not belong in a committed file; set them in the environment")
         return value

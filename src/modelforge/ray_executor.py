@@ -18,12 +18,16 @@ cache, by hash, as between two machines:
       outputs the targets and the lock need ◄── download, re-hashed, into the driver's store
 
 Workers need no signing key: they write only content-addressed objects, which every reader
-re-hashes; the driver, which knows what it asked for, signs the records. Progress and messages
+re-hashes; the driver, which knows what it asked for, signs the records, and only after it has
+re-hashed every object the worker reported (from the remote): a worker cannot get a record signed
+that names bytes the cache does not hold under that hash. (It can still compute a wrong output and
+report that output's true hash: a compromised node taints the steps it runs, as a compromised CI
+machine would; the README's team section says so.) Task specs carry no credentials. Progress and messages
 come back through one small actor the driver polls; the reason each step runs is the local
 executor's (executor.explain). A worker refuses a step whose toolchain differs from the one in its
 key, so a mismatched node cannot poison the cache.
 
-Imports executor, plan, store, remote, toolchain, errors; ray is imported on first use (the `ray`
+Imports executor, plan, store, remote, project_config, toolchain, errors; ray is imported on first use (the `ray`
 extra), never at module import."""
 
 from __future__ import annotations
@@ -88,6 +92,14 @@ def check_remote(remote: RemoteCache | None) -> RemoteCache:
 
 
 # ------------------------------------------------------------------------------------ the driver
+
+
+def remote_spec(remote: RemoteCache) -> dict:
+    """What a task needs to reach the cache: its URL and client options, never a credential (an
+    option named like one is dropped; the workers take credentials from their own environment)."""
+    from modelforge.project_config import public_options
+
+    return {"url": remote.url, "options": public_options(dict(remote.options))}
 
 
 def run_plans(jobs: list[Job], store: Store, remote: RemoteCache, address: str | None = None) -> None:
@@ -260,7 +272,7 @@ class _Driver:
             "tools": {tool: job.toolchain.get(tool, "absent") for tool in step.tools},
             "inputs": inputs,
             "upstream_inputs": upstream_inputs,
-            "remote": {"url": self.remote.url, "options": dict(self.remote.options)},
+            "remote": remote_spec(self.remote),
         }
         return spec, upstream
 
@@ -298,9 +310,15 @@ class _Driver:
                 for ref in ready:
                     job, step, key, _ = pending.pop(ref)
                     result = self._result(ray, ref, job, step, attempts.get(key, 0))
-                    record = parse_record(result["record"], key)
+                    record = parse_record(result.get("record") if isinstance(result, dict) else None, key)
                     if record is None:
-                        raise ClusterError(f"step {job.label}{step.name}: its worker returned a malformed record; this is a modelforge bug")
+                        raise ClusterError(
+                            f"step {job.label}{step.name}: its Ray worker returned a malformed record; check that node's modelforge "
+                            "(the same version as the driver's, not modified)"
+                        )
+                    # Signed only once every object the worker uploaded hashes to what it reported.
+                    needed = any(holder_step.name in holder.needed for holder, holder_step in holders[key])
+                    self._check_uploaded(job, step, record, str(result.get("node", "?")), needed)
                     if self.remote.can_push:
                         try:
                             if self.remote.put_record(record):
@@ -354,6 +372,24 @@ class _Driver:
                 f"step {job.label}{step.name} ({step.kind}): its Ray worker was lost {max(attempts, 1)} time(s), more than the {RETRIES} retries "
                 f"({type(error).__name__}); if the node ran out of memory, give the cluster a node with more (predicted peaks: `modelforge plan`)"
             ) from None
+
+    def _check_uploaded(self, job: Job, step: StepNode, record: StepRecord, node: str, needed: bool) -> None:
+        """Every output a worker reported is in the remote and hashes to its name, or ClusterError:
+        a worker is not trusted with what the driver signs. An output the driver needs is
+        downloaded (re-hashed on arrival, kept); any other is streamed back and re-hashed."""
+        for name, item in sorted(record.outputs.items()):
+            if item.sha256 in self.remote.verified:
+                continue  # this driver uploaded it, or re-hashed it already
+            if needed and not self.store.has_object(item):
+                problem = self.remote.download(item, self.store)
+            else:
+                problem = self.remote.check_object(item)
+            if problem is not None:
+                raise ClusterError(
+                    f"step {job.label}{step.name}: the worker on Ray node {node[:12]} reported {name} as {item.sha256[:12]}…, but the object "
+                    f"it uploaded to {self.remote.location} {problem}; nothing was signed: check that node (a damaged disk, or compromised), "
+                    "then build again"
+                )
 
     def _pull(self, job: Job, step: StepNode, record: StepRecord) -> StepRecord:
         """The outputs of a step the driver needs (a target's files, a check's report) into its store."""

@@ -22,7 +22,11 @@ MAX_HEADER_BYTES = 100_000_000
 MAX_JSON_DEPTH = 64
 _MAX_UINT64 = (1 << 64) - 1
 # The name under which a JSON file's content is remembered as strictly valid (change it with the rules).
-STRICT_JSON_RULE = f"strict-json-1-depth-{MAX_JSON_DEPTH}"
+STRICT_JSON_RULE = f"strict-json-2-depth-{MAX_JSON_DEPTH}-no-auto-map"
+# transformers reads this top-level key of config.json, tokenizer_config.json, processor and
+# preprocessor configs as "import this class from a .py file of the checkpoint" (trust_remote_code):
+# modelforge never runs a checkpoint's code, so a source that asks for it is refused by name.
+REMOTE_CODE_KEYS = ("auto_map",)
 
 # Bits per element of every dtype the pinned safetensors (0.8.0) accepts: the spec's dtypes plus
 # the sub-byte and fnuz float formats it added.
@@ -172,11 +176,25 @@ def _walk(value: Any, file_name: str, what: str) -> None:
 
 
 def read_json_file(path: Path, file_name: str, *, must_be_object: bool = False) -> Any:
-    """A source JSON file, strictly parsed (see strict_json); opened without following it into a FIFO."""
+    """A source JSON file, strictly parsed (see strict_json) and asking for no remote code (see
+    check_no_remote_code); opened without following it into a FIFO."""
     value = strict_json(read_regular(path, file_name), file_name, "file")
     if must_be_object and not isinstance(value, dict):
         raise SourceError(f"{file_name}: holds a JSON {type(value).__name__}, not an object; re-fetch the source")
+    check_no_remote_code(value, file_name)
     return value
+
+
+def check_no_remote_code(value: Any, file_name: str) -> None:
+    """A config that points transformers at Python code shipped in the checkpoint is refused."""
+    if not isinstance(value, dict):
+        return
+    for key in REMOTE_CODE_KEYS:
+        if key in value:
+            raise SourceError(
+                f"{file_name}: has the key {key!r}, which makes transformers import Python code shipped in the checkpoint "
+                "(trust_remote_code); modelforge never runs a checkpoint's code: use a checkpoint whose architecture transformers ships"
+            )
 
 
 # ------------------------------------------------------------------------------------- files

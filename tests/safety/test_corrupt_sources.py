@@ -176,6 +176,14 @@ def _config_not_utf8(source):
     (source / "config.json").write_bytes(b'{"a": "\xff"}')
 
 
+def _auto_map_in_config(source):
+    _edit_json(source, "config.json", lambda text: text.replace("{", '{"auto_map": {"AutoConfig": "evil.EvilConfig"}, ', 1))
+
+
+def _auto_map_in_tokenizer_config(source):
+    _edit_json(source, "tokenizer_config.json", lambda text: text.replace("{", '{"auto_map": {"AutoTokenizer": ["evil.EvilTokenizer", null]}, ', 1))
+
+
 def _fifo_shard(source):
     (source / SHARD2).unlink()
     os.mkfifo(source / SHARD2)
@@ -264,6 +272,8 @@ CORRUPTIONS = {
     "duplicate key in tokenizer_config.json": (_duplicate_key_in_tokenizer_config, r"tokenizer_config.json: the top level of the file repeats the key 'model_max_length'"),
     "config.json not an object": (_config_not_object, r"config.json: holds a JSON list, not an object"),
     "config.json not UTF-8": (_config_not_utf8, r"config.json: the file is not UTF-8 text"),
+    "auto_map in config.json": (_auto_map_in_config, r"config.json: has the key 'auto_map', which makes transformers import Python code"),
+    "auto_map in tokenizer_config.json": (_auto_map_in_tokenizer_config, r"tokenizer_config.json: has the key 'auto_map'"),
     "FIFO shard": (_fifo_shard, rf"{SHARD2}: is a FIFO \(named pipe\), not a regular file"),
     "directory shard": (_directory_shard, rf"{SHARD2}: is a directory, not a regular file"),
     "FIFO carried file": (_fifo_carried, r"tokenizer.model: is a FIFO \(named pipe\), not a regular file"),
@@ -286,7 +296,7 @@ def test_a_corrupt_source_is_refused_before_planning_naming_the_file_and_the_ten
     assert "\n" not in str(caught.value)
 
 
-CLI_CASES = ["header is a list", "very deep config.json", "FIFO shard", "overlapping offsets", "symlink out of the source", "NaN in config.json"]
+CLI_CASES = ["header is a list", "very deep config.json", "auto_map in config.json", "FIFO shard", "overlapping offsets", "symlink out of the source", "NaN in config.json"]
 
 
 @pytest.mark.parametrize("case", CLI_CASES)

@@ -114,3 +114,34 @@ def test_a_hub_token_never_reaches_the_lock_the_store_the_outputs_or_the_cli_out
     assert not leaks, leaks
     assert fake_hub.requests, "the build went to the fake Hub"
     shutil.rmtree(project / "dist")
+
+
+def test_every_from_pretrained_call_refuses_remote_code():
+    """Every transformers `from_pretrained` in modelforge says trust_remote_code=False, so no
+    transformers default, environment variable or builder option can make it import a
+    checkpoint's code (a source that asks for it is refused earlier: tests/safety/test_corrupt_sources.py)."""
+    import ast
+
+    unguarded = []
+    for path in sorted((ROOT / "src" / "modelforge").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "from_pretrained"):
+                continue
+            keyword = {item.arg: item.value for item in node.keywords}.get("trust_remote_code")
+            forwarded = any(item.arg is None for item in node.keywords)  # **kwargs: the wrapper must pin it first
+            if isinstance(keyword, ast.Constant) and keyword.value is False:
+                continue
+            if forwarded and 'kwargs["trust_remote_code"] = False' in ast.get_source_segment(path.read_text(), _enclosing(tree, node)):
+                continue
+            unguarded.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert unguarded == []
+
+
+def _enclosing(tree, target):
+    import ast
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(child is target for child in ast.walk(node)):
+            return node
+    return tree

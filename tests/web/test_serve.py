@@ -172,6 +172,24 @@ def test_symlinks_leaving_the_bundle_are_refused(small_bundle, tmp_path):
         assert status == 200 and body == (small_bundle / "bundle.json").read_bytes()
 
 
+def test_a_symlink_inside_the_bundle_to_a_hidden_file_is_refused(small_bundle):
+    """`alias -> .env`: the name asked for is not hidden, the file served would be."""
+    (small_bundle / ".env").write_text("API_KEY=secret")
+    (small_bundle / ".git").mkdir()
+    (small_bundle / ".git" / "config").write_text("[remote] url = https://token@example")
+    (small_bundle / "alias").symlink_to(".env")
+    (small_bundle / "alias.txt").symlink_to(small_bundle / ".env")
+    (small_bundle / "gitconfig").symlink_to(".git/config")
+    (small_bundle / "dotdir").symlink_to(".git")
+    config_file = sorted(CONFIG_FILES)[0]
+    (small_bundle / config_file).write_text("secret server configuration")
+    (small_bundle / "config-alias").symlink_to(config_file)
+    with serve(small_bundle) as srv:
+        for path in ("/alias", "/alias.txt", "/gitconfig", "/dotdir/config", "/config-alias"):
+            status, _, body = request(srv, path)
+            assert status in (403, 404) and b"secret" not in body and b"token" not in body, path
+
+
 def test_config_dot_and_directory_requests_are_404(server):
     for name in CONFIG_FILES:
         assert request(server, "/" + name)[0] == 404, name

@@ -184,13 +184,21 @@ class RemoteEntry:
     steps: tuple[str, ...]  # lock/<manifest>:<step> that name this key
 
 
-def referenced_keys(root: Path) -> dict[str, list[str]]:
-    """Every step key a lock under root/lock/ pins → 'manifest:step' naming it."""
+def referenced_keys(root: Path, *, strict: bool = False) -> dict[str, list[str]]:
+    """Every step key a lock under root/lock/ pins → 'manifest:step' naming it. An unreadable lock
+    (a merge-conflict marker, a permission) is skipped for listing; with strict (for deleting) it is
+    a LockError, since what it pins cannot be known."""
     found: dict[str, list[str]] = {}
     for path in sorted((root / "lock").glob("*.lock")):
         try:
             the_lock = read_lock(path)
-        except LockError:
+        except (LockError, OSError) as error:
+            if strict:
+                why = str(error) if isinstance(error, LockError) else f"{path}: cannot be read ({error.strerror})"
+                raise LockError(
+                    f"{why.rstrip('.')}; so what it pins is unknown and nothing was deleted: fix or remove it (a merge conflict? "
+                    "resolve it), then collect again"
+                ) from None
             continue
         for name, step in the_lock.steps.items():
             found.setdefault(step.key, []).append(f"{the_lock.manifest.name}:{name}")
@@ -271,6 +279,9 @@ class Collected:
 # Unreferenced objects younger than this are kept: they may belong to a step being written right now
 # (objects go in before their record, locally and remotely).
 GRACE_SECONDS = 3600
+# Remote records no lock here pins, younger than this, are kept: a teammate's branch lock (not yet
+# merged, so not under lock/ here) may pin them. Their objects are kept with them.
+RECORD_GRACE_SECONDS = 7 * 86400
 
 
 def gc_local(
@@ -319,27 +330,30 @@ def gc_local(
     return collected
 
 
-def gc_remote(root: Path, *, cache: str | None = None, dry_run: bool = False, grace: float = GRACE_SECONDS) -> Collected:
-    """Delete remote records whose key no lock under root/lock/ pins, then objects that no
-    remaining record names and the leftovers of killed uploads, older than grace seconds (a push
-    in flight writes objects before its record)."""
+def gc_remote(
+    root: Path, *, cache: str | None = None, dry_run: bool = False, grace: float = GRACE_SECONDS, record_grace: float = RECORD_GRACE_SECONDS,
+) -> Collected:
+    """Delete remote records whose key no lock under root/lock/ pins and that are older than
+    record_grace seconds, then objects that no remaining record names and the leftovers of killed
+    uploads, older than grace seconds (a push in flight writes objects before its record). Refuses
+    (LockError) when any lock under root/lock/ cannot be read."""
     remote = _required_remote(root, cache)
     if remote.read_only:
-        raise RemoteError(f"cache {remote.url} is read-only here; collect its garbage from a machine that may write it")
-    keep = referenced_keys(root)
+        raise RemoteError(f"cache {remote.location} is read-only here; collect its garbage from a machine that may write it")
+    keep = referenced_keys(root, strict=True)
     if not keep:
         raise LockError(f"no lock under {root / 'lock'} pins any step, so everything would be deleted; run it from the project root (or pass --project)")
     collected = Collected()
     names: set[str] = set()
-    for key, _meta in list(remote.records()):
-        if key in keep:
+    now = time.time()
+    for key, meta in list(remote.records()):
+        if key in keep or now - meta["last_modified"].timestamp() < record_grace:
             record = remote.read_unverified(key)
             names |= {item.sha256 for item in record.outputs.values()} if record else set()
             continue
         if not dry_run:
             remote.delete(f"steps/{key[:2]}/{key}.json")
         collected.records += 1
-    now = time.time()
     for meta in list(remote.entries("objects/")):
         name = meta["path"].rsplit("/", 1)[-1]
         if name in names or now - meta["last_modified"].timestamp() < grace:

@@ -140,7 +140,7 @@ def _meta_model(context: StepContext, target: str, raw_config: Mapping[str, Any]
             f"{transformers.__version__} does not have; fix `architectures` with a config edit"
         )
     try:
-        config = transformers.AutoConfig.from_pretrained(str(context.input_dir("checkpoint")))
+        config = transformers.AutoConfig.from_pretrained(str(context.input_dir("checkpoint")), trust_remote_code=False)
         with torch.device("meta"):
             return model_class(config)
     except Exception as error:  # transformers' own validation errors are of many types

@@ -248,6 +248,7 @@ def shims(context_length: int, fix_local_rope: bool = True, stream_weights: bool
     class FlatAutoConfig:
         @staticmethod
         def from_pretrained(*args, **kwargs):
+            kwargs["trust_remote_code"] = False  # never run code shipped inside a checkpoint, whatever the builder asks
             return flat_rope_config(transformers.AutoConfig.from_pretrained(*args, **kwargs), context_length)
 
     def multi_cache(self):
@@ -362,7 +363,7 @@ def check_rope_caches(model_path: Path, checkpoint: Path) -> dict:
     import torch
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(checkpoint)
+    config = transformers.AutoConfig.from_pretrained(checkpoint, trust_remote_code=False)
     text = getattr(config, "text_config", config)
     caches = read_initializers(model_path, CACHES)
     missing = sorted(set(CACHES) - set(caches))

@@ -71,7 +71,7 @@ def _vision_model(checkpoint: Path, heads_per_group: int):
 
     from modelforge.steps import partial_load
 
-    config = transformers.AutoConfig.from_pretrained(checkpoint)
+    config = transformers.AutoConfig.from_pretrained(checkpoint, trust_remote_code=False)
     with partial_load.meta_parameters():
         model = transformers.Gemma3ForConditionalGeneration._from_config(config, dtype=torch.float32)
     shards = partial_load.Shards(checkpoint)
@@ -342,7 +342,7 @@ def onnx_graphs(request: dict) -> dict:
         from PIL import Image
         from transformers import AutoProcessor
 
-        processor = AutoProcessor.from_pretrained(Path(request["checkpoint"]))
+        processor = AutoProcessor.from_pretrained(Path(request["checkpoint"]), trust_remote_code=False)
         saved_vision = np.load(references / "vision.npz")
         cosines = []
         for index, card in enumerate(request["cards"]):

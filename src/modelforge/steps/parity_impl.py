@@ -97,7 +97,7 @@ def load_reference(checkpoint: Path, part: str, auto_class: str):
 
     from modelforge.steps import partial_load
 
-    config = transformers.AutoConfig.from_pretrained(checkpoint)
+    config = transformers.AutoConfig.from_pretrained(checkpoint, trust_remote_code=False)
     with partial_load.meta_parameters():
         model = getattr(transformers, auto_class).from_config(config, dtype=torch.float32)
     shards = partial_load.Shards(checkpoint)
@@ -116,7 +116,7 @@ def text_reference(request: dict) -> dict:
     from transformers import AutoTokenizer
 
     checkpoint = Path(request["checkpoint"])
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=False)
     model = load_reference(checkpoint, "text", "AutoModelForCausalLM")
     arrays = {}
     for index, prompt in enumerate(request["prompts"]):
@@ -339,10 +339,10 @@ def image_reference(request: dict) -> dict:
     from transformers import AutoProcessor, Gemma3ForConditionalGeneration
 
     checkpoint = Path(request["checkpoint"])
-    processor = AutoProcessor.from_pretrained(checkpoint)
+    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=False)
     size = processor.image_processor.size["height"], processor.image_processor.size["width"]
     cards = test_cards(size, Path(request["scratch_dir"]))
-    model = Gemma3ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    model = Gemma3ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32, trust_remote_code=False).eval()
     embeddings = vision_references(model, processor, cards)
     np.savez(_references(request) / "vision.npz", *embeddings)
     handoff = {"cards": [str(card) for card in cards]}
@@ -358,7 +358,7 @@ def runtime(request: dict) -> dict:
 
     cards = [Path(card) for card in request["cards"]]
     replies = runtime_image_answers(Path(request["bundle"]), request["prompts"][0], request["steps"], cards)
-    tokenizer = AutoTokenizer.from_pretrained(Path(request["checkpoint"]))
+    tokenizer = AutoTokenizer.from_pretrained(Path(request["checkpoint"]), trust_remote_code=False)
     return {"report": runtime_image_parity(request["reference_answers"], replies, tokenizer)}
 
 

@@ -1,8 +1,9 @@
 """A local static server for a web bundle, sending exactly the declared headers (`headers_for`).
 
 Serves only regular files inside the bundle directory: `..` (plain or percent-encoded), absolute
-paths, backslashes, NUL bytes, dot files, the server-config files and symlinks that resolve outside
-the bundle are answered 404 (403 for a symlink escaping the bundle); no directory listings. GET and
+paths, backslashes, NUL bytes, dot files, the server-config files, symlinks that resolve outside
+the bundle and symlinks to a dot file or a server-config file inside it are answered 404 (403 for a
+symlink escaping the bundle); no directory listings. GET and
 HEAD only (405 otherwise), single byte ranges (206 / 416), ETag + Last-Modified with
 If-None-Match / If-Modified-Since (304) and If-Range.
 
@@ -92,6 +93,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return 404, None, rel
         if not resolved.is_relative_to(root):
             return 403, None, rel
+        # A symlink inside the bundle (`alias -> .env`) must not serve what its target's own name
+        # would not: the resolved path is checked as the requested one was.
+        if is_hidden(resolved.relative_to(root).as_posix()):
+            return 404, None, rel
         if not resolved.is_file():
             return 404, None, rel
         return 200, resolved, rel
