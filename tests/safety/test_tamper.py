@@ -189,7 +189,7 @@ def test_a_record_swapped_for_other_content_is_caught_by_frozen_build_and_verify
     old, new = _swap_config(store, _evil_config(result.out_dir / "text"))
     out = cli("build", str(manifest), "--store", str(store), "--frozen", cwd=project)
     assert out.returncode == 6, out.stdout + out.stderr
-    (line,) = [line for line in out.stderr.splitlines() if line.strip()]
+    (line,) = [line for line in out.stderr.splitlines() if line.startswith("error")]
     assert "text/config.json" in line and old[:12] in line and new[:12] in line, line
     assert tree(result.out_dir / "text") == before  # nothing reached dist/
     assert cli("verify", str(result.project.lock_path), cwd=project).returncode == 0
@@ -198,7 +198,9 @@ def test_a_record_swapped_for_other_content_is_caught_by_frozen_build_and_verify
 def test_a_plain_build_that_changes_a_pinned_output_warns_and_keeps_dist_until_the_lock_is_written(built):
     project, manifest, store, result = built
     before, lock_bytes = tree(result.out_dir / "text"), result.project.lock_path.read_bytes()
-    old, new = _swap_config(store, _evil_config(result.out_dir / "text"))
+    config = json.loads((result.out_dir / "text" / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration.OtherConfig"}  # other bytes the architecture check still passes
+    old, new = _swap_config(store, json.dumps(config).encode())
     # Killed right before the new lock is written: dist/ still holds what the old lock pins.
     out = cli("build", str(manifest), "--store", str(store), cwd=project, MODELFORGE_KILL_AT="build/lock:1")
     assert out.returncode == -9, out.stdout + out.stderr
