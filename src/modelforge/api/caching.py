@@ -140,6 +140,7 @@ def pull(
     the_lock = read_lock(lock_path)
     root = project_root_of_lock(lock_path)
     remote = _required_remote(root, cache, read_only=True)
+    trusted = trusted_writers(root)
     wanted = sorted(the_lock.steps) if every_step else sorted({target.node for target in the_lock.targets.values()})
     result = Transfer()
     problems: dict[str, str] = {}
@@ -150,7 +151,8 @@ def pull(
             key = the_lock.steps[name].key
             with store.lock(key):
                 record = store.get_record(key)
-                if record is not None and all(store.has_object(item) for item in record.outputs.values()):
+                usable = record is not None and unusable_because(record, trusted) is None
+                if usable and all(store.has_object(item) for item in record.outputs.values()):
                     records[name] = record
                     result.present.append(name)
                     continue
