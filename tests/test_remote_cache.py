@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, copy_project
 from modelforge import api
 from modelforge.api import caching
-from modelforge.errors import ConfigError, LockError
+from modelforge.errors import ConfigError, LockError, RemoteError
 from modelforge.executor import SilentReporter
 from modelforge.remote import object_path, record_path
 from modelforge.signing import SigningKey, generate, load_signing_key
@@ -647,3 +647,102 @@ def test_settings_that_are_not_credentials_are_accepted_and_sent_to_ray_workers(
     # Whatever reaches a RemoteCache another way, a Ray task spec carries no credential.
     remote = RemoteCache("s3://bucket/x", options={**allowed, **{name: "c2VjcmV0" for name in SECRET_OPTIONS}})
     assert remote_spec(remote) == {"url": "s3://bucket/x", "options": allowed}
+
+
+# ------------------------------------------------------------------------- who wrote a record, and revocation
+
+
+def _trust_only(project: Path, *keys: str) -> None:
+    url = (project / "modelforge.toml").read_text().split('url = "')[1].split('"')[0]
+    listed = ", ".join(f'"{key}"' for key in keys)
+    (project / "modelforge.toml").write_text(f'[cache]\nurl = "{url}"\ntrusted_keys = [{listed}]\n')
+
+
+def _second_key(team: Path, monkeypatch, name: str = "ci-2"):
+    """A second machine's key, trusted alongside the first; this process signs with it from now on."""
+    key_path = team.parent / "keys" / f"{name}.key"
+    public = generate(name, key_path)
+    monkeypatch.setenv("MODELFORGE_SIGNING_KEY", str(key_path))
+    return public
+
+
+def test_local_records_say_who_wrote_them():
+    from modelforge.store import describe_writer
+
+    assert describe_writer("here") == "built here"
+    assert describe_writer(None).startswith("writer unknown")
+    text = describe_writer("signed:ci-1:" + "A" * 43 + "=")
+    assert text.startswith("pulled, signed by ci-1 (key SHA256:") and text.endswith(")")
+
+
+def test_revoking_a_key_makes_every_record_it_signed_unusable_in_every_store(team, monkeypatch):
+    first_key = load_signing_key(Path(os.environ["MODELFORGE_SIGNING_KEY"])).public()
+    machine(team, "a")
+    pulled, _ = machine(team, "b")
+    assert set(pulled.pulled) == STEPS
+    store_b = team.parent / "b" / "store"
+    writers = {json.loads(path.read_text()).get("writer") for path in store_b.glob("steps/*/*.json")}
+    assert writers == {f"signed:{first_key.text}"}
+    # ci-1 leaks: the team trusts ci-2 only. b's pulled records are unusable, with or without the remote.
+    second = _second_key(team, monkeypatch)
+    _trust_only(team, second.text)
+    listed = _cli("cache", "ls", "--store", str(store_b), cwd=team)
+    out, err = listed.communicate(timeout=300)
+    assert listed.returncode == 0, err
+    revoked = [line for line in out.splitlines() if "revoked" in line]
+    assert len(revoked) == len(STEPS) and all("ci-1" in line for line in revoked), out
+    checked = _cli("cache", "verify", "--store", str(store_b), cwd=team)
+    out, err = checked.communicate(timeout=300)
+    assert sum("ci-1" in line and "revoked" in line for line in (out + err).splitlines()) == len(STEPS), out + err
+    rebuilt, messages = machine(team, "b", cache="")
+    assert set(rebuilt.ran) == STEPS and rebuilt.pulled == [], messages
+    assert tree(team / "b" / "dist") == tree(team / "a" / "dist")
+    # Rebuilt here, they are b's own now: a second build runs nothing.
+    again, _ = machine(team, "b", cache="")
+    assert again.ran == []
+
+
+def test_cache_push_never_signs_a_record_this_machine_did_not_build(team, monkeypatch):
+    machine(team, "a")
+    machine(team, "b")  # pulls every step, signed by ci-1
+    second = _second_key(team, monkeypatch)
+    # ci-1 is revoked: its remote records are untrusted now, and b must not re-sign them as ci-2.
+    _trust_only(team, second.text)
+    before = {key: get_raw(team, record_path(key)) for key, _ in remote_of(team).records()}
+    result = caching.push(team / "lock" / "tiny-medgemma-text-only.lock", store_dir=team.parent / "b" / "store")
+    assert result.done == [] and set(result.missing) == STEPS
+    assert {key: get_raw(team, record_path(key)) for key, _ in remote_of(team).records()} == before
+    store = Store(team.parent / "b" / "store")
+    try:
+        record = store.get_record(record_key(team, "config"))
+        with pytest.raises(RemoteError, match="not built on this machine"):
+            remote_of(team).put_record(record)
+    finally:
+        store.close()
+
+
+def test_cache_push_refuses_target_outputs_that_differ_from_the_lock(team):
+    machine(team, "a", cache="")
+    store_dir = team.parent / "a" / "store"
+    key = record_key(team, "text")
+    path = store_dir / "steps" / key[:2] / f"{key}.json"
+    record = json.loads(path.read_text())
+    record["outputs"]["config.json"] = record["outputs"]["tokenizer_config.json"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(LockError, match=r"target text differ.*\(config\.json\)"):
+        caching.push(team / "lock" / "tiny-medgemma-text-only.lock", store_dir=store_dir)
+    assert list(remote_of(team).records()) == []
+
+
+def test_records_of_an_older_modelforge_are_not_trusted_as_built_here(team):
+    machine(team, "a", cache="")
+    store_dir = team.parent / "a" / "store"
+    for path in store_dir.glob("steps/*/*.json"):
+        record = json.loads(path.read_text())
+        record.pop("writer", None)
+        record.pop("inputs", None)
+        path.write_text(json.dumps(record))
+    result = caching.push(team / "lock" / "tiny-medgemma-text-only.lock", store_dir=store_dir)
+    assert result.done == [] and list(remote_of(team).records()) == []
+    rebuilt, _ = machine(team, "a", cache="")
+    assert set(rebuilt.ran) == STEPS

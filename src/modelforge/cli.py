@@ -485,7 +485,7 @@ def cache_push(lockfiles: tuple[Path, ...], cache: str | None, store_dir: Path |
 
     for lockfile in lockfiles:
         result = caching.push(lockfile, cache=cache, store_dir=store_dir)
-        missing = f"; not in the local store (build first): {', '.join(result.missing)}" if result.missing else ""
+        missing = f"; not pushed (not in the local store, or not built here): {', '.join(result.missing)}" if result.missing else ""
         click.echo(f"{lockfile}: {len(result.done)} step(s) pushed, {len(result.present)} already there{missing}")
 
 
@@ -506,12 +506,19 @@ def cache_pull(lockfile: Path, cache: str | None, store_dir: Path | None, out: P
 
 @cache.command("ls")
 @cache_option
+@store_option
 @project_option
 @_handle_errors
-def cache_ls(cache: str | None, project: Path) -> None:
-    """List the remote's step records: key, kind, size, who signed it, and which locks pin it."""
+def cache_ls(cache: str | None, store_dir: Path | None, project: Path) -> None:
+    """List the remote's step records (key, kind, size, who signed it, which locks pin it), then the local
+    store's records that builds no longer use (a revoked signer, or a writer unknown)."""
     from modelforge.api import caching
 
+    for local in _unused_local(caching, project, store_dir):
+        names = ", ".join(local.steps) or "(no lock here)"
+        click.echo(f"local {local.key[:16]}  {local.kind:<20} not used: {local.problem}  {names}")
+    if caching.remote_for(project, cache, read_only=True) is None:
+        return
     entries = caching.ls(project, cache=cache)
     for entry in entries:
         names = ", ".join(entry.steps) or "(no lock here)"
@@ -519,15 +526,23 @@ def cache_ls(cache: str | None, project: Path) -> None:
     click.echo(f"{len(entries)} record(s)")
 
 
+def _unused_local(caching, project: Path, store_dir: Path | None) -> list:
+    return [entry for entry in caching.local_records(project, store_dir) if entry.problem is not None]
+
+
 @cache.command("verify")
 @cache_option
 @project_option
 @click.option("--delete-damaged", is_flag=True, help="Delete remote objects that do not hash to their names.")
+@store_option
 @_handle_errors
-def cache_verify(cache: str | None, project: Path, delete_damaged: bool) -> None:
-    """Re-hash every remote object and check every record's signature and objects."""
+def cache_verify(cache: str | None, project: Path, delete_damaged: bool, store_dir: Path | None) -> None:
+    """Re-hash every remote object and check every record's signature and objects; name the local
+    store's records that builds no longer use (a revoked signer, or a writer unknown)."""
     from modelforge.api import caching
 
+    for local in _unused_local(caching, project, store_dir):
+        click.echo(f"NOT USED local steps/{local.key[:2]}/{local.key}.json ({local.kind}): {local.problem}", err=True)
     checked, problems = caching.verify_remote(project, cache=cache, delete_damaged=delete_damaged)
     for problem in problems:
         click.echo(f"DAMAGED {problem.path}: {problem.problem}", err=True)

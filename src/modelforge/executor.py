@@ -1,4 +1,5 @@
-"""The executor: runs a plan against a store. A step whose key has a record with intact objects
+"""The executor: runs a plan against a store. A step whose key has a usable record (intact objects,
+written here or pulled under a key still trusted, made from the very input bytes it is used with)
 is skipped; else, with a remote cache, its trusted record and re-hashed objects are pulled into the
 store; only when both miss does it run, in a scratch directory: its outputs move into the store
 under their hashes, and its record is written last (so a crash never leaves a record without its
@@ -12,7 +13,8 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from contextlib import ExitStack
+from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
 
 from modelforge.errors import ModelforgeError, RemoteError, SourceError, StepFailed, StoreError
 from modelforge.hashing import hash_file
@@ -21,6 +23,7 @@ from modelforge.remote import RemoteCache
 from modelforge.steps import STEPS
 from modelforge.steps.base import InputFile, StepContext
 from modelforge.store import (
+    BUILT_HERE,
     LINK_FROM,
     OUTPUT_DIR_MODE,
     FileRecord,
@@ -31,6 +34,7 @@ from modelforge.store import (
     place_output,
     swap_into_place,
     storage_error,
+    unusable_because,
 )
 
 
@@ -85,26 +89,72 @@ def explain(parts: Mapping[str, Any], previous: Mapping[str, Any] | None) -> str
 
 
 def statuses(
-    plan: Plan, store: Store, toolchain: Mapping[str, str], previous_steps: Mapping[str, Any], remote: RemoteCache | None = None
+    plan: Plan, store: Store, toolchain: Mapping[str, str], previous_steps: Mapping[str, Any], remote: RemoteCache | None = None,
+    trusted: Collection[str] = frozenset(),
 ) -> list[NodeStatus]:
     """What `build` would do, without doing it: cached or not, and why; with a remote cache, which
-    of the others it would pull (a trusted record there; its objects are checked when pulled)."""
+    of the others it would pull (a trusted record there; its objects are checked when pulled).
+    trusted: the public keys (name:base64) whose pulled records are still usable."""
     keys = compute_keys(plan, toolchain)
     result = []
+    usable: dict[str, StepRecord] = {}
     for step in plan.steps:
         key, parts = keys[step.name]["key"], keys[step.name]["parts"]
         record = store.get_record(key)
-        if record is not None and all(store.has_object(item) for item in record.outputs.values()):
+        damaged = record is not None and not all(store.has_object(item) for item in record.outputs.values())
+        problem = None if record is None or damaged else _unusable(step, record, input_digests(plan, step, usable), trusted)
+        if record is not None and not damaged and problem is None:
+            usable[step.name] = record
             result.append(NodeStatus(step.name, step.kind, key, parts, True, "cached"))
         else:
             reason = explain(parts, previous_steps.get(step.name))
-            if record is not None:
+            if damaged:
                 reason = "output damaged or missing in the store"
+            elif problem is not None:
+                reason = problem
             if remote is not None and _in_remote(remote, key):
                 result.append(NodeStatus(step.name, step.kind, key, parts, False, f"in the remote cache {remote.url}", remote=True))
                 continue
             result.append(NodeStatus(step.name, step.kind, key, parts, False, reason))
     return result
+
+
+# Steps whose record is a verdict on their inputs ("28 tensors fit Gemma3ForCausalLM", parity
+# figures) rather than bytes made from them: such a record must say which bytes it judged.
+VERDICTS = frozenset({"check_architecture", "litert_parity", "onnx_parity"})
+
+
+def input_digests(plan: Plan, step: StepNode, records: Mapping[str, StepRecord]) -> dict[str, str] | None:
+    """"<input>/<file>" → sha256 of every file the step reads, from the plan (source files) and the
+    upstream records it would be given; None when an upstream record is not at hand."""
+    digests = {}
+    for ref in step.inputs:
+        if ref.node == plan.source.name:
+            for relative in ref.select or tuple(item.path for item in plan.source.files):
+                digests[f"{ref.name}/{relative}"] = plan.source.file(relative).sha256
+        elif ref.node in records:
+            for relative, item in records[ref.node].outputs.items():
+                if ref.select is None or relative in ref.select:
+                    digests[f"{ref.name}/{relative}"] = item.sha256
+        else:
+            return None
+    return digests
+
+
+def _unusable(step: StepNode, record: StepRecord, actual: Mapping[str, str] | None, trusted: Collection[str]) -> str | None:
+    """Why a record (local, or just pulled) must not stand for this step here, or None: its writer is
+    not trusted any more, or it was made from (a check: it judged) other bytes than the inputs now."""
+    problem = unusable_because(record, trusted)
+    if problem is not None:
+        return problem
+    if record.inputs is None:
+        return f"its record does not say which bytes it checked (an older modelforge); {step.kind} runs again" if step.kind in VERDICTS else None
+    if actual is None:
+        return None  # `plan`, before an upstream step is built: the build compares them then
+    if dict(record.inputs) != dict(actual):
+        changed = sorted(name for name in set(record.inputs) | set(actual) if record.inputs.get(name) != actual.get(name))
+        return f"its record was made from other input bytes ({', '.join(changed[:3])}{' …' if len(changed) > 3 else ''})"
+    return None
 
 
 def _in_remote(remote: RemoteCache, key: str) -> bool:
@@ -123,11 +173,16 @@ def run_plan(
     reporter: Reporter,
     measurements: dict[str, dict[str, Any]] | None = None,
     remote: RemoteCache | None = None,
+    trusted: Collection[str] = frozenset(),
+    admit: Callable[[StepNode, StepRecord], None] | None = None,
 ) -> dict[str, StepRecord]:
     """Run every step that is not cached; return node name → record for all steps. Steps that
     measure themselves (seconds, peak memory of a worker) leave that in `measurements`. With a
     remote cache, a local miss is looked up there before running, and a step that ran is pushed
-    (when the cache may be written): a failed push is a warning, never a failed build."""
+    (when the cache may be written): a failed push is a warning, never a failed build. A record
+    is used only when usable (see _unusable; trusted: the public keys whose pulled records are).
+    admit, when given, sees each step's record (cached, pulled or made) before any later step uses
+    it, and raises to refuse it (`build --frozen` refuses a target the lock does not pin)."""
     keys = compute_keys(plan, toolchain)
     records: dict[str, StepRecord] = {}
     verified_sources: set[str] = set()
@@ -136,7 +191,10 @@ def run_plan(
         with store.lock(key):
             record = store.get_record(key)
             damaged = record is not None and not all(store.has_object(item) for item in record.outputs.values())
-            if record is not None and not damaged:
+            problem = None if record is None or damaged else _unusable(step, record, input_digests(plan, step, records), trusted)
+            if record is not None and not damaged and problem is None:
+                if admit is not None:
+                    admit(step, record)
                 store.mark_used(key)
                 reporter.step_finished(step.name, False, 0.0)
                 records[step.name] = record
@@ -150,14 +208,27 @@ def run_plan(
                     reporter.message(f"warning: {error}; this build goes on without the remote cache")
                     pulled = remote = None
                 if pulled is not None:
-                    reporter.step_pulled(step.name, step.kind, sum(item.size for item in pulled.outputs.values()))
-                    reporter.step_finished(step.name, False, time.monotonic() - started)
-                    records[step.name] = pulled
-                    continue
-            reason = "output damaged or missing in the store" if damaged else explain(keys[step.name]["parts"], previous_steps.get(step.name))
+                    stale = _unusable(step, pulled, input_digests(plan, step, records), trusted)
+                    if stale is None:
+                        if admit is not None:
+                            admit(step, pulled)
+                        reporter.step_pulled(step.name, step.kind, sum(item.size for item in pulled.outputs.values()))
+                        reporter.step_finished(step.name, False, time.monotonic() - started)
+                        records[step.name] = pulled
+                        continue
+                    reporter.message(f"warning: step {step.name}: the remote record {key[:12]}… is not used: {stale}; the step runs locally")
+                    problem = stale
+            if damaged:
+                reason = "output damaged or missing in the store"
+            elif problem is not None:
+                reason = problem
+            else:
+                reason = explain(keys[step.name]["parts"], previous_steps.get(step.name))
             reporter.step_started(step.name, step.kind, reason)
             inputs = _inputs(plan, step, store, records, source_paths, verified_sources)
             records[step.name] = run_step(step, key, inputs, store, reporter, measurements)
+            if admit is not None:
+                admit(step, records[step.name])
             if remote is not None and remote.can_push:
                 try:
                     if remote.push(records[step.name], store):
@@ -235,7 +306,8 @@ def run_step(step: StepNode, key: str, inputs, store: Store, reporter: Reporter,
             store.adopt(path, sha)
         if measurements is not None and context.measurements:
             measurements[step.name] = dict(context.measurements)
-    record = StepRecord(key, step.kind, outputs)
+    digests = {f"{name}/{relative}": item.record.sha256 for name, files in inputs.items() for relative, item in files.items()}
+    record = StepRecord(key, step.kind, outputs, digests, BUILT_HERE)
     fault_point(f"{step.kind}/record")
     store.put_record(record)
     return record
@@ -248,35 +320,56 @@ def _progress(reporter: Reporter, step: StepNode, done: int, total: int, message
 
 
 def materialize(records: Mapping[str, FileRecord], store: Store, destination: Path, link_from: int = LINK_FROM) -> list[Materialized]:
-    """Lay out a target's files under destination, replacing what was there in one atomic swap:
-    a crash, or a reader, sees the old complete target or the new one, never neither. Directories
-    are 0755 and files 0644 (copies or reflinks), so that the tree deploys by copying; only files of
-    link_from bytes or more that cannot be reflinked are hard links to their read-only store object."""
+    """Lay out one target's files under destination (see materialize_targets)."""
+    return materialize_targets([(records, destination)], store, link_from=link_from)[0]
 
-    placed = []
+
+def materialize_targets(
+    layouts: Sequence[tuple[Mapping[str, FileRecord], Path]], store: Store, before_swap: Callable[[], None] | None = None,
+    link_from: int = LINK_FROM,
+) -> list[list[Materialized]]:
+    """Lay out each target's files (records) under its destination, replacing what was there in one
+    atomic swap per target: a crash, or a reader, sees the old complete target or the new one, never
+    neither. Every target is laid out in staging first; before_swap (the build writes the new lock
+    there) runs before any is swapped in, so dist/ keeps what the old lock pins until the new lock
+    is written. Directories are 0755 and files 0644 (copies or reflinks), so that the tree deploys by
+    copying; only files of link_from bytes or more that cannot be reflinked are hard links to their
+    read-only store object."""
+    placed: list[list[Materialized]] = []
+    destination = None
     try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        with store.staging(destination) as staging:
-            os.chmod(staging, OUTPUT_DIR_MODE)  # it becomes destination; mkdtemp made it 0700
-            for relative, item in sorted(records.items()):
-                fault_point("materialize/link")
-                # Checked again right before it is handed out (a cache lookup unless it changed).
-                if not store.has_object(item):
-                    raise StoreError(
-                        f"the store object for {destination.name}/{relative} changed during the build; run `modelforge build` again"
-                    )
-                how = place_output(store.object_path(item.sha256), staging / relative, link_from)
-                placed.append(Materialized(relative, how, item.size))
-            for directory in [path for path in staging.rglob("*") if path.is_dir() and not path.is_symlink()]:
-                os.chmod(directory, OUTPUT_DIR_MODE)
-            fault_point("materialize/swap")
-            swap_into_place(staging, destination)
-            fault_point("materialize/swapped")
+        with ExitStack() as stack:
+            staged = []
+            for records, destination in layouts:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                staging = stack.enter_context(store.staging(destination))
+                os.chmod(staging, OUTPUT_DIR_MODE)  # it becomes destination; mkdtemp made it 0700
+                target: list[Materialized] = []
+                for relative, item in sorted(records.items()):
+                    fault_point("materialize/link")
+                    # Checked again right before it is handed out (a cache lookup unless it changed).
+                    if not store.has_object(item):
+                        raise StoreError(
+                            f"the store object for {destination.name}/{relative} changed during the build; run `modelforge build` again"
+                        )
+                    how = place_output(store.object_path(item.sha256), staging / relative, link_from)
+                    target.append(Materialized(relative, how, item.size))
+                for directory in [path for path in staging.rglob("*") if path.is_dir() and not path.is_symlink()]:
+                    os.chmod(directory, OUTPUT_DIR_MODE)
+                placed.append(target)
+                staged.append((staging, destination))
+            if before_swap is not None:
+                before_swap()
+            for staging, destination in staged:
+                fault_point("materialize/swap")
+                swap_into_place(staging, destination)
+                fault_point("materialize/swapped")
         # Reading (and linking, and removing the old tree's links) changed the objects' atime or
         # ctime, not their content, which was checked just above: re-stamp them, or the next no-op
         # build would re-hash them all.
-        for item in records.values():
-            store.hashes.remember(store.object_path(item.sha256), item.sha256)
+        for records, _ in layouts:
+            for item in records.values():
+                store.hashes.remember(store.object_path(item.sha256), item.sha256)
         return placed
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -13,9 +13,11 @@ streamed into the store's scratch, re-hashed, and adopted only when it hashes to
 are trusted by their hash alone (a pusher re-hashes one already there, and replaces it when wrong);
 records by their signature alone. Whatever the bucket holds, reading it is a value or a one-line
 warning, never an exception; every error is one line, credentials and signed URLs redacted.
+A machine signs only the records it built (a pulled record keeps its signer's signature, and its
+signer's revocation).
 
 A remote record is JSON: {"format": "modelforge-step-record/1", "record": {key, kind, outputs:
-{name: {sha256, size}}}, "signature": {"key": "name:base64 public key", "value": base64 ed25519
+{name: {sha256, size}}, inputs (optional): {"<input>/<file>": sha256}}, "signature": {"key": "name:base64 public key", "value": base64 ed25519
 signature of the prefix "modelforge-step-record/1\n" and the record's canonical JSON}}.
 
 The client is obstore (Apache Arrow's Rust object_store): one API with the same guarantees on S3,
@@ -24,6 +26,7 @@ Imports store, hashing, signing, errors; obstore is imported on first use."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -34,7 +37,7 @@ from urllib.parse import urlparse
 
 from modelforge.errors import ConfigError, RemoteError
 from modelforge.signing import PublicKey, SigningKey, parse_public_key, verify
-from modelforge.store import FileRecord, StepRecord, Store, fault_point, parse_record, record_fields
+from modelforge.store import BUILT_HERE, FileRecord, StepRecord, Store, describe_writer, fault_point, parse_record, pulled_by, record_fields
 
 RECORD_FORMAT = "modelforge-step-record/1"
 # Objects of this size or more go up as a multipart upload streamed from disk (a conditional put is
@@ -111,7 +114,7 @@ def _decode_record(data: bytes, key: str, trusted: tuple[PublicKey, ...]) -> Loo
     if not isinstance(document, dict) or document.get("format") != RECORD_FORMAT or not set(document) <= {"format", "record", "signature"}:
         return Lookup(problem=f"is not a {RECORD_FORMAT} record (damaged or from another tool)")
     record = parse_record(document.get("record"), key)
-    if record is None or set(document["record"]) != {"key", "kind", "outputs"}:
+    if record is None or not {"key", "kind", "outputs"} <= set(document["record"]) <= {"key", "kind", "outputs", "inputs"}:
         return Lookup(problem="is malformed or names another key (damaged or swapped)")
     signature = document.get("signature")
     if not isinstance(signature, dict) or not isinstance(signature.get("key"), str) or not isinstance(signature.get("value"), str):
@@ -124,7 +127,7 @@ def _decode_record(data: bytes, key: str, trusted: tuple[PublicKey, ...]) -> Loo
         return Lookup(problem=f"is signed by {signer.name!r}, a key modelforge.toml's cache.trusted_keys does not list", signer=signer.name)
     if not verify(signer, canonical(record), signature["value"]):
         return Lookup(problem=f"claims {signer.name!r}'s signature, which does not verify (forged or altered)", signer=signer.name)
-    return Lookup(record=record, signer=signer.name)
+    return Lookup(record=dataclasses.replace(record, writer=pulled_by(signer.text)), signer=signer.name)
 
 
 @dataclass
@@ -282,7 +285,9 @@ class RemoteCache:
     # ------------------------------------------------------------------ writing
     def push(self, record: StepRecord, store: Store) -> bool:
         """Objects, then the signed record if absent. True if this call wrote the record, False if a
-        trusted one was there already. Every object must be in the local store and intact."""
+        trusted one was there already. Every object must be in the local store and intact, and the
+        record built here: this machine never signs what another one wrote."""
+        _built_here(record, self.url)
         if self.read_only:
             raise RemoteError(f"cache {self.url} is read-only here (--cache-read-only or cache.read_only); push from a trusted machine")
         if self.signing_key is None:
@@ -297,12 +302,14 @@ class RemoteCache:
     def put_record(self, record: StepRecord) -> bool:
         """The signed record, created only if absent (its objects must be in the remote already:
         push() puts them first; a Ray worker pushed them for the driver that signs). True if this
-        call wrote it, False if a trusted one was there already."""
+        call wrote it, False if a trusted one was there already. Only a record built here (by this
+        machine, or by a Ray cluster this driver runs) is signed."""
         import obstore
         from obstore.exceptions import AlreadyExistsError, PreconditionError
 
         if self.read_only or self.signing_key is None:
             raise RemoteError(f"cannot write records to {self.url}: it is read-only here, or there is no signing key")
+        _built_here(record, self.url)
         fault_point("remote/record")
         data = encode_record(record, self.signing_key)
         path = record_path(record.key)
@@ -469,6 +476,14 @@ class RemoteCache:
             self._call(f"deleting {path}", obstore.delete, path)
         except FileNotFoundError:
             pass
+
+
+def _built_here(record: StepRecord, url: str) -> None:
+    if record.writer != BUILT_HERE:
+        raise RemoteError(
+            f"step record {record.key[:12]}… ({record.kind}) was not built on this machine ({describe_writer(record.writer)}); "
+            f"only its builder signs it for {url}: rebuild it here to push it"
+        )
 
 
 def _chunks(path: Path) -> Iterator[bytes]:

@@ -5,10 +5,14 @@ and the next Store removes those of dead processes. Imports only `errors` and `h
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import errno
 import fcntl
 import fnmatch
 import functools
+import hashlib
 import json
 import os
 import re
@@ -19,7 +23,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Collection, Iterator, Mapping
 
 from filelock import FileLock
 
@@ -81,19 +85,68 @@ class FileRecord:
     size: int
 
 
+# Who wrote a local record (the store's file says it; a remote record's signature is its writer):
+# BUILT_HERE, "signed:<name>:<base64 public key>" for one pulled from the remote cache, or None for a
+# record an older modelforge wrote, which said neither. Only a record built here may be signed and
+# pushed; a pulled one is usable while its signer is trusted; an unknown one never (see usable_by).
+BUILT_HERE = "here"
+SIGNED = "signed:"
+
+
 @dataclass(frozen=True)
 class StepRecord:
     key: str
     kind: str
     outputs: Mapping[str, FileRecord]
+    # The sha256 of each input file the step read ("<input>/<file>"), so that a record (a check's
+    # verdict above all) is used only with the bytes it was made from: the key names upstream steps
+    # by their keys, not by the bytes their records name. None in records of older versions.
+    inputs: Mapping[str, str] | None = None
+    writer: str | None = BUILT_HERE
+
+
+def pulled_by(public_key_text: str) -> str:
+    """The writer of a record pulled from the remote cache, signed by this key (name:base64)."""
+    return SIGNED + public_key_text
+
+
+def describe_writer(writer: str | None) -> str:
+    """In words: "built here", "pulled, signed by NAME (key SHA256:…)", or that nobody knows."""
+    if writer == BUILT_HERE:
+        return "built here"
+    if isinstance(writer, str) and writer.startswith(SIGNED):
+        name, _, key = writer.removeprefix(SIGNED).partition(":")
+        try:
+            fingerprint = hashlib.sha256(base64.b64decode(key, validate=True)).hexdigest()[:16]
+        except (ValueError, binascii.Error):
+            fingerprint = "malformed"
+        return f"pulled, signed by {name} (key SHA256:{fingerprint})"
+    return "writer unknown (an older modelforge wrote it: built here or pulled, it did not say)"
+
+
+def unusable_because(record: StepRecord, trusted: Collection[str]) -> str | None:
+    """Why a local record must not be used (then its step is pulled again from a trusted signer, or
+    runs), or None. trusted: the public key texts (name:base64) modelforge.toml's cache.trusted_keys
+    lists now: revoking a key there revokes every record it signed, in every store."""
+    if record.writer == BUILT_HERE:
+        return None
+    if record.writer is None:
+        return "its record does not say who wrote it (an older modelforge); it is checked again"
+    if record.writer.removeprefix(SIGNED) in trusted:
+        return None
+    return f"its record was {describe_writer(record.writer)}, a key cache.trusted_keys no longer lists (revoked)"
 
 
 def parse_record(data: object, key: str) -> StepRecord | None:
-    """A record's JSON fields (the local store's file, or a remote record's body) as a StepRecord
-    for key, or None when they are anything else: damage, not a record."""
+    """A record's signed fields (the local store's file, a remote record's body, a Ray worker's
+    report) as a StepRecord for key, or None when they are anything else: damage, not a record. Its
+    writer is BUILT_HERE; the store and the remote cache set who really wrote it."""
     try:
         outputs = {name: FileRecord(**value) for name, value in data["outputs"].items()}
-        record = StepRecord(data["key"], data["kind"], outputs)
+        inputs = data.get("inputs")
+        if inputs is not None:
+            inputs = dict(inputs.items())
+        record = StepRecord(data["key"], data["kind"], outputs, inputs)
     except (KeyError, TypeError, AttributeError):
         return None
     # Names become paths (objects/<sha>, out/<name>): anything else is damage, not a record.
@@ -103,16 +156,21 @@ def parse_record(data: object, key: str) -> StepRecord | None:
         for name, item in outputs.items()
     ):
         return None
+    if inputs is not None and not all(isinstance(name, str) and isinstance(sha, str) and SHA256.match(sha) for name, sha in inputs.items()):
+        return None
     return record
 
 
 def record_fields(record: StepRecord) -> dict:
-    """The JSON fields of a record, as the store writes them (and a remote record signs them)."""
-    return {
+    """The JSON fields of a record that a remote record signs (the store adds its writer)."""
+    fields = {
         "key": record.key,
         "kind": record.kind,
         "outputs": {name: {"sha256": value.sha256, "size": value.size} for name, value in sorted(record.outputs.items())},
     }
+    if record.inputs is not None:
+        fields["inputs"] = dict(sorted(record.inputs.items()))
+    return fields
 
 
 def storage_error(error: OSError, what: str) -> StoreError:
@@ -198,11 +256,19 @@ class Store:
             return None
         except ValueError:
             return None  # a damaged record is a missing record: the step runs again
-        return parse_record(data, key)
+        record = parse_record(data, key)
+        if record is None:
+            return None
+        writer = data.get("writer")
+        if writer is not None and not (writer == BUILT_HERE or (isinstance(writer, str) and writer.startswith(SIGNED))):
+            return None
+        return dataclasses.replace(record, writer=writer)
 
     def put_record(self, record: StepRecord) -> None:
         path = self._record_path(record.key)
         payload = record_fields(record)
+        if record.writer is not None:
+            payload["writer"] = record.writer
         write_atomic(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode(), temporary_dir=self._session_dir())
 
     def mark_used(self, key: str) -> None:

@@ -7,6 +7,7 @@ tests/test_hub.py (test_corrupted_file_on_the_server, test_damaged_cached_file_i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import pytest
 
 from modelforge import api
 from modelforge.errors import LockError, SourceError
+from modelforge.store import Store
 from safety_support import TEXT_ONLY, cli, make_project, record_figure, records, store_problems, tmp_entries, tree
 
 
@@ -152,20 +154,112 @@ def test_a_damaged_or_hostile_step_record_is_never_trusted(built, tmp_path):
     assert Path("/etc/passwd").exists()
 
 
-def test_a_record_swapped_for_other_content_is_caught_by_frozen_build_and_verify(built):
-    """The store is trusted storage: a record rewritten to name other (intact) objects makes a build
-    lay out the wrong bytes. The committed lock catches it: `build --frozen` never rewrites the lock,
-    and `verify` then fails."""
-    project, manifest, store, result = built
+def _swap_config(store: Path, content: bytes) -> tuple[str, str]:
+    """Rewrite the local record of the `assemble` step (the target `text`) so that its config.json
+    names other, intact bytes (adopted into the store under their hash). Returns (old, new) sha256."""
     record_path = next(p for p in (store / "steps").rglob("*.json") if json.loads(p.read_text())["kind"] == "assemble")
     record = json.loads(record_path.read_text())
-    other = next(item for outputs in records(store).values() for name, item in outputs.items() if name == "tokenizer_config.json")
-    record["outputs"]["config.json"] = other
+    sha = hashlib.sha256(content).hexdigest()
+    opened = Store(store)
+    try:
+        with opened.scratch("evil") as scratch:
+            (scratch / "config.json").write_bytes(content)
+            opened.adopt(scratch / "config.json", sha)
+    finally:
+        opened.close()
+    old = record["outputs"]["config.json"]["sha256"]
+    record["outputs"]["config.json"] = {"sha256": sha, "size": len(content)}
     record_path.write_text(json.dumps(record))
+    return old, sha
+
+
+def _evil_config(directory: Path) -> bytes:
+    config = json.loads((directory / "config.json").read_text())
+    config["architectures"] = ["EvilForCausalLM"]
+    config["auto_map"] = {"AutoModelForCausalLM": "evil.EvilForCausalLM"}
+    return json.dumps(config).encode()
+
+
+def test_a_record_swapped_for_other_content_is_caught_by_frozen_build_and_verify(built):
+    """The store is trusted storage, but a record rewritten to name other (intact) objects must not
+    reach dist/: `build --frozen` compares every target file with the lock before laying anything
+    out, and refuses in one line naming the file and both hashes (exit 6)."""
+    project, manifest, store, result = built
+    before = tree(result.out_dir / "text")
+    old, new = _swap_config(store, _evil_config(result.out_dir / "text"))
     out = cli("build", str(manifest), "--store", str(store), "--frozen", cwd=project)
-    assert out.returncode == 0, out.stderr
-    checked = cli("verify", str(result.project.lock_path), cwd=project)
-    assert checked.returncode != 0 and "text/config.json" in checked.stderr
+    assert out.returncode == 6, out.stdout + out.stderr
+    (line,) = [line for line in out.stderr.splitlines() if line.startswith("error")]
+    assert "text/config.json" in line and old[:12] in line and new[:12] in line, line
+    assert tree(result.out_dir / "text") == before  # nothing reached dist/
+    assert cli("verify", str(result.project.lock_path), cwd=project).returncode == 0
+
+
+def test_a_plain_build_that_changes_a_pinned_output_warns_and_keeps_dist_until_the_lock_is_written(built):
+    project, manifest, store, result = built
+    before, lock_bytes = tree(result.out_dir / "text"), result.project.lock_path.read_bytes()
+    config = json.loads((result.out_dir / "text" / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration.OtherConfig"}  # other bytes the architecture check still passes
+    old, new = _swap_config(store, json.dumps(config).encode())
+    # Killed right before the new lock is written: dist/ still holds what the old lock pins.
+    out = cli("build", str(manifest), "--store", str(store), cwd=project, MODELFORGE_KILL_AT="build/lock:1")
+    assert out.returncode == -9, out.stdout + out.stderr
+    assert tree(result.out_dir / "text") == before
+    assert result.project.lock_path.read_bytes() == lock_bytes
+    warnings = [line for line in (out.stdout + out.stderr).splitlines() if "text/config.json" in line]
+    assert len(warnings) == 1 and "warning" in warnings[0] and f"{old[:12]}" in warnings[0] and f"{new[:12]}" in warnings[0], warnings
+
+
+def test_a_check_steps_record_is_revalidated_against_the_bytes_it_is_used_with(built):
+    """text.check's record says "these tensors fit the config"; once the config it is used with is
+    other bytes, the record no longer speaks for them and the check runs again."""
+    project, manifest, store, result = built
+    config = json.loads((result.out_dir / "text" / "config.json").read_text())
+    config["note"] = "other bytes, same architecture"
+    _swap_config(store, json.dumps(config).encode())
+    again = api.build(manifest, store_dir=store)
+    assert again.ran == ["text.check"]
+    assert api.build(manifest, store_dir=store).ran == []  # its new record names what it checked
+
+
+def test_a_signed_record_pulled_with_other_config_bytes_is_refused_by_a_frozen_build(tmp_path, monkeypatch):
+    """A fresh CI store pulls, from a file:// cache, a record signed by a trusted (leaked) key that
+    names other bytes for config.json (an EvilForCausalLM with an auto_map): `build --frozen
+    --cache-read-only` refuses, and nothing is written under dist/."""
+    from modelforge.lock import read_lock
+    from modelforge.signing import generate, load_signing_key
+
+    project = make_project(tmp_path / "project")
+    manifest = project / "manifests" / f"{TEXT_ONLY}.yaml"
+    key_path = tmp_path / "keys" / "ci.key"
+    monkeypatch.setenv("MODELFORGE_SIGNING_KEY", str(key_path))
+    public = generate("ci-1", key_path)
+    cache = tmp_path / "nfs" / "cache"
+    (project / "modelforge.toml").write_text(f'[cache]\nurl = "file://{cache}"\ntrusted_keys = ["{public.text}"]\n')
+    first = api.build(manifest, store_dir=tmp_path / "a" / "store", out=tmp_path / "a" / "dist")
+    assert first.ran
+    key = read_lock(first.project.lock_path).steps["text"].key
+    record_file = cache / "steps" / key[:2] / f"{key}.json"
+    document = json.loads(record_file.read_text())
+    evil = _evil_config(tmp_path / "a" / "dist" / "text")
+    sha = hashlib.sha256(evil).hexdigest()
+    (cache / "objects" / sha[:2]).mkdir(parents=True, exist_ok=True)
+    (cache / "objects" / sha[:2] / sha).write_bytes(evil)
+    old = document["record"]["outputs"]["config.json"]["sha256"]
+    document["record"]["outputs"]["config.json"] = {"sha256": sha, "size": len(evil)}
+    signer = load_signing_key(key_path)
+    fields = json.dumps(document["record"], sort_keys=True, separators=(",", ":")).encode()
+    document["signature"] = {"key": signer.public().text, "value": signer.sign(fields)}
+    record_file.write_text(json.dumps(document))
+
+    out = cli(
+        "build", str(manifest), "--frozen", "--cache-read-only", "--store", str(tmp_path / "b" / "store"), "--out", str(tmp_path / "b" / "dist"),
+        cwd=project,
+    )
+    assert out.returncode == 6, out.stdout + out.stderr
+    (line,) = [line for line in out.stderr.splitlines() if line.startswith("error")]
+    assert "text/config.json" in line and old[:12] in line and sha[:12] in line and "--frozen" in line, line
+    assert not (tmp_path / "b" / "dist" / "text").exists()
 
 
 def test_source_dir_and_frozen_builds_refuse_a_flipped_source_byte(built, tmp_path):

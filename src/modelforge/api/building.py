@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from modelforge.api.caching import remote_for
+from modelforge.api.caching import remote_for, trusted_writers
 from modelforge.api.gathering import gather
 from modelforge.api.locking import CHECK_REPORTS, make_lock
 from modelforge.api.planning import opened, plan_for, previous_steps, tools_of
 from modelforge.api.project import Project, open_project
 from modelforge.errors import ConfigError, LockError
-from modelforge.executor import Reporter, SilentReporter, materialize, run_plan, statuses
-from modelforge.lock import Lock, differences, read_lock, write_lock
+from modelforge.executor import Reporter, SilentReporter, materialize_targets, run_plan, statuses
+from modelforge.lock import Lock, differences, read_lock, read_lock_or_none, write_lock
 from modelforge.plan import Plan
-from modelforge.store import LINK_FROM, Materialized, Store, default_store_dir
+from modelforge.store import LINK_FROM, FileRecord, Materialized, Store, default_store_dir, fault_point
 
 EXECUTORS = ("local", "ray")
 
@@ -105,6 +105,7 @@ def build(
     reporter = reporter or SilentReporter()
     project = open_project(manifest_path)
     remote = remote_for(project.root, cache, cache_read_only, reporter)
+    trusted = trusted_writers(project.root)
     with opened(project, store_dir, source_dir, reporter, need_weights=True) as (store, gathered, the_plan):
         toolchain = tools_of(the_plan)
         if the_plan.facts.get("memory"):
@@ -112,23 +113,28 @@ def build(
             # run (a step the remote cache has is pulled, not run).
             from modelforge.memory import refuse_if_too_large
 
-            to_run = [status.name for status in statuses(the_plan, store, toolchain, {}, remote) if not status.cached and not status.remote]
+            to_run = [
+                status.name for status in statuses(the_plan, store, toolchain, {}, remote, trusted) if not status.cached and not status.remote
+            ]
             refuse_if_too_large(the_plan.facts["memory"], to_run, memory_limit)
+        admit = None
         if frozen:
             _check_frozen(project, make_lock(project, the_plan, toolchain, store))
+            pinned, targets = read_lock(project.lock_path), {target.node: target.name for target in the_plan.targets}
+
+            def admit(step, record) -> None:
+                # A target's record is held to the lock the moment it is known: before a check runs on it, or it is pushed.
+                if step.name in targets:
+                    _check_outputs_frozen(project, pinned, {targets[step.name]: record.outputs})
+
         result = BuildResult(project, the_plan)
         records = run_plan(
-            the_plan, store, gathered.paths, toolchain, previous_steps(project), _Counting(reporter, result), result.measurements, remote
+            the_plan, store, gathered.paths, toolchain, previous_steps(project), _Counting(reporter, result), result.measurements, remote,
+            trusted, admit,
         )
         result.out_dir = Path(out) if out else project.default_out
-        for target in the_plan.targets:
-            placed = materialize(records[target.node].outputs, store, result.out_dir / target.name)
-            result.materialized[target.name] = placed
-            reporter.message(describe_materialized(result.out_dir / target.name, placed))
-        fresh = make_lock(project, the_plan, toolchain, store)
-        result.checks = dict(fresh.checks)
-        if write_lockfile and not frozen:
-            result.lock_written = write_lock(project.lock_path, fresh)
+        outputs = {target.name: records[target.node].outputs for target in the_plan.targets}
+        _lay_out(result, outputs, make_lock(project, the_plan, toolchain, store), store, frozen, write_lockfile, reporter)
         return result
 
 
@@ -199,17 +205,82 @@ def _build_on_ray(
         for job, result in zip(jobs, results):
             project, the_plan = result.project, result.plan
             result.out_dir = Path(out) if out else project.default_out
-            for target in the_plan.targets:
-                placed = materialize(job.records[target.node].outputs, store, result.out_dir / target.name)
-                result.materialized[target.name] = placed
-                reporter.message(describe_materialized(result.out_dir / target.name, placed))
-            fresh = make_lock(project, the_plan, job.toolchain, store)
-            result.checks = dict(fresh.checks)
-            if write_lockfile and not frozen:
-                result.lock_written = write_lock(project.lock_path, fresh)
+            outputs = {target.name: job.records[target.node].outputs for target in the_plan.targets}
+            _lay_out(result, outputs, make_lock(project, the_plan, job.toolchain, store), store, frozen, write_lockfile, reporter)
         return results
     finally:
         store.close()
+
+
+def _lay_out(
+    result: BuildResult, outputs: dict[str, Mapping[str, FileRecord]], fresh: Lock, store: Store, frozen: bool, write_lockfile: bool,
+    reporter: Reporter,
+) -> None:
+    """Put the built targets under result.out_dir, bound by the lock. --frozen: every target file
+    must be the one the lock pins, checked before anything reaches dist/. Otherwise a pinned output
+    that changes is a warning, and dist/ keeps what the old lock pins until the new lock is written
+    (the targets are staged, the lock written, then each target swapped in)."""
+    project = result.project
+    result.checks = dict(fresh.checks)
+    pinned = read_lock(project.lock_path) if frozen else read_lock_or_none(project.lock_path)
+    if frozen:
+        _check_outputs_frozen(project, pinned, outputs)
+    elif pinned is not None:
+        changed = _changed_outputs(pinned, outputs)
+        if changed:
+            shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+            reporter.message(
+                f"warning: this build changes what {project.lock_path.name} pins: {shown}; the lock is rewritten to pin the new bytes: "
+                "review that diff (an input changed, the build is not reproducible, or a cached record names other bytes)"
+            )
+
+    def write_the_lock() -> None:
+        if write_lockfile and not frozen:
+            fault_point("build/lock")
+            result.lock_written = write_lock(project.lock_path, fresh)
+
+    names = list(outputs)  # the plan's order
+    placed = materialize_targets([(outputs[name], result.out_dir / name) for name in names], store, before_swap=write_the_lock)
+    for name, files in zip(names, placed):
+        result.materialized[name] = files
+        reporter.message(describe_materialized(result.out_dir / name, files))
+
+
+def _check_outputs_frozen(project: Project, pinned: Lock, outputs: dict[str, Mapping[str, FileRecord]]) -> None:
+    for name, files in sorted(outputs.items()):
+        locked = pinned.targets.get(name)
+        if locked is None or locked.files is None:
+            raise LockError(
+                f"--frozen: {project.lock_path.name} pins no files for target {name} (never built); nothing was written to dist/: "
+                f"build without --frozen, then commit the lock"
+            )
+        differing = sorted(file for file in set(files) | set(locked.files) if _sha(files.get(file)) != _sha(locked.files.get(file)))
+        if differing:
+            first = differing[0]
+            more = f" (and {len(differing) - 1} more file(s))" if len(differing) > 1 else ""
+            raise LockError(
+                f"--frozen: {name}/{first} is sha256 {_sha(files.get(first)) or 'absent'} in this build but {_sha(locked.files.get(first)) or 'absent'} "
+                f"in {project.lock_path.name}{more}; nothing was written to dist/: a cached or pulled record names other bytes, or the "
+                "build is not reproducible (build with --cache '' and a fresh --store to tell which)"
+            )
+
+
+def _changed_outputs(pinned: Lock, outputs: dict[str, Mapping[str, FileRecord]]) -> list[str]:
+    """"target/file old…→new…" for every file whose pinned sha256 this build changes."""
+    changed = []
+    for name, files in sorted(outputs.items()):
+        locked = pinned.targets.get(name)
+        if locked is None or locked.files is None:
+            continue
+        for file in sorted(set(files) | set(locked.files)):
+            old, new = _sha(locked.files.get(file)), _sha(files.get(file))
+            if old != new:
+                changed.append(f"{name}/{file} {old[:12] + '…' if old else 'absent'}→{new[:12] + '…' if new else 'absent'}")
+    return changed
+
+
+def _sha(item) -> str | None:
+    return None if item is None else item.sha256
 
 
 def _check_frozen(project: Project, fresh: Lock) -> None:

@@ -18,7 +18,7 @@ from modelforge.lock import Lock, read_lock
 from modelforge.project_config import load_project_config
 from modelforge.remote import RemoteCache, object_path, open_remote
 from modelforge.signing import PublicKey, default_key_path, generate, load_signing_key
-from modelforge.store import Store, default_store_dir
+from modelforge.store import BUILT_HERE, Store, default_store_dir, describe_writer, unusable_because
 
 CACHE_ENV = "MODELFORGE_CACHE"
 
@@ -55,6 +55,12 @@ def remote_for(root: Path, cache: str | None = None, read_only: bool = False, re
     return remote
 
 
+def trusted_writers(root: Path) -> frozenset[str]:
+    """The public keys (name:base64) whose pulled records this project's builds may use: those
+    modelforge.toml's cache.trusted_keys lists now, whether or not a remote cache is in use."""
+    return frozenset(key.text for key in load_project_config(root).cache.public_keys())
+
+
 def _required_remote(root: Path, cache: str | None, read_only: bool = False) -> RemoteCache:
     remote = remote_for(root, cache, read_only)
     if remote is None:
@@ -79,13 +85,18 @@ class Transfer:
 
     done: list[str] = field(default_factory=list)  # pushed, or pulled
     present: list[str] = field(default_factory=list)  # already there (remote for a push, local for a pull)
-    missing: list[str] = field(default_factory=list)  # not pushable (not built here) or not pullable (with why)
+    missing: list[str] = field(default_factory=list)  # not pushable (absent, or not built here) or not pullable (with why)
     out_dir: Path | None = None
 
 
 def push(lock_path: Path, *, cache: str | None = None, store_dir: Path | None = None) -> Transfer:
-    """Push every step of the lock that the local store holds intact: objects, then signed records."""
-    the_lock = read_lock(Path(lock_path))
+    """Push every step of the lock that the local store holds intact and that this machine built:
+    objects, then signed records. A pulled record is never re-signed (it keeps its signer's
+    signature, and its signer's revocation); a record of an older modelforge, which does not say who
+    wrote it, is not pushed either. The targets' records must name the lock's files, or nothing is
+    pushed."""
+    lock_path = Path(lock_path)
+    the_lock = read_lock(lock_path)
     remote = _required_remote(project_root_of_lock(lock_path), cache)
     if not remote.can_push:
         raise RemoteError(
@@ -95,11 +106,17 @@ def push(lock_path: Path, *, cache: str | None = None, store_dir: Path | None = 
     result = Transfer()
     store = Store(store_dir or default_store_dir())
     try:
+        pushable = {}
         for name, step in sorted(the_lock.steps.items()):
             record = store.get_record(step.key)
-            if record is None or not all(store.has_object(item) for item in record.outputs.values()):
+            if record is None or not all(store.has_object(item) for item in record.outputs.values()) or record.writer != BUILT_HERE:
                 result.missing.append(name)
                 continue
+            pushable[name] = record
+        for target_name, target in sorted(the_lock.targets.items()):
+            if target.node in pushable and target.files is not None:
+                _check_against_lock(lock_path, the_lock, target_name, pushable[target.node].outputs)
+        for name, record in pushable.items():
             (result.done if remote.push(record, store) else result.present).append(name)
     finally:
         store.close()
@@ -123,6 +140,7 @@ def pull(
     the_lock = read_lock(lock_path)
     root = project_root_of_lock(lock_path)
     remote = _required_remote(root, cache, read_only=True)
+    trusted = trusted_writers(root)
     wanted = sorted(the_lock.steps) if every_step else sorted({target.node for target in the_lock.targets.values()})
     result = Transfer()
     problems: dict[str, str] = {}
@@ -133,7 +151,8 @@ def pull(
             key = the_lock.steps[name].key
             with store.lock(key):
                 record = store.get_record(key)
-                if record is not None and all(store.has_object(item) for item in record.outputs.values()):
+                usable = record is not None and unusable_because(record, trusted) is None
+                if usable and all(store.has_object(item) for item in record.outputs.values()):
                     records[name] = record
                     result.present.append(name)
                     continue
@@ -203,6 +222,32 @@ def referenced_keys(root: Path, *, strict: bool = False) -> dict[str, list[str]]
         for name, step in the_lock.steps.items():
             found.setdefault(step.key, []).append(f"{the_lock.manifest.name}:{name}")
     return found
+
+
+@dataclass(frozen=True)
+class LocalEntry:
+    key: str
+    kind: str
+    writer: str  # in words: built here, pulled and signed by whom, or unknown
+    problem: str | None  # why builds do not use it (a revoked signer, an unknown writer), or None
+    steps: tuple[str, ...]
+
+
+def local_records(root: Path, store_dir: Path | None = None) -> list[LocalEntry]:
+    """Every record of the local store with who wrote it, and why builds of this project would not
+    use it (a signer no longer in cache.trusted_keys, or an older record that does not say)."""
+    trusted = trusted_writers(root)
+    names = referenced_keys(root)
+    store = Store(store_dir or default_store_dir())
+    try:
+        entries = []
+        for key, _used in sorted(store.record_entries()):
+            record = store.get_record(key)
+            if record is not None:
+                entries.append(LocalEntry(key, record.kind, describe_writer(record.writer), unusable_because(record, trusted), tuple(names.get(key, ()))))
+        return entries
+    finally:
+        store.close()
 
 
 def ls(root: Path, *, cache: str | None = None) -> list[RemoteEntry]:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Mapping
 
+from modelforge.api.caching import trusted_writers
 from modelforge.api.planning import opened, tools_of
 from modelforge.api.project import Project, open_project
 from modelforge.errors import LockError
@@ -28,7 +29,7 @@ from modelforge.lock import (
 )
 from modelforge.manifest import changed_fields, manifest_digest
 from modelforge.plan import Plan, compute_keys
-from modelforge.store import Store
+from modelforge.store import Store, unusable_because
 
 
 # Steps whose report the lock records under `checks`: step kind → the report's file.
@@ -56,15 +57,22 @@ def make_lock(project: Project, the_plan: Plan, toolchain: Mapping[str, str], st
         )
     keys = compute_keys(the_plan, toolchain)
     origin = the_plan.source.origin
+    trusted = trusted_writers(project.root)
+
+    def usable(key: str):
+        # A record a revoked key signed (or one that does not say who wrote it) pins nothing.
+        record = store.get_record(key)
+        return record if record is not None and unusable_because(record, trusted) is None else None
+
     targets = {}
     for target in the_plan.targets:
-        record = store.get_record(keys[target.node]["key"])
+        record = usable(keys[target.node]["key"])
         files = {name: LockedFile(sha256=item.sha256, size=item.size) for name, item in record.outputs.items()} if record else None
         targets[target.name] = LockedTarget(kind=target.kind, node=target.node, files=files)
     checks = {}
     for step in the_plan.steps:
         report = CHECK_REPORTS.get(step.kind)
-        record = store.get_record(keys[step.name]["key"]) if report else None
+        record = usable(keys[step.name]["key"]) if report else None
         if record is not None and report in record.outputs:
             checks[step.name] = stable_report(json.loads(store.object_path(record.outputs[report].sha256).read_text()))
     return Lock(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelforge.api.caching import remote_for
+from modelforge.api.caching import remote_for, trusted_writers
 from modelforge.api.gathering import Gathered, gather
 from modelforge.api.project import Project, open_project
 from modelforge.errors import LockError
@@ -71,4 +71,4 @@ def plan(
         toolchain = tools_of(the_plan)
         previous = {} if gathered.planned_from else previous_steps(project)
         remote = None if gathered.planned_from else remote_for(project.root, cache, read_only=True, reporter=reporter)
-        return PlanReport(project, the_plan, toolchain, statuses(the_plan, store, toolchain, previous, remote), gathered.planned_from)
+        return PlanReport(project, the_plan, toolchain, statuses(the_plan, store, toolchain, previous, remote, trusted_writers(project.root)), gathered.planned_from)
