@@ -102,7 +102,7 @@ def statuses(
         key, parts = keys[step.name]["key"], keys[step.name]["parts"]
         record = store.get_record(key)
         damaged = record is not None and not all(store.has_object(item) for item in record.outputs.values())
-        problem = None if record is None or damaged else _unusable(step, record, input_digests(plan, step, usable), trusted)
+        problem = None if record is None or damaged else unusable_record(step, record, input_digests(plan, step, usable), trusted)
         if record is not None and not damaged and problem is None:
             usable[step.name] = record
             result.append(NodeStatus(step.name, step.kind, key, parts, True, "cached"))
@@ -141,7 +141,7 @@ def input_digests(plan: Plan, step: StepNode, records: Mapping[str, StepRecord])
     return digests
 
 
-def _unusable(step: StepNode, record: StepRecord, actual: Mapping[str, str] | None, trusted: Collection[str]) -> str | None:
+def unusable_record(step: StepNode, record: StepRecord, actual: Mapping[str, str] | None, trusted: Collection[str]) -> str | None:
     """Why a record (local, or just pulled) must not stand for this step here, or None: its writer is
     not trusted any more, or it was made from (a check: it judged) other bytes than the inputs now."""
     problem = unusable_because(record, trusted)
@@ -180,7 +180,7 @@ def run_plan(
     measure themselves (seconds, peak memory of a worker) leave that in `measurements`. With a
     remote cache, a local miss is looked up there before running, and a step that ran is pushed
     (when the cache may be written): a failed push is a warning, never a failed build. A record
-    is used only when usable (see _unusable; trusted: the public keys whose pulled records are).
+    is used only when usable (see unusable_record; trusted: the public keys whose pulled records are).
     admit, when given, sees each step's record (cached, pulled or made) before any later step uses
     it, and raises to refuse it (`build --frozen` refuses a target the lock does not pin)."""
     keys = compute_keys(plan, toolchain)
@@ -191,7 +191,7 @@ def run_plan(
         with store.lock(key):
             record = store.get_record(key)
             damaged = record is not None and not all(store.has_object(item) for item in record.outputs.values())
-            problem = None if record is None or damaged else _unusable(step, record, input_digests(plan, step, records), trusted)
+            problem = None if record is None or damaged else unusable_record(step, record, input_digests(plan, step, records), trusted)
             if record is not None and not damaged and problem is None:
                 if admit is not None:
                     admit(step, record)
@@ -208,7 +208,7 @@ def run_plan(
                     reporter.message(f"warning: {error}; this build goes on without the remote cache")
                     pulled = remote = None
                 if pulled is not None:
-                    stale = _unusable(step, pulled, input_digests(plan, step, records), trusted)
+                    stale = unusable_record(step, pulled, input_digests(plan, step, records), trusted)
                     if stale is None:
                         if admit is not None:
                             admit(step, pulled)

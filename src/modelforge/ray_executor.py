@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from modelforge.errors import ClusterError, ModelforgeError, PlanError, RemoteError, SourceError, StepFailed
-from modelforge.executor import Reporter, explain, run_step
+from modelforge.executor import Reporter, explain, input_digests, run_step, unusable_record
 from modelforge.plan import Plan, StepNode, compute_keys
 from modelforge.remote import RemoteCache
 from modelforge.store import FileRecord, StepRecord, Store, default_store_dir, parse_record, record_fields
@@ -69,6 +69,7 @@ class Job:
     measurements: dict[str, dict[str, Any]] = field(default_factory=dict)
     records: dict[str, StepRecord] = field(default_factory=dict)
     placements: dict[str, str] = field(default_factory=dict)  # step that ran → the Ray node id it ran on
+    trusted: frozenset[str] = frozenset()  # public keys whose pulled records are still usable (revocation)
 
 
 def import_ray():
@@ -164,26 +165,35 @@ class _Driver:
         keys_of = {id(job): compute_keys(job.plan, job.toolchain) for job in self.jobs}
         for job in self.jobs:
             keys = keys_of[id(job)]
+            at_hand: dict[str, StepRecord] = {}  # this job's steps with a record known: the inputs a record is checked against
             for step in job.plan.steps:
                 key = keys[step.name]["key"]
+                if key in known:
+                    at_hand[step.name] = known[key]
                 if key in known or key in refs:
                     continue
+                # The local executor's rule: a record is used only when usable (its writer still trusted,
+                # a check's verdict made from the very bytes it would stand for).
                 record = self.store.get_record(key)
                 damaged = record is not None and not all(self.store.has_object(item) for item in record.outputs.values())
-                if record is not None and not damaged:
+                problem = None if record is None or damaged else unusable_record(step, record, input_digests(job.plan, step, at_hand), job.trusted)
+                if record is not None and not damaged and problem is None:
                     self.store.mark_used(key)
-                    known[key] = record
+                    known[key] = at_hand[step.name] = record
                     continue
                 found = self.remote.lookup(key)
-                if found.problem is not None:
+                remote_problem = found.problem
+                if remote_problem is None and found.record is not None:
+                    remote_problem = unusable_record(step, found.record, input_digests(job.plan, step, at_hand), job.trusted)
+                if remote_problem is not None:
                     job.reporter.message(
-                        f"warning: step {job.label}{step.name}: the remote record {key[:12]}… in {self.remote.url} {found.problem}; ignored, the step runs"
+                        f"warning: step {job.label}{step.name}: the remote record {key[:12]}… in {self.remote.url} {remote_problem}; ignored, the step runs"
                     )
                 elif found.record is not None:
-                    known[key] = found.record
+                    known[key] = at_hand[step.name] = found.record
                     in_remote.add(key)
                     continue
-                reason = "output damaged or missing in the store" if damaged else explain(keys[step.name]["parts"], job.previous.get(step.name))
+                reason = "output damaged or missing in the store" if damaged else problem or explain(keys[step.name]["parts"], job.previous.get(step.name))
                 to_run.append((job, step, key, reason))
                 refs[key] = None  # placeholder: submitted below, in plan order
         self._refuse_what_fits_nowhere(to_run)

@@ -197,7 +197,7 @@ def _build_on_ray(
             needed = {target.node for target in the_plan.targets} | {step.name for step in the_plan.steps if step.kind in CHECK_REPORTS}
             job = ray_executor.Job(
                 the_plan, gathered.paths, toolchain, previous_steps(project), _Counting(reporter, result, label), frozenset(needed), label,
-                measurements=result.measurements, placements=result.placements,
+                measurements=result.measurements, placements=result.placements, trusted=frozenset(trusted_writers(project.root)),
             )
             jobs.append(job)
             results.append(result)
