@@ -6,10 +6,12 @@ steps, and ray inside ray_executor."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from modelforge.api.attesting import attest
 from modelforge.api.caching import remote_for
 from modelforge.api.gathering import gather
 from modelforge.api.locking import CHECK_REPORTS, make_lock
@@ -37,6 +39,7 @@ class BuildResult:
     materialized: dict[str, list[Materialized]] = field(default_factory=dict)  # per target: how each file was laid out
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)  # the lock's `checks`: parity and architecture reports
     placements: dict[str, str] = field(default_factory=dict)  # --executor ray: step that ran → the Ray node id it ran on
+    started: float = field(default_factory=time.time)  # for the provenance's runDetails
 
 
 def describe_materialized(directory: Path, placed: list[Materialized]) -> str:
@@ -129,6 +132,7 @@ def build(
         result.checks = dict(fresh.checks)
         if write_lockfile and not frozen:
             result.lock_written = write_lock(project.lock_path, fresh)
+        attest(result, fresh, reporter)  # signed provenance beside each target's files
         return result
 
 
@@ -207,6 +211,7 @@ def _build_on_ray(
             result.checks = dict(fresh.checks)
             if write_lockfile and not frozen:
                 result.lock_written = write_lock(project.lock_path, fresh)
+            attest(result, fresh, reporter)  # signed provenance beside each target's files
         return results
     finally:
         store.close()
