@@ -256,14 +256,20 @@ def model_signing_command() -> list[str] | None:
     return [str(beside)] if beside.is_file() else None
 
 
-def _run_model_signing(arguments: list[str]) -> subprocess.CompletedProcess:
+def require_model_signing() -> list[str]:
     command = model_signing_command()
     if command is None:
         raise ConfigError(
             f"the model_signing command (pip install model-signing==1.1.1 pyopenssl) is not found; run tools/setup.sh, which makes "
             f".venv-sign/, or set ${TOOL_ENV} to its path"
         )
-    return subprocess.run([*command, "--log-level", "WARNING", *arguments], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return command
+
+
+def _run_model_signing(arguments: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*require_model_signing(), "--log-level", "WARNING", *arguments], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )
 
 
 def sign_files(directory: Path, key_path: Path) -> None:

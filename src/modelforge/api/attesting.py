@@ -36,8 +36,9 @@ def check_signing_ready(sign_key: Path | None = None) -> None:
     if path is None:
         return
     provenance.load_private_key(path)
-    if provenance.model_signing_command() is None:
-        provenance._run_model_signing([])  # raises the one-line ConfigError saying how to install it
+    provenance.require_model_signing()
+    if not provenance.libraries_installed():
+        provenance._import_libraries()  # the one-line ConfigError saying what to install
 
 
 def attest(result: Any, lock: Lock, reporter: Reporter) -> dict[str, Path]:

@@ -1,6 +1,7 @@
 """Verifying: built files, published artifacts and sources re-hashed against a lock, and the
 reproducibility proof (`check_rebuild`: a rebuild in an empty store, compared byte for byte).
-Imports api.building (check_rebuild rebuilds), api.planning, api.project and lock, hashing, store."""
+Imports api.building (check_rebuild rebuilds), api.planning, api.project and lock, hashing, store,
+provenance (the names of the signature files beside a target's, which the lock does not list)."""
 
 from __future__ import annotations
 
