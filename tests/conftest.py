@@ -28,6 +28,8 @@ def isolated_environment(tmp_path_factory, monkeypatch):
     # No test may push to or pull from a developer's shared cache, or sign with their key.
     monkeypatch.delenv("MODELFORGE_CACHE", raising=False)
     monkeypatch.setenv("MODELFORGE_SIGNING_KEY", str(home / "no-signing-key"))
+    for name in ("MODELFORGE_PROVENANCE_KEY", "MODELFORGE_PROVENANCE_PUBLIC_KEY", "MODELFORGE_BUILDER_ID"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

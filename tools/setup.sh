@@ -12,6 +12,10 @@ python3 -m venv .venv
 # gigabytes of CUDA packages.
 .venv/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
 .venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+# The model_signing command that signs and checks each target's files (docs/provenance.md), in an
+# environment of its own: its dependencies conflict with the edge toolchain's (tools/model-signing.txt).
+python3 -m venv .venv-sign
+.venv-sign/bin/pip install --quiet --disable-pip-version-check -r tools/model-signing.txt
 
 if [ -f web/package-lock.json ] && command -v npm >/dev/null; then
     npm ci --prefix web --no-audit --no-fund --loglevel=error

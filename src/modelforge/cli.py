@@ -164,16 +164,26 @@ def main() -> None:
     "outputs travel through the remote cache, which must be set; needs `pip install 'modelforge[ray]'`).",
 )
 @click.option("--address", default=None, metavar="HOST:PORT", help="The Ray cluster's head (default: env RAY_ADDRESS, else the cluster started on this machine).")
+@click.option(
+    "--sign-key", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="KEY.pem",
+    help="EC P-256/384/521 private key (PEM) that signs each target's provenance and files (default: env MODELFORGE_PROVENANCE_KEY; "
+    "none: the provenance is written unsigned). See docs/provenance.md.",
+)
 @_handle_errors
 def build(
     manifests: tuple[Path, ...], out: Path | None, source_dir: Path | None, store_dir: Path | None, frozen: bool, cache: str | None,
-    cache_read_only: bool, memory_limit: str | None, executor: str, address: str | None,
+    cache_read_only: bool, memory_limit: str | None, executor: str, address: str | None, sign_key: Path | None,
 ) -> None:
     """Build every target of each MANIFEST, reusing what the store (then the remote cache) already has."""
     from modelforge import api
+    from modelforge.api.attesting import check_signing_ready
+    from modelforge.provenance import KEY_ENV
 
     if address is not None and executor != "ray":
         raise click.UsageError("--address names a Ray cluster; add --executor ray")
+    if sign_key is not None:
+        os.environ[KEY_ENV] = str(sign_key.absolute())  # the build's attest hook reads it
+    check_signing_ready()
     results = api.build_many(
         list(manifests), out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, reporter=RichReporter(), memory_limit=memory_limit,
         cache=cache, cache_read_only=cache_read_only, executor=executor, address=address,
@@ -320,25 +330,62 @@ def lock(manifests: tuple[Path, ...], source_dir: Path | None, store_dir: Path |
 
 
 @main.command()
-@click.argument("lockfile", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("lockfile", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.argument("artifacts", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=None, help="The built outputs (default: dist/<name>/ beside lock/).")
 @click.option("--sources", is_flag=True, help="Also re-hash the source files.")
 @source_dir_option
+@click.option(
+    "--provenance", "provenance_dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+    help="Instead of a lock: check a downloaded target directory against its signed provenance and model.sig (offline).",
+)
+@click.option(
+    "--key", "public_key", type=click.Path(dir_okay=False, path_type=Path), envvar="MODELFORGE_PROVENANCE_PUBLIC_KEY", default=None,
+    metavar="PUB.pem", help="With --provenance: the publisher's EC public key (default: env MODELFORGE_PROVENANCE_PUBLIC_KEY).",
+)
 @_handle_errors
-def verify(lockfile: Path, artifacts: tuple[Path, ...], directory: Path | None, sources: bool, source_dir: Path | None) -> None:
+def verify(
+    lockfile: Path | None, artifacts: tuple[Path, ...], directory: Path | None, sources: bool, source_dir: Path | None,
+    provenance_dir: Path | None, public_key: Path | None,
+) -> None:
     """Re-hash artifacts (and sources) against LOCKFILE; non-zero exit on any mismatch.
 
     With ARTIFACTS (files or directories someone downloaded or published), check those instead of
-    dist/: a file by its name, a directory as the target it matches."""
+    dist/: a file by its name, a directory as the target it matches. With --provenance DIR, no
+    lock: DIR's signed provenance and model.sig, checked with the publisher's --key."""
     from modelforge import api
 
+    if provenance_dir is not None:
+        if lockfile is not None:
+            raise click.UsageError("--provenance checks a downloaded directory without a lock; give no LOCKFILE")
+        _verify_provenance(provenance_dir, public_key)
+        return
+    if lockfile is None:
+        raise click.UsageError("give a LOCKFILE, or --provenance DIR --key PUB.pem for a downloaded target")
     if artifacts:
         problems = api.verify_artifacts(lockfile, list(artifacts))
     else:
         problems = api.verify(lockfile, directory=directory, sources=sources, source_dir=source_dir)
     _report_mismatches(problems, f"do not match {lockfile}; rebuild with `modelforge build` or find out who changed them")
     click.echo(f"ok: every file matches {lockfile}")
+
+
+def _verify_provenance(directory: Path, public_key: Path | None) -> None:
+    from modelforge.api.attesting import verify_provenance
+    from modelforge.errors import ProvenanceError
+
+    if public_key is None:
+        raise ProvenanceError(
+            f"{directory}: which key should have signed it? pass the publisher's public key with --key PUB.pem "
+            "(a key shipped beside the files proves nothing)"
+        )
+    report = verify_provenance(directory, public_key)
+    click.echo(f"source:   {report.source}")
+    click.echo(f"manifest: {report.manifest_path} (sha256 {report.manifest_digest})")
+    click.echo(f"signer:   {report.signer} (builder {report.builder})")
+    for line in check_lines(report.checks):
+        click.echo(line)
+    click.echo(f"ok: {report.files} file(s) of target {report.target} match the provenance signed by {report.signer}; model.sig verifies")
 
 
 def _report_mismatches(problems, advice: str) -> None:

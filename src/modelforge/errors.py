@@ -69,3 +69,7 @@ class ClusterError(ModelforgeError):
     """The Ray cluster is not installed, cannot be reached, or lost a step's workers beyond its retries."""
 
     exit_code = 8
+
+
+class ProvenanceError(LockError):
+    """Signed provenance is missing, unsigned, signed by another key, or does not match the files."""

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from modelforge.provenance import SIGNATURE_FILES
+
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
 FIXTURES = ROOT / "fixtures"
@@ -67,7 +69,8 @@ def sha256(path: Path) -> str:
 
 def tree(directory: Path) -> dict[str, str] | None:
     """relative path → sha256 of every file under directory (None if it does not exist); a symlink
-    or anything but a file or directory shows as such."""
+    or anything but a file or directory shows as such. The signed provenance beside a target's files
+    (it carries the build's times; tests/test_provenance.py checks it) is left out."""
     if not directory.exists() and not directory.is_symlink():
         return None
     if directory.is_symlink() or not directory.is_dir():
@@ -75,6 +78,8 @@ def tree(directory: Path) -> dict[str, str] | None:
     found = {}
     for path in sorted(directory.rglob("*")):
         relative = path.relative_to(directory).as_posix()
+        if relative in SIGNATURE_FILES:
+            continue
         if path.is_symlink():
             found[relative] = "symlink"
         elif path.is_file():

@@ -2,6 +2,7 @@
 Imports run one way: verifying → building → locking → planning → caching, gathering → project
 (schema stands alone); below them executor, planner, store, lock, manifest; never torch. This file only re-exports."""
 
+from modelforge.api.attesting import ProvenanceReport, verify_provenance
 from modelforge.api.building import BuildResult, build, build_many, describe_materialized
 from modelforge.api import caching
 from modelforge.api.gathering import Gathered, gather, web_runtime_facts
@@ -17,6 +18,7 @@ __all__ = [
     "Gathered",
     "Mismatch",
     "PlanReport",
+    "ProvenanceReport",
     "Project",
     "build",
     "build_many",
@@ -35,5 +37,6 @@ __all__ = [
     "tools_of",
     "verify",
     "verify_artifacts",
+    "verify_provenance",
     "web_runtime_facts",
 ]

@@ -6,10 +6,12 @@ steps, and ray inside ray_executor."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from modelforge.api.attesting import attest
 from modelforge.api.caching import remote_for, trusted_writers
 from modelforge.api.gathering import gather
 from modelforge.api.locking import CHECK_REPORTS, make_lock
@@ -37,6 +39,7 @@ class BuildResult:
     materialized: dict[str, list[Materialized]] = field(default_factory=dict)  # per target: how each file was laid out
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)  # the lock's `checks`: parity and architecture reports
     placements: dict[str, str] = field(default_factory=dict)  # --executor ray: step that ran → the Ray node id it ran on
+    started: float = field(default_factory=time.time)  # for the provenance's runDetails
 
 
 def describe_materialized(directory: Path, placed: list[Materialized]) -> str:
@@ -134,7 +137,9 @@ def build(
         )
         result.out_dir = Path(out) if out else project.default_out
         outputs = {target.name: records[target.node].outputs for target in the_plan.targets}
-        _lay_out(result, outputs, make_lock(project, the_plan, toolchain, store), store, frozen, write_lockfile, reporter)
+        fresh = make_lock(project, the_plan, toolchain, store)
+        _lay_out(result, outputs, fresh, store, frozen, write_lockfile, reporter)
+        attest(result, fresh, reporter)  # signed provenance beside each target's files
         return result
 
 
@@ -206,7 +211,9 @@ def _build_on_ray(
             project, the_plan = result.project, result.plan
             result.out_dir = Path(out) if out else project.default_out
             outputs = {target.name: job.records[target.node].outputs for target in the_plan.targets}
-            _lay_out(result, outputs, make_lock(project, the_plan, job.toolchain, store), store, frozen, write_lockfile, reporter)
+            fresh = make_lock(project, the_plan, job.toolchain, store)
+            _lay_out(result, outputs, fresh, store, frozen, write_lockfile, reporter)
+            attest(result, fresh, reporter)  # signed provenance beside each target's files
         return results
     finally:
         store.close()

@@ -1,6 +1,7 @@
 """Verifying: built files, published artifacts and sources re-hashed against a lock, and the
 reproducibility proof (`check_rebuild`: a rebuild in an empty store, compared byte for byte).
-Imports api.building (check_rebuild rebuilds), api.planning, api.project and lock, hashing, store."""
+Imports api.building (check_rebuild rebuilds), api.planning, api.project and lock, hashing, store,
+provenance (the names of the signature files beside a target's, which the lock does not list)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from modelforge.executor import Reporter
 from modelforge.hashing import hash_file
 from modelforge.lock import LockedFile, read_lock
 from modelforge.plan import compute_keys
+from modelforge.provenance import SIGNATURE_FILES
 from modelforge.store import Store
 
 
@@ -132,6 +134,6 @@ def _compare(base: Path, files: Mapping[str, LockedFile], label: str, extra_ok: 
     if not extra_ok and base.is_dir():
         for path in sorted(base.rglob("*")):
             relative = path.relative_to(base).as_posix()
-            if path.is_file() and relative not in files:
+            if path.is_file() and relative not in files and relative not in SIGNATURE_FILES:
                 problems.append(Mismatch(label + relative, "not in the lock"))
     return problems

@@ -831,11 +831,30 @@ function stop() {
 // Start-up
 // ---------------------------------------------------------------------------------------------
 
+// The signed provenance beside the bundle's files (docs/provenance.md): where the model was built
+// from and whose key signed it. Shown, not checked: a page cannot vouch for the server that sends
+// it, so the signature is checked with `modelforge verify --provenance` before the bundle is served.
+async function showProvenance() {
+  const response = await fetch("provenance.intoto.jsonl", { cache: "no-cache" });
+  if (!response.ok) return;
+  const envelope = JSON.parse((await response.text()).split("\n")[0]);
+  const payload = Uint8Array.from(atob(envelope.payload), (c) => c.charCodeAt(0));
+  const statement = JSON.parse(new TextDecoder().decode(payload));
+  const origin = statement.predicate?.buildDefinition?.resolvedDependencies?.[0]?.annotations || {};
+  const source = origin.kind === "hub" ? `${origin.repo}@${String(origin.revision).slice(0, 7)}` : `${origin.path} (local)`;
+  const keyid = envelope.signatures?.[0]?.keyid;
+  const signer = keyid ? `key ${keyid.slice(0, 19)}…` : "nobody (unsigned)";
+  $("provenance").textContent = `Built from ${source} by ${signer}; this page does not check the signature: ` +
+    "check the files with `modelforge verify --provenance`.";
+  $("provenance").hidden = false;
+}
+
 async function main() {
   setPhase("loading");
   setStatus("Reading the bundle description…");
   const bundle = await loadBundle();
   state.bundle = bundle;
+  showProvenance().catch(() => {});  // a bundle without provenance (or a damaged one) still runs
   if (bundle.title) {
     document.title = bundle.title;
     $("title").textContent = bundle.title;
