@@ -10,6 +10,7 @@ Rerun one point with MODELFORGE_SAFETY_POINT="transform_weights/progress:5"."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import session_uses
 from modelforge import api
 from modelforge.lock import read_lock
 from safety_support import (
@@ -249,12 +251,32 @@ def test_a_build_into_a_full_filesystem_fails_in_one_line_and_leaves_the_store_w
 # ------------------------------------------------------------------------------------ litertlm
 
 
+def _copy_steps(source: Path, store: Path, keys: list[str]) -> None:
+    """Copy the records of keys that source holds, and their objects, into store (a new one)."""
+    for key in keys:
+        record = source / "steps" / key[:2] / f"{key}.json"
+        if not record.exists():
+            continue
+        for output in json.loads(record.read_text())["outputs"].values():
+            target = store / "objects" / output["sha256"][:2] / output["sha256"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / "objects" / output["sha256"][:2] / output["sha256"], target)
+        (store / "steps" / key[:2]).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(record, store / "steps" / key[:2] / record.name)
+
+
 @pytest.fixture(scope="module")
-def litertlm_baseline(tmp_path_factory):
-    """One uninterrupted build of the litertlm bundle (a minute), whose store each test copies."""
+def litertlm_baseline(request, tmp_path_factory):
+    """One uninterrupted build of the litertlm bundle (a minute), whose store each test copies. When
+    the session builds the whole tiny litertlm manifest anyway (conftest's litertlm_build), the
+    bundle's steps (the same keys) come from its store and this build only lays the bundle out."""
     base = tmp_path_factory.mktemp("litertlm-crash")
     project = make_project(base / "project")
     manifest = project / "manifests" / f"{LITERTLM}.yaml"
+    if session_uses(request, "litertlm_build"):
+        request.getfixturevalue("litertlm_build")
+        keys = [status.key for status in api.plan(manifest, store_dir=base / "plan-store").statuses]
+        _copy_steps(request.getfixturevalue("litertlm_store"), base / "store", keys)
     result = api.build(manifest, store_dir=base / "store")
     lock = read_lock(result.project.lock_path)
     keys = {name: step.key for name, step in lock.steps.items()}
