@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MANIFEST_LITERTLM as MANIFEST, copy_project as _project
+from conftest import MANIFEST_LITERTLM as MANIFEST
 from modelforge import api
 from modelforge.errors import ManifestError, PlanError, StepFailed
 
@@ -55,9 +55,8 @@ def test_runtime_generates_from_a_chat_prompt_and_from_an_image(litertlm_build, 
     assert str(reply).strip()
 
 
-def test_two_builds_in_two_empty_stores_give_a_byte_identical_bundle(litertlm_build, tmp_path):
-    project = _project(tmp_path / "again")
-    second = api.build(project / "manifests" / MANIFEST, store_dir=tmp_path / "empty-store")
+def test_two_builds_in_two_empty_stores_give_a_byte_identical_bundle(litertlm_build, litertlm_second_build):
+    second = litertlm_second_build
     assert _bundle(second).read_bytes() == _bundle(litertlm_build).read_bytes()
     assert second.project.lock_path.read_bytes() == litertlm_build.project.lock_path.read_bytes()
 

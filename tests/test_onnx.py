@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, copy_project
+from conftest import TINY, copy_project, session_uses
 from modelforge import api
 from modelforge.errors import StepFailed
 
@@ -22,7 +22,13 @@ STEPS = 16
 
 
 @pytest.fixture(scope="module")
-def onnx_store(tmp_path_factory):
+def onnx_store(request, tmp_path_factory):
+    """When the session builds the tiny litertlm manifest anyway (conftest's litertlm_build), its store:
+    that manifest's onnx target is this one, step for step (the same keys), so onnx_build below
+    only lays it out. Else a store of this module's own."""
+    if session_uses(request, "litertlm_build"):
+        request.getfixturevalue("litertlm_build")
+        return request.getfixturevalue("litertlm_store")
     return tmp_path_factory.mktemp("onnx-store")
 
 
@@ -207,9 +213,15 @@ def test_onnxruntime_genai_generates_pytorchs_answer_from_an_image_and_a_chat_pr
     assert tokens == _pytorch_greedy(ids, STEPS, checkpoint=checkpoint, pixel_values=torch.from_numpy(reference["pixel_values"]))
 
 
-def test_a_second_build_in_an_empty_store_is_byte_identical(onnx_build, tmp_path):
+def test_a_second_build_in_an_empty_store_is_byte_identical(onnx_build, tmp_path, request):
     project = copy_project(tmp_path / "again")
-    second = api.build(project / "manifests" / MANIFEST, store_dir=tmp_path / "empty-store")
+    store = tmp_path / "empty-store"
+    if session_uses(request, "litertlm_second_build"):
+        # That second build of the litertlm manifest ran this target's steps in a store that was
+        # empty (its onnx target has these keys): this build lays them out and writes the lock.
+        request.getfixturevalue("litertlm_second_build")
+        store = request.getfixturevalue("litertlm_second_store")
+    second = api.build(project / "manifests" / MANIFEST, store_dir=store)
     first_files = {path.name: path.read_bytes() for path in _target(onnx_build).iterdir()}
     assert {path.name: path.read_bytes() for path in _target(second).iterdir()} == first_files
     assert second.project.lock_path.read_bytes() == onnx_build.project.lock_path.read_bytes()

@@ -21,7 +21,7 @@ import pytest
 from modelforge import api
 from safety_support import TEXT_ONLY, cli_env, make_project, record_figure, store_problems, tmp_entries, tree
 
-TIMEOUT = 120
+TIMEOUT = 600  # a deadlock fails here; a loaded CI machine must not
 PAUSE = "*/start:0.3"
 
 

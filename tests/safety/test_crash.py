@@ -10,6 +10,7 @@ Rerun one point with MODELFORGE_SAFETY_POINT="transform_weights/progress:5"."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import session_uses
 from modelforge import api
 from modelforge.lock import read_lock
 from safety_support import (
@@ -249,12 +251,32 @@ def test_a_build_into_a_full_filesystem_fails_in_one_line_and_leaves_the_store_w
 # ------------------------------------------------------------------------------------ litertlm
 
 
+def _copy_steps(source: Path, store: Path, keys: list[str]) -> None:
+    """Copy the records of keys that source holds, and their objects, into store (a new one)."""
+    for key in keys:
+        record = source / "steps" / key[:2] / f"{key}.json"
+        if not record.exists():
+            continue
+        for output in json.loads(record.read_text())["outputs"].values():
+            target = store / "objects" / output["sha256"][:2] / output["sha256"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / "objects" / output["sha256"][:2] / output["sha256"], target)
+        (store / "steps" / key[:2]).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(record, store / "steps" / key[:2] / record.name)
+
+
 @pytest.fixture(scope="module")
-def litertlm_baseline(tmp_path_factory):
-    """One uninterrupted build of the litertlm bundle (a minute), whose store each test copies."""
+def litertlm_baseline(request, tmp_path_factory):
+    """One uninterrupted build of the litertlm bundle (a minute), whose store each test copies. When
+    the session builds the whole tiny litertlm manifest anyway (conftest's litertlm_build), the
+    bundle's steps (the same keys) come from its store and this build only lays the bundle out."""
     base = tmp_path_factory.mktemp("litertlm-crash")
     project = make_project(base / "project")
     manifest = project / "manifests" / f"{LITERTLM}.yaml"
+    if session_uses(request, "litertlm_build"):
+        request.getfixturevalue("litertlm_build")
+        keys = [status.key for status in api.plan(manifest, store_dir=base / "plan-store").statuses]
+        _copy_steps(request.getfixturevalue("litertlm_store"), base / "store", keys)
     result = api.build(manifest, store_dir=base / "store")
     lock = read_lock(result.project.lock_path)
     keys = {name: step.key for name, step in lock.steps.items()}
@@ -288,16 +310,45 @@ def _check_litertlm(baseline, store: Path, point: str) -> list[str]:
 
 
 def _orphans(store: Path) -> int:
-    """Workers of this store still running 5 s after their build died (killed, and counted)."""
-    deadline = time.monotonic() + 5
+    """Workers of this store still running 30 s after their build died (killed, and counted); a
+    worker dies with its build (PR_SET_PDEATHSIG), so this returns as soon as the kernel reaped it."""
+    deadline = time.monotonic() + 30
     while workers_of(store) and time.monotonic() < deadline:
         time.sleep(0.1)
     return kill_workers(store)
 
 
+# A litert worker held by store.fault_point (MODELFORGE_PAUSE_AT) until the test acts: a kill or a
+# signal then lands while the worker runs, however fast or slow this machine exports.
+HOLD_SECONDS = 600
+
+
+def _held(point: str) -> dict[str, str]:
+    """The environment that holds every litert worker of a build at its first worker/* point."""
+    return {"MODELFORGE_PAUSE_AT": f"worker/*:{HOLD_SECONDS}"} if point.split("/")[-1].startswith("progress:") else {}
+
+
+def _wait_for_point(build: subprocess.Popen, trace: Path, point: str, timeout: float = 300) -> None:
+    """Until the build (or its worker) has reached point, as its MODELFORGE_FAULT_TRACE says."""
+    deadline = time.monotonic() + timeout
+    while not (trace.exists() and point in trace.read_text().split()):
+        assert build.poll() is None, f"the build exited ({build.returncode}) before reaching {point}"
+        assert time.monotonic() < deadline, f"the build never reached {point}"
+        time.sleep(0.05)
+
+
+def _wait_gone(pids: list[int], timeout: float = 30) -> list[int]:
+    """Those of pids still alive once all are gone, or after timeout."""
+    deadline = time.monotonic() + timeout
+    while descendants_alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return descendants_alive(pids)
+
+
 LITERTLM_POINTS = [
-    # (step whose record is removed so that it runs, kill point)
-    ("bundle.export_vision", "litert_export/progress:4"),  # in the middle of the litert-torch export worker
+    # (step whose record is removed so that it runs, kill point); at a progress point the worker is
+    # held (_held), so the build dies while its worker runs, never after the step finished
+    ("bundle.export_vision", "litert_export/progress:4"),  # while the litert-torch export worker runs
     ("bundle.quantize.vision_encoder", "litert_quantize/start:1"),
     ("bundle.quantize.vision_encoder", "litert_quantize/adopt:1"),
     ("bundle.quantize.text_decoder", "store/write:1"),  # its record, as it is written
@@ -316,7 +367,7 @@ def test_sigkill_during_export_quantize_package_and_parity_then_rebuild(litertlm
         if ONLY and ONLY != point:
             continue
         store = _litertlm_store_without(baseline, tmp_path / str(index), step)
-        killed = cli("build", str(baseline["manifest"]), "--store", str(store), cwd=project, MODELFORGE_KILL_AT=point, timeout=300)
+        killed = cli("build", str(baseline["manifest"]), "--store", str(store), cwd=project, MODELFORGE_KILL_AT=point, timeout=300, **_held(point))
         if killed.returncode != -signal.SIGKILL:
             problems.append(f"{point}: not killed there (exit {killed.returncode}): {killed.stderr[-300:]}")
             continue
@@ -338,16 +389,17 @@ def test_sigkill_during_export_quantize_package_and_parity_then_rebuild(litertlm
 
 @pytest.mark.slow
 def test_sigkill_when_the_quantize_worker_is_seen_running(litertlm_baseline, tmp_path):
-    """Hook-free: kill the build the moment its quantize worker process shows up."""
+    """Hook-free: kill the build the moment its quantize worker process shows up (the worker is held
+    at its start, so that it cannot come and go between two looks)."""
     import psutil
 
     baseline = litertlm_baseline
     store = _litertlm_store_without(baseline, tmp_path, "bundle.quantize.text_decoder")
     build = subprocess.Popen(
         [sys.executable, "-m", "modelforge.cli", "build", str(baseline["manifest"]), "--store", str(store)],
-        cwd=baseline["project"], env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=baseline["project"], env=cli_env(MODELFORGE_PAUSE_AT=f"worker/quantize:{HOLD_SECONDS}"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     seen = None
     while time.monotonic() < deadline and build.poll() is None and seen is None:
         for child in psutil.Process(build.pid).children(recursive=True):
@@ -373,30 +425,36 @@ def test_a_sigkilled_build_leaves_no_worker_running(litertlm_baseline, tmp_path)
     """The export worker dies with the build (PR_SET_PDEATHSIG), even when the build gets SIGKILL."""
     store = _litertlm_store_without(litertlm_baseline, tmp_path, "bundle.export_vision")
     killed = cli("build", str(litertlm_baseline["manifest"]), "--store", str(store), cwd=litertlm_baseline["project"],
-                 MODELFORGE_KILL_AT="litert_export/progress:2", timeout=300)
+                 MODELFORGE_KILL_AT="litert_export/progress:2", timeout=300, **_held("litert_export/progress:2"))
     assert killed.returncode == -signal.SIGKILL
     assert _orphans(store) == 0, "a worker outlived the killed build"
 
 
+def _as_in_a_terminal() -> None:
+    """SIGINT as a terminal's foreground job has it. A shell starts a background job (`cmd &`,
+    nohup, some CI runners) with SIGINT ignored, every child inherits that, and a Python started so
+    never raises KeyboardInterrupt: the build would ignore the test's Ctrl-C and run to the end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_during_export(baseline, tmp_path: Path, how: str) -> None:
-    """Start a build that exports, wait for its worker, send the signal, check the aftermath."""
+    """Start a build that exports, wait until its worker is inside litert-torch (held there at the
+    fault point worker/export/convert, which it announces in the trace), send the signal, check
+    the aftermath."""
     import psutil
 
     store = _litertlm_store_without(baseline, tmp_path, "bundle.export_vision")
-    stderr = tmp_path / "stderr.txt"
+    stderr, trace = tmp_path / "stderr.txt", tmp_path / "trace.txt"
     with open(stderr, "w") as err:
         build = subprocess.Popen(
             [sys.executable, "-m", "modelforge.cli", "build", str(baseline["manifest"]), "--store", str(store)],
-            cwd=baseline["project"], env=cli_env(), stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+            cwd=baseline["project"], stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, preexec_fn=_as_in_a_terminal,
+            env=cli_env(MODELFORGE_PAUSE_AT=f"worker/export/convert:{HOLD_SECONDS}", MODELFORGE_FAULT_TRACE=str(trace)),
         )
     try:
-        deadline, worker = time.monotonic() + 120, None
-        while worker is None and time.monotonic() < deadline and build.poll() is None:
-            worker = next((c for c in psutil.Process(build.pid).children(recursive=True) if "litert_worker" in " ".join(c.cmdline())), None)
-            time.sleep(0.05)
-        assert worker is not None, "the export worker never started"
-        time.sleep(2.0)  # inside litert-torch by now
+        _wait_for_point(build, trace, "worker/export/convert")
         family = [build.pid] + [child.pid for child in psutil.Process(build.pid).children(recursive=True)]
+        assert any("litert_worker" in " ".join(psutil.Process(pid).cmdline()) for pid in family[1:]), "no export worker"
         if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground process group
             os.killpg(build.pid, signal.SIGINT)
         elif how == "sigint":
@@ -411,8 +469,7 @@ def _interrupt_during_export(baseline, tmp_path: Path, how: str) -> None:
     assert code == 130, (how, code, lines[-5:])
     assert lines[-1] == "interrupted: finished steps are kept in the store; temporaries were removed", lines[-3:]
     assert "Traceback" not in stderr.read_text()
-    time.sleep(0.5)
-    assert descendants_alive(family) == [], f"{how}: processes left running"
+    assert _wait_gone(family) == [], f"{how}: processes left running"
     assert workers_of(store) == []
     assert tmp_entries(store) == [], f"{how}: store/tmp keeps {tmp_entries(store)}"
     assert store_problems(store) == []

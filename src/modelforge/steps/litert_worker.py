@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from modelforge.store import fault_point  # the safety tests' hook; imports nothing heavy
+
 
 def _resolve(root, dotted: str):
     node = root
@@ -168,6 +170,7 @@ def export(request: dict) -> dict:
     hoists = apply_hoists(source.model, request.get("hoists", []))
     image_input = _take_runtime_pixels(source, request) if request["part"] == "vision" else None
     config = export_lib.update_export_config(config, source)
+    fault_point("worker/export/convert")  # inside litert-torch: the model loaded, its graphs not yet converted
     artifacts = export_lib.ExportedModelArtifacts()
     if request["part"] == "text":
         partial_load.strip_unloaded(source.model)
@@ -283,6 +286,7 @@ def main(actions: dict | None = None) -> None:
     _die_with_parent()
     request_path = Path(sys.argv[1])
     request = json.loads(request_path.read_text())
+    fault_point(f"worker/{request['action']}")  # the safety tests hold a worker here (MODELFORGE_PAUSE_AT)
     anonymous = AnonymousPeak()
     started = time.monotonic()
     result = (actions or ACTIONS)[request["action"]](request)
