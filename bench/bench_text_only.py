@@ -686,7 +686,9 @@ def main(argv: list[str] | None = None) -> int:
     for line in (logs / "sha256sum.stdout").read_text().splitlines():
         if line.strip():
             digest, path = line.split(None, 1)
-            sums[Path(path.strip()).relative_to(out / "text").as_posix()] = digest
+            relative = Path(path.strip()).relative_to(out / "text").as_posix()
+            if relative not in ("provenance.intoto.jsonl", "model.sig"):  # beside the files, not in the lock
+                sums[relative] = digest
     sha_agrees = bool(lock_files) and sums == lock_files
     noop_match = re.search(r"(\d+) step\(s\) ran, (\d+) cached", methods["modelforge_noop"]["stdout_tail"])
     noop_warm_match = re.search(r"(\d+) step\(s\) ran, (\d+) cached", methods["modelforge_noop_warm"]["stdout_tail"])

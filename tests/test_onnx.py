@@ -69,7 +69,9 @@ def _genai_greedy(model, prompt_length: int, feed) -> list[int]:
 
 
 def test_target_has_onnxruntime_genai_layout(onnx_build):
-    files = sorted(path.name for path in _target(onnx_build).iterdir())
+    from modelforge.provenance import SIGNATURE_FILES
+
+    files = sorted(path.name for path in _target(onnx_build).iterdir() if path.name not in SIGNATURE_FILES)
     assert files == [
         "chat_template.jinja", "embedding.onnx", "embedding.onnx.data", "genai_config.json", "model.onnx", "model.onnx.data",
         "tokenizer.json", "tokenizer_config.json", "vision.onnx", "vision.onnx.data",
@@ -222,8 +224,10 @@ def test_a_second_build_in_an_empty_store_is_byte_identical(onnx_build, tmp_path
         request.getfixturevalue("litertlm_second_build")
         store = request.getfixturevalue("litertlm_second_store")
     second = api.build(project / "manifests" / MANIFEST, store_dir=store)
-    first_files = {path.name: path.read_bytes() for path in _target(onnx_build).iterdir()}
-    assert {path.name: path.read_bytes() for path in _target(second).iterdir()} == first_files
+    from modelforge.provenance import SIGNATURE_FILES  # the signed provenance carries the build's times
+
+    first_files = {path.name: path.read_bytes() for path in _target(onnx_build).iterdir() if path.name not in SIGNATURE_FILES}
+    assert {path.name: path.read_bytes() for path in _target(second).iterdir() if path.name not in SIGNATURE_FILES} == first_files
     assert second.project.lock_path.read_bytes() == onnx_build.project.lock_path.read_bytes()
     # No absolute path of this checkout or virtualenv (torch.onnx's stack traces) in a graph.
     assert not any(b"/site-packages/" in data or b"modelforge/steps" in data for data in first_files.values())

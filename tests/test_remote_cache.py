@@ -86,7 +86,13 @@ def remote_of(project: Path):
 
 
 def tree(directory: Path) -> dict[str, str]:
-    return {path.relative_to(directory).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(directory.rglob("*")) if path.is_file()}
+    """relative path → sha256 of every file, but the signed provenance (it carries the build's times)."""
+    from modelforge.provenance import SIGNATURE_FILES
+
+    return {
+        path.relative_to(directory).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*")) if path.is_file() and path.name not in SIGNATURE_FILES
+    }
 
 
 def record_key(project: Path, step: str) -> str:
