@@ -7,6 +7,45 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# llama.cpp for the gguf target (docs/targets/gguf.md). llama-cpp-python is a source distribution
+# only, and compiling it takes minutes on two cores, so it starts first, in the background, while the
+# installs below run; the wheel is kept in the user cache under a key of the sdist's hash, the build
+# flags and the compiler, so a machine compiles it once (a later setup, or CI on the same machine, only
+# installs it). The sdist stays beside it: the converter comes from its vendor/llama.cpp.
+tools_cache="${MODELFORGE_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelforge/tools}"
+llama_pin=$(grep -v '^#' tools/llama-cpp-python.txt)
+llama_version=$(echo "$llama_pin" | sed -E 's/^llama-cpp-python==([^ ]+) .*/\1/')
+# Portable (no -march=native: the same bytes from the quantizer on every x86-64-v3 machine), CPU
+# only, no server, tools, examples or tests: the library, ggml and mtmd (images) are all we load.
+llama_cmake_args="-DGGML_NATIVE=OFF -DGGML_CCACHE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF"
+llama_key=$(printf '%s\n%s\n%s\n' "$llama_pin" "$llama_cmake_args" "$(cc --version 2>/dev/null | head -1)" | sha256sum | cut -c1-16)
+llama_wheels="$tools_cache/wheels/llama-cpp-python-$llama_key"
+llama_sdist="$tools_cache/sdist/llama_cpp_python-$llama_version.tar.gz"
+llama_log="$tools_cache/llama-cpp-python-build.log"
+build_llama_cpp() {
+    mkdir -p "$tools_cache/sdist" "$tools_cache/wheels"
+    if [ ! -f "$llama_sdist" ]; then
+        local download
+        download=$(mktemp -d "$tools_cache/sdist/download-XXXXXX")
+        python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: --require-hashes \
+            -r tools/llama-cpp-python.txt -d "$download"
+        mv "$download/llama_cpp_python-$llama_version.tar.gz" "$llama_sdist"
+        rm -rf "$download"
+    fi
+    if ! ls "$llama_wheels"/llama_cpp_python-"$llama_version"-*.whl >/dev/null 2>&1; then
+        rm -rf "$llama_wheels.tmp"
+        local started=$SECONDS
+        CMAKE_ARGS="$llama_cmake_args" python3 -m pip wheel --quiet --disable-pip-version-check --no-deps \
+            -w "$llama_wheels.tmp" "$llama_sdist"
+        rm -rf "$llama_wheels"
+        mv "$llama_wheels.tmp" "$llama_wheels"
+        echo "setup: compiled llama-cpp-python $llama_version in $((SECONDS - started)) s"
+    fi
+}
+mkdir -p "$tools_cache"
+build_llama_cpp >"$llama_log" 2>&1 &
+llama_build=$!
+
 python3 -m venv .venv
 # torch first and pinned: the machine ships a CPU wheel of 2.13.0; an unpinned torch would pull
 # gigabytes of CUDA packages.
@@ -16,6 +55,14 @@ python3 -m venv .venv
 # environment of its own: its dependencies conflict with the edge toolchain's (tools/model-signing.txt).
 python3 -m venv .venv-sign
 .venv-sign/bin/pip install --quiet --disable-pip-version-check -r tools/model-signing.txt
+
+if ! wait "$llama_build"; then
+    echo "setup: building llama-cpp-python $llama_version failed (the gguf target and its tests need it); the log is $llama_log:" >&2
+    tail -5 "$llama_log" >&2
+    exit 1
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt --find-links "$llama_wheels" "llama-cpp-python==$llama_version"
+grep '^setup: compiled' "$llama_log" || true
 
 if [ -f web/package-lock.json ] && command -v npm >/dev/null; then
     npm ci --prefix web --no-audit --no-fund --loglevel=error
