@@ -17,7 +17,7 @@ llama_pin=$(grep -v '^#' tools/llama-cpp-python.txt)
 llama_version=$(echo "$llama_pin" | sed -E 's/^llama-cpp-python==([^ ]+) .*/\1/')
 # Portable (no -march=native: the same bytes from the quantizer on every x86-64-v3 machine), CPU
 # only, no server, tools, examples or tests: the library, ggml and mtmd (images) are all we load.
-llama_cmake_args="-DGGML_NATIVE=OFF -DGGML_CCACHE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF"
+llama_cmake_args="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DGGML_CCACHE=OFF"
 llama_key=$(printf '%s\n%s\n%s\n' "$llama_pin" "$llama_cmake_args" "$(cc --version 2>/dev/null | head -1)" | sha256sum | cut -c1-16)
 llama_wheels="$tools_cache/wheels/llama-cpp-python-$llama_key"
 llama_sdist="$tools_cache/sdist/llama_cpp_python-$llama_version.tar.gz"

@@ -1,5 +1,6 @@
 """Step `gguf_convert`: a Hugging Face Gemma 3 checkpoint → GGUF through llama.cpp's own converter
-(converter.py: the pinned sdist's convert_hf_to_gguf.py), run as a script in a child process. Part
+(converter.py: the pinned sdist's convert_hf_to_gguf.py), run in a child process (convert_child.py,
+which adds the sliding-window pattern the converter leaves out for Gemma 3). Part
 `text`: the decoder (from a text-only Gemma3ForCausalLM or the multimodal Gemma3ForConditionalGeneration;
 the converter adds Gemma's +1 to every RMSNorm gain). Part `vision`: the SigLIP tower and projector as
 an mmproj GGUF (`--mmproj`, projector type GEMMA3). Types are the converter's: F32, F16, BF16, Q8_0;
@@ -38,9 +39,10 @@ def presented(checkpoint: Path, name: str, work: Path) -> Path:
 
 
 def convert(checkpoint: Path, out: Path, *, part: str, type: str, name: str, work: Path,
-            script: Path | None = None, progress: Callable[[int, int, str], None] = lambda *_: None) -> dict:
+            launcher: list[str] | None = None, progress: Callable[[int, int, str], None] = lambda *_: None) -> dict:
     """Run the converter on `checkpoint`, writing `out`; returns seconds and the child's peak RSS.
-    `script` defaults to the pinned converter (a test passes a wrapper around it)."""
+    `launcher` (the command before the converter's arguments) defaults to convert_child with the
+    pinned converter; a test passes one that breaks the conversion on purpose."""
     from modelforge.steps.gguf import converter
     from modelforge.steps.gguf.worker import run_child
 
@@ -48,9 +50,9 @@ def convert(checkpoint: Path, out: Path, *, part: str, type: str, name: str, wor
         raise StepFailed(f"gguf type {type!r} is not one llama.cpp's converter writes ({', '.join(OUTTYPES)}); K-quants come from a quantize step")
     if part not in FILES:
         raise StepFailed(f"gguf part {part!r} is neither 'text' nor 'vision'")
-    script = script or converter.script()
+    launcher = launcher or [sys.executable, "-m", "modelforge.steps.gguf.convert_child", str(converter.converter_dir())]
     source = presented(checkpoint, name, work / "checkpoint")
-    argv = [sys.executable, str(script), str(source), "--outfile", str(out), "--outtype", OUTTYPES[type], "--model-name", name]
+    argv = [*launcher, str(source), "--outfile", str(out), "--outtype", OUTTYPES[type], "--model-name", name]
     if part == "vision":
         argv.append("--mmproj")
     out.parent.mkdir(parents=True, exist_ok=True)

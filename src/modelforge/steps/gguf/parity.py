@@ -1,7 +1,9 @@
 """Step `gguf_parity`: the built GGUF run in llama.cpp (llama-cpp-python, logits for every position)
 against the PyTorch checkpoint it came from, on the same token ids. Per prompt: both tokenizers' ids;
 PyTorch's greedy continuation and llama.cpp's own greedy continuation; then, teacher-forced on PyTorch's
-sequence, max |Δlogit|, top-1 agreement and mean KL(PyTorch ‖ llama.cpp) over every position. Float
+sequence, max |Δlogit|, top-1 agreement and mean KL(PyTorch ‖ llama.cpp) over every position. The KV
+cache is F32 (llama.cpp's default F16 cache would add its own rounding to every figure); ggml's CPU GELU
+reads an F16 table, which leaves about 0.01 of |Δlogit| on a correct F32 conversion. Float
 types are held to equal greedy tokens and a max |Δlogit|; quantized ones to top-1 agreement and mean
 KL. A broken conversion (Gemma's +1 norm offset missing) fails both. Imports only steps.base, errors
 and the stdlib at module level; torch, transformers and llama_cpp load in the worker only."""
@@ -64,7 +66,8 @@ def parity_in_child(request: dict) -> dict:
     encoded = [tokenizer(prompt).input_ids for prompt in request["prompts"]]
     n_ctx = max(len(ids) for ids in encoded) + steps + 8
     llama = llama_cpp.Llama(model_path=request["gguf"], n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                            n_threads=request["threads"], n_threads_batch=request["threads"], seed=0, verbose=False)
+                            n_threads=request["threads"], n_threads_batch=request["threads"], seed=0, verbose=False,
+                            type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
     items, deltas, agreements, divergences = [], [], [], []
     for prompt, ids in zip(request["prompts"], encoded):
         sequence = list(ids)
