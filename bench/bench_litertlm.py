@@ -45,7 +45,7 @@ GENERATOR_VERSION = 1
 OVERHEAD_LIMIT = 0.05  # target: modelforge at most 5 % slower than litert-torch export_hf
 MARK = "bench:litertlm"
 
-# The worker's environment (modelforge.steps.litert_worker.launch), given to every command here.
+# The worker's environment (modelforge.steps.litert.worker.launch), given to every command here.
 ENV = {"PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 # Synthetic checkpoints for the memory fit: overrides of the fixture's config. Text and vision grow

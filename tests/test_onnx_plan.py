@@ -92,7 +92,7 @@ def test_the_tiny_model_keeps_its_images_out_of_onnxruntime_genai(tmp_project):
 
 def test_processor_config_repeats_gemma3s_preprocessing():
     from modelforge.reference import reference_dir
-    from modelforge.steps.onnx_package import processor_config
+    from modelforge.steps.onnx.package import processor_config
 
     preprocessor = json.loads((reference_dir() / "medgemma-27b-it-preprocessor_config.json").read_text())
     transforms = [item["operation"] for item in processor_config(preprocessor, "preprocessor_config.json")["processor"]["transforms"]]
@@ -114,7 +114,7 @@ def test_processor_config_repeats_gemma3s_preprocessing():
 def test_processor_config_refuses_what_onnxruntime_genai_cannot_repeat(change, message):
     from modelforge.errors import StepFailed
     from modelforge.reference import reference_dir
-    from modelforge.steps.onnx_package import processor_config
+    from modelforge.steps.onnx.package import processor_config
 
     preprocessor = {**json.loads((reference_dir() / "medgemma-27b-it-preprocessor_config.json").read_text()), **change}
     with pytest.raises(StepFailed, match=message):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from modelforge.manifest.models import HfTextOnlyTarget
 from modelforge.plan import InputRef, StepNode
-from modelforge.planner import PlanBuilder, source_input
-from modelforge.steps import assemble, carry_files, check_architecture, rewrite_config, transform_weights
+from modelforge.plan_builder import PlanBuilder, source_input
+from modelforge.steps.checkpoint import assemble, carry_files, check_architecture, rewrite_config, transform_weights
 
 KIND = "hf_text_only"
 

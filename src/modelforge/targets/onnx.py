@@ -19,9 +19,12 @@ from modelforge import memory
 from modelforge.errors import PlanError
 from modelforge.manifest.models import OnnxPrecisionSpec, OnnxTarget
 from modelforge.plan import InputRef, StepNode
-from modelforge.planner import PlanBuilder, source_input
-from modelforge.steps import onnx_export, onnx_package, onnx_parity, onnx_quantize
-from modelforge.targets.litertlm import PART_COMPONENTS, check_source_architecture
+from modelforge.plan_builder import PlanBuilder, source_input
+from modelforge.gemma3 import PART_COMPONENTS, check_source_architecture
+from modelforge.steps.onnx import export as onnx_export
+from modelforge.steps.onnx import package as onnx_package
+from modelforge.steps.onnx import parity as onnx_parity
+from modelforge.steps.onnx import quantize as onnx_quantize
 
 KIND = "onnx"
 COMPONENTS = ("text_decoder", "vision_encoder", "projector")
