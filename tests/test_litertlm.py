@@ -343,7 +343,7 @@ def test_quantizer_recipe_list_matches_the_installed_quantizer():
 
     from ai_edge_quantizer import recipe
 
-    from modelforge.manifest.models import QUANTIZER_RECIPES
+    from modelforge.manifest.parts import QUANTIZER_RECIPES
 
     provided = {name for name, value in inspect.getmembers(recipe, inspect.isfunction) if not name.startswith("_")}
     # Calibration recipes need data modelforge does not take yet; gemma4_* return per-section dicts.

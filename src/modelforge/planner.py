@@ -60,7 +60,7 @@ def make_plan(manifest: Manifest, facts: SourceFacts, manifest_path: str, manife
         raise PlanError(f"{where}: the source has no safetensors tensors; take the *.safetensors files with source.files")
     owner = component_of(manifest, names, where)
     mapping = apply_weight_rules(manifest, names, owner, where)
-    used = {component for target in manifest.targets.values() for component in getattr(target, "components", ())}
+    used = {component for target in manifest.targets.values() for component in target.contained_components()}
     stray = [name for name in names if name not in mapping.dropped and owner.get(name) not in used]
     if stray:
         sample = ", ".join(stray[:3]) + (f" and {len(stray) - 3} more" if len(stray) > 3 else "")

@@ -3,7 +3,7 @@ index), the rewritten config.json and the carried files. Imports only manifest a
 
 from __future__ import annotations
 
-from modelforge.manifest.models import HfTextOnlyTarget
+from modelforge.manifest.targets.hf_text_only import HfTextOnlyTarget
 from modelforge.plan import InputRef, StepNode
 from modelforge.plan_builder import PlanBuilder, source_input
 from modelforge.steps.checkpoint import assemble, carry_files, check_architecture, rewrite_config, transform_weights

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 
 from modelforge.errors import PlanError
-from modelforge.manifest.models import LitertlmTarget, QuantizationSpec
+from modelforge.manifest.parts import QuantizationSpec
+from modelforge.manifest.targets.litertlm import LitertlmTarget
 from modelforge.plan import InputRef, StepNode
 from modelforge.plan_builder import PlanBuilder, source_input
 from modelforge.gemma3 import IMAGE_TOKENS, PART_COMPONENTS, check_source_architecture, predict_export_memory, predict_memory

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from modelforge import memory
 from modelforge.errors import PlanError
-from modelforge.manifest.models import OnnxPrecisionSpec, OnnxTarget
+from modelforge.manifest.targets.onnx import OnnxPrecisionSpec, OnnxTarget
 from modelforge.plan import InputRef, StepNode
 from modelforge.plan_builder import PlanBuilder, source_input
 from modelforge.gemma3 import PART_COMPONENTS, check_source_architecture

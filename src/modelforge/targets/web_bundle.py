@@ -20,7 +20,9 @@ runtime's limits is refused here, before anything is exported.
 from __future__ import annotations
 
 from modelforge.errors import PlanError
-from modelforge.manifest.models import OnnxPrecisionSpec, QuantizationSpec, WebBundleTarget, WebVariantSpec
+from modelforge.manifest.parts import QuantizationSpec
+from modelforge.manifest.targets.onnx import OnnxPrecisionSpec
+from modelforge.manifest.targets.web_bundle import WebBundleTarget, WebVariantSpec
 from modelforge.plan import InputRef, StepNode
 from modelforge.plan_builder import PlanBuilder, source_input
 from modelforge.gemma3 import PART_COMPONENTS, predict_export_memory, predict_memory
