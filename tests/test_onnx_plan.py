@@ -59,7 +59,7 @@ def test_the_real_manifest_predicts_memory_for_every_heavy_step(tmp_path):
     """MedGemma 4B's onnx steps, fitted on their 4B measurements (memory.py, bench/RESULTS.md "onnx
     export at 4B"): which steps get a prediction, and that each stays under the 20 GiB a step of the
     litertlm build is held to (the text export took 21.2 GiB before its quantizer streamed the
-    weights: steps/genai_builder.py)."""
+    weights: steps/onnx/genai_builder.py)."""
     manifest = load_manifest(MANIFESTS / "medgemma-1.5-onnx.yaml")
     plan = make_plan(manifest, reference_facts(), "manifests/medgemma-1.5-onnx.yaml", manifest_digest(manifest))
     predicted = plan.facts["memory"]

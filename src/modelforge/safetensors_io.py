@@ -103,6 +103,37 @@ def _header_bytes(entries: Sequence[tuple[str, TensorInfo]], metadata: dict[str,
     return encoded, offsets
 
 
+def tensor_nbytes(dtype: str, shape: Sequence[int]) -> int:
+    """Bytes of a tensor of a whole-byte dtype."""
+    count = 1
+    for size in shape:
+        count *= size
+    return count * DTYPE_BYTES[dtype]
+
+
+def write_tensors(
+    path: Path, tensors: Sequence[tuple[str, str, Sequence[int], bytes | Callable[[], bytes]]], metadata: dict[str, str] | None = None,
+) -> str:
+    """Write one safetensors file from (name, dtype, shape, data) in the given order, where data is
+    the tensor's bytes or a callable that makes them: called one tensor at a time as the file is
+    written, so a writer holds one tensor in memory, not the model. Returns the file's sha256.
+    The header is write_shard's (same serialization, same padding)."""
+    infos = [(name, TensorInfo(name, dtype, tuple(shape), "", 0, tensor_nbytes(dtype, shape))) for name, dtype, shape, _ in tensors]
+    header, _ = _header_bytes(infos, metadata or {})
+    digest = hashlib.sha256()
+    with open(path, "wb") as out:
+        for chunk in (struct.pack("<Q", len(header)), header):
+            out.write(chunk)
+            digest.update(chunk)
+        for (name, info), (_, _, _, data) in zip(infos, tensors):
+            data = data() if callable(data) else data
+            if len(data) != info.nbytes:
+                raise ValueError(f"tensor {name!r}: {len(data)} bytes for {info.dtype} {list(info.shape)}, which takes {info.nbytes}")
+            out.write(data)
+            digest.update(data)
+    return digest.hexdigest()
+
+
 def write_shard(
     path: Path,
     entries: Sequence[tuple[str, TensorInfo]],

@@ -1,5 +1,6 @@
 """Target `hf_text_only`: a Hugging Face checkpoint of the kept tensors (sharded safetensors +
-index), the rewritten config.json and the carried files. Imports only manifest and plan."""
+index), the rewritten config.json and the carried files. Imports its spec, `plan`, `plan_builder`,
+`transforms` and its steps (steps/checkpoint/)."""
 
 from __future__ import annotations
 

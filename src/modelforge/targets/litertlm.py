@@ -7,6 +7,9 @@ of the vision recipe re-runs only the vision quantization, the packaging and the
         │                       └► quantize projector ────┤
         └──────► metadata ────────────────────────────────┘
                                   (parity: checkpoint + final graphs → report in the lock)
+
+Imports its spec, `plan`, `plan_builder`, `gemma3` and its steps (steps/litert/); reaches the
+hf_text_only target it may export through PlanBuilder.target.
 """
 
 from __future__ import annotations

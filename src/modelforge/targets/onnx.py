@@ -10,7 +10,7 @@ quantization, the packaging and the parity check::
         └──────► preprocessor_config.json (for onnxruntime-genai's image pipeline) ────┘
                                   (parity: checkpoint + package → report in the lock)
 
-Imports manifest, plan, planner, memory and targets.litertlm's public helpers only.
+Imports its spec, `plan`, `plan_builder`, `gemma3`, `memory` and its steps (steps/onnx/).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def plan(builder: PlanBuilder, target: str, spec: OnnxTarget) -> str:
 
 def genai_image_pipeline_fits(config: dict) -> bool:
     """Whether onnxruntime-genai's Gemma 3 image pipeline can feed this model: it puts a fixed 256
-    image tokens per image in the prompt (steps/onnx_package.py), the model's projector gives
+    image tokens per image in the prompt (steps/onnx/package.py), the model's projector gives
     mm_tokens_per_image (Gemma 3's default, 256, when config.json leaves it out)."""
     return config.get("mm_tokens_per_image", onnx_package.GENAI_GEMMA3_IMAGE_TOKENS) == onnx_package.GENAI_GEMMA3_IMAGE_TOKENS
 

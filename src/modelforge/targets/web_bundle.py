@@ -15,6 +15,10 @@ with images::
 Each variant's `.task` size and largest weight are predicted from the tensor shapes and its recipe
 (`modelforge.web.limits`) and recorded in plan.facts["web"]; a variant that cannot fit the browser
 runtime's limits is refused here, before anything is exported.
+
+Imports its spec, `plan`, `plan_builder`, `gemma3`, `web.layout`, `web.limits` and the steps it
+adds (steps/web/, steps/litert/); plans the litertlm and onnx targets' nodes through
+PlanBuilder.target, never by importing them.
 """
 
 from __future__ import annotations

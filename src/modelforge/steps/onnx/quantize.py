@@ -1,6 +1,6 @@
 """Step `onnx_quantize`: weight-only int8 / int4 (onnxruntime's MatMulNBits, symmetric, in blocks)
 of one exported ONNX graph, in the worker process (steps/onnx/worker.py). The text decoder is not
-quantized here: onnxruntime-genai's builder quantizes it while building (steps/onnx_export.py)."""
+quantized here: onnxruntime-genai's builder quantizes it while building (steps/onnx/export.py)."""
 
 from __future__ import annotations
 
