@@ -240,7 +240,7 @@ JOBS = {"builder": job_builder, "torch": job_torch, "quantize": job_quantize, "p
 def run_job_here(request_path: Path) -> None:
     import resource
 
-    from modelforge.steps.litert.worker import AnonymousPeak
+    from modelforge.steps.workers import AnonymousPeak
 
     request = json.loads(request_path.read_text())
     anonymous = AnonymousPeak()
