@@ -235,8 +235,10 @@ def test_parity_catches_a_bundle_whose_vision_graph_expects_normalized_pixels(fl
     import litert_lm_builder
 
     from conftest import TINY
-    from modelforge.steps.litert_parity import phases_for, run_phases
-    from modelforge.steps.litert_worker import launch
+    from modelforge.steps.litert.parity import phases_for
+    from modelforge.steps.litert.worker import MODULE
+    from modelforge.steps.parity import run_phases
+    from modelforge.steps.workers import launch
 
     progress = lambda done, total, message: None  # noqa: E731
     export = launch({
@@ -258,7 +260,7 @@ def test_parity_catches_a_bundle_whose_vision_graph_expects_normalized_pixels(fl
     report, _ = run_phases({
         "action": "parity", "checkpoint": str(TINY), "models_dir": str(models), "prompts": ["Describe the findings."], "steps": 24,
         "stop_tokens": ["<eos>", "<end_of_turn>"], "bundle": str(bundle), "scratch_dir": str(tmp_path),
-    }, phases_for(multimodal=True, bundle=True), tmp_path / "scratch-parity", progress)
+    }, phases_for(multimodal=True, bundle=True), tmp_path / "scratch-parity", progress, MODULE)
     assert report["top1_agreement"] == 1.0  # the text graphs are the float ones
     assert report["image_token_agreement"] < 1.0 and report["vision_cosine"] < 0.99  # both image gates fail
     # Why: the runtime hands the graph [0, 1] pixels, so this bundle answers as PyTorch does on those.
@@ -341,7 +343,7 @@ def test_quantizer_recipe_list_matches_the_installed_quantizer():
 
     from ai_edge_quantizer import recipe
 
-    from modelforge.manifest.models import QUANTIZER_RECIPES
+    from modelforge.manifest.parts import QUANTIZER_RECIPES
 
     provided = {name for name, value in inspect.getmembers(recipe, inspect.isfunction) if not name.startswith("_")}
     # Calibration recipes need data modelforge does not take yet; gemma4_* return per-section dicts.

@@ -199,22 +199,11 @@ def build(
             click.echo(f"note: {result.project.manifest.notice}")
 
 
-# What each parity figure is called on screen, its threshold, and the comparison the threshold makes.
-# The screen shows what the lock records (figures.py): agreements as they are, errors as upper
-# bounds ("≤"), similarities as lower bounds ("≥").
-PARITY_FIGURES = (
-    ("top1_agreement", "top-1 agreement", "min_top1_agreement", "≥", ".4g"),
-    ("mean_kl", "mean KL", "max_kl", "≤", ".2g"),
-    ("max_abs_logit", "max |logit difference|", "max_abs_logit", "≤", ".2g"),
-    ("vision_cosine", "vision cosine", "min_vision_cosine", "≥", ".4g"),
-    ("image_token_agreement", "image answers through the runtime", "min_image_token_agreement", "≥", ".4g"),
-)
-
-
 def check_lines(checks: dict) -> list[str]:
     """One line per recorded check (the lock's `checks`): the parity figures against their
     thresholds, and what the architecture check compared."""
     from modelforge.figures import ERROR_FLOORS, SIMILARITY_FLOORS, stable_report
+    from modelforge.steps.parity import FIGURES
 
     lines = []
     for name, report in sorted(checks.items()):
@@ -232,7 +221,7 @@ def check_lines(checks: dict) -> list[str]:
             )
             continue
         figures = []
-        for key, label, threshold, sign, style in PARITY_FIGURES:
+        for key, label, threshold, sign, style in FIGURES:
             if report.get(key) is None:
                 continue
             limit = report.get("thresholds", {}).get(threshold)

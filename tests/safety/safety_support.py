@@ -185,7 +185,7 @@ def workers_of(store: Path) -> list:
     for process in psutil.process_iter(["cmdline", "cwd"]):
         try:
             command = " ".join(process.info["cmdline"] or [])
-            if "modelforge.steps.litert_worker" in command and str(store) in (command + " " + (process.info["cwd"] or "")):
+            if "modelforge.steps.litert.worker" in command and str(store) in (command + " " + (process.info["cwd"] or "")):
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass

@@ -404,7 +404,7 @@ def test_sigkill_when_the_quantize_worker_is_seen_running(litertlm_baseline, tmp
     while time.monotonic() < deadline and build.poll() is None and seen is None:
         for child in psutil.Process(build.pid).children(recursive=True):
             try:
-                if "litert_worker" in " ".join(child.cmdline()):
+                if "litert.worker" in " ".join(child.cmdline()):
                     seen = child
             except psutil.NoSuchProcess:
                 pass
@@ -454,7 +454,7 @@ def _interrupt_during_export(baseline, tmp_path: Path, how: str) -> None:
     try:
         _wait_for_point(build, trace, "worker/export/convert")
         family = [build.pid] + [child.pid for child in psutil.Process(build.pid).children(recursive=True)]
-        assert any("litert_worker" in " ".join(psutil.Process(pid).cmdline()) for pid in family[1:]), "no export worker"
+        assert any("litert.worker" in " ".join(psutil.Process(pid).cmdline()) for pid in family[1:]), "no export worker"
         if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground process group
             os.killpg(build.pid, signal.SIGINT)
         elif how == "sigint":

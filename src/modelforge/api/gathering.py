@@ -16,7 +16,7 @@ from modelforge.hashing import HashCache
 from modelforge.lock import read_lock, read_lock_or_none
 from modelforge.manifest.models import HubSourceSpec, LocalSourceSpec
 from modelforge.plan import SourceFile
-from modelforge.planner import SourceFacts
+from modelforge.plan_builder import SourceFacts
 from modelforge.safetensors_io import TensorInfo, parse_header_object, read_header
 from modelforge.source_checks import STRICT_JSON_RULE, check_index, check_shards, check_source_file, read_json_file
 from modelforge.store import Store

@@ -19,6 +19,7 @@ from modelforge.transforms import unsafe_tensor_name
 KIND = "check_architecture"
 VERSION = 1
 TOOLS = ("torch", "transformers")
+REPORT = "architecture.json"  # recorded in the lock under `checks`
 
 FLOATING = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
 SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from modelforge.steps.base import StepContext
 from modelforge.store import link_or_copy
-from modelforge.steps.litert_parity import gate, run_phases
-from modelforge.steps.onnx_worker import MODULE
+from modelforge.steps.parity import gate, run_phases
+from modelforge.steps.onnx.worker import MODULE
 
 KIND = "onnx_parity"
 VERSION = 1
 TOOLS = ("onnxruntime", "pillow", "torch", "transformers")
+REPORT = "parity.json"  # recorded in the lock under `checks`
 
 
 def run(context: StepContext) -> None:
