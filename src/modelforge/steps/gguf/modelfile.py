@@ -1,21 +1,16 @@
-"""Step `gguf_modelfile`: the Ollama Modelfile beside the GGUF files. FROM the text GGUF and, for a
+"""The Ollama Modelfile the gguf_package step writes beside the GGUF files. FROM the text GGUF and, for a
 model that reads images, a second FROM of the mmproj GGUF: Ollama's parser (parser/parser.go) merges
 every FROM into the create request's files, and its server files a GGUF whose general.type is `mmproj`
 (from v0.30.4; before that, any GGUF with clip.vision.block_count and no block_count) as the
 `application/vnd.ollama.image.projector` layer it hands llama.cpp's mtmd, so no single-file surgery
 (ollama#10519) is needed. TEMPLATE is Gemma 3's chat format in Go-template form (Ollama's own
 gemma3-instruct template), written only after the source's Jinja chat template is rendered and found
-to give the same prompts; PARAMETER carries the stop tokens and the manifest's sampler. Imports only
-steps.base, errors and the stdlib at module level."""
+to give the same prompts; PARAMETER carries the stop tokens and the manifest's sampler. A helper of
+the package step, not a step: imports only errors and the stdlib at module level (jinja2 inside)."""
 
 from __future__ import annotations
 
 from modelforge.errors import StepFailed
-from modelforge.steps.base import StepContext
-
-KIND = "gguf_modelfile"
-VERSION = 1
-TOOLS = ("jinja2",)
 
 # Gemma 3's turns as a Go template over Ollama's .Messages (the system message, if any, at index 0,
 # shown as $.System at the start of the first user turn, as the Jinja template's first_user_prefix does).
@@ -119,16 +114,3 @@ def chat_template_of(files: dict[str, str]) -> str:
     if not isinstance(template, str):
         raise StepFailed("the checkpoint has no chat template (chat_template.jinja or tokenizer_config.json's chat_template); the Modelfile's TEMPLATE cannot be checked")
     return template
-
-
-def run(context: StepContext) -> None:
-    """params: {model_file, projector_file?, stop, sampler?, num_ctx?, bos_token}; input `checkpoint`
-    (its chat template); output Modelfile."""
-    params = context.params
-    files = {relative: context.input_path("checkpoint", relative).read_text() for relative in ("chat_template.jinja", "tokenizer_config.json") if relative in context.inputs["checkpoint"]}
-    mismatches = template_mismatches(chat_template_of(files), params.get("bos_token", "<bos>"))
-    if mismatches:
-        raise StepFailed(f"the source's chat template is not Gemma 3's turn format, so the Modelfile's TEMPLATE would prompt differently: {mismatches[0]}")
-    text = modelfile_text(model_file=params["model_file"], projector_file=params.get("projector_file"), stop=params["stop"],
-                          sampler=params.get("sampler"), num_ctx=params.get("num_ctx"))
-    context.output("Modelfile").write_text(text)

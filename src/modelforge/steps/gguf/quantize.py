@@ -27,13 +27,14 @@ THREADS = 2
 
 def quantize(source: Path, out: Path, *, type: str, work: Path, progress: Callable[[int, int, str], None] = lambda *_: None) -> dict:
     """Quantize `source` (an F32/F16/BF16 GGUF) to `out`; returns the tensor types written, seconds and peak RSS."""
-    from modelforge.steps.gguf.worker import launch
+    from modelforge.steps.gguf.worker import MODULE
+    from modelforge.steps.workers import launch
 
     if type not in FTYPES:
         raise StepFailed(f"gguf quantization type {type!r} is not one of llama.cpp's ({', '.join(FTYPES)})")
     out.parent.mkdir(parents=True, exist_ok=True)
     request = {"action": "quantize", "source": str(source), "out": str(out), "ftype": FTYPES[type], "type": type, "threads": THREADS}
-    return launch(request, work / f"quantize-{type}", f"gguf quantize {type}", progress)
+    return launch(request, work, progress, f"gguf quantize {type}", MODULE)
 
 
 def quantize_in_child(request: dict) -> dict:
@@ -69,6 +70,6 @@ def run(context: StepContext) -> None:
 
     result = quantize(context.input_path("gguf", "model.gguf"), context.output("model.gguf"), type=context.params["type"],
                       work=context.scratch_dir, progress=context.progress)
-    context.measurements.update({key: result[key] for key in ("seconds", "peak_rss_bytes")})
+    context.measurements.update({key: result[key] for key in ("seconds", "peak_rss_bytes", "peak_anonymous_bytes")})
     report = {"type": context.params["type"], "tensor_types": result["tensor_types"], "file_type": result["file_type"]}
     context.output("quantize_report.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
