@@ -24,7 +24,7 @@ needs_llama_cpp = pytest.mark.skipif(
 )
 
 PROMPTS = ["What are the symptoms of pneumonia?", "The cardiac silhouette is within normal limits."]
-STEPS = 24  # with the prompt, past the tiny model's 32-token sliding window
+STEPS = 24  # with the chat-formatted prompt, past the tiny model's 32-token sliding window
 
 
 def sha256(path: Path) -> str:
@@ -71,13 +71,13 @@ def read_gguf(path: Path) -> dict:
 def test_f32_gguf_gives_pytorchs_greedy_tokens_and_logits(f32, text_checkpoint, tmp_path):
     from modelforge.steps.gguf import parity
 
-    report = parity.measure(f32, text_checkpoint, PROMPTS, STEPS, work=tmp_path)
-    summary = report["summary"]
-    print("F32 parity:", json.dumps(summary, sort_keys=True))
-    assert summary["tokenizer_equal"] and summary["greedy_equal"], report["prompts"]
-    assert summary["top1_agreement"] == 1.0
-    assert summary["max_abs_logit"] < 0.05
-    assert parity.failures(report, max_abs_logit=0.05, greedy_equal=True) == []
+    report, _ = parity.measure(f32, text_checkpoint, PROMPTS, STEPS, work=tmp_path)
+    print("F32 parity:", json.dumps(report, sort_keys=True))
+    assert report["tokenizer_equal"]
+    # Teacher-forced top-1 agreement 1.0 along PyTorch's greedy tokens: llama.cpp decoding on its own
+    # repeats every one of them.
+    assert report["top1_agreement"] == 1.0 and report["greedy_free_running_steps"] == [STEPS] * len(PROMPTS)
+    assert report["max_abs_logit"] < 0.05
 
 
 def test_conversion_is_byte_identical_from_another_directory(f32, text_checkpoint, tmp_path):
@@ -94,53 +94,45 @@ def test_conversion_is_byte_identical_from_another_directory(f32, text_checkpoin
     assert sha256(again) == sha256(f32)
     fields = read_gguf(again)["fields"]
     assert fields["general.name"] == "tiny-medgemma"
+    # The tiny model slides every other layer, not llama.cpp's default five in six: the pattern is written.
+    assert fields["gemma3.attention.sliding_window_pattern"] == [True, False]
+
+
+BROKEN_WORKER = """
+from modelforge.steps.gguf import convert_child, worker
+from modelforge.steps.workers import serve
+
+prepare = convert_child.prepare
+
+
+def broken(directory):
+    prepare(directory)
+    import conversion.gemma
+    conversion.gemma.Gemma3Model.norm_shift = lambda self, name: 0.0  # Gemma 3's RMSNorm +1, gone
+
+
+convert_child.prepare = broken
+serve(worker.ACTIONS)
+"""
 
 
 @needs_llama_cpp
-def test_q4_k_m_is_reproducible_and_its_figures_are_recorded(f32, text_checkpoint, tmp_path):
+def test_a_conversion_without_gemmas_norm_offset_fails_parity(text_checkpoint, tmp_path, monkeypatch):
+    """The pinned converter with Gemma3Model.norm_shift returning 0 (run by a worker module of this
+    test's): the parity thresholds a correct conversion meets catch it."""
+    import os
+
     from modelforge.steps.gguf import parity
-    from modelforge.steps.gguf.quantize import quantize
-
-    first = quantize(f32, tmp_path / "a" / "model.gguf", type="Q4_K_M", work=tmp_path / "a")
-    second = quantize(f32, tmp_path / "b" / "model.gguf", type="Q4_K_M", work=tmp_path / "b")
-    assert sha256(tmp_path / "a" / "model.gguf") == sha256(tmp_path / "b" / "model.gguf")
-    # The tiny model's 64-wide rows are no multiple of 256, so llama.cpp falls back from K-quants to
-    # legacy block types for them: the report says which.
-    print("Q4_K_M tensor types:", first["tensor_types"])
-    assert first["tensor_types"] == second["tensor_types"] and "F32" in first["tensor_types"]
-    report = parity.measure(tmp_path / "a" / "model.gguf", text_checkpoint, PROMPTS, STEPS, work=tmp_path / "parity")
-    summary = report["summary"]
-    print("Q4_K_M parity:", json.dumps(summary, sort_keys=True))
-    assert summary["tokenizer_equal"]
-    assert 0.0 < summary["mean_kl"] < 1.0
-    assert summary["top1_agreement"] > 0.5
-
-
-@needs_llama_cpp
-def test_a_conversion_without_gemmas_norm_offset_fails_parity(text_checkpoint, tmp_path):
-    """The pinned converter with Gemma3Model.norm_shift returning 0: the +1 Gemma 3's RMSNorm adds is
-    gone, and the parity thresholds a correct conversion meets catch it."""
-    from modelforge.steps.gguf import converter, parity
     from modelforge.steps.gguf.convert import convert
 
-    wrapper = tmp_path / "broken_convert.py"
-    wrapper.write_text(
-        "import sys\n"
-        "from pathlib import Path\n"
-        "from modelforge.steps.gguf import convert_child\n"
-        "directory = Path(sys.argv[1])\n"
-        "convert_child.prepare(directory)\n"
-        "import conversion.gemma\n"
-        "conversion.gemma.Gemma3Model.norm_shift = lambda self, name: 0.0\n"
-        "convert_child.run(directory, sys.argv[2:])\n"
-    )
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "broken_gguf_worker.py").write_text(BROKEN_WORKER)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "modules"), os.environ.get("PYTHONPATH", "")]))
     broken = tmp_path / "broken.gguf"
-    convert(text_checkpoint, broken, part="text", type="F32", name="tiny-medgemma", work=tmp_path / "work",
-            launcher=[sys.executable, str(wrapper), str(converter.converter_dir())])
-    report = parity.measure(broken, text_checkpoint, PROMPTS, STEPS, work=tmp_path)
-    print("broken parity:", json.dumps(report["summary"], sort_keys=True))
-    missed = parity.failures(report, max_abs_logit=0.05, greedy_equal=True)
-    assert any("max |Δlogit|" in line for line in missed), missed
+    convert(text_checkpoint, broken, part="text", type="F32", name="tiny-medgemma", work=tmp_path / "work", module="broken_gguf_worker")
+    report, _ = parity.measure(broken, text_checkpoint, PROMPTS, STEPS, work=tmp_path / "parity")
+    print("broken parity:", json.dumps(report, sort_keys=True))
+    assert report["max_abs_logit"] > 1.0 and report["top1_agreement"] < 0.45 and report["mean_kl"] > 1.0
 
 
 def test_vision_tower_and_projector_become_an_mmproj_gguf(tmp_path):
@@ -254,3 +246,34 @@ def test_the_go_template_agrees_with_the_sources_chat_template_and_a_foreign_one
     assert template_mismatches((TINY / "chat_template.jinja").read_text(), "<bos>") == []
     chatml = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
     assert len(template_mismatches(chatml, "<bos>")) == 3
+
+
+# ------------------------------------------------------------------------------ the target, end to end
+
+
+@needs_llama_cpp
+def test_the_tiny_gguf_manifest_builds_byte_identically_twice_with_parity_in_the_lock(tmp_path):
+    from modelforge import api
+    from modelforge.lock import read_lock
+    from modelforge.provenance import SIGNATURE_FILES
+
+    first_project = copy_project(tmp_path / "first")
+    first = api.build(first_project / "manifests" / "tiny-medgemma-gguf.yaml", store_dir=tmp_path / "store-1")
+    second_project = copy_project(tmp_path / "second")
+    second = api.build(second_project / "manifests" / "tiny-medgemma-gguf.yaml", store_dir=tmp_path / "store-2")
+    out = first.out_dir / "gguf"
+    names = sorted(path.name for path in out.iterdir() if path.name not in SIGNATURE_FILES)
+    assert names == ["Modelfile", "mmproj-tiny-medgemma-F16.gguf", "tiny-medgemma-Q4_K_M.gguf"]
+    for name in names:
+        assert (out / name).read_bytes() == (second.out_dir / "gguf" / name).read_bytes(), name
+    assert first.project.lock_path.read_bytes() == second.project.lock_path.read_bytes()
+    lock = read_lock(first.project.lock_path)
+    assert lock.targets["gguf"].files["tiny-medgemma-Q4_K_M.gguf"].sha256 == sha256(out / "tiny-medgemma-Q4_K_M.gguf")
+    check = lock.checks["gguf.parity"]
+    print("tiny Q4_K_M parity (lock):", json.dumps(check, sort_keys=True, default=str))
+    assert check["passed"] is True and check["tokenizer_equal"] is True
+    commands = parse_modelfile((out / "Modelfile").read_text())
+    assert commands[:2] == [("model", "./tiny-medgemma-Q4_K_M.gguf"), ("model", "./mmproj-tiny-medgemma-F16.gguf")]
+    fields = read_gguf(out / "tiny-medgemma-Q4_K_M.gguf")["fields"]
+    assert fields["general.file_type"] == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    assert "<start_of_turn>" in fields["tokenizer.chat_template"]
