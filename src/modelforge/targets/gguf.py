@@ -6,7 +6,7 @@ llama.cpp's own converter and quantizer, both from the pinned llama-cpp-python s
         │                                                                               ├─► package ─► <target>/
         ├──────► convert vision + projector ─► mmproj (image_text_to_text) ──────────────┤   (GGUFs, Modelfile)
         └──────► chat template (the Modelfile's TEMPLATE is checked against it) ─────────┘
-                       (parity: checkpoint + text GGUF in llama.cpp → report in the lock)
+                       (parity: checkpoint + GGUFs in llama.cpp and its mtmd → report in the lock)
 
 Imports its spec, `plan`, `plan_builder`, `gemma3` and its steps (steps/gguf/).
 """
@@ -61,6 +61,7 @@ def plan(builder: PlanBuilder, target: str, spec: GgufTarget) -> str:
             (InputRef("gguf", text, ("model.gguf",)),), gguf_quantize.TOOLS,
         ))
     inputs = [InputRef("text", text, ("model.gguf",))]
+    vision = None
     if multimodal:
         vision = builder.add(StepNode.make(
             f"{target}.convert_vision", gguf_convert.KIND, gguf_convert.VERSION, converted | {"part": "vision", "type": spec.vision_type},
@@ -85,7 +86,9 @@ def plan(builder: PlanBuilder, target: str, spec: GgufTarget) -> str:
         builder.add(StepNode.make(
             f"{target}.parity", gguf_parity.KIND, gguf_parity.VERSION,
             {"prompts": list(parity.prompts), "steps": parity.steps, "thresholds": {
-                "max_abs_logit": parity.max_abs_logit, "min_top1_agreement": parity.min_top1_agreement, "max_kl": parity.max_kl}},
-            (checkpoint, InputRef("gguf", text, ("model.gguf",))), gguf_parity.TOOLS,
+                "max_abs_logit": parity.max_abs_logit, "min_top1_agreement": parity.min_top1_agreement, "max_kl": parity.max_kl,
+                "min_vision_cosine": parity.min_vision_cosine}},
+            (checkpoint, InputRef("gguf", text, ("model.gguf",)), *([InputRef("mmproj", vision, ("mmproj.gguf",))] if vision else [])),
+            gguf_parity.TOOLS,
         ))
     return package

@@ -27,6 +27,12 @@ class GgufParitySpec(Spec):
         description="Fail if top-1 agreement with PyTorch is lower; 1.0 means llama.cpp's greedy tokens are PyTorch's (float types).",
     )
     max_kl: float | None = Field(default=None, ge=0, description="Fail if the mean KL divergence from PyTorch's next-token distribution exceeds this.")
+    min_vision_cosine: float | None = Field(
+        default=None, ge=-1, le=1,
+        description="Fail if the cosine similarity of the image embeddings llama.cpp's mtmd makes from the mmproj (its own "
+        "preprocessing) with PyTorch's (the image processor's pixels, two generated test cards, worst card) is lower, or the "
+        "image token counts differ (image_text_to_text).",
+    )
 
 
 class GgufTarget(TargetBase):

@@ -8,7 +8,10 @@ gives the reference's prompt ids. A float type is held to top-1 agreement 1.0 (t
 greedy tokens are PyTorch's) and a max |Δlogit|; a K-quant to top-1 agreement and mean KL. The KV
 cache is F32: llama.cpp's default F16 cache would add its own rounding to every figure; ggml's CPU GELU
 reads an F16 table, which leaves about 0.02 of |Δlogit| on a correct F32 conversion of the tiny model.
-A conversion without Gemma's +1 norm offset fails. Imports only steps.base, steps.parity, errors and
+A conversion without Gemma's +1 norm offset fails. With an mmproj, phase `image_reference` (shared)
+makes test cards of the processor's size with PyTorch's image embeddings, and phase `gguf` puts each
+card through llama.cpp's mtmd (its own clip preprocessing and the mmproj's tower and projector):
+vision_cosine (worst card) and the image token count of each side. Imports only steps.base, steps.parity, errors and
 the stdlib at module level; torch, transformers and llama_cpp load in the worker only."""
 
 from __future__ import annotations
@@ -23,18 +26,63 @@ from modelforge.steps.parity import gate, run_phases
 
 KIND = "gguf_parity"
 VERSION = 1
-TOOLS = ("llama-cpp-python", "torch", "transformers", "sentencepiece", "numpy")
+TOOLS = ("llama-cpp-python", "numpy", "pillow", "sentencepiece", "torch", "transformers")
 REPORT = "parity.json"  # recorded in the lock under `checks`
 THREADS = 2
 
 
-def measure(gguf: Path, checkpoint: Path, prompts: list[str], steps: int, *, work: Path,
+def measure(gguf: Path, checkpoint: Path, prompts: list[str], steps: int, *, work: Path, mmproj: Path | None = None,
             progress: Callable[[int, int, str], None] = lambda *_: None) -> tuple[dict, dict]:
-    """(the parity report, the measurements) of `gguf` against `checkpoint`, each phase in a worker."""
+    """(the parity report, the measurements) of `gguf` (and `mmproj`, its vision) against
+    `checkpoint`, each phase in a worker."""
     work.mkdir(parents=True, exist_ok=True)
     request = {"action": "parity", "gguf": str(gguf), "checkpoint": str(checkpoint), "prompts": list(prompts), "steps": steps,
-               "threads": THREADS, "scratch_dir": str(work)}
-    return run_phases(request, ["text_reference", "gguf"], work, progress, MODULE)
+               "threads": THREADS, "scratch_dir": str(work), "mmproj": str(mmproj) if mmproj else None, "bundle": None}
+    phases = ["text_reference", *(["image_reference"] if mmproj else []), "gguf"]
+    return run_phases(request, phases, work, progress, MODULE)
+
+
+def mtmd_image_embeddings(llama, mmproj: str, card: Path, threads: int):
+    """The card through llama.cpp's mtmd (its own clip preprocessing, then the mmproj's vision tower
+    and projector): the embeddings of the image's tokens, [tokens, hidden]."""
+    import ctypes
+
+    import numpy as np
+    from PIL import Image
+
+    from llama_cpp import mtmd_cpp as mtmd
+
+    params = mtmd.mtmd_context_params_default()
+    params.use_gpu, params.n_threads, params.print_timings = False, threads, False
+    context = mtmd.mtmd_init_from_file(mmproj.encode(), llama.model, params)
+    if not context:
+        raise RuntimeError(f"llama.cpp's mtmd could not load {mmproj}")
+    try:
+        with Image.open(card) as image:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        height, width = pixels.shape[:2]
+        bitmap = mtmd.mtmd_bitmap_init(width, height, (ctypes.c_uint8 * pixels.size).from_buffer_copy(pixels.tobytes()))
+        marker = mtmd.mtmd_default_marker()
+        text = mtmd.mtmd_input_text(text=marker, text_len=len(marker), add_special=False, parse_special=True)
+        chunks = mtmd.mtmd_input_chunks_init()
+        try:
+            if mtmd.mtmd_tokenize(context, chunks, ctypes.byref(text), (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1) != 0:
+                raise RuntimeError(f"llama.cpp's mtmd could not tokenize an image prompt with {mmproj}")
+            for index in range(mtmd.mtmd_input_chunks_size(chunks)):
+                chunk = mtmd.mtmd_input_chunks_get(chunks, index)
+                if mtmd.mtmd_input_chunk_get_type(chunk) != mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
+                    continue
+                tokens = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+                if mtmd.mtmd_encode_chunk(context, chunk) != 0:
+                    raise RuntimeError(f"llama.cpp's mtmd could not encode the image with {mmproj}")
+                output = mtmd.mtmd_get_output_embd(context)
+                return np.ctypeslib.as_array(output, shape=(tokens * llama.n_embd(),)).reshape(tokens, -1).astype(np.float64)
+            raise RuntimeError("llama.cpp's mtmd made no image chunk of an image prompt")
+        finally:
+            mtmd.mtmd_input_chunks_free(chunks)
+            mtmd.mtmd_bitmap_free(bitmap)
+    finally:
+        mtmd.mtmd_free(context)
 
 
 def gguf_phase(request: dict) -> dict:
@@ -72,18 +120,31 @@ def gguf_phase(request: dict) -> dict:
         free_running.append(next((step for step, (a, b) in enumerate(zip(greedy, tokens)) if a != b), len(tokens)))
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
         tokenizer_equal.append(list(llama.tokenize(text.encode(), add_bos=False, special=True)) == ids)
-    return {"report": comparison.report() | {
-        "greedy_free_running_steps": free_running,
-        "tokenizer_equal": all(tokenizer_equal),
-    }}
+    report = comparison.report() | {"greedy_free_running_steps": free_running, "tokenizer_equal": all(tokenizer_equal)}
+    if request.get("mmproj"):
+        saved = np.load(references_dir(request) / "vision.npz")
+        cosines, counts = [], []
+        for index, card in enumerate(request["cards"]):
+            reference = saved[f"arr_{index}"]
+            ours = mtmd_image_embeddings(llama, request["mmproj"], Path(card), request["threads"])
+            counts.append([int(ours.shape[0]), int(reference.shape[0])])
+            if ours.shape == reference.shape:
+                a, b = reference.reshape(-1), ours.reshape(-1)
+                cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+            else:
+                cosines.append(float("nan"))  # a different image token count fails the gate
+        report |= {"vision_cosine": min(cosines), "vision_tokens": counts}
+    return {"report": report}
 
 
 def run(context: StepContext) -> None:
-    """params: {prompts, steps, thresholds: {max_abs_logit, min_top1_agreement, max_kl}}; inputs `gguf`
-    (model.gguf) and `checkpoint` (the PyTorch side); output parity.json (recorded in the lock)."""
+    """params: {prompts, steps, thresholds: {max_abs_logit, min_top1_agreement, max_kl, min_vision_cosine}};
+    inputs `gguf` (model.gguf), `mmproj` (mmproj.gguf, for a model that reads images) and `checkpoint`
+    (the PyTorch side); output parity.json (recorded in the lock)."""
     params = context.params
+    mmproj = context.input_path("mmproj", "mmproj.gguf") if "mmproj" in context.inputs else None
     report, measurements = measure(context.input_path("gguf", "model.gguf"), context.input_dir("checkpoint"), params["prompts"],
-                                   params["steps"], work=context.scratch_dir / "parity", progress=context.progress)
+                                   params["steps"], work=context.scratch_dir / "parity", mmproj=mmproj, progress=context.progress)
     context.measurements.update(measurements)
     if not report["tokenizer_equal"]:
         raise StepFailed("parity check failed: llama.cpp's tokenizer (the GGUF's vocabulary) splits a chat prompt differently from the "
