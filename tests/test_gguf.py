@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MANIFESTS, TINY, copy_project
+from conftest import ROOT, TINY, copy_project
 
 needs_llama_cpp = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None,
@@ -49,6 +49,27 @@ def f32(text_checkpoint, tmp_path_factory):
     out = work / "out" / "model.gguf"
     convert(text_checkpoint, out, part="text", type="F32", name="tiny-medgemma", work=work)
     return out
+
+
+def test_setup_and_the_converter_pin_the_same_sdist():
+    from modelforge.steps.gguf import converter
+
+    pin = [line for line in (ROOT / "tools" / "llama-cpp-python.txt").read_text().splitlines() if line and not line.startswith("#")]
+    assert pin == [f"llama-cpp-python=={converter.LLAMA_CPP_PYTHON} --hash=sha256:{converter.SDIST_SHA256}"]
+    assert f"llama_cpp_python=={converter.LLAMA_CPP_PYTHON}" in (ROOT / "constraints.txt").read_text().splitlines()
+
+
+def test_a_missing_or_altered_sdist_is_refused_in_one_line(tmp_path, monkeypatch):
+    from modelforge.errors import StepFailed
+    from modelforge.steps.gguf import converter
+
+    monkeypatch.setenv("MODELFORGE_TOOLS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MODELFORGE_LLAMA_CPP_SDIST", str(tmp_path / "absent.tar.gz"))
+    with pytest.raises(StepFailed, match="missing; run tools/setup.sh"):
+        converter.converter_dir()
+    (tmp_path / "absent.tar.gz").write_bytes(b"not the sdist")
+    with pytest.raises(StepFailed, match="not the pinned"):
+        converter.converter_dir()
 
 
 def read_gguf(path: Path) -> dict:
@@ -267,6 +288,8 @@ def test_the_tiny_gguf_manifest_builds_byte_identically_twice_with_parity_in_the
     for name in names:
         assert (out / name).read_bytes() == (second.out_dir / "gguf" / name).read_bytes(), name
     assert first.project.lock_path.read_bytes() == second.project.lock_path.read_bytes()
+    # ... and they are the bytes the committed lock pins.
+    assert first.project.lock_path.read_bytes() == (ROOT / "lock" / "tiny-medgemma-gguf.lock").read_bytes()
     lock = read_lock(first.project.lock_path)
     assert lock.targets["gguf"].files["tiny-medgemma-Q4_K_M.gguf"].sha256 == sha256(out / "tiny-medgemma-Q4_K_M.gguf")
     check = lock.checks["gguf.parity"]
