@@ -16,7 +16,7 @@ import yaml
 from conftest import MANIFESTS, ROOT, TINY
 from modelforge.lock import PENDING, read_lock
 
-HUB_MANIFESTS = ["medgemma-1.5-text-only.yaml", "medgemma-1.5-litertlm.yaml", "medgemma-1.5-onnx.yaml"]
+HUB_MANIFESTS = ["medgemma-1.5-text-only.yaml", "medgemma-1.5-litertlm.yaml", "medgemma-1.5-onnx.yaml", "medgemma-1.5-gguf.yaml"]
 REVISION = "91850547d9f0b2fdd21aa7c5f4f3d1a8a52c243b"
 
 
