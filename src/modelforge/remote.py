@@ -36,8 +36,9 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 from modelforge.errors import ConfigError, RemoteError
+from modelforge.faults import fault_point
 from modelforge.signing import PublicKey, SigningKey, parse_public_key, verify
-from modelforge.store import BUILT_HERE, FileRecord, StepRecord, Store, describe_writer, fault_point, parse_record, pulled_by, record_fields
+from modelforge.store import BUILT_HERE, FileRecord, StepRecord, Store, describe_writer, parse_record, pulled_by, record_fields
 
 RECORD_FORMAT = "modelforge-step-record/1"
 # Objects of this size or more go up as a multipart upload streamed from disk (a conditional put is

@@ -19,9 +19,11 @@ from modelforge.api.planning import opened, plan_for, previous_steps, tools_of
 from modelforge.api.project import Project, open_project
 from modelforge.errors import ConfigError, LockError
 from modelforge.executor import Reporter, SilentReporter, materialize_targets, run_plan, statuses
+from modelforge.faults import fault_point
 from modelforge.lock import Lock, differences, read_lock, read_lock_or_none, write_lock
+from modelforge.outputs import LINK_FROM, Materialized
 from modelforge.plan import Plan
-from modelforge.store import LINK_FROM, FileRecord, Materialized, Store, default_store_dir, fault_point
+from modelforge.store import FileRecord, Store, default_store_dir
 
 EXECUTORS = ("local", "ray")
 
