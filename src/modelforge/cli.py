@@ -1,5 +1,7 @@
 """The command line: each command parses, calls `api`, renders. Errors become one line on
-stderr and an exit code here, in one place; a user never sees a traceback for bad input."""
+stderr and an exit code here, in one place; a user never sees a traceback for bad input.
+Each command imports `api` and what it renders inside its function, so that `modelforge --help`
+and a mistyped command answer at once."""
 
 from __future__ import annotations
 

@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelforge import api
 from modelforge.errors import ManifestError
+from modelforge.executor import SilentReporter
 from modelforge.manifest import Manifest, changed_fields
 from modelforge.plan import Plan, compute_keys
+from modelforge.store import Store, default_store_dir
 from modelforge.transforms import apply_config_edits, config_bytes
 
 
@@ -64,10 +67,6 @@ def merge_base(path: Path) -> str:
 
 
 def diff_manifests(old_path: Path, new_path: Path, *, old_label: str, new_label: str, store_dir: Path | None = None, source_dir: Path | None = None) -> ManifestDiff:
-    from modelforge import api
-    from modelforge.executor import SilentReporter
-    from modelforge.store import Store, default_store_dir
-
     old_project, new_project = api.open_project(old_path), api.open_project(new_path)
     result = ManifestDiff(old_label, new_label)
     for change in changed_fields(old_project.manifest.model_dump(mode="json"), new_project.manifest.model_dump(mode="json")):
