@@ -1,5 +1,7 @@
 """The command line: each command parses, calls `api`, renders. Errors become one line on
-stderr and an exit code here, in one place; a user never sees a traceback for bad input."""
+stderr and an exit code here, in one place; a user never sees a traceback for bad input.
+Each command imports `api` and what it renders inside its function, so that `modelforge --help`
+and a mistyped command answer at once."""
 
 from __future__ import annotations
 
@@ -438,7 +440,7 @@ def diff(manifests: tuple[Path, ...], base: str | None, output_format: str, sour
     Exit status: 0 nothing would rebuild, 1 something would rebuild, 2+ an error."""
     from modelforge import diff as diffing
 
-    temporary = None
+    temporary, old_lock = None, None
     try:
         if len(manifests) == 2:
             old, new = manifests
@@ -448,9 +450,10 @@ def diff(manifests: tuple[Path, ...], base: str | None, output_format: str, sour
             revision = base or diffing.merge_base(new)
             old, old_label = diffing.manifest_at_revision(new, revision)
             temporary, new_label = old, f"{new} (working tree)"
+            old_lock = diffing.lock_at_revision(new, revision)
         else:
             raise click.UsageError("give one manifest (with --base) or two (OLD NEW)")
-        result = diffing.diff_manifests(old, new, old_label=old_label, new_label=new_label, store_dir=store_dir, source_dir=source_dir)
+        result = diffing.diff_manifests(old, new, old_label=old_label, new_label=new_label, store_dir=store_dir, source_dir=source_dir, old_lock=old_lock)
     finally:
         if temporary is not None:
             temporary.unlink(missing_ok=True)

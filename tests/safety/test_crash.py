@@ -4,7 +4,7 @@ whole (no partial object under a final name, no record without its objects, no t
 tmp/), dist/ holds the old complete target or the new one, `verify` passes only on a matching
 pair, and the rebuild gives byte-identical outputs to an uninterrupted build.
 
-The kill points come from store.fault_point (MODELFORGE_KILL_AT="name:N"); their names and counts
+The kill points come from faults.fault_point (MODELFORGE_KILL_AT="name:N"); their names and counts
 are read from a traced build first, so a new step or write is covered without editing this file.
 Rerun one point with MODELFORGE_SAFETY_POINT="transform_weights/progress:5"."""
 
@@ -318,7 +318,7 @@ def _orphans(store: Path) -> int:
     return kill_workers(store)
 
 
-# A litert worker held by store.fault_point (MODELFORGE_PAUSE_AT) until the test acts: a kill or a
+# A litert worker held by faults.fault_point (MODELFORGE_PAUSE_AT) until the test acts: a kill or a
 # signal then lands while the worker runs, however fast or slow this machine exports.
 HOLD_SECONDS = 600
 

@@ -19,9 +19,12 @@ from modelforge.api.planning import opened, plan_for, previous_steps, tools_of
 from modelforge.api.project import Project, open_project
 from modelforge.errors import ConfigError, LockError
 from modelforge.executor import Reporter, SilentReporter, materialize_targets, run_plan, statuses
+from modelforge.faults import fault_point
 from modelforge.lock import Lock, differences, read_lock, read_lock_or_none, write_lock
+from modelforge.memory import refuse_if_too_large
+from modelforge.outputs import LINK_FROM, Materialized
 from modelforge.plan import Plan
-from modelforge.store import LINK_FROM, FileRecord, Materialized, Store, default_store_dir, fault_point
+from modelforge.store import FileRecord, Store, default_store_dir
 
 EXECUTORS = ("local", "ray")
 
@@ -100,8 +103,6 @@ def _build_here(
         if the_plan.facts.get("memory"):
             # Refuse now, not after an hour of swapping: the largest predicted peak of a step that would
             # run (a step the remote cache has is pulled, not run).
-            from modelforge.memory import refuse_if_too_large
-
             to_run = [
                 status.name for status in statuses(the_plan, store, toolchain, {}, remote, trusted) if not status.cached and not status.remote
             ]

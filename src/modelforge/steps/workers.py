@@ -5,7 +5,7 @@ anonymous memory measured, its log kept for the error, and it dies with its pare
 process also keeps torch, TensorFlow and onnxruntime out of modelforge's own process.
 
 Owns launch()/run_job() (the step side) and main()/serve() (the worker side). Imports only the
-standard library, `errors` and `store.fault_point` (the safety tests' hook), never a model toolchain.
+standard library, `errors` and `faults.fault_point` (the safety tests' hook), never a model toolchain.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from modelforge.store import fault_point  # the safety tests' hook; imports nothing heavy
+from modelforge.faults import fault_point  # the safety tests' hook; imports nothing heavy
 
 
 def _die_with_parent() -> None:

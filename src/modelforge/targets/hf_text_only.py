@@ -8,6 +8,7 @@ from modelforge.manifest.targets.hf_text_only import HfTextOnlyTarget
 from modelforge.plan import InputRef, StepNode
 from modelforge.plan_builder import PlanBuilder, source_input
 from modelforge.steps.checkpoint import assemble, carry_files, check_architecture, rewrite_config, transform_weights
+from modelforge.transforms import matches
 
 KIND = "hf_text_only"
 
@@ -97,6 +98,4 @@ def plan(builder: PlanBuilder, target: str, spec: HfTextOnlyTarget) -> str:
 
 
 def _carried(builder: PlanBuilder) -> list[str]:
-    from modelforge.transforms import matches
-
     return [item.path for item in builder.facts.files if matches(item.path, builder.manifest.files.carry)]

@@ -526,7 +526,7 @@ def _split_streamed(variant: LitertjsVariant, sources: dict[str, Path], split_di
     adding their `<graph>_weights`; returns bundle.json's `streamed`: per graph, its weights file's
     logical name, the external buffer group the flatbuffer names (the page creates its file-system entry
     under that name), the weights' size and the largest one's (the page's scratch region)."""
-    from modelforge.web.split_weights import QUANTIZED_TYPES, split_weights
+    from modelforge.web.split_weights import QUANTIZED_TYPES, split_weights  # flatbuffers: for streamed variants only
 
     split_dir.mkdir()
     streamed = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelforge.store import fault_point  # the safety tests' hook; imports nothing heavy
+from modelforge.faults import fault_point  # the safety tests' hook; imports nothing heavy
 
 MODULE = "modelforge.steps.litert.worker"
 

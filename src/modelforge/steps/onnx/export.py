@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 
 from modelforge.steps.base import StepContext
-from modelforge.steps.workers import job_request, run_job
 from modelforge.steps.onnx.worker import MODULE
+from modelforge.steps.workers import job_request, run_job
 
 KIND = "onnx_export"
 VERSION = 4

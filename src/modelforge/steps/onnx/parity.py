@@ -7,10 +7,10 @@ processes (the PyTorch references, then the graphs), as litert_parity's do."""
 
 from __future__ import annotations
 
+from modelforge.outputs import link_or_copy
 from modelforge.steps.base import StepContext
-from modelforge.store import link_or_copy
-from modelforge.steps.parity import gate, run_phases
 from modelforge.steps.onnx.worker import MODULE
+from modelforge.steps.parity import gate, run_phases
 
 KIND = "onnx_parity"
 VERSION = 1

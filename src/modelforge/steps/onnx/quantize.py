@@ -7,8 +7,8 @@ from __future__ import annotations
 import shutil
 
 from modelforge.steps.base import StepContext
-from modelforge.steps.workers import job_request, run_job
 from modelforge.steps.onnx.worker import MODULE
+from modelforge.steps.workers import job_request, run_job
 
 KIND = "onnx_quantize"
 VERSION = 1
