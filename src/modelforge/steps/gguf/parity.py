@@ -11,7 +11,9 @@ reads an F16 table, which leaves about 0.02 of |Δlogit| on a correct F32 conver
 A conversion without Gemma's +1 norm offset fails. With an mmproj, phase `image_reference` (shared)
 makes test cards of the processor's size with PyTorch's image embeddings, and phase `gguf` puts each
 card through llama.cpp's mtmd (its own clip preprocessing and the mmproj's tower and projector):
-vision_cosine (worst card) and the image token count of each side. Imports only steps.base, steps.parity, errors and
+vision_cosine (worst card) and the image token count of each side; a card 1.5 times as wide
+(phase `non_square_reference`) records how llama.cpp's own resize (aspect kept, padded) differs
+from the processor's (stretched): vision_cosine_non_square, recorded, not gated. Imports only steps.base, steps.parity, errors and
 the stdlib at module level; torch, transformers and llama_cpp load in the worker only."""
 
 from __future__ import annotations
@@ -38,8 +40,28 @@ def measure(gguf: Path, checkpoint: Path, prompts: list[str], steps: int, *, wor
     work.mkdir(parents=True, exist_ok=True)
     request = {"action": "parity", "gguf": str(gguf), "checkpoint": str(checkpoint), "prompts": list(prompts), "steps": steps,
                "threads": THREADS, "scratch_dir": str(work), "mmproj": str(mmproj) if mmproj else None, "bundle": None}
-    phases = ["text_reference", *(["image_reference"] if mmproj else []), "gguf"]
+    phases = ["text_reference", *(["image_reference", "non_square_reference"] if mmproj else []), "gguf"]
     return run_phases(request, phases, work, progress, MODULE)
+
+
+def non_square_reference(request: dict) -> dict:
+    """Phase `non_square_reference`, in the worker: PyTorch's image embeddings of a card 1.5 times as
+    wide as the processor's square (the vision tower and projector only, through partial_load), so the
+    gguf phase can compare llama.cpp's resize with the processor's."""
+    import numpy as np
+    from transformers import AutoProcessor
+
+    from modelforge.steps.parity_phases import load_reference, references_dir, test_cards, vision_references
+
+    checkpoint = Path(request["checkpoint"])
+    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=False)
+    height, width = processor.image_processor.size["height"], processor.image_processor.size["width"]
+    directory = Path(request["scratch_dir"]) / "non-square"
+    directory.mkdir(exist_ok=True)
+    card = test_cards((height, width * 3 // 2), directory)[0]
+    model = load_reference(checkpoint, "vision", "AutoModelForImageTextToText")
+    np.savez(references_dir(request) / "non_square.npz", *vision_references(model, processor, [card]))
+    return {"handoff": {"non_square_card": str(card)}}
 
 
 def mtmd_image_embeddings(llama, mmproj: str, card: Path, threads: int):
@@ -134,6 +156,13 @@ def gguf_phase(request: dict) -> dict:
             else:
                 cosines.append(float("nan"))  # a different image token count fails the gate
         report |= {"vision_cosine": min(cosines), "vision_tokens": counts}
+        # Recorded, not gated: llama.cpp's clip keeps a Gemma 3 image's aspect ratio and pads it
+        # (image_resize_pad = PAD_CEIL), where transformers' processor stretches it to the square.
+        reference = np.load(references_dir(request) / "non_square.npz")["arr_0"]
+        ours = mtmd_image_embeddings(llama, request["mmproj"], Path(request["non_square_card"]), request["threads"])
+        if ours.shape == reference.shape:
+            a, b = reference.reshape(-1), ours.reshape(-1)
+            report["vision_cosine_non_square"] = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
     return {"report": report}
 
 

@@ -30,10 +30,10 @@ def quantize(request: dict) -> dict:
 
 
 def parity(request: dict) -> dict:
-    from modelforge.steps.gguf.parity import gguf_phase
+    from modelforge.steps.gguf.parity import gguf_phase, non_square_reference
     from modelforge.steps.parity_phases import PHASES
 
-    return {**PHASES, "gguf": gguf_phase}[request["phase"]](request)
+    return {**PHASES, "non_square_reference": non_square_reference, "gguf": gguf_phase}[request["phase"]](request)
 
 
 ACTIONS = {"convert": convert, "quantize": quantize, "parity": parity}
