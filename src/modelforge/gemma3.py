@@ -1,16 +1,22 @@
 """What modelforge knows about Gemma 3 that every target shares: the architectures the exporters
 handle, the refusal of a source that is not one (or a text-only one for an image task), which
 components each export part loads, the image delimiter tokens, and the predicted peak memory of a
-step from the source's tensor headers (memory.py's models). Imports only `errors`, `memory` and
-`plan_builder`: targets import it, it imports no target and no toolchain."""
+step from the source's tensor headers (memory.py's models), and the PyTorch reference every parity
+gate reads (plan_reference). Imports `errors`, `hashing`, `memory`, `plan`, `plan_builder` and the
+reference step: targets import it, it imports no target."""
 
 from __future__ import annotations
 
 from modelforge import memory
 from modelforge.errors import PlanError
+from modelforge.hashing import digest
+from modelforge.plan import InputRef, StepNode
 from modelforge.plan_builder import PlanBuilder
+from modelforge.steps.reference import pytorch as parity_reference
 
 SUPPORTED_ARCHITECTURES = ("Gemma3ForConditionalGeneration", "Gemma3ForCausalLM")
+# The tokens that end a Gemma 3 chat turn (the litertlm target's default metadata.stop_tokens).
+STOP_TOKENS = ("<eos>", "<end_of_turn>")
 # The Gemma 3 image delimiters the runtime looks for (token strings: ids differ between checkpoints).
 IMAGE_TOKENS = {"start": "<start_of_image>", "end": "<end_of_image>"}
 
@@ -48,3 +54,27 @@ def check_source_architecture(builder: PlanBuilder, where: str, task: str, expor
     if multimodal and "Gemma3ForConditionalGeneration" not in architectures:
         raise PlanError(f"{where}: task image_text_to_text needs a multimodal checkpoint (Gemma3ForConditionalGeneration); use text_generation")
     return multimodal
+
+
+def plan_reference(builder: PlanBuilder, checkpoint: InputRef, prompts: list[str], steps: int, multimodal: bool,
+                   answers: dict | None = None) -> InputRef:
+    """The parity_reference step of `checkpoint` on these prompts (and, for `answers`, PyTorch's image
+    answers up to its stop_tokens), as the input `reference` of a parity step. Targets asking for
+    the same reference share one node: the float32 model is loaded once per build, not per gate. A
+    multimodal reference computes the image answers even for a gate that reads none (stop tokens:
+    the runtime's, else STOP_TOKENS), so that every target of a checkpoint and prompts shares it."""
+    if multimodal and answers is None:
+        answers = {"stop_tokens": list(STOP_TOKENS)}
+    params = {"prompts": list(prompts), "steps": steps, "multimodal": multimodal, "answers": answers}
+    name = "reference" + ("" if checkpoint.node == builder.source.name else f".{checkpoint.node}")
+    node = StepNode.make(name, parity_reference.KIND, parity_reference.VERSION, params,
+                         (InputRef("checkpoint", checkpoint.node, checkpoint.select),), parity_reference.TOOLS)
+    existing = builder.steps.get(name)
+    if existing is not None and existing != node:  # another target's prompts: a reference of its own
+        name = f"{name}.{digest(params)[:8]}"
+        node = StepNode.make(name, node.kind, node.version, params, node.inputs, node.tools)
+    builder.add(node)
+    # Its peak is the float32 model it loads (memory.py's `parity` kind: measured when the parity
+    # step computed the reference itself, its largest phase).
+    predict_memory(builder, name, "parity", PART_COMPONENTS["text"] + (PART_COMPONENTS["vision"] if multimodal else ()))
+    return InputRef("reference", name)

@@ -26,6 +26,28 @@ FIGURES = (
 )
 
 
+def references_dir(request: dict) -> Path:
+    """Where a parity job finds the reference's files (the parity_reference step's outputs)."""
+    directory = Path(request["scratch_dir"]) / "references"
+    directory.mkdir(exist_ok=True)
+    return directory
+
+
+def take_reference(context: StepContext, request: dict) -> dict:
+    """Put the parity_reference step's outputs (input `reference`) where the phases read them;
+    returns what the phases are handed: the test cards and, where computed, PyTorch's image answers."""
+    directory = references_dir(request)
+    handoff: dict = {"cards": []}
+    for relative, item in sorted(context.inputs["reference"].items()):
+        if relative == "reference.json":
+            handoff |= json.loads(item.path.read_text())
+        elif relative.endswith(".png"):
+            handoff["cards"].append(str(item.path.resolve()))
+        else:
+            (directory / relative).symlink_to(item.path.resolve())
+    return handoff
+
+
 def run_phases(request: dict, phases: list[str], scratch: Path, progress, module: str) -> tuple[dict, dict]:
     """Each phase in its own worker process (parity_phases.PHASES), each handed what the earlier ones
     returned: (the report, the measurements: seconds summed, peaks of the largest phase). Shared by

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from modelforge.steps.parity import references_dir
+
 MASKED = float(np.finfo(np.float32).min / 2)
 
 
@@ -188,12 +190,6 @@ def text_parity(models_dir: Path, references: Path, prompts: int) -> dict:
             comparison.add(decoder.step(token, position), reference_logits[step])
             token, position = reference_token, position + 1  # teacher forcing keeps the two aligned
     return comparison.report()
-
-
-def references_dir(request: dict) -> Path:
-    directory = Path(request["scratch_dir"]) / "references"
-    directory.mkdir(exist_ok=True)
-    return directory
 
 
 def test_cards(size: tuple[int, int], directory: Path) -> list[Path]:

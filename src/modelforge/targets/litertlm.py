@@ -21,7 +21,7 @@ from modelforge.manifest.parts import QuantizationSpec
 from modelforge.manifest.targets.litertlm import LitertlmTarget
 from modelforge.plan import InputRef, StepNode
 from modelforge.plan_builder import PlanBuilder, source_input
-from modelforge.gemma3 import IMAGE_TOKENS, PART_COMPONENTS, check_source_architecture, predict_export_memory, predict_memory
+from modelforge.gemma3 import IMAGE_TOKENS, check_source_architecture, plan_reference, predict_export_memory, predict_memory
 from modelforge.steps.litert import export as litert_export
 from modelforge.steps.litert import metadata as litertlm_metadata
 from modelforge.steps.litert import package as litertlm_package
@@ -124,17 +124,16 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
         litertlm_package.TOOLS,
     ))
     if spec.parity is not None:
-        inputs = [checkpoint]
+        answers = {"stop_tokens": list(spec.metadata.stop_tokens)} if multimodal else None  # the runtime's image answers are gated
+        inputs = [checkpoint, plan_reference(builder, checkpoint, spec.parity.prompts, spec.parity.steps, multimodal, answers)]
         for part, refs in final_by_part.items():
             inputs += [InputRef(part if index == 0 else f"{part}{index}", ref.node, ref.select) for index, ref in enumerate(refs)]
         if multimodal:  # images are checked through the runtime, on the bundle as shipped
             inputs.append(InputRef("bundle", package))
-        parity_step = builder.add(StepNode.make(
+        builder.add(StepNode.make(
             f"{target}.parity", litert_parity.KIND, litert_parity.VERSION, parity_params(spec, runtime=multimodal),
             tuple(inputs), litert_parity.TOOLS,
         ))
-        # The text check loads the decoder; the image check the whole multimodal model.
-        predict_memory(builder, parity_step, "parity", tuple(PART_COMPONENTS["text"] + (PART_COMPONENTS["vision"] if multimodal else ())))
     return package
 
 

@@ -20,7 +20,7 @@ from modelforge.errors import PlanError
 from modelforge.manifest.targets.onnx import OnnxPrecisionSpec, OnnxTarget
 from modelforge.plan import InputRef, StepNode
 from modelforge.plan_builder import PlanBuilder, source_input
-from modelforge.gemma3 import PART_COMPONENTS, check_source_architecture
+from modelforge.gemma3 import PART_COMPONENTS, check_source_architecture, plan_reference
 from modelforge.steps.onnx import export as onnx_export
 from modelforge.steps.onnx import package as onnx_package
 from modelforge.steps.onnx import parity as onnx_parity
@@ -113,14 +113,14 @@ def plan(builder: PlanBuilder, target: str, spec: OnnxTarget) -> str:
     ))
     if spec.parity is not None:
         parity = spec.parity
-        step = builder.add(StepNode.make(
+        builder.add(StepNode.make(
             f"{target}.parity", onnx_parity.KIND, onnx_parity.VERSION,
             {"prompts": list(parity.prompts), "steps": parity.steps, "multimodal": multimodal, "thresholds": {
                 "max_abs_logit": parity.max_abs_logit, "min_top1_agreement": parity.min_top1_agreement,
                 "max_kl": parity.max_kl, "min_vision_cosine": parity.min_vision_cosine}},
-            (checkpoint, InputRef("target", package)), onnx_parity.TOOLS,
+            (checkpoint, plan_reference(builder, checkpoint, parity.prompts, parity.steps, multimodal), InputRef("target", package)),
+            onnx_parity.TOOLS,
         ))
-        predict(builder, step, "parity", wanted)
     return package
 
 

@@ -29,7 +29,7 @@ from modelforge.manifest.targets.onnx import OnnxPrecisionSpec
 from modelforge.manifest.targets.web_bundle import WebBundleTarget, WebVariantSpec
 from modelforge.plan import InputRef, StepNode
 from modelforge.plan_builder import PlanBuilder, source_input
-from modelforge.gemma3 import PART_COMPONENTS, predict_export_memory, predict_memory
+from modelforge.gemma3 import PART_COMPONENTS, plan_reference, predict_export_memory, predict_memory
 from modelforge.steps.litert import export as litert_export
 from modelforge.steps.litert import parity as litert_parity
 from modelforge.steps.litert import quantize as litert_quantize
@@ -223,13 +223,14 @@ def _plan_parity(builder: PlanBuilder, target: str, variant: WebVariantSpec, ori
     the LiteRT-LM runtime are the target's own check; the page's are the browser test's
     (tests/web/test_fidelity.py). Variants shipping the same graphs share one key: it runs once."""
     checkpoint, _ = builder.target("litertlm").checkpoint_input(builder, variant.source_target, origin)
-    inputs = [InputRef("checkpoint", checkpoint.node, checkpoint.select)]
+    checkpoint = InputRef("checkpoint", checkpoint.node, checkpoint.select)
+    inputs = [checkpoint, plan_reference(
+        builder, checkpoint, origin.parity.prompts, origin.parity.steps, multimodal=True, answers={"stop_tokens": list(origin.metadata.stop_tokens)})]
     inputs += [InputRef(key, ref.node, ref.select) for key, ref in refs.items()]
-    step = builder.add(StepNode.make(
+    builder.add(StepNode.make(
         f"{target}.parity.{variant.name}", litert_parity.KIND, litert_parity.VERSION, builder.target("litertlm").parity_params(origin, runtime=False),
         tuple(inputs), litert_parity.TOOLS,
     ))
-    predict_memory(builder, step, "parity", PART_COMPONENTS["text"] + PART_COMPONENTS["vision"])
 
 
 def _check_litertjs_size(builder: PlanBuilder, target: str, variant: WebVariantSpec, origin, text_recipe: str) -> None:

@@ -9,31 +9,32 @@ from pathlib import Path
 
 from modelforge.steps.base import StepContext
 from modelforge.steps.litert.worker import MODULE
-from modelforge.steps.parity import gate, run_phases
+from modelforge.steps.parity import gate, run_phases, take_reference
 
 KIND = "litert_parity"
-VERSION = 4
+VERSION = 5  # 5: reads the parity_reference step's outputs instead of computing the reference
 TOOLS = ("ai-edge-litert", "litert-lm-api", "pillow", "torch", "transformers")
 REPORT = "parity.json"  # recorded in the lock under `checks`
 
 
 def phases_for(multimodal: bool, bundle: bool) -> list[str]:
     """The phases of parity_phases.PHASES a check runs, in order (named here so that the build
-    process does not import numpy for them)."""
-    return ["text_reference", *(["image_reference"] if multimodal else []), *(["runtime"] if multimodal and bundle else []), "graphs"]
+    process does not import numpy for them); the reference's are the parity_reference step's."""
+    return [*(["runtime"] if multimodal and bundle else []), "graphs"]
 
 
 def run(context: StepContext) -> None:
     """params: {prompts, steps, stop_tokens, thresholds: {max_abs_logit, min_top1_agreement, max_kl,
-    min_vision_cosine, min_image_token_agreement}}; inputs: checkpoint, the final graphs, and for a
-    multimodal bundle `bundle` (the packaged .litertlm, run through the runtime)."""
+    min_vision_cosine, min_image_token_agreement}}; inputs: checkpoint, reference (the
+    parity_reference step's outputs), the final graphs, and for a multimodal bundle `bundle` (the
+    packaged .litertlm, run through the runtime)."""
     params = context.params
     models = context.scratch_dir / "models"
     models.mkdir()
     bundle = None
     for name, files in context.inputs.items():
         for relative, item in files.items():
-            if name != "checkpoint" and relative.endswith(".tflite"):
+            if name not in ("checkpoint", "reference") and relative.endswith(".tflite"):
                 (models / relative).symlink_to(item.path.resolve())
             if name == "bundle" and relative.endswith(".litertlm"):
                 # The runtime picks its loader by the file name's extension; store objects have none.
@@ -50,6 +51,6 @@ def run(context: StepContext) -> None:
         "scratch_dir": str(context.scratch_dir),
     }
     phases = phases_for((models / "vision_encoder.tflite").exists(), bundle is not None)
-    report, measurements = run_phases(request, phases, context.scratch_dir, context.progress, MODULE)
+    report, measurements = run_phases(request | take_reference(context, request), phases, context.scratch_dir, context.progress, MODULE)
     context.measurements.update(measurements)
     gate(context, report, params["thresholds"], "use a lighter quantization recipe or relax the thresholds under parity")

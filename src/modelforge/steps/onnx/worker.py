@@ -319,7 +319,8 @@ def onnx_graphs(request: dict) -> dict:
     greedy tokens it reproduces free-running, and the vision graph's embeddings by cosine."""
     import numpy as np
 
-    from modelforge.steps.parity_phases import LogitComparison, references_dir
+    from modelforge.steps.parity import references_dir
+    from modelforge.steps.parity_phases import LogitComparison
 
     models, references = Path(request["models_dir"]), references_dir(request)
     runner = OnnxGemma(models)
