@@ -14,7 +14,7 @@ Imports its spec, `plan`, `plan_builder`, `gemma3` and its steps (steps/gguf/).
 from __future__ import annotations
 
 from modelforge.errors import PlanError
-from modelforge.gemma3 import check_source_architecture
+from modelforge.gemma3 import check_source_architecture, plan_reference
 from modelforge.manifest.targets.gguf import GgufTarget
 from modelforge.plan import InputRef, StepNode
 from modelforge.plan_builder import PlanBuilder, source_input
@@ -83,12 +83,14 @@ def plan(builder: PlanBuilder, target: str, spec: GgufTarget) -> str:
     ))
     if spec.parity is not None:
         parity = spec.parity
+        # PyTorch's side, shared with every other target's parity on the same prompts (one float32 load).
+        reference = plan_reference(builder, checkpoint, list(parity.prompts), parity.steps, multimodal)
         builder.add(StepNode.make(
             f"{target}.parity", gguf_parity.KIND, gguf_parity.VERSION,
             {"prompts": list(parity.prompts), "steps": parity.steps, "thresholds": {
                 "max_abs_logit": parity.max_abs_logit, "min_top1_agreement": parity.min_top1_agreement, "max_kl": parity.max_kl,
                 "min_vision_cosine": parity.min_vision_cosine}},
-            (checkpoint, InputRef("gguf", text, ("model.gguf",)), *([InputRef("mmproj", vision, ("mmproj.gguf",))] if vision else [])),
+            (checkpoint, reference, InputRef("gguf", text, ("model.gguf",)), *([InputRef("mmproj", vision, ("mmproj.gguf",))] if vision else [])),
             gguf_parity.TOOLS,
         ))
     return package

@@ -1,20 +1,24 @@
 """Step `gguf_parity`: the built text GGUF run in llama.cpp (llama-cpp-python, logits for every
 position) against the PyTorch checkpoint it came from, on the parity prompts in the chat template.
-Phase `text_reference` (steps/parity_phases.py, shared) records PyTorch's greedy tokens and their
-logits; phase `gguf` evaluates the same ids teacher-forced in llama.cpp (max |Δlogit|, top-1
-agreement, mean KL through parity_phases.LogitComparison), lets llama.cpp decode greedily on its own
-(how many of PyTorch's tokens it repeats) and checks that llama.cpp's tokenizer (the one in the GGUF)
-gives the reference's prompt ids. A float type is held to top-1 agreement 1.0 (then its free-running
-greedy tokens are PyTorch's) and a max |Δlogit|; a K-quant to top-1 agreement and mean KL. The KV
-cache is F32: llama.cpp's default F16 cache would add its own rounding to every figure; ggml's CPU GELU
-reads an F16 table, which leaves about 0.02 of |Δlogit| on a correct F32 conversion of the tiny model.
-A conversion without Gemma's +1 norm offset fails. With an mmproj, phase `image_reference` (shared)
-makes test cards of the processor's size with PyTorch's image embeddings, and phase `gguf` puts each
-card through llama.cpp's mtmd (its own clip preprocessing and the mmproj's tower and projector):
-vision_cosine (worst card) and the image token count of each side; a card 1.5 times as wide
-(phase `non_square_reference`) records how llama.cpp's own resize (aspect kept, padded) differs
-from the processor's (stretched): vision_cosine_non_square, recorded, not gated. Imports only steps.base, steps.parity, errors and
-the stdlib at module level; torch, transformers and llama_cpp load in the worker only."""
+The shared parity_reference step (steps/reference/) holds PyTorch's greedy tokens and their logits
+(measure() runs the reference phases itself, for the tests). Phase `gguf` evaluates the same ids
+teacher-forced in llama.cpp (max |Δlogit|, top-1 agreement, mean KL through
+parity_phases.LogitComparison), lets llama.cpp decode greedily on its own (how many of PyTorch's
+tokens it repeats) and checks that llama.cpp's tokenizer (the GGUF's) gives the reference's prompt
+ids. A float type is held to top-1 agreement 1.0 (then its free-running greedy tokens are PyTorch's)
+and a max |Δlogit|; a K-quant to top-1 agreement and mean KL. The KV cache is F32: llama.cpp's
+default F16 cache would add its own rounding to every figure; ggml's CPU GELU reads an F16 table,
+which leaves about 0.02 of |Δlogit| on a correct F32 conversion of the tiny model. A conversion
+without Gemma's +1 norm offset fails.
+
+With an mmproj, the reference's test cards (the processor's size) go through llama.cpp's mtmd (its
+own clip preprocessing, the mmproj's tower and projector) against PyTorch's image embeddings:
+vision_cosine (worst card) and the image token count of each side. A card 1.5 times as wide (phase
+`non_square_reference`) records how llama.cpp's resize (aspect kept, padded) differs from the
+processor's (stretched): vision_cosine_non_square, recorded, not gated.
+
+Imports only steps.base, steps.parity, steps.gguf.worker, errors and the stdlib at module level;
+torch, transformers and llama_cpp load in the worker only."""
 
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from typing import Callable
 from modelforge.errors import StepFailed
 from modelforge.steps.base import StepContext
 from modelforge.steps.gguf.worker import MODULE
-from modelforge.steps.parity import gate, run_phases
+from modelforge.steps.parity import gate, run_phases, take_reference
 
 KIND = "gguf_parity"
 VERSION = 1
@@ -168,12 +172,18 @@ def gguf_phase(request: dict) -> dict:
 
 def run(context: StepContext) -> None:
     """params: {prompts, steps, thresholds: {max_abs_logit, min_top1_agreement, max_kl, min_vision_cosine}};
-    inputs `gguf` (model.gguf), `mmproj` (mmproj.gguf, for a model that reads images) and `checkpoint`
-    (the PyTorch side); output parity.json (recorded in the lock)."""
+    inputs `gguf` (model.gguf), `mmproj` (mmproj.gguf, for a model that reads images), `checkpoint`
+    and `reference` (the shared parity_reference step's outputs: PyTorch's tokens, logits, test cards
+    and image embeddings); output parity.json (recorded in the lock)."""
     params = context.params
     mmproj = context.input_path("mmproj", "mmproj.gguf") if "mmproj" in context.inputs else None
-    report, measurements = measure(context.input_path("gguf", "model.gguf"), context.input_dir("checkpoint"), params["prompts"],
-                                   params["steps"], work=context.scratch_dir / "parity", mmproj=mmproj, progress=context.progress)
+    work = context.scratch_dir / "parity"
+    work.mkdir()
+    request = {"action": "parity", "gguf": str(context.input_path("gguf", "model.gguf")), "checkpoint": str(context.input_dir("checkpoint")),
+               "prompts": params["prompts"], "steps": params["steps"], "threads": THREADS, "scratch_dir": str(work),
+               "mmproj": str(mmproj) if mmproj else None, "bundle": None}
+    phases = [*(["non_square_reference"] if mmproj else []), "gguf"]
+    report, measurements = run_phases(request | take_reference(context, request), phases, work, context.progress, MODULE)
     context.measurements.update(measurements)
     if not report["tokenizer_equal"]:
         raise StepFailed("parity check failed: llama.cpp's tokenizer (the GGUF's vocabulary) splits a chat prompt differently from the "
