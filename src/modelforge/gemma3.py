@@ -36,6 +36,15 @@ def predict_memory(builder: PlanBuilder, step: str, kind: str, components: tuple
     builder.plan_facts.setdefault("memory", {})[step] = memory.predict(kind, _f32_bytes(builder, components), kv)
 
 
+def predict_streamed_memory(builder: PlanBuilder, step: str, kind: str, components: tuple[str, ...]) -> None:
+    """Record the predicted peak of a step that streams a tensor at a time (llama.cpp's converter
+    and quantizer): it follows the f32 bytes of `components`' largest tensor, not their sum."""
+    wanted = set(components)
+    largest = max((memory.count_parameters({name: info}, builder.owner) for name, info in builder.facts.tensors.items()
+                   if builder.owner.get(name) in wanted), default=0)
+    builder.plan_facts.setdefault("memory", {})[step] = memory.predict(kind, memory.F32_BYTES * largest)
+
+
 def predict_export_memory(builder: PlanBuilder, step: str, part: str, cache_length: int) -> None:
     """The export of `part` ('text' or 'vision'); the text export samples a KV cache of cache_length."""
     predict_memory(builder, step, f"export_{part}", PART_COMPONENTS[part], cache_length if part == "text" else 0)

@@ -84,6 +84,17 @@ MEASUREMENTS: tuple[tuple[str, str, int, int, int], ...] = (
     # serialized every float32 weight at once: 22_759_546_880, sampled every 2 s by hand).
     ("L34", "onnx_export_text", 15_521_052_672, 0, 6_475_345_920),
     ("L34", "onnx_export_vision", 4_364_254_656, 0, 4_803_031_040),
+    # gguf target (2026-12-05, llama-cpp-python 0.3.36's converter and quantizer). Both stream a
+    # tensor at a time, so their peak follows the largest tensor's f32 bytes (the token embedding),
+    # not the model: the same 2.77 GiB at 2 and 6 of MedGemma's 34 layers (bench/RESULTS.md "gguf at
+    # MedGemma 4B's shapes", 2 significant digits there). The mmproj conversion follows the f32
+    # bytes of the vision tower and projector.
+    ("tiny", "gguf_convert_text", 262_144, 0, 260_411_392),
+    ("L2", "gguf_convert_text", 2_685_009_920, 0, 2_974_264_115),
+    ("tiny", "gguf_quantize", 262_144, 0, 48_062_464),
+    ("L2", "gguf_quantize", 2_685_009_920, 0, 751_619_277),
+    ("tiny", "gguf_convert_vision", 120_192, 0, 260_014_080),
+    ("L34", "gguf_convert_vision", 1_679_265_216, 0, 300_647_711),
 )
 # Peaks known only from below: a step killed at its cgroup's limit before it finished (none now; the
 # 4B parity was, at 21.8 GiB, while its phases shared one process). Such a kind's factor must be set
@@ -102,6 +113,11 @@ FIT: dict[str, tuple[int, float]] = {
     # float32 token embedding) about once.
     "onnx_export_text": (339_795_832, 0.395),
     "onnx_export_vision": (381_437_665, 1.013),
+    # gguf: on the f32 bytes of the largest text tensor (text conversion, quantization), of the
+    # vision tower and projector (the mmproj).
+    "gguf_convert_text": (260_146_406, 1.011),
+    "gguf_quantize": (47_993_767, 0.262),
+    "gguf_convert_vision": (260_011_171, 0.024),
 }
 # The largest |predicted / measured − 1| over MEASUREMENTS is below this (tests/test_memory.py).
 STATED_ERROR = 0.15

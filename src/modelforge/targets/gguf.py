@@ -14,7 +14,7 @@ Imports its spec, `plan`, `plan_builder`, `gemma3` and its steps (steps/gguf/).
 from __future__ import annotations
 
 from modelforge.errors import PlanError
-from modelforge.gemma3 import check_source_architecture, plan_reference
+from modelforge.gemma3 import PART_COMPONENTS, check_source_architecture, plan_reference, predict_memory, predict_streamed_memory
 from modelforge.manifest.targets.gguf import GgufTarget
 from modelforge.plan import InputRef, StepNode
 from modelforge.plan_builder import PlanBuilder, source_input
@@ -55,11 +55,13 @@ def plan(builder: PlanBuilder, target: str, spec: GgufTarget) -> str:
         f"{target}.convert_text", gguf_convert.KIND, gguf_convert.VERSION, converted | {"part": "text", "type": float_type},
         (checkpoint,), gguf_convert.TOOLS,
     ))
+    predict_streamed_memory(builder, text, "gguf_convert_text", PART_COMPONENTS["text"])
     if spec.type != float_type:
         text = builder.add(StepNode.make(
             f"{target}.quantize", gguf_quantize.KIND, gguf_quantize.VERSION, {"type": spec.type},
             (InputRef("gguf", text, ("model.gguf",)),), gguf_quantize.TOOLS,
         ))
+        predict_streamed_memory(builder, text, "gguf_quantize", PART_COMPONENTS["text"])
     inputs = [InputRef("text", text, ("model.gguf",))]
     vision = None
     if multimodal:
@@ -67,6 +69,7 @@ def plan(builder: PlanBuilder, target: str, spec: GgufTarget) -> str:
             f"{target}.convert_vision", gguf_convert.KIND, gguf_convert.VERSION, converted | {"part": "vision", "type": spec.vision_type},
             (checkpoint,), gguf_convert.TOOLS,
         ))
+        predict_memory(builder, vision, "gguf_convert_vision", PART_COMPONENTS["vision"])
         inputs.append(InputRef("vision", vision, ("mmproj.gguf",)))
     chat = tuple(sorted({spec.metadata.chat_template, *CHAT_FILES} & files))
     if not chat:
