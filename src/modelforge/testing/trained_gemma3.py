@@ -153,6 +153,15 @@ def _key(kind: str) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _locked(directory: Path):
+    """One builder per fixture at a time (pytest-xdist workers, a bench beside the tests); the others
+    wait, then find it cached."""
+    import filelock
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(str(directory.with_name(directory.name + ".lock")))
+
+
 def _building(directory: Path) -> Path:
     building = directory.with_name(f".{directory.name}.{os.getpid()}.building")
     shutil.rmtree(building, ignore_errors=True)
@@ -221,15 +230,16 @@ def text_checkpoint(root: Path | None = None) -> Path:
     root = root or cache_root()
     directory = root / TEXT_NAME
     key = _key("text")
-    if _cached(directory, key):
-        return directory
-    gguf = gguf_path(root)
-    building = _building(directory)
-    try:
-        facts = _write_text_checkpoint(building, gguf)
-        _publish(building, directory, key, {"gguf_sha256": GGUF_SHA256, **facts})
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
+    with _locked(directory):
+        if _cached(directory, key):
+            return directory
+        gguf = gguf_path(root)
+        building = _building(directory)
+        try:
+            facts = _write_text_checkpoint(building, gguf)
+            _publish(building, directory, key, {"gguf_sha256": GGUF_SHA256, **facts})
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
     return directory
 
 
@@ -304,13 +314,14 @@ def multimodal_checkpoint(root: Path | None = None) -> Path:
     root = root or cache_root()
     directory = root / MULTIMODAL_NAME
     key = _key("multimodal")
-    if _cached(directory, key):
-        return directory
     text = text_checkpoint(root)
-    building = _building(directory)
-    try:
-        facts = _write_multimodal_checkpoint(building, text)
-        _publish(building, directory, key, {"gguf_sha256": GGUF_SHA256, **facts})
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
+    with _locked(directory):
+        if _cached(directory, key):
+            return directory
+        building = _building(directory)
+        try:
+            facts = _write_multimodal_checkpoint(building, text)
+            _publish(building, directory, key, {"gguf_sha256": GGUF_SHA256, **facts})
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
     return directory
