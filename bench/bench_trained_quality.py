@@ -227,6 +227,19 @@ def write_results(results: dict, json_path: Path, markdown_path: Path) -> None:
         if "report" in row:
             cells = [f"{k['top1_agreement']:.4f} / {k['mean_kl']:.5f} / {k['perplexity_ratio']:.4f}" for k in row["report"]["by_kind"].values()]
             lines.append(f"| `{recipe}` | " + " | ".join(cells) + " |")
+    lines += ["", "Reading it:", "",
+              "- The gate's figure depends on the text it is measured on. Along the model's own greedy answers "
+              "(`chat_greedy`, what the build's parity step measures) int8 dynamic keeps top-1 0.96 and KL 0.03; "
+              "teacher-forced over real text, where the pretrained 270M is itself unsure (perplexity ~990: chat markers, "
+              "ICD-10 jargon), near-ties flip and the same graph lands just outside 0.9 / 0.05.",
+              "- The fixture's weights are Q4_K_M dequantized: already on a 4-bit grid (asymmetric, 6-bit scales per 32). "
+              "Re-quantizing them to symmetric int4 blocks of 32 does not land on that grid; a bf16 original may fare "
+              "differently. A 270M model is also known to be more fragile under int4 than 4B (Google ships QAT checkpoints for it).",
+              "- `none` is the float export: max |dlogit| about 2e-4 against PyTorch, so every other row measures the "
+              "quantization, not the export.",
+              f"- The broken int2 recipe runs on the interpreter's built-in kernels (XNNPACK cannot prepare int2 blocks), on "
+              f"every {BROKEN_STRIDE}th sequence; its .tflite is larger than the float one (the quantizer's int2 tensors "
+              "as written by ai-edge-quantizer 0.10.0)."]
     markdown_path.write_text("\n".join(lines) + "\n")
 
 
@@ -274,7 +287,8 @@ def main() -> int:
                 row["evaluated_sequences"] = len(evaluated)
             row["report"], row["eval_seconds"] = evaluate(models_dir, evaluated, reference, default_delegates=recipe not in BROKEN)
             row["gate_failures"] = SHIPPED_GATE.failures(row["report"])
-            results["float_perplexity"] = row["report"]["float_perplexity"]
+            if recipe not in BROKEN:  # the broken recipe sees a slice of the text
+                results["float_perplexity"] = row["report"]["float_perplexity"]
             _log(f"{recipe}: top-1 {row['report']['top1_agreement']:.4f}, mean KL {row['report']['mean_kl']:.5f}, "
                  f"PPL ratio {row['report']['perplexity_ratio']:.4f}, gate {row['gate_failures'] or 'PASS'}")
         except Exception as error:  # a recipe the quantizer rejects is a result, not the end of the run
