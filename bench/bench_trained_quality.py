@@ -234,7 +234,7 @@ def write_results(results: dict, json_path: Path, markdown_path: Path) -> None:
               "ICD-10 jargon), near-ties flip and the same graph lands just outside 0.9 / 0.05.",
               "- The fixture's weights are Q4_K_M dequantized: already on a 4-bit grid (asymmetric, 6-bit scales per 32). "
               "Re-quantizing them to symmetric int4 blocks of 32 does not land on that grid; a bf16 original may fare "
-              "differently. A 270M model is also known to be more fragile under int4 than 4B (Google ships QAT checkpoints for it).",
+              "differently.",
               "- `none` is the float export: max |dlogit| about 2e-4 against PyTorch, so every other row measures the "
               "quantization, not the export.",
               f"- The broken int2 recipe runs on the interpreter's built-in kernels (XNNPACK cannot prepare int2 blocks), on "

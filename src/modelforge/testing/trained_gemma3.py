@@ -35,7 +35,7 @@ import os
 import shutil
 from pathlib import Path
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 TEXT_NAME = "gemma3-270m"
@@ -213,6 +213,7 @@ def _write_text_checkpoint(directory: Path, gguf: Path) -> dict:
     _save_tensors(directory / "model.safetensors", tensors)
     config = model.config.to_dict()
     config.pop("quantization_config", None)
+    config.pop("_name_or_path", None)  # the directory the GGUF was read from: not a fact about the model
     config.update({"architectures": ["Gemma3ForCausalLM"], "dtype": "float32"})
     config.pop("torch_dtype", None)
     _write_json(directory / "config.json", config)
