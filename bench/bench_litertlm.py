@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from results_markdown import replace_section, targets_table, verdict  # noqa: E402  (bench/ is the script's directory)
+from results_markdown import replace_section, targets_table, text_tables  # noqa: E402  (bench/ is the script's directory)
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -45,7 +45,7 @@ GENERATOR_VERSION = 1
 OVERHEAD_LIMIT = 0.05  # target: modelforge at most 5 % slower than litert-torch export_hf
 MARK = "bench:litertlm"
 
-# The worker's environment (modelforge.steps.litert_worker.launch), given to every command here.
+# The worker's environment (modelforge.steps.workers.launch), given to every command here.
 ENV = {"PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 # Synthetic checkpoints for the memory fit: overrides of the fixture's config. Text and vision grow
@@ -610,13 +610,8 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 
 def render_text(result: dict) -> str:
     m = result["machine"]
-    lines = [f"machine: {m['nproc']} cores, {m['ram_gib']} GiB RAM, {m['cpu']}; load {m.get('loadavg_1m_at_start')} → {m['loadavg_1m']}"]
-    for title, headers, rows in tables(result):
-        widths = [max(len(str(row[i])) for row in rows + [headers]) for i in range(len(headers))]
-        lines += ["", title]
-        lines += ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in [headers] + rows]
-    lines += ["", "targets:"] + [f"  [{verdict(t['passed']):4}] {t['target']}: {t['value']}" for t in result["targets"]]
-    return "\n".join(lines)
+    machine_line = f"machine: {m['nproc']} cores, {m['ram_gib']} GiB RAM, {m['cpu']}; load {m.get('loadavg_1m_at_start')} → {m['loadavg_1m']}"
+    return "\n".join([machine_line, *text_tables(tables(result), result["targets"])])
 
 
 def render_markdown(result: dict) -> str:

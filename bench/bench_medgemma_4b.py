@@ -35,15 +35,16 @@ import math
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from modelforge.safetensors_io import write_tensors
 from modelforge.testing.reference import load_tensor_shapes, reference_dir, shard_assignment, shard_file_names
 
 BENCH = Path(__file__).resolve().parent
@@ -52,7 +53,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT / "tools"))
 from bench_litertlm import ENV, machine, versions  # noqa: E402  (the same environment and records as the litertlm bench)
 from bench_text_only import drop_caches, filesystem  # noqa: E402
-from results_markdown import replace_section, targets_table, verdict  # noqa: E402  (bench/ is the script's directory)
+from results_markdown import replace_section, targets_table, text_tables  # noqa: E402  (bench/ is the script's directory)
 
 MANIFEST = ROOT / "manifests" / "medgemma-1.5-litertlm.yaml"
 MARK = "bench:medgemma_4b"
@@ -161,23 +162,8 @@ def _tensor_chunks(name: str, shape: tuple[int, ...]):
 def _write_shard(path: Path, names: list[str], shapes: dict) -> int:
     """A safetensors file written tensor by tensor (never a whole shard in memory), fsynced; the
     header as safetensors' own writer lays it out (same-dtype tensors by name, 8-byte padding)."""
-    header: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name in names:
-        nbytes = _numel(shapes[name]) * 2
-        header[name] = {"dtype": DTYPE, "shape": list(shapes[name]), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    with open(path, "wb") as out:
-        out.write(len(encoded).to_bytes(8, "little"))
-        out.write(encoded)
-        for name in names:
-            for chunk in _tensor_chunks(name, shapes[name]):
-                out.write(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-    return 8 + len(encoded) + offset
+    write_tensors(path, [(name, DTYPE, shapes[name], partial(_tensor_chunks, name, shapes[name])) for name in names], {"format": "pt"})
+    return path.stat().st_size
 
 
 def model_config(text_layers: int, vision_layers: int) -> tuple[dict, list[str]]:
@@ -790,13 +776,7 @@ def update_markdown(path: Path, section: str, label: str) -> None:
 
 
 def render_text(result: dict) -> str:
-    lines = []
-    for title, headers, rows in tables(result):
-        widths = [max(len(str(row[i])) for row in rows + [headers]) for i in range(len(headers))]
-        lines += ["", title]
-        lines += ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in [headers] + rows]
-    lines += ["", "targets:"] + [f"  [{verdict(t['passed']):4}] {t['target']}: {t['value']}" for t in result["targets"]]
-    return "\n".join(lines)
+    return "\n".join(text_tables(tables(result), result["targets"]))
 
 
 # --------------------------------------------------------------------------- main

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Benchmark: the Gemma 3 text decoder as ONNX through onnxruntime-genai's model builder (what the
-`onnx` target runs, steps/genai_builder.py) against torch.onnx.export (dynamo) + onnxruntime's own
+`onnx` target runs, steps/onnx/genai_builder.py) against torch.onnx.export (dynamo) + onnxruntime's own
 quantizers, measured in the same run on three questions (issue #14): faithful, deterministic,
 frugal in memory.
 
@@ -20,7 +20,7 @@ The two paths, each job its own child process (`python bench_onnx_exporters.py -
 Sections:
   tiny   fixtures/tiny-medgemma: every variant exported twice in fresh directories (sha256 of graph
          and external data), parity in onnxruntime (CPU, 1 thread) against PyTorch float32 for a fixed
-         24-token prompt and 24 greedy steps, teacher-forced (parity_impl.LogitComparison: max
+         24-token prompt and 24 greedy steps, teacher-forced (parity_phases.LogitComparison: max
          |Δlogit|, top-1 agreement, mean KL, leading greedy-identical steps), peak RssAnon per job.
   mid    a synthetic Gemma 3 1B text checkpoint (Gemma3ForCausalLM, the Hub's 1B shapes: hidden 1152,
          26 layers, 4 heads / 1 KV head of 256, vocabulary 262,144; bf16 values N(0, 0.02) from
@@ -28,7 +28,7 @@ Sections:
          int4, torch fp32 and its int4 quantization; peak RssAnon per job (the torch int4 path's peak
          is the larger of its export and its quantization). These are heavy jobs: --heavy-wrapper.
 
-Peak memory: litert_worker.AnonymousPeak inside each job (RssAnon of the job's process, sampled every
+Peak memory: workers.AnonymousPeak inside each job (RssAnon of the job's process, sampled every
 50 ms) and ru_maxrss. A job killed by the cap (SIGKILL, no result) is recorded as such: that is the figure.
 Ratios: torch over builder (the target's path, the baseline), and peak anon over the decoder's
 float32 weight bytes. Results: --results JSON and the `bench:onnx_exporters` section of --markdown.
@@ -95,7 +95,7 @@ def _causal_lm(checkpoint: Path):
 
 
 def job_builder(request: dict) -> dict:
-    from modelforge.steps import genai_builder
+    from modelforge.steps.onnx import genai_builder
 
     out = Path(request["out"])
     report = genai_builder.build(Path(request["checkpoint"]), out, out.parent / (out.name + "-cache"), precision=request["precision"],
@@ -143,7 +143,7 @@ def job_torch(request: dict) -> dict:
 def job_quantize(request: dict) -> dict:
     out = Path(request["out"])
     if request["method"] == "matmul_nbits":  # the target's own quantize step (onnx_worker.quantize)
-        from modelforge.steps import onnx_worker
+        from modelforge.steps.onnx import worker as onnx_worker
 
         work = out.parent / (out.name + "-work")
         result = onnx_worker.quantize({"input_dir": request["input"], "file": "model.onnx", "precision": request["precision"],
@@ -165,7 +165,7 @@ def job_parity(request: dict) -> dict:
     import torch
     from transformers import AutoTokenizer
 
-    from modelforge.steps.parity_impl import LogitComparison
+    from modelforge.steps.parity_phases import LogitComparison
 
     checkpoint = Path(request["checkpoint"])
     model, config = _causal_lm(checkpoint)
@@ -240,7 +240,7 @@ JOBS = {"builder": job_builder, "torch": job_torch, "quantize": job_quantize, "p
 def run_job_here(request_path: Path) -> None:
     import resource
 
-    from modelforge.steps.litert_worker import AnonymousPeak
+    from modelforge.steps.workers import AnonymousPeak
 
     request = json.loads(request_path.read_text())
     anonymous = AnonymousPeak()

@@ -1,5 +1,5 @@
 """The onnx target's text export alone (step onnx.export_text: onnxruntime-genai's builder through the
-onnx worker, steps/onnx_worker.py) on a checkpoint, with the parameters the onnx target plans for
+onnx worker, steps/onnx/worker.py) on a checkpoint, with the parameters the onnx target plans for
 manifests/medgemma-1.5-onnx.yaml (int4 in blocks of 32, context 4096, inputs_embeds): its peak
 anonymous memory as the worker measures it (the figure the build records), a timeline of the
 worker's RssAnon sampled every second beside the builder's last log line, and the sha256 of each
@@ -20,8 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from modelforge.steps import litert_worker
-from modelforge.steps.onnx_worker import MODULE
+from modelforge.steps import workers
+from modelforge.steps.onnx.worker import MODULE
 
 
 def _children_anonymous(parent: int) -> dict[int, int]:
@@ -71,7 +71,7 @@ def main() -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        result = litert_worker.launch(request, args.work, lambda *_: None, "onnx export text", module=MODULE)
+        result = workers.launch(request, args.work, lambda *_: None, "onnx export text", module=MODULE)
     finally:  # a worker killed at its cgroup's limit still leaves its timeline
         stop.set()
         sampler.join()

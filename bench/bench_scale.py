@@ -4,7 +4,7 @@
 For each synthetic checkpoint (modelforge.testing.gemma3_checkpoint: MedGemma 4B's shapes, the real
 262,208-token vocabulary, the full 27-layer SigLIP tower, N decoder layers) and each export part
 (text: embedder + prefill/decode graphs; vision: encoder + adapter), runs the export worker
-(`python -m modelforge.steps.litert_worker`) of one or more source trees, exactly as the
+(`python -m modelforge.steps.litert.worker`) of one or more source trees, exactly as the
 litert_export step does (PYTHONHASHSEED=0, the real manifest's prefill 128/1024 and cache 4096),
 and samples the worker's VmRSS, RssAnon and RssFile from /proc every 0.1 s. A run whose RSS passes
 --limit GiB is killed (so the machine never goes down) and recorded as such.
@@ -55,7 +55,7 @@ def run_worker(source: Path, checkpoint: Path, part: str, out: Path, limit: int,
     peak = {"VmRSS": 0, "RssAnon": 0, "RssFile": 0}
     started, killed = time.monotonic(), False
     with open(out / "log.txt", "wb") as log:
-        child = subprocess.Popen([sys.executable, "-m", "modelforge.steps.litert_worker", str(out / "request.json")],
+        child = subprocess.Popen([sys.executable, "-m", "modelforge.steps.litert.worker", str(out / "request.json")],
                                  stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out, start_new_session=True)
         while child.poll() is None:
             sample = _status(child.pid)

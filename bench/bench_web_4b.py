@@ -212,7 +212,7 @@ def run_layers(args) -> dict:
     head) with `--layers` layers (one vision layer; `modelforge.testing.gemma3_checkpoint`, the 4B
     checkpoint's tokenizer), `--cache-length` and `--prefill-lengths`: build the streamed variant, load
     it in Chromium, read the heap after each graph (body[data-streamed])."""
-    from modelforge.steps.parity_impl import test_cards
+    from modelforge.steps.parity_phases import test_cards
     from modelforge.testing.gemma3_checkpoint import write_checkpoint
 
     prefill = [int(length) for length in args.prefill_lengths.split(",")]
@@ -278,7 +278,7 @@ def tiny_reference(card: Path, max_tokens: int, stop_tokens: list[str]) -> dict:
     from PIL import Image
     from transformers import AutoProcessor, Gemma3ForConditionalGeneration
 
-    from modelforge.steps.parity_impl import reference_image_answers
+    from modelforge.steps.parity_phases import reference_image_answers
 
     tiny = ROOT / "fixtures" / "tiny-medgemma"
     processor = AutoProcessor.from_pretrained(tiny)
@@ -294,7 +294,7 @@ def tiny_reference(card: Path, max_tokens: int, stop_tokens: list[str]) -> dict:
 def run_tiny(args) -> dict:
     """Step one, on the tiny model: build the variant, then drive the page on WebGPU and on wasm and
     compare its greedy image answer with PyTorch float32's (leading identical tokens)."""
-    from modelforge.steps.parity_impl import test_cards
+    from modelforge.steps.parity_phases import test_cards
 
     base = args.work / "tiny"
     manifest = tiny_project(base)
@@ -353,7 +353,7 @@ def _chromium_kind(process) -> str:
 
 
 def run_browser(args) -> dict:
-    from modelforge.steps.parity_impl import test_cards
+    from modelforge.steps.parity_phases import test_cards
 
     web = args.work / "out" / "web"
     bundle = json.loads((web / "bundle.json").read_text())

@@ -1,5 +1,5 @@
 """Every int4 weight and scale of a decoder built by the onnx target's text export (streamed
-quantization, steps/genai_builder.py) against onnxruntime-genai's builder's own path, one weight at a
+quantization, steps/onnx/genai_builder.py) against onnxruntime-genai's builder's own path, one weight at a
 time: the builder's graph is made again (its save replaced by this comparison), each float MatMul
 weight serialized as `ir.to_proto` does, read back as the quantizer does and quantized by
 onnxruntime's DefaultWeightOnlyQuantizer (int4, blocks of 32, symmetric), then compared with the
@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, DefaultWeightOnlyQuantizer
 
-from modelforge.steps import genai_builder
+from modelforge.steps.onnx import genai_builder
 
 checkpoint, done, scratch = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 names = None

@@ -34,3 +34,14 @@ def targets_table(targets: list[dict], value=str) -> list[str]:
     and its verdict."""
     return ["| target | value | result |", "|---|---:|---|",
             *[f"| {t['target']} | {value(t['value'])} | {verdict(t['passed'])} |" for t in targets]]
+
+
+def text_tables(tables: list[tuple[str, list[str], list[list]]], targets: list[dict]) -> list[str]:
+    """The lines a benchmark prints: each (title, headers, rows) table, the first column left-aligned
+    and the others right-aligned, then the targets with their verdicts."""
+    lines = []
+    for title, headers, rows in tables:
+        widths = [max(len(str(row[i])) for row in rows + [headers]) for i in range(len(headers))]
+        lines += ["", title]
+        lines += ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in [headers] + rows]
+    return lines + ["", "targets:"] + [f"  [{verdict(t['passed']):4}] {t['target']}: {t['value']}" for t in targets]

@@ -125,7 +125,7 @@ def test_a_duplicate_text_config_key_fails_the_build_naming_the_key(tmp_project,
 
 def test_the_comparison_lets_a_tied_weight_be_absent_only_when_its_partner_is_present():
     from modelforge.safetensors_io import TensorInfo
-    from modelforge.steps.check_architecture import compare
+    from modelforge.steps.checkpoint.check_architecture import compare
 
     def info(name, shape):
         return TensorInfo(name, "F32", shape, "model.safetensors", 0, 4 * shape[0] * shape[1])

@@ -108,3 +108,33 @@ def test_a_container_that_gains_its_first_items_is_named_by_the_items_only():
     assert changed_fields({"a": 1}, {"a": {}}) == [("a", 1, {}, "changed")]
     assert changed_fields({}, {"a": None}) == [("a", None, None, "added")]
     assert changed_fields({"a": {"b": 1}}, {"a": {"b": 1}}) == []
+
+
+def test_a_recipe_change_shows_the_quality_figures_both_locks_record_side_by_side(repo):
+    """A reviewer weighs a recipe change by what it does to the model: the figures each lock's check
+    recorded, before → after, in text, markdown and json."""
+    import shutil
+
+    import yaml
+
+    from conftest import ROOT
+
+    manifest = repo / "manifests" / "tiny-medgemma-litertlm.yaml"
+    lock = repo / "lock" / "tiny-medgemma-litertlm.lock"
+    shutil.copyfile(ROOT / "lock" / lock.name, lock)
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "lock", cwd=repo)
+    manifest.write_text(manifest.read_text().replace("text_decoder: {recipe: dynamic_wi8_afp32}", "text_decoder: {recipe: dynamic_wi4b32_afp32}"))
+    data = yaml.safe_load(lock.read_text())
+    data["checks"]["bundle.parity"] |= {"top1_agreement": 0.61, "mean_kl": 0.42}  # what the head's build would record
+    lock.write_text(yaml.safe_dump(data, sort_keys=True))
+    git("commit", "-qam", "int4 text", cwd=repo)
+
+    out = cli("diff", "manifests/tiny-medgemma-litertlm.yaml", "--base", "HEAD~1", cwd=repo)
+    assert out.returncode == 1, out.stderr
+    assert "  bundle.parity: top-1 0.8698 → 0.61, KL 0.038 → 0.42, max |Δlogit| 5.8 → 5.8" in out.stdout
+    assert "  web.parity.tiny-float:" not in out.stdout  # neither re-run nor changed
+    markdown = cli("diff", "manifests/tiny-medgemma-litertlm.yaml", "--base", "HEAD~1", "--format", "markdown", cwd=repo).stdout
+    assert "| `bundle.parity` | top-1 | 0.8698 | 0.61 |" in markdown
+    result = json.loads(cli("diff", "manifests/tiny-medgemma-litertlm.yaml", "--base", "HEAD~1", "--format", "json", cwd=repo).stdout)
+    assert result["quality"]["bundle.parity"]["mean_kl"] == {"old": 0.038, "new": 0.42}

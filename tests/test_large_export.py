@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from modelforge import api
-from modelforge.steps import tflite_layout
+from modelforge.steps.litert import tflite_layout
 from modelforge.testing.gemma3_checkpoint import write_checkpoint
 
 pytestmark = pytest.mark.slow

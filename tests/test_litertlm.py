@@ -4,6 +4,7 @@ litert-lm-builder packaging, the LiteRT-LM runtime and the parity check. No mock
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -235,14 +236,17 @@ def test_parity_catches_a_bundle_whose_vision_graph_expects_normalized_pixels(fl
     import litert_lm_builder
 
     from conftest import TINY
-    from modelforge.steps.litert_parity import phases_for, run_phases
-    from modelforge.steps.litert_worker import launch
+    from modelforge.steps.litert.parity import phases_for
+    from modelforge.steps.litert.worker import MODULE
+    from modelforge.steps.parity import run_phases
+    from modelforge.steps.reference.worker import MODULE as REFERENCE
+    from modelforge.steps.workers import launch
 
     progress = lambda done, total, message: None  # noqa: E731
     export = launch({
         "action": "export", "checkpoint": str(TINY), "work_dir": str(tmp_path), "part": "vision", "task": "image_text_to_text",
         "prefill_lengths": [32, 128], "cache_length": 256, "hoists": [], "image_input": None,
-    }, tmp_path / "scratch-export", progress, "export vision")
+    }, tmp_path / "scratch-export", progress, "export vision", MODULE)
     assert "image_input" not in export
     unpacked = tmp_path / "unpacked"
     litert_lm_builder.unpack(str(_bundle(float_build)), str(unpacked))
@@ -255,10 +259,17 @@ def test_parity_catches_a_bundle_whose_vision_graph_expects_normalized_pixels(fl
         shutil.copyfile(export["files"][name], next(unpacked.glob(f"*_tf_lite_{name.removesuffix('.tflite')}.tflite")))
     bundle = tmp_path / "unfolded.litertlm"
     litert_lm_builder.pack(str(unpacked / "model.toml"), str(bundle))
+    # The parity_reference step's job, its files where the parity phases read them (scratch_dir).
+    reference = launch({
+        "action": "reference", "checkpoint": str(TINY), "work_dir": str(tmp_path), "prompts": ["Describe the findings."], "steps": 24,
+        "multimodal": True, "answers": {"stop_tokens": ["<eos>", "<end_of_turn>"]},
+    }, tmp_path / "scratch-reference", progress, "reference", REFERENCE)
+    handoff = json.loads(Path(reference["files"]["reference.json"]).read_text())
+    handoff["cards"] = sorted(path for name, path in reference["files"].items() if name.endswith(".png"))
     report, _ = run_phases({
         "action": "parity", "checkpoint": str(TINY), "models_dir": str(models), "prompts": ["Describe the findings."], "steps": 24,
-        "stop_tokens": ["<eos>", "<end_of_turn>"], "bundle": str(bundle), "scratch_dir": str(tmp_path),
-    }, phases_for(multimodal=True, bundle=True), tmp_path / "scratch-parity", progress)
+        "stop_tokens": ["<eos>", "<end_of_turn>"], "bundle": str(bundle), "scratch_dir": str(tmp_path), **handoff,
+    }, phases_for(multimodal=True, bundle=True), tmp_path / "scratch-parity", progress, MODULE)
     assert report["top1_agreement"] == 1.0  # the text graphs are the float ones
     assert report["image_token_agreement"] < 1.0 and report["vision_cosine"] < 0.99  # both image gates fail
     # Why: the runtime hands the graph [0, 1] pixels, so this bundle answers as PyTorch does on those.
@@ -341,7 +352,7 @@ def test_quantizer_recipe_list_matches_the_installed_quantizer():
 
     from ai_edge_quantizer import recipe
 
-    from modelforge.manifest.models import QUANTIZER_RECIPES
+    from modelforge.manifest.parts import QUANTIZER_RECIPES
 
     provided = {name for name, value in inspect.getmembers(recipe, inspect.isfunction) if not name.startswith("_")}
     # Calibration recipes need data modelforge does not take yet; gemma4_* return per-section dicts.

@@ -83,12 +83,12 @@ def test_bad_manifest_gives_one_line_error(case, tmp_project):
 
 
 def test_output_escaping_paths_are_refused():
-    from modelforge.manifest.models import _check_relative
+    from modelforge.manifest.base import check_relative
 
     for bad in ("../x", "/etc/passwd", "a/../../b", "C:\\x"):
         with pytest.raises(ValueError, match="absolute|climbs out"):
-            _check_relative(bad)
-    assert _check_relative("models/a.task") == "models/a.task"
+            check_relative(bad)
+    assert check_relative("models/a.task") == "models/a.task"
 
 
 def test_reordering_keys_changes_no_digest(tmp_path):
@@ -122,7 +122,7 @@ def test_schema_file_is_current():
 def test_registry_matches_manifest_union():
     import typing
 
-    from modelforge.manifest.models import TargetSpec
+    from modelforge.manifest.targets import TargetSpec
     from modelforge.targets import TARGETS
 
     inner = typing.get_args(TargetSpec)[0]

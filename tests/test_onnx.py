@@ -107,8 +107,8 @@ def test_image_prompt_through_onnxruntime_gives_pytorchs_answer(onnx_build, tmp_
     from PIL import Image
     from transformers import AutoProcessor
 
-    from modelforge.steps.onnx_worker import OnnxGemma
-    from modelforge.steps.parity_impl import test_cards
+    from modelforge.steps.onnx.worker import OnnxGemma
+    from modelforge.steps.parity_phases import test_cards
 
     processor = AutoProcessor.from_pretrained(TINY)
     card = test_cards((56, 56), tmp_path)[1]
@@ -190,7 +190,7 @@ def test_onnxruntime_genai_generates_pytorchs_answer_from_an_image_and_a_chat_pr
     from PIL import Image
     from transformers import AutoProcessor
 
-    from modelforge.steps.parity_impl import test_cards
+    from modelforge.steps.parity_phases import test_cards
 
     target = _target(genai_image_build)
     assert json.loads((target / "genai_config.json").read_text())["model"]["vision"]["config_filename"] == "processor_config.json"
@@ -260,7 +260,7 @@ def test_lock_records_the_toolchain_steps_and_parity(onnx_build):
 def test_rope_check_catches_the_builders_local_rope_bug(tmp_path):
     """Without the shim, onnxruntime-genai 0.18.0 builds the sliding layers' RoPE with the global
     layers' linear factor 8: the check must refuse it (and accept the shimmed build)."""
-    from modelforge.steps import genai_builder
+    from modelforge.steps.onnx import genai_builder
 
     with pytest.raises(genai_builder.RopeMismatch, match=r"differ from transformers' \(cos_cache_local \(max \|Δ\| 1\.9\d\), sin_cache_local \(max \|Δ\| 1\.9\d\), tolerance"):
         genai_builder.build(TINY, tmp_path / "bug", tmp_path / "cache", precision="fp32", block_size=32, context_length=64,
@@ -310,8 +310,8 @@ def test_builder_graph_of_a_bf16_checkpoint_computes_pytorchs_float32_logits(tmp
     from onnx import numpy_helper
     from safetensors.torch import load_file
 
-    from modelforge.steps import genai_builder
-    from modelforge.steps.onnx_worker import OnnxGemma
+    from modelforge.steps.onnx import genai_builder
+    from modelforge.steps.onnx.worker import OnnxGemma
 
     checkpoint = _bf16_text_checkpoint(tmp_path / "bf16")
     model = transformers.Gemma3ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
@@ -397,7 +397,7 @@ def int4_decoders(tmp_path_factory):
     (recorded on the way through, the quantizer itself unchanged): ~10 s."""
     import sys
 
-    from modelforge.steps import genai_builder
+    from modelforge.steps.onnx import genai_builder
 
     genai_builder._builder_modules()  # imports the builder's modules as it does (builders.base)
     base = sys.modules["builders.base"]
@@ -449,7 +449,7 @@ def test_rope_check_reads_only_the_caches_of_the_data_file(int4_decoders, tmp_pa
 
     import onnx
 
-    from modelforge.steps import genai_builder
+    from modelforge.steps.onnx import genai_builder
 
     out = tmp_path / "decoder"
     shutil.copytree(int4_decoders[True][0], out)
@@ -541,7 +541,7 @@ def test_vision_attention_in_head_groups_is_siglips_attention(tmp_path):
     import transformers
 
     from modelforge.reference import reference_dir
-    from modelforge.steps import onnx_worker
+    from modelforge.steps.onnx import worker as onnx_worker
     from modelforge.targets.onnx import vision_attention
 
     medgemma = vision_attention(json.loads((reference_dir() / "mlx-community_gemma-3-4b-it-bf16-config.json").read_text()))

@@ -59,11 +59,12 @@ def test_the_real_manifest_predicts_memory_for_every_heavy_step(tmp_path):
     """MedGemma 4B's onnx steps, fitted on their 4B measurements (memory.py, bench/RESULTS.md "onnx
     export at 4B"): which steps get a prediction, and that each stays under the 20 GiB a step of the
     litertlm build is held to (the text export took 21.2 GiB before its quantizer streamed the
-    weights: steps/genai_builder.py)."""
+    weights: steps/onnx/genai_builder.py)."""
     manifest = load_manifest(MANIFESTS / "medgemma-1.5-onnx.yaml")
     plan = make_plan(manifest, reference_facts(), "manifests/medgemma-1.5-onnx.yaml", manifest_digest(manifest))
     predicted = plan.facts["memory"]
-    assert set(predicted) == {"onnx.export_text", "onnx.export_vision", "onnx.quantize.vision", "onnx.quantize.embedding", "onnx.parity"}
+    # The parity step reads the PyTorch reference (its own step, `reference`), which holds the float32 model.
+    assert set(predicted) == {"onnx.export_text", "onnx.export_vision", "onnx.quantize.vision", "onnx.quantize.embedding", "reference"}
     assert predicted["onnx.export_text"] == memory.predict("onnx_export_text", memory.F32_BYTES * 3_880_263_168)
     assert all(peak < 20 * 2**30 for peak in predicted.values())
 
@@ -92,7 +93,7 @@ def test_the_tiny_model_keeps_its_images_out_of_onnxruntime_genai(tmp_project):
 
 def test_processor_config_repeats_gemma3s_preprocessing():
     from modelforge.reference import reference_dir
-    from modelforge.steps.onnx_package import processor_config
+    from modelforge.steps.onnx.package import processor_config
 
     preprocessor = json.loads((reference_dir() / "medgemma-27b-it-preprocessor_config.json").read_text())
     transforms = [item["operation"] for item in processor_config(preprocessor, "preprocessor_config.json")["processor"]["transforms"]]
@@ -114,7 +115,7 @@ def test_processor_config_repeats_gemma3s_preprocessing():
 def test_processor_config_refuses_what_onnxruntime_genai_cannot_repeat(change, message):
     from modelforge.errors import StepFailed
     from modelforge.reference import reference_dir
-    from modelforge.steps.onnx_package import processor_config
+    from modelforge.steps.onnx.package import processor_config
 
     preprocessor = {**json.loads((reference_dir() / "medgemma-27b-it-preprocessor_config.json").read_text()), **change}
     with pytest.raises(StepFailed, match=message):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelforge.steps import tflite_layout
+from modelforge.steps.litert import tflite_layout
 
 def _external(source: Path, target: Path, order: str) -> None:
     """Rewrite `source` (inline buffers) the way the converter writes a >2 GB graph: every

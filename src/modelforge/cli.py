@@ -1,5 +1,7 @@
 """The command line: each command parses, calls `api`, renders. Errors become one line on
-stderr and an exit code here, in one place; a user never sees a traceback for bad input."""
+stderr and an exit code here, in one place; a user never sees a traceback for bad input.
+Each command imports `api` and what it renders inside its function, so that `modelforge --help`
+and a mistyped command answer at once."""
 
 from __future__ import annotations
 
@@ -199,22 +201,11 @@ def build(
             click.echo(f"note: {result.project.manifest.notice}")
 
 
-# What each parity figure is called on screen, its threshold, and the comparison the threshold makes.
-# The screen shows what the lock records (figures.py): agreements as they are, errors as upper
-# bounds ("≤"), similarities as lower bounds ("≥").
-PARITY_FIGURES = (
-    ("top1_agreement", "top-1 agreement", "min_top1_agreement", "≥", ".4g"),
-    ("mean_kl", "mean KL", "max_kl", "≤", ".2g"),
-    ("max_abs_logit", "max |logit difference|", "max_abs_logit", "≤", ".2g"),
-    ("vision_cosine", "vision cosine", "min_vision_cosine", "≥", ".4g"),
-    ("image_token_agreement", "image answers through the runtime", "min_image_token_agreement", "≥", ".4g"),
-)
-
-
 def check_lines(checks: dict) -> list[str]:
     """One line per recorded check (the lock's `checks`): the parity figures against their
     thresholds, and what the architecture check compared."""
     from modelforge.figures import ERROR_FLOORS, SIMILARITY_FLOORS, stable_report
+    from modelforge.steps.parity import FIGURES
 
     lines = []
     for name, report in sorted(checks.items()):
@@ -232,7 +223,7 @@ def check_lines(checks: dict) -> list[str]:
             )
             continue
         figures = []
-        for key, label, threshold, sign, style in PARITY_FIGURES:
+        for key, label, threshold, sign, style in FIGURES:
             if report.get(key) is None:
                 continue
             limit = report.get("thresholds", {}).get(threshold)
@@ -449,7 +440,7 @@ def diff(manifests: tuple[Path, ...], base: str | None, output_format: str, sour
     Exit status: 0 nothing would rebuild, 1 something would rebuild, 2+ an error."""
     from modelforge import diff as diffing
 
-    temporary = None
+    temporary, old_lock = None, None
     try:
         if len(manifests) == 2:
             old, new = manifests
@@ -459,9 +450,10 @@ def diff(manifests: tuple[Path, ...], base: str | None, output_format: str, sour
             revision = base or diffing.merge_base(new)
             old, old_label = diffing.manifest_at_revision(new, revision)
             temporary, new_label = old, f"{new} (working tree)"
+            old_lock = diffing.lock_at_revision(new, revision)
         else:
             raise click.UsageError("give one manifest (with --base) or two (OLD NEW)")
-        result = diffing.diff_manifests(old, new, old_label=old_label, new_label=new_label, store_dir=store_dir, source_dir=source_dir)
+        result = diffing.diff_manifests(old, new, old_label=old_label, new_label=new_label, store_dir=store_dir, source_dir=source_dir, old_lock=old_lock)
     finally:
         if temporary is not None:
             temporary.unlink(missing_ok=True)

@@ -11,11 +11,17 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+import yaml
+
+from modelforge import api
 from modelforge.errors import ManifestError
+from modelforge.executor import SilentReporter
+from modelforge.lock import Lock, read_lock_or_none
 from modelforge.manifest import Manifest, changed_fields
 from modelforge.plan import Plan, compute_keys
+from modelforge.store import Store, default_store_dir
 from modelforge.transforms import apply_config_edits, config_bytes
 
 
@@ -30,6 +36,9 @@ class ManifestDiff:
     tensors: dict[str, Any] = field(default_factory=dict)  # target → {added, removed, renamed}
     sizes: dict[str, Any] = field(default_factory=dict)  # target → {old, new} bytes of weights
     planned_from: str | None = None  # set when the source came from reference data (the Hub out of reach)
+    # check → {figure: {old, new}}: the quality figures both locks record for a check whose step the
+    # change re-runs or whose figures differ (what the reviewer weighs: "int8 → int4: top-1 0.97 → 0.88").
+    quality: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rebuilds(self) -> bool:
@@ -55,6 +64,21 @@ def manifest_at_revision(path: Path, revision: str) -> tuple[Path, str]:
     return Path(handle.name), f"{relative}@{revision}"
 
 
+def lock_at_revision(manifest_path: Path, revision: str) -> Lock | None:
+    """The manifest's lockfile as it was at a git revision, or None where it had none."""
+    lock_path = api.open_project(manifest_path).lock_path
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=lock_path.parent, capture_output=True, text=True, check=True).stdout.strip()
+        relative = lock_path.resolve().relative_to(Path(top).resolve()).as_posix()
+        content = subprocess.run(["git", "show", f"{revision}:{relative}"], cwd=top, capture_output=True, text=True, check=True).stdout
+    except (subprocess.CalledProcessError, ValueError, FileNotFoundError):
+        return None
+    try:
+        return Lock.model_validate(yaml.safe_load(content))
+    except (yaml.YAMLError, ValueError):
+        return None
+
+
 def merge_base(path: Path) -> str:
     for branch in ("main", "origin/main", "master", "origin/master"):
         out = subprocess.run(["git", "merge-base", "HEAD", branch], cwd=Path(path).parent, capture_output=True, text=True)
@@ -63,11 +87,11 @@ def merge_base(path: Path) -> str:
     raise ManifestError(f"{path}: no main branch to diff against; pass --base REV")
 
 
-def diff_manifests(old_path: Path, new_path: Path, *, old_label: str, new_label: str, store_dir: Path | None = None, source_dir: Path | None = None) -> ManifestDiff:
-    from modelforge import api
-    from modelforge.executor import SilentReporter
-    from modelforge.store import Store, default_store_dir
-
+def diff_manifests(
+    old_path: Path, new_path: Path, *, old_label: str, new_label: str, store_dir: Path | None = None, source_dir: Path | None = None,
+    old_lock: Lock | None = None,
+) -> ManifestDiff:
+    """old_lock: the lock of the old side (a revision's); default, the old manifest's lockfile."""
     old_project, new_project = api.open_project(old_path), api.open_project(new_path)
     result = ManifestDiff(old_label, new_label)
     for change in changed_fields(old_project.manifest.model_dump(mode="json"), new_project.manifest.model_dump(mode="json")):
@@ -97,7 +121,38 @@ def diff_manifests(old_path: Path, new_path: Path, *, old_label: str, new_label:
     for target in new_plan.targets:
         result.targets.append({"name": target.name, "kind": target.kind, "status": statuses.get(target.node, "added")})
     _outputs(result, old_project.manifest, old_plan, old_gathered.facts.config, new_project.manifest, new_plan, new_gathered.facts.config)
+    old_lock = old_lock if old_lock is not None else read_lock_or_none(old_project.lock_path)
+    _quality(result, old_lock, read_lock_or_none(new_project.lock_path), statuses)
     return result
+
+
+# The figures of a check report that say how close an export is to the source, in the order shown.
+QUALITY_FIGURES = (
+    ("top1_agreement", "top-1"), ("mean_kl", "KL"), ("p99_kl", "p99 KL"), ("perplexity_ratio", "perplexity ratio"),
+    ("max_abs_logit", "max |Δlogit|"), ("vision_cosine", "vision cosine"), ("image_token_agreement", "image answers"),
+)
+
+
+def _quality(result: ManifestDiff, old_lock: Lock | None, new_lock: Lock | None, statuses: Mapping[str, str]) -> None:
+    """The quality figures of each check both locks record, side by side, where the change re-runs
+    the check or the figures differ."""
+    if old_lock is None or new_lock is None:
+        return
+    for name in sorted(set(old_lock.checks) & set(new_lock.checks)):
+        old, new = old_lock.checks[name], new_lock.checks[name]
+        figures = {key: {"old": old.get(key), "new": new.get(key)} for key, _ in QUALITY_FIGURES if old.get(key) is not None or new.get(key) is not None}
+        if figures and (statuses.get(name, "cached") != "cached" or any(f["old"] != f["new"] for f in figures.values())):
+            result.quality[name] = figures
+
+
+def _quality_line(name: str, figures: Mapping[str, Any]) -> str:
+    labels = dict(QUALITY_FIGURES)
+    parts = [f"{labels[key]} {_figure(f['old'])} → {_figure(f['new'])}" for key, f in figures.items()]
+    return f"{name}: {', '.join(parts)}"
+
+
+def _figure(value: Any) -> str:
+    return "—" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _weights_of(plan: Plan) -> dict[str, dict[str, str]]:
@@ -176,6 +231,9 @@ def render_text(diff: ManifestDiff) -> str:
         lines += [f"  ~ {old} → {new}" for old, new in change["renamed"][:20]]
     for target, size in diff.sizes.items():
         lines.append(f"size of {target} weights: {size['old']:,} → {size['new']:,} bytes")
+    if diff.quality:
+        lines.append("quality (the locks' checks, before → after):")
+        lines += [f"  {_quality_line(name, figures)}" for name, figures in diff.quality.items()]
     lines.append("would rebuild" if diff.rebuilds else "nothing would rebuild")
     return "\n".join(lines) + "\n"
 
@@ -206,12 +264,17 @@ def render_markdown(diff: ManifestDiff) -> str:
         lines += _details(f"tensors of {target}: +{len(change['added'])} −{len(change['removed'])}, {len(change['renamed'])} renamed", body)
     for target, size in diff.sizes.items():
         lines.append(f"- size of `{target}` weights: {size['old']:,} → {size['new']:,} bytes")
+    if diff.quality:
+        labels = dict(QUALITY_FIGURES)
+        lines += ["", "| check | figure | before | after |", "|---|---|---:|---:|"]
+        lines += [f"| `{name}` | {labels[key]} | {_figure(f['old'])} | {_figure(f['new'])} |" for name, figures in diff.quality.items() for key, f in figures.items()]
     return "\n".join(lines).rstrip() + "\n"
 
 
 def render_json(diff: ManifestDiff) -> str:
     return json.dumps(
         {"old": diff.old_label, "new": diff.new_label, "rebuilds": diff.rebuilds, "fields": diff.fields, "steps": diff.steps,
-         "targets": diff.targets, "config": diff.config, "tensors": diff.tensors, "sizes": diff.sizes, "planned_from": diff.planned_from},
+         "targets": diff.targets, "config": diff.config, "tensors": diff.tensors, "sizes": diff.sizes, "planned_from": diff.planned_from,
+         "quality": diff.quality},
         indent=2, sort_keys=True,
     ) + "\n"

@@ -17,25 +17,14 @@ from contextlib import ExitStack
 from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
 
 from modelforge.errors import ModelforgeError, RemoteError, SourceError, StepFailed, StoreError
+from modelforge.faults import fault_point
 from modelforge.hashing import hash_file
+from modelforge.outputs import LINK_FROM, OUTPUT_DIR_MODE, Materialized, place_output, swap_into_place
 from modelforge.plan import Plan, StepNode, compute_keys
 from modelforge.remote import RemoteCache
 from modelforge.steps import STEPS
 from modelforge.steps.base import InputFile, StepContext
-from modelforge.store import (
-    BUILT_HERE,
-    LINK_FROM,
-    OUTPUT_DIR_MODE,
-    FileRecord,
-    Materialized,
-    StepRecord,
-    Store,
-    fault_point,
-    place_output,
-    swap_into_place,
-    storage_error,
-    unusable_because,
-)
+from modelforge.store import BUILT_HERE, FileRecord, StepRecord, Store, storage_error, unusable_because
 
 
 class Reporter(Protocol):

@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from modelforge.errors import SourceError
+
 ALGORITHM = "sha256"
 CHUNK = 8 << 20
 
@@ -34,8 +36,6 @@ def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
     # O_NONBLOCK: opening a FIFO must not hang; a device or a FIFO is not a file to build from.
     with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb", buffering=0) as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            from modelforge.errors import SourceError
-
             raise SourceError(f"{path} is not a regular file (a device, FIFO or socket); point the source at a checkpoint's files")
         while count := handle.readinto(buffer):
             sha.update(view[:count])

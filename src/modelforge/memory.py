@@ -7,7 +7,7 @@ drop. Resident file pages (the mapped checkpoint, the .tflite being written and 
 cache that the kernel reclaims under pressure, so they are not counted (the peak RSS high-water mark
 overstates a 4B export by the 15 GB graph it writes).
 
-Each step kind follows the copies that exist on its path (steps/litert_worker.py, partial_load.py):
+Each step kind follows the copies that exist on its path (steps/litert/worker.py, partial_load.py):
 
     export text    base + factor × f32 bytes of the text decoder + the KV cache at the manifest's
                    cache length (sample input of the decode signature; f32, K and V of every layer)
@@ -24,7 +24,7 @@ Each step kind follows the copies that exist on its path (steps/litert_worker.py
                    float .tflite into numpy and writes the quantized one beside it).
     parity         base + factor × f32 bytes of the whole multimodal model. The check runs one
                    worker per phase (text reference, multimodal reference, LiteRT-LM runtime,
-                   exported graphs; steps/parity_impl.py), so its peak is the largest phase: at 4B
+                   exported graphs; steps/parity_phases.py), so its peak is the largest phase: at 4B
                    the float32 multimodal reference for the image answers (measured 16.7 GiB).
 
 The constants are least-squares fits over MEASUREMENTS: synthetic checkpoints with MedGemma 4B's
@@ -97,7 +97,7 @@ FIT: dict[str, tuple[int, float]] = {
     "parity": (306_497_297, 1.027),
     # onnx: fitted on the tiny fixture and MedGemma 4B. The builder maps the bfloat16 checkpoint
     # (file pages, not counted) and its quantizer holds the int4 weights written so far plus one
-    # float32 weight, the largest being the output head (steps/genai_builder.py): 0.4 × the
+    # float32 weight, the largest being the output head (steps/onnx/genai_builder.py): 0.4 × the
     # decoder's float32 bytes at 4B; the dynamo export of the vision side (tower, projector, the
     # float32 token embedding) about once.
     "onnx_export_text": (339_795_832, 0.395),

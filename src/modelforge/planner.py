@@ -16,53 +16,17 @@ or dropped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Mapping
 
 from modelforge.errors import PlanError
 from modelforge.manifest.models import Manifest
-from modelforge.plan import InputRef, Plan, SourceFile, SourceNode, StepNode, TargetNode
-from modelforge.safetensors_io import TensorInfo
-from modelforge.transforms import WeightMapping, apply_weight_rules, component_of, matches
+from modelforge.plan import Plan, SourceNode, StepNode, TargetNode
+from modelforge.plan_builder import PlanBuilder, SourceFacts
+from modelforge.targets import TARGETS
+from modelforge.transforms import apply_weight_rules, component_of, matches
 
 WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json")
 HANDLED_FILES = ("config.json",)
-
-
-@dataclass(frozen=True)
-class SourceFacts:
-    """What the planner may know about a source without reading weight bytes."""
-
-    files: tuple[SourceFile, ...]
-    tensors: Mapping[str, TensorInfo]  # by source tensor name
-    config: Mapping[str, Any]
-    origin: Mapping[str, Any] = field(default_factory=dict)
-    # The vendored web runtime, when a web_bundle target needs it: {"version", "files": {name: {sha256, size}}}.
-    web_runtime: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class PlanBuilder:
-    """Shared state the target planners add nodes to; equal nodes are added once."""
-
-    manifest: Manifest
-    manifest_path: str
-    facts: SourceFacts
-    source: SourceNode
-    mapping: WeightMapping
-    owner: Mapping[str, str]
-    steps: dict[str, StepNode] = field(default_factory=dict)
-    plan_facts: dict[str, Any] = field(default_factory=dict)  # what target planners report beside the steps (e.g. "memory")
-
-    def add(self, node: StepNode) -> str:
-        existing = self.steps.get(node.name)
-        if existing is not None and existing != node:
-            raise PlanError(f"{self.manifest_path}: two different steps are both named {node.name!r}; this is a modelforge bug")
-        self.steps[node.name] = node
-        return node.name
-
-    def where(self, target: str) -> str:
-        return f"{self.manifest_path}: targets.{target}"
 
 
 def _check_files(manifest: Manifest, facts: SourceFacts, where: str) -> dict[str, list[str]]:
@@ -88,8 +52,6 @@ def _check_files(manifest: Manifest, facts: SourceFacts, where: str) -> dict[str
 
 
 def make_plan(manifest: Manifest, facts: SourceFacts, manifest_path: str, manifest_digest: str) -> Plan:
-    from modelforge.targets import TARGETS
-
     where = manifest_path
     if "config.json" not in {item.path for item in facts.files}:
         raise PlanError(f"{where}: the source has no config.json; take it with source.files")
@@ -98,7 +60,7 @@ def make_plan(manifest: Manifest, facts: SourceFacts, manifest_path: str, manife
         raise PlanError(f"{where}: the source has no safetensors tensors; take the *.safetensors files with source.files")
     owner = component_of(manifest, names, where)
     mapping = apply_weight_rules(manifest, names, owner, where)
-    used = {component for target in manifest.targets.values() for component in getattr(target, "components", ())}
+    used = {component for target in manifest.targets.values() for component in target.contained_components()}
     stray = [name for name in names if name not in mapping.dropped and owner.get(name) not in used]
     if stray:
         sample = ", ".join(stray[:3]) + (f" and {len(stray) - 3} more" if len(stray) > 3 else "")
@@ -108,7 +70,7 @@ def make_plan(manifest: Manifest, facts: SourceFacts, manifest_path: str, manife
         )
     files = _check_files(manifest, facts, where)
     source = SourceNode("source", tuple(sorted(facts.files, key=lambda item: item.path)), dict(facts.origin))
-    builder = PlanBuilder(manifest, manifest_path, facts, source, mapping, owner)
+    builder = PlanBuilder(manifest, manifest_path, facts, source, mapping, owner, TARGETS)
     targets = []
     for target_name, spec in manifest.targets.items():
         planner = TARGETS[spec.kind]
@@ -143,7 +105,3 @@ def _topological(steps: Mapping[str, StepNode], source_name: str) -> tuple[StepN
             ordered.append(pending.pop(name))
             done.add(name)
     return tuple(ordered)
-
-
-def source_input(builder: PlanBuilder, files: list[str] | tuple[str, ...]) -> InputRef:
-    return InputRef("source", builder.source.name, tuple(sorted(files)))

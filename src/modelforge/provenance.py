@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import modelforge
 from modelforge.errors import ConfigError, ProvenanceError
 from modelforge.hashing import canonical_json
 from modelforge.lock import Lock
@@ -77,8 +78,6 @@ def statement(lock: Lock, plan: Plan, target_name: str, *, builder_id: str, star
     """The SLSA v1 provenance of one target as a JSON object; equal inputs give equal bytes
     (canonical JSON), except runDetails' times."""
     json_format, provenance_pb2, ResourceDescriptor, Statement = _import_libraries()
-    import modelforge
-
     target = lock.targets[target_name]
     if not target.files:
         raise ProvenanceError(f"target {target_name} has no built files in the lock; build it before writing its provenance")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Mapping
 
 from modelforge.plan import SourceFile
-from modelforge.planner import SourceFacts
+from modelforge.plan_builder import SourceFacts
 from modelforge.safetensors_io import DTYPE_BYTES, TensorInfo, _header_bytes
 
 TENSOR_SHAPES = "gemma3-4b-DERIVED-tensor-shapes.json"

@@ -36,8 +36,10 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 from modelforge.errors import ConfigError, RemoteError
+from modelforge.faults import fault_point
+from modelforge.project_config import check_cache_url
 from modelforge.signing import PublicKey, SigningKey, parse_public_key, verify
-from modelforge.store import BUILT_HERE, FileRecord, StepRecord, Store, describe_writer, fault_point, parse_record, pulled_by, record_fields
+from modelforge.store import BUILT_HERE, FileRecord, StepRecord, Store, describe_writer, parse_record, pulled_by, record_fields, storage_error
 
 RECORD_FORMAT = "modelforge-step-record/1"
 # Objects of this size or more go up as a multipart upload streamed from disk (a conditional put is
@@ -271,8 +273,6 @@ class RemoteCache:
             except FileNotFoundError:
                 return "is missing"
             except OSError as error:
-                from modelforge.store import storage_error
-
                 raise storage_error(error, f"pulling {item.sha256[:12]}…") from None
             if size != item.size or digest.hexdigest() != item.sha256:
                 self.damaged.add(item.sha256)
@@ -531,8 +531,6 @@ def _missing_container(error: BaseException) -> bool:
 
 
 def open_remote(url: str, *, trusted: tuple[PublicKey, ...], signing_key: SigningKey | None, read_only: bool, options: dict[str, str] | None = None) -> RemoteCache:
-    from modelforge.project_config import check_cache_url
-
     try:
         check_cache_url(url)
     except ValueError as error:

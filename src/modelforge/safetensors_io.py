@@ -12,7 +12,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence, Union
 
 from modelforge.errors import SourceError
 from modelforge.hashing import CHUNK
@@ -27,6 +27,8 @@ from modelforge.source_checks import (
 )
 
 # Bytes per element of the whole-byte dtypes (the sub-byte ones have no whole size; see DTYPE_BITS).
+# A tensor's bytes for write_tensors: the bytes, or a callable giving them or an iterable of chunks.
+TensorData = Union[bytes, Callable[[], Union[bytes, Iterable[bytes]]]]
 DTYPE_BYTES = {dtype: bits // 8 for dtype, bits in DTYPE_BITS.items() if bits % 8 == 0}
 
 
@@ -101,6 +103,43 @@ def _header_bytes(entries: Sequence[tuple[str, TensorInfo]], metadata: dict[str,
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
     return encoded, offsets
+
+
+def tensor_nbytes(dtype: str, shape: Sequence[int]) -> int:
+    """Bytes of a tensor of a whole-byte dtype."""
+    count = 1
+    for size in shape:
+        count *= size
+    return count * DTYPE_BYTES[dtype]
+
+
+def write_tensors(
+    path: Path, tensors: Sequence[tuple[str, str, Sequence[int], TensorData]], metadata: dict[str, str] | None = None,
+) -> str:
+    """Write one safetensors file from (name, dtype, shape, data) in the given order, then fsync it.
+    data is the tensor's bytes, or a callable called when the file reaches that tensor that returns
+    its bytes or an iterable of chunks of them: a writer holds one tensor (or one chunk) in memory,
+    never the model. The header is write_shard's (same serialization, same padding). Returns the
+    file's sha256."""
+    infos = [(name, TensorInfo(name, dtype, tuple(shape), "", 0, tensor_nbytes(dtype, shape))) for name, dtype, shape, _ in tensors]
+    header, _ = _header_bytes(infos, metadata or {})
+    digest = hashlib.sha256()
+    with open(path, "wb") as out:
+        for chunk in (struct.pack("<Q", len(header)), header):
+            out.write(chunk)
+            digest.update(chunk)
+        for (name, info), (_, _, _, data) in zip(infos, tensors):
+            data = data() if callable(data) else data
+            written = 0
+            for chunk in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                out.write(chunk)
+                digest.update(chunk)
+                written += len(chunk)
+            if written != info.nbytes:
+                raise ValueError(f"tensor {name!r}: {written} bytes for {info.dtype} {list(info.shape)}, which takes {info.nbytes}")
+        out.flush()
+        os.fsync(out.fileno())
+    return digest.hexdigest()
 
 
 def write_shard(

@@ -27,7 +27,7 @@ TEXT_ONLY = "tiny-medgemma-text-only"
 LITERTLM = "tiny-medgemma-litertlm"
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 STORE_ENTRIES = {"objects", "steps", "tmp", "locks", "state.sqlite", "state.sqlite-wal", "state.sqlite-shm", "state.sqlite-journal"}
-# Variables of the fault hook in store.fault_point; never inherited from the test's own environment.
+# Variables of the fault hook in faults.fault_point; never inherited from the test's own environment.
 FAULT_VARIABLES = ("MODELFORGE_KILL_AT", "MODELFORGE_FAIL_AT", "MODELFORGE_PAUSE_AT", "MODELFORGE_FAULT_TRACE")
 
 
@@ -185,7 +185,7 @@ def workers_of(store: Path) -> list:
     for process in psutil.process_iter(["cmdline", "cwd"]):
         try:
             command = " ".join(process.info["cmdline"] or [])
-            if "modelforge.steps.litert_worker" in command and str(store) in (command + " " + (process.info["cwd"] or "")):
+            if "modelforge.steps.litert.worker" in command and str(store) in (command + " " + (process.info["cwd"] or "")):
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass

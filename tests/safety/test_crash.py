@@ -4,7 +4,7 @@ whole (no partial object under a final name, no record without its objects, no t
 tmp/), dist/ holds the old complete target or the new one, `verify` passes only on a matching
 pair, and the rebuild gives byte-identical outputs to an uninterrupted build.
 
-The kill points come from store.fault_point (MODELFORGE_KILL_AT="name:N"); their names and counts
+The kill points come from faults.fault_point (MODELFORGE_KILL_AT="name:N"); their names and counts
 are read from a traced build first, so a new step or write is covered without editing this file.
 Rerun one point with MODELFORGE_SAFETY_POINT="transform_weights/progress:5"."""
 
@@ -318,7 +318,7 @@ def _orphans(store: Path) -> int:
     return kill_workers(store)
 
 
-# A litert worker held by store.fault_point (MODELFORGE_PAUSE_AT) until the test acts: a kill or a
+# A litert worker held by faults.fault_point (MODELFORGE_PAUSE_AT) until the test acts: a kill or a
 # signal then lands while the worker runs, however fast or slow this machine exports.
 HOLD_SECONDS = 600
 
@@ -404,7 +404,7 @@ def test_sigkill_when_the_quantize_worker_is_seen_running(litertlm_baseline, tmp
     while time.monotonic() < deadline and build.poll() is None and seen is None:
         for child in psutil.Process(build.pid).children(recursive=True):
             try:
-                if "litert_worker" in " ".join(child.cmdline()):
+                if "litert.worker" in " ".join(child.cmdline()):
                     seen = child
             except psutil.NoSuchProcess:
                 pass
@@ -454,7 +454,7 @@ def _interrupt_during_export(baseline, tmp_path: Path, how: str) -> None:
     try:
         _wait_for_point(build, trace, "worker/export/convert")
         family = [build.pid] + [child.pid for child in psutil.Process(build.pid).children(recursive=True)]
-        assert any("litert_worker" in " ".join(psutil.Process(pid).cmdline()) for pid in family[1:]), "no export worker"
+        assert any("litert.worker" in " ".join(psutil.Process(pid).cmdline()) for pid in family[1:]), "no export worker"
         if how == "ctrl-c":  # a terminal sends SIGINT to the whole foreground process group
             os.killpg(build.pid, signal.SIGINT)
         elif how == "sigint":

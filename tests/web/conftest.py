@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modelforge.web.bundle import Variant, write_bundle
+from modelforge.web.layout import Variant, write_bundle
 from modelforge.web.taskfile import gemma_params, write_task
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from modelforge.web.bundle import Variant, write_bundle
+from modelforge.web.layout import Variant, write_bundle
 from modelforge.web.serve import serve
 from modelforge.web.taskfile import gemma_params, read_task, write_task
 

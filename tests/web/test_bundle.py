@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelforge.web.bundle import CHUNK_SIZE, BundleError, Variant, bundle_files, write_bundle
+from modelforge.web.layout import CHUNK_SIZE, BundleError, Variant, bundle_files, write_bundle
 from modelforge.web.headers import all_configs
 from modelforge.web.taskfile import gemma_params, write_task
 from modelforge.web.vendor import RUNTIME_FILES, RuntimeMissingError, runtime_files, runtime_version
@@ -77,7 +77,7 @@ def test_bundle_json(small_bundle, small_task, fake_runtime):
 
 
 def test_chunk_hashes_cover_the_file(tmp_path, small_task, fake_runtime, monkeypatch):
-    import modelforge.web.bundle as bundle_module
+    import modelforge.web.layout as bundle_module
 
     monkeypatch.setattr(bundle_module, "CHUNK_SIZE", 1000)
     out = tmp_path / "b"
@@ -274,7 +274,7 @@ def litertjs_runtime():
 
 
 def _litertjs_variant(tmp_path, name: str, vision_seed: int = 3):
-    from modelforge.web.bundle import LitertjsVariant
+    from modelforge.web.layout import LitertjsVariant
 
     graphs = {graph: fake_tflite(tmp_path / f"{name}-{graph}.tflite", seed=seed)
               for graph, seed in (("model", 1), ("embedder", 2), ("vision_encoder", vision_seed), ("vision_adapter", 4))}
@@ -320,7 +320,7 @@ def test_litertjs_bundle(tmp_path, litertjs_runtime):
 
 
 def test_litertjs_refusals(tmp_path, litertjs_runtime, fake_runtime, small_task):
-    from modelforge.web.bundle import LitertjsVariant
+    from modelforge.web.layout import LitertjsVariant
 
     files, versions = litertjs_runtime
     variant = _litertjs_variant(tmp_path, "float")

@@ -5,7 +5,7 @@ greedy answer is compared token by token with PyTorch's on the same float checkp
 the float LiteRT.js variant, within the manifest's parity threshold for the int8 one.
 
 PyTorch's answer is computed on the processor's own input_ids and pixel_values, causal inside the image
-block (parity_impl.reference_image_answers' "causal": what a prefill/decode loop computes), to the
+block (parity_phases.reference_image_answers' "causal": what a prefill/decode loop computes), to the
 first stop token or the variant's max_tokens.
 
 The same page also streams its answer, stops mid-answer when Stop is pressed (and answers the next
@@ -50,7 +50,7 @@ def _variant(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def card(tmp_path_factory) -> Path:
-    from modelforge.steps.parity_impl import test_cards
+    from modelforge.steps.parity_phases import test_cards
 
     size = _processor_size()
     return test_cards(size, tmp_path_factory.mktemp("cards"))[0]
@@ -72,7 +72,7 @@ def reference(card) -> dict:
     from PIL import Image
     from transformers import AutoProcessor, Gemma3ForConditionalGeneration
 
-    from modelforge.steps.parity_impl import reference_image_answers
+    from modelforge.steps.parity_phases import reference_image_answers
 
     max_tokens = max(v.get("max_tokens", 0) for v in _manifest()["targets"]["web"]["variants"])
     stop_tokens = _manifest()["targets"]["bundle"]["metadata"]["stop_tokens"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from modelforge.web.bundle import bundle_files
+from modelforge.web.layout import bundle_files
 from modelforge.web.headers import (
     CACHE_HASHED,
     CONFIG_FILES,

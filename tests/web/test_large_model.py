@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from modelforge.web.bundle import CHUNK_SIZE, Variant, write_bundle
+from modelforge.web.layout import CHUNK_SIZE, Variant, write_bundle
 from modelforge.web.serve import serve
 
 from .test_browser import BASE_FLAGS, CHROMIUM, SETTLED, WEBGPU, Session, playwright, runtime  # noqa: F401 - fixtures

@@ -12,7 +12,8 @@ import pytest
 from conftest import MANIFESTS, REFERENCE
 from modelforge.errors import PlanError
 from modelforge.manifest import load_manifest, manifest_digest
-from modelforge.manifest.models import QUANTIZER_RECIPES, WebVariantSpec
+from modelforge.manifest.parts import QUANTIZER_RECIPES
+from modelforge.manifest.targets.web_bundle import WebVariantSpec
 from modelforge.planner import make_plan
 from modelforge.testing.reference import facts_from_shapes, load_tensor_shapes, reference_facts, reference_files
 from modelforge.web import limits

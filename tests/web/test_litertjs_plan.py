@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from conftest import MANIFESTS
 from modelforge.errors import PlanError
 from modelforge.manifest import load_manifest, manifest_digest
-from modelforge.manifest.models import WebVariantSpec
+from modelforge.manifest.targets.web_bundle import WebVariantSpec
 from modelforge.planner import make_plan
 from modelforge.testing.reference import reference_facts
 
@@ -56,10 +56,14 @@ def test_a_variant_with_the_targets_recipes_reuses_its_nodes(tmp_path):
     [first, *_] = [variant for variant in params["variants"] if variant.get("runtime") == "litertjs"]
     assert "stream_weights" not in first  # absent, not false, where off: those variants keep their step keys
     assert first["generation"]["cache_length"] == load_manifest(MANIFESTS / "tiny-medgemma-litertlm.yaml").targets["bundle"].cache_length
-    # Each variant's graphs get their own parity check (the bundle's thresholds, no runtime phase).
+    # Each variant's graphs get their own parity check (the bundle's thresholds, no runtime phase),
+    # against the very PyTorch reference the bundle's parity reads.
     parity = next(step for step in plan.steps if step.name == "web.parity.tiny-float")
     assert {ref.name: ref.node for ref in parity.inputs} == {
-        "checkpoint": "source", "text": "bundle.export_text", "vision_encoder": "bundle.export_vision", "projector": "bundle.export_vision"}
+        "checkpoint": "source", "reference": "reference", "text": "bundle.export_text", "vision_encoder": "bundle.export_vision",
+        "projector": "bundle.export_vision"}
+    bundle_parity = next(step for step in plan.steps if step.name == "bundle.parity")
+    assert {ref.name: ref.node for ref in bundle_parity.inputs}["reference"] == "reference"
     assert "min_image_token_agreement" not in json.loads(parity.params_json)["thresholds"]
     # The predicted graphs are a fact of the plan.
     assert plan.facts["web"]["web.tiny-float"]["total_bytes"] < 10 * 2**20

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from conftest import MANIFESTS
 from modelforge.errors import PlanError
 from modelforge.manifest import load_manifest, manifest_digest
-from modelforge.manifest.models import OnnxPrecisionSpec, WebVariantSpec
+from modelforge.manifest.targets.onnx import OnnxPrecisionSpec
+from modelforge.manifest.targets.web_bundle import WebVariantSpec
 from modelforge.planner import make_plan
 from modelforge.testing.reference import reference_facts
 from modelforge.web import limits

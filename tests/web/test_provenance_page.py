@@ -9,7 +9,7 @@ import json
 import pytest
 
 from modelforge import provenance
-from modelforge.web.bundle import Variant, write_bundle
+from modelforge.web.layout import Variant, write_bundle
 from modelforge.web.serve import serve
 
 from .test_browser import CHROMIUM, pytestmark, playwright, runtime, session_factory  # noqa: F401 - fixtures

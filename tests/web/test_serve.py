@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from modelforge.web.bundle import bundle_files
+from modelforge.web.layout import bundle_files
 from modelforge.web.headers import CONFIG_FILES, headers_for
 from modelforge.web.serve import _parse_range, serve
 

@@ -171,7 +171,7 @@ def test_weights_file_too_short(graph, tmp_path):
 def test_a_stream_weights_variant_without_quantized_weights_is_refused(graph, tmp_path):
     """A web bundle streams only quantized weights (LiteRT.js reads float ones from its heap): a
     stream_weights variant whose decoder has none is a mistake the bundle names."""
-    from modelforge.web.bundle import BundleError, LitertjsVariant, write_bundle
+    from modelforge.web.layout import BundleError, LitertjsVariant, write_bundle
     from modelforge.web.vendor import litertjs_files, litertjs_versions, web_dir
 
     tiny = Path(__file__).resolve().parents[2] / "fixtures" / "tiny-medgemma"

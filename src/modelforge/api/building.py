@@ -19,9 +19,12 @@ from modelforge.api.planning import opened, plan_for, previous_steps, tools_of
 from modelforge.api.project import Project, open_project
 from modelforge.errors import ConfigError, LockError
 from modelforge.executor import Reporter, SilentReporter, materialize_targets, run_plan, statuses
+from modelforge.faults import fault_point
 from modelforge.lock import Lock, differences, read_lock, read_lock_or_none, write_lock
+from modelforge.memory import refuse_if_too_large
+from modelforge.outputs import LINK_FROM, Materialized
 from modelforge.plan import Plan
-from modelforge.store import LINK_FROM, FileRecord, Materialized, Store, default_store_dir, fault_point
+from modelforge.store import FileRecord, Store, default_store_dir
 
 EXECUTORS = ("local", "ray")
 
@@ -82,29 +85,15 @@ class _Counting:
         self.inner.step_pulled(self.label + name, kind, size)
 
 
-def build(
-    manifest_path: str | Path,
-    *,
-    out: Path | None = None,
-    source_dir: Path | None = None,
-    store_dir: Path | None = None,
-    frozen: bool = False,
-    write_lockfile: bool = True,
-    reporter: Reporter | None = None,
-    memory_limit: str | int | None = None,
-    cache: str | None = None,
-    cache_read_only: bool = False,
-    executor: str = "local",
-    address: str | None = None,
+def build(manifest_path: str | Path, **options) -> BuildResult:
+    """Build every target of one manifest: build_many's keyword options, for one manifest."""
+    return build_many([manifest_path], **options)[0]
+
+
+def _build_here(
+    manifest_path: str | Path, *, out, source_dir, store_dir, frozen, write_lockfile, reporter, memory_limit, cache, cache_read_only,
 ) -> BuildResult:
-    """Build every target. cache: the remote cache's URL ('' for none; None: $MODELFORGE_CACHE,
-    else modelforge.toml's cache.url); cache_read_only: pull but never push. executor: "local"
-    (this machine), or "ray" (the cluster at address; see build_many)."""
-    if executor != "local":
-        return build_many(
-            [manifest_path], out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, write_lockfile=write_lockfile,
-            reporter=reporter, memory_limit=memory_limit, cache=cache, cache_read_only=cache_read_only, executor=executor, address=address,
-        )[0]
+    """One manifest, on this machine."""
     reporter = reporter or SilentReporter()
     project = open_project(manifest_path)
     remote = remote_for(project.root, cache, cache_read_only, reporter)
@@ -114,8 +103,6 @@ def build(
         if the_plan.facts.get("memory"):
             # Refuse now, not after an hour of swapping: the largest predicted peak of a step that would
             # run (a step the remote cache has is pulled, not run).
-            from modelforge.memory import refuse_if_too_large
-
             to_run = [
                 status.name for status in statuses(the_plan, store, toolchain, {}, remote, trusted) if not status.cached and not status.remote
             ]
@@ -123,12 +110,7 @@ def build(
         admit = None
         if frozen:
             _check_frozen(project, make_lock(project, the_plan, toolchain, store))
-            pinned, targets = read_lock(project.lock_path), {target.node: target.name for target in the_plan.targets}
-
-            def admit(step, record) -> None:
-                # A target's record is held to the lock the moment it is known: before a check runs on it, or it is pushed.
-                if step.name in targets:
-                    _check_outputs_frozen(project, pinned, {targets[step.name]: record.outputs})
+            admit = _frozen_admit(project, the_plan)
 
         result = BuildResult(project, the_plan)
         records = run_plan(
@@ -141,6 +123,20 @@ def build(
         _lay_out(result, outputs, fresh, store, frozen, write_lockfile, reporter)
         attest(result, fresh, reporter)  # signed provenance beside each target's files
         return result
+
+
+
+
+def _frozen_admit(project: Project, the_plan: Plan):
+    """Under --frozen, a target's record is held to the lock the moment it is known: before a check
+    runs on it, or it is pushed."""
+    pinned, targets = read_lock(project.lock_path), {target.node: target.name for target in the_plan.targets}
+
+    def admit(step, record) -> None:
+        if step.name in targets:
+            _check_outputs_frozen(project, pinned, {targets[step.name]: record.outputs})
+
+    return admit
 
 
 def build_many(
@@ -161,7 +157,9 @@ def build_many(
     """Build several manifests: one after another locally; on Ray, every step of all of them at
     once across the cluster, each placed by its predicted peak memory, files exchanged through the
     remote cache (which must be set and writable). With Ray the cluster's nodes, not this machine's
-    memory_limit, bound what a step may need."""
+    memory_limit, bound what a step may need. cache: the remote cache's URL ('' for none; None:
+    $MODELFORGE_CACHE, else modelforge.toml's cache.url); cache_read_only: pull but never push.
+    executor: "local" (this machine), or "ray" (the cluster at address)."""
     if executor not in EXECUTORS:
         raise ConfigError(f"--executor {executor!r}: use one of {', '.join(EXECUTORS)}")
     if not manifest_paths:
@@ -170,7 +168,7 @@ def build_many(
         raise ConfigError("--out names one directory, for one manifest; build several without it (each goes to dist/<name>/)")
     options = dict(out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, write_lockfile=write_lockfile, reporter=reporter, cache=cache)
     if executor == "local":
-        return [build(path, memory_limit=memory_limit, cache_read_only=cache_read_only, **options) for path in manifest_paths]
+        return [_build_here(path, memory_limit=memory_limit, cache_read_only=cache_read_only, **options) for path in manifest_paths]
     return _build_on_ray(manifest_paths, address=address, cache_read_only=cache_read_only, **options)
 
 

@@ -16,7 +16,7 @@ from modelforge.hashing import HashCache
 from modelforge.lock import read_lock, read_lock_or_none
 from modelforge.manifest.models import HubSourceSpec, LocalSourceSpec
 from modelforge.plan import SourceFile
-from modelforge.planner import SourceFacts
+from modelforge.plan_builder import SourceFacts
 from modelforge.safetensors_io import TensorInfo, parse_header_object, read_header
 from modelforge.source_checks import STRICT_JSON_RULE, check_index, check_shards, check_source_file, read_json_file
 from modelforge.store import Store
@@ -109,7 +109,7 @@ def _without_the_hub(project: Project, error: HubUnavailableError, need_weights:
     """The Hub cannot be reached and the cache lacks the source. Without the bytes (plan, diff,
     lock) a checkpoint modelforge has reference data for is planned from it, and says so; anything
     else fails with every way forward: the network, --source-dir, and planning offline."""
-    from modelforge import reference
+    from modelforge import reference  # only when the Hub is out of reach
 
     spec = project.manifest.source
     described = reference.describe(spec.repo)
@@ -135,7 +135,7 @@ def _without_the_hub(project: Project, error: HubUnavailableError, need_weights:
 def web_runtime_facts(store: Store) -> dict[str, Any]:
     """{"version", "files"} of the vendored MediaPipe runtime and, under "litertjs" and "onnxruntime_web",
     {"versions", "files"} of the LiteRT.js and onnxruntime-web ones; a runtime that is not installed is absent."""
-    from modelforge.web.vendor import (
+    from modelforge.web.vendor import (  # for a web_bundle target only
         RuntimeMissingError, litertjs_files, litertjs_versions, ortweb_files, ortweb_versions, runtime_files, runtime_version, web_dir,
     )
 
@@ -176,7 +176,7 @@ def _gather_source(project: Project, store: Store, source_dir: Path | None, repo
             files = _hash_sources(paths, store, reporter)
             origin = {"kind": "local", "path": spec.path}
         return Gathered(SourceFacts(tuple(files), tensors, config, origin), paths)
-    from modelforge import hub
+    from modelforge import hub  # huggingface_hub and the network: for a Hub source only
 
     commit = hub.resolve_commit(spec.repo, spec.revision, allow_branch=spec.allow_branch)
     remote = hub.list_files(spec.repo, commit, spec.files)

@@ -29,14 +29,8 @@ from modelforge.lock import (
 )
 from modelforge.manifest import changed_fields, manifest_digest
 from modelforge.plan import Plan, compute_keys
+from modelforge.steps import CHECK_REPORTS  # step kind → the report the lock records under `checks`
 from modelforge.store import Store, unusable_because
-
-
-# Steps whose report the lock records under `checks`: step kind → the report's file.
-CHECK_REPORTS = {
-    "litert_parity": "parity.json", "onnx_parity": "parity.json", "check_architecture": "architecture.json",
-    "onnx_export": "export_report.json",  # the RoPE check of the text decoder (steps/genai_builder.py)
-}
 
 
 def make_lock(project: Project, the_plan: Plan, toolchain: Mapping[str, str], store: Store, pending: bool = False) -> Lock:

@@ -8,6 +8,7 @@ from typing import Any
 
 from modelforge.manifest import Manifest
 from modelforge.steps import STEPS
+from modelforge.targets import TARGETS
 
 
 def manifest_schema() -> dict[str, Any]:
@@ -22,6 +23,4 @@ def schema_text() -> str:
 
 
 def registered_kinds() -> dict[str, list[str]]:
-    from modelforge.targets import TARGETS
-
     return {"steps": sorted(STEPS), "targets": sorted(TARGETS)}

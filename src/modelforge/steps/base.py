@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
-from modelforge.store import FileRecord, link_or_copy
+from modelforge.outputs import link_or_copy
+from modelforge.store import FileRecord
 
 
 @dataclass(frozen=True)

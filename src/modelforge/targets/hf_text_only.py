@@ -1,12 +1,14 @@
 """Target `hf_text_only`: a Hugging Face checkpoint of the kept tensors (sharded safetensors +
-index), the rewritten config.json and the carried files. Imports only manifest and plan."""
+index), the rewritten config.json and the carried files. Imports its spec, `plan`, `plan_builder`,
+`transforms` and its steps (steps/checkpoint/)."""
 
 from __future__ import annotations
 
-from modelforge.manifest.models import HfTextOnlyTarget
+from modelforge.manifest.targets.hf_text_only import HfTextOnlyTarget
 from modelforge.plan import InputRef, StepNode
-from modelforge.planner import PlanBuilder, source_input
-from modelforge.steps import assemble, carry_files, check_architecture, rewrite_config, transform_weights
+from modelforge.plan_builder import PlanBuilder, source_input
+from modelforge.steps.checkpoint import assemble, carry_files, check_architecture, rewrite_config, transform_weights
+from modelforge.transforms import matches
 
 KIND = "hf_text_only"
 
@@ -96,6 +98,4 @@ def plan(builder: PlanBuilder, target: str, spec: HfTextOnlyTarget) -> str:
 
 
 def _carried(builder: PlanBuilder) -> list[str]:
-    from modelforge.transforms import matches
-
     return [item.path for item in builder.facts.files if matches(item.path, builder.manifest.files.carry)]

@@ -7,18 +7,26 @@ of the vision recipe re-runs only the vision quantization, the packaging and the
         │                       └► quantize projector ────┤
         └──────► metadata ────────────────────────────────┘
                                   (parity: checkpoint + final graphs → report in the lock)
+
+Imports its spec, `plan`, `plan_builder`, `gemma3` and its steps (steps/litert/); reaches the
+hf_text_only target it may export through PlanBuilder.target.
 """
 
 from __future__ import annotations
 
 import os
 
-from modelforge import memory
 from modelforge.errors import PlanError
-from modelforge.manifest.models import LitertlmTarget, QuantizationSpec
+from modelforge.manifest.parts import QuantizationSpec
+from modelforge.manifest.targets.litertlm import LitertlmTarget
 from modelforge.plan import InputRef, StepNode
-from modelforge.planner import PlanBuilder, source_input
-from modelforge.steps import litert_export, litert_parity, litert_quantize, litertlm_metadata, litertlm_package
+from modelforge.plan_builder import PlanBuilder, source_input
+from modelforge.gemma3 import IMAGE_TOKENS, check_source_architecture, plan_reference, predict_export_memory, predict_memory
+from modelforge.steps.litert import export as litert_export
+from modelforge.steps.litert import metadata as litertlm_metadata
+from modelforge.steps.litert import package as litertlm_package
+from modelforge.steps.litert import parity as litert_parity
+from modelforge.steps.litert import quantize as litert_quantize
 
 KIND = "litertlm"
 
@@ -34,9 +42,6 @@ SECTION_TYPES = {
     "vision_encoder.tflite": "VISION_ENCODER",
     "vision_adapter.tflite": "VISION_ADAPTER",
 }
-# The Gemma 3 image delimiters the runtime looks for (token strings: ids differ between checkpoints).
-IMAGE_TOKENS = {"start": "<start_of_image>", "end": "<end_of_image>"}
-SUPPORTED_ARCHITECTURES = ("Gemma3ForConditionalGeneration", "Gemma3ForCausalLM")
 
 
 def source_date_epoch() -> int:
@@ -55,25 +60,8 @@ def checkpoint_input(builder: PlanBuilder, target: str, spec: LitertlmTarget) ->
         files = [item.path for item in builder.facts.files]
         return source_input(builder, files), files
     # An hf_text_only target of the same manifest: its planned node is named after it.
-    from modelforge.targets import hf_text_only
-
-    node = hf_text_only.plan(builder, spec.checkpoint, builder.manifest.targets[spec.checkpoint])
+    node = builder.target("hf_text_only").plan(builder, spec.checkpoint, builder.manifest.targets[spec.checkpoint])
     return InputRef("checkpoint", node), []
-
-
-def check_source_architecture(builder: PlanBuilder, where: str, task: str, exporter: str) -> bool:
-    """Refuse a source that is not Gemma 3, or a text-only one for task image_text_to_text (a
-    PlanError naming `exporter`, the tool that would fail on it); returns whether the task is multimodal."""
-    architectures = builder.facts.config.get("architectures", [])
-    if not any(name in SUPPORTED_ARCHITECTURES for name in architectures):
-        raise PlanError(
-            f"{where}: the source architecture {', '.join(architectures) or '(none)'} is not one {exporter} "
-            f"handles here (supported: {', '.join(SUPPORTED_ARCHITECTURES)}); pick a Gemma 3 checkpoint"
-        )
-    multimodal = task == "image_text_to_text"
-    if multimodal and "Gemma3ForConditionalGeneration" not in architectures:
-        raise PlanError(f"{where}: task image_text_to_text needs a multimodal checkpoint (Gemma3ForConditionalGeneration); use text_generation")
-    return multimodal
 
 
 def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
@@ -136,18 +124,16 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
         litertlm_package.TOOLS,
     ))
     if spec.parity is not None:
-        parity = spec.parity
-        inputs = [checkpoint]
+        answers = {"stop_tokens": list(spec.metadata.stop_tokens)} if multimodal else None  # the runtime's image answers are gated
+        inputs = [checkpoint, plan_reference(builder, checkpoint, spec.parity.prompts, spec.parity.steps, multimodal, answers)]
         for part, refs in final_by_part.items():
             inputs += [InputRef(part if index == 0 else f"{part}{index}", ref.node, ref.select) for index, ref in enumerate(refs)]
         if multimodal:  # images are checked through the runtime, on the bundle as shipped
             inputs.append(InputRef("bundle", package))
-        parity_step = builder.add(StepNode.make(
+        builder.add(StepNode.make(
             f"{target}.parity", litert_parity.KIND, litert_parity.VERSION, parity_params(spec, runtime=multimodal),
             tuple(inputs), litert_parity.TOOLS,
         ))
-        # The text check loads the decoder; the image check the whole multimodal model.
-        predict_memory(builder, parity_step, "parity", tuple(PART_COMPONENTS["text"] + (PART_COMPONENTS["vision"] if multimodal else ())))
     return package
 
 
@@ -216,24 +202,3 @@ def plan_component(
     ))
     predict_memory(builder, node, "quantize", (component,))
     return InputRef(component, node)
-
-
-# The components each export part traces and loads (steps/partial_load.py reads only these).
-PART_COMPONENTS = {"text": ("text_decoder",), "vision": ("vision_encoder", "projector")}
-
-
-def _f32_bytes(builder: PlanBuilder, components: tuple[str, ...]) -> int:
-    return memory.F32_BYTES * memory.count_parameters(builder.facts.tensors, builder.owner, components)
-
-
-def predict_memory(builder: PlanBuilder, step: str, kind: str, components: tuple[str, ...], cache_length: int = 0) -> None:
-    """Record the predicted peak anonymous bytes of `step` (a memory.py kind: export_text,
-    export_vision, quantize, parity) loading `components` in plan.facts["memory"], from the
-    source's tensor headers. Not a parameter of the step: a prediction is no input of its output."""
-    kv = memory.kv_cache_bytes(builder.facts.tensors, builder.owner, components, cache_length) if cache_length else 0
-    builder.plan_facts.setdefault("memory", {})[step] = memory.predict(kind, _f32_bytes(builder, components), kv)
-
-
-def predict_export_memory(builder: PlanBuilder, step: str, part: str, cache_length: int) -> None:
-    """The export of `part` ('text' or 'vision'); the text export samples a KV cache of cache_length."""
-    predict_memory(builder, step, f"export_{part}", PART_COMPONENTS[part], cache_length if part == "text" else 0)

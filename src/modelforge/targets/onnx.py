@@ -10,18 +10,21 @@ quantization, the packaging and the parity check::
         └──────► preprocessor_config.json (for onnxruntime-genai's image pipeline) ────┘
                                   (parity: checkpoint + package → report in the lock)
 
-Imports manifest, plan, planner, memory and targets.litertlm's public helpers only.
+Imports its spec, `plan`, `plan_builder`, `gemma3`, `memory` and its steps (steps/onnx/).
 """
 
 from __future__ import annotations
 
 from modelforge import memory
 from modelforge.errors import PlanError
-from modelforge.manifest.models import OnnxPrecisionSpec, OnnxTarget
+from modelforge.manifest.targets.onnx import OnnxPrecisionSpec, OnnxTarget
 from modelforge.plan import InputRef, StepNode
-from modelforge.planner import PlanBuilder, source_input
-from modelforge.steps import onnx_export, onnx_package, onnx_parity, onnx_quantize
-from modelforge.targets.litertlm import PART_COMPONENTS, check_source_architecture
+from modelforge.plan_builder import PlanBuilder, source_input
+from modelforge.gemma3 import PART_COMPONENTS, check_source_architecture, plan_reference
+from modelforge.steps.onnx import export as onnx_export
+from modelforge.steps.onnx import package as onnx_package
+from modelforge.steps.onnx import parity as onnx_parity
+from modelforge.steps.onnx import quantize as onnx_quantize
 
 KIND = "onnx"
 COMPONENTS = ("text_decoder", "vision_encoder", "projector")
@@ -110,20 +113,20 @@ def plan(builder: PlanBuilder, target: str, spec: OnnxTarget) -> str:
     ))
     if spec.parity is not None:
         parity = spec.parity
-        step = builder.add(StepNode.make(
+        builder.add(StepNode.make(
             f"{target}.parity", onnx_parity.KIND, onnx_parity.VERSION,
             {"prompts": list(parity.prompts), "steps": parity.steps, "multimodal": multimodal, "thresholds": {
                 "max_abs_logit": parity.max_abs_logit, "min_top1_agreement": parity.min_top1_agreement,
                 "max_kl": parity.max_kl, "min_vision_cosine": parity.min_vision_cosine}},
-            (checkpoint, InputRef("target", package)), onnx_parity.TOOLS,
+            (checkpoint, plan_reference(builder, checkpoint, parity.prompts, parity.steps, multimodal), InputRef("target", package)),
+            onnx_parity.TOOLS,
         ))
-        predict(builder, step, "parity", wanted)
     return package
 
 
 def genai_image_pipeline_fits(config: dict) -> bool:
     """Whether onnxruntime-genai's Gemma 3 image pipeline can feed this model: it puts a fixed 256
-    image tokens per image in the prompt (steps/onnx_package.py), the model's projector gives
+    image tokens per image in the prompt (steps/onnx/package.py), the model's projector gives
     mm_tokens_per_image (Gemma 3's default, 256, when config.json leaves it out)."""
     return config.get("mm_tokens_per_image", onnx_package.GENAI_GEMMA3_IMAGE_TOKENS) == onnx_package.GENAI_GEMMA3_IMAGE_TOKENS
 

@@ -15,18 +15,27 @@ with images::
 Each variant's `.task` size and largest weight are predicted from the tensor shapes and its recipe
 (`modelforge.web.limits`) and recorded in plan.facts["web"]; a variant that cannot fit the browser
 runtime's limits is refused here, before anything is exported.
+
+Imports its spec, `plan`, `plan_builder`, `gemma3`, `web.layout`, `web.limits` and the steps it
+adds (steps/web/, steps/litert/); plans the litertlm and onnx targets' nodes through
+PlanBuilder.target, never by importing them.
 """
 
 from __future__ import annotations
 
 from modelforge.errors import PlanError
-from modelforge.manifest.models import OnnxPrecisionSpec, QuantizationSpec, WebBundleTarget, WebVariantSpec
+from modelforge.manifest.parts import QuantizationSpec
+from modelforge.manifest.targets.onnx import OnnxPrecisionSpec
+from modelforge.manifest.targets.web_bundle import WebBundleTarget, WebVariantSpec
 from modelforge.plan import InputRef, StepNode
-from modelforge.planner import PlanBuilder, source_input
-from modelforge.steps import litert_export, litert_parity, litert_quantize, web_bundle, web_task
-from modelforge.targets import litertlm
-from modelforge.targets import onnx as onnx_target
-from modelforge.web import bundle, limits
+from modelforge.plan_builder import PlanBuilder, source_input
+from modelforge.gemma3 import PART_COMPONENTS, plan_reference, predict_export_memory, predict_memory
+from modelforge.steps.litert import export as litert_export
+from modelforge.steps.litert import parity as litert_parity
+from modelforge.steps.litert import quantize as litert_quantize
+from modelforge.steps.web import bundle as web_bundle
+from modelforge.steps.web import task as web_task
+from modelforge.web import layout, limits
 
 KIND = "web_bundle"
 
@@ -54,7 +63,7 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
         if variant.runtime == "onnxruntime_web":
             variants.append(_ortweb_variant(builder, target, variant, origin, inputs))
             continue
-        checkpoint, _ = litertlm.checkpoint_input(builder, variant.source_target, origin)
+        checkpoint, _ = builder.target("litertlm").checkpoint_input(builder, variant.source_target, origin)
         checkpoint = InputRef("checkpoint", checkpoint.node, checkpoint.select)
         export = _export(builder, target, variant.source_target, origin, checkpoint)
         recipe = variant.recipe or getattr(origin.quantization.get("text_decoder"), "recipe", "none")
@@ -68,7 +77,7 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
             {"recipe": recipe, "files": ["model.tflite"], "overrides": []},
             (InputRef("models", export, ("model.tflite",)),), litert_quantize.TOOLS,
         ))
-        litertlm.predict_memory(builder, quantized, "quantize", litertlm.PART_COMPONENTS["text"])
+        predict_memory(builder, quantized, "quantize", PART_COMPONENTS["text"])
         _check_size(builder, target, variant.name, recipe)
         max_tokens = variant.max_tokens or origin.cache_length
         if max_tokens > origin.cache_length:
@@ -83,7 +92,7 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
         inputs.append(InputRef(f"variant.{variant.name}", task))
         variants.append({"name": variant.name, "label": variant.label, "max_tokens": max_tokens, "input": f"variant.{variant.name}"})
     # The page's own files: a changed page must rebuild the bundle (they are no input of any other step).
-    params = {"title": spec.title, "variants": variants, "app": bundle.app_digest()}
+    params = {"title": spec.title, "variants": variants, "app": layout.app_digest()}
     if "mediapipe" in runtimes:
         params["runtime"] = {key: builder.facts.web_runtime[key] for key in ("version", "files")}
     if "litertjs" in runtimes:
@@ -116,13 +125,13 @@ def _litertjs_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec
     missing = [name for name in needed if name not in present]
     if missing:
         raise PlanError(f"{where}: variant {variant.name!r} needs the source's {', '.join(missing)}; take them with source.files")
-    exports = litertlm.plan_exports(builder, variant.source_target, origin)
+    exports = builder.target("litertlm").plan_exports(builder, variant.source_target, origin)
 
     def graphs(component: str, recipe: str) -> InputRef:
         own = origin.quantization.get(component) or QuantizationSpec()
         if recipe == own.recipe:  # the litertlm target's very node (or its float export)
-            return litertlm.plan_component(builder, variant.source_target, origin, exports, component, own)
-        return litertlm.plan_component(
+            return builder.target("litertlm").plan_component(builder, variant.source_target, origin, exports, component, own)
+        return builder.target("litertlm").plan_component(
             builder, variant.source_target, origin, exports, component, QuantizationSpec(recipe=recipe),
             name=f"{target}.quantize.{variant.name}.{component}",
         )
@@ -176,7 +185,7 @@ def _ortweb_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec, 
     if missing:
         raise PlanError(f"{where}: variant {variant.name!r} needs the source's {', '.join(missing)}; take them with source.files")
     text_precision = origin.precision.get("text_decoder", OnnxPrecisionSpec())
-    shapes = limits.text_decoder_shapes(builder.facts.tensors, builder.owner, litertlm.PART_COMPONENTS["text"])
+    shapes = limits.text_decoder_shapes(builder.facts.tensors, builder.owner, PART_COMPONENTS["text"])
     tensor, size = limits.predict_ortweb_largest(shapes, text_precision.precision, text_precision.blocks)
     builder.plan_facts.setdefault("web", {})[f"{target}.{variant.name}"] = {"largest_tensor": {"tensor": tensor, "bytes": size}}
     if size > limits.ORTWEB_MAX_TENSOR_BYTES:
@@ -186,7 +195,7 @@ def _ortweb_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec, 
             f"target {variant.source_target!r}'s text_decoder precision to int4 (its embedding is then int4 too), else drop the variant; "
             "see docs/web-limits.md"
         )
-    package = onnx_target.plan(builder, variant.source_target, origin)
+    package = builder.target("onnx").plan(builder, variant.source_target, origin)
     names = {"graphs": f"variant.{variant.name}.graphs", "source": f"variant.{variant.name}.source"}
     inputs.append(InputRef(names["graphs"], package))
     inputs.append(InputRef(names["source"], builder.source.name, source_input(builder, needed).select))
@@ -198,9 +207,9 @@ def _ortweb_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec, 
             "soft_tokens": config.get("mm_tokens_per_image", 256), "image_token_id": config.get("image_token_index", 262144),
             "start_of_image_id": config.get("boi_token_index", 255999), "end_of_image_id": config.get("eoi_token_index", 256000),
             # The vision graph's largest tensor, one group of heads' attention scores (128 MiB at
-            # MedGemma's 896 px, onnx_target.vision_attention). The page runs the vision graph on the
+            # MedGemma's 896 px, builder.target("onnx").vision_attention). The page runs the vision graph on the
             # CPU where a WebGPU buffer that size is more than the adapter offers (docs/web-routes.md).
-            "attention_bytes": onnx_target.vision_attention(config)["bytes"],
+            "attention_bytes": builder.target("onnx").vision_attention(config)["bytes"],
         }
     return {
         "name": variant.name, "label": variant.label, "runtime": "onnxruntime_web", "max_tokens": max_tokens, "inputs": names,
@@ -213,14 +222,15 @@ def _plan_parity(builder: PlanBuilder, target: str, variant: WebVariantSpec, ori
     thresholds, recorded in the lock's checks as `<target>.parity.<variant>`. Image answers through
     the LiteRT-LM runtime are the target's own check; the page's are the browser test's
     (tests/web/test_fidelity.py). Variants shipping the same graphs share one key: it runs once."""
-    checkpoint, _ = litertlm.checkpoint_input(builder, variant.source_target, origin)
-    inputs = [InputRef("checkpoint", checkpoint.node, checkpoint.select)]
+    checkpoint, _ = builder.target("litertlm").checkpoint_input(builder, variant.source_target, origin)
+    checkpoint = InputRef("checkpoint", checkpoint.node, checkpoint.select)
+    inputs = [checkpoint, plan_reference(
+        builder, checkpoint, origin.parity.prompts, origin.parity.steps, multimodal=True, answers={"stop_tokens": list(origin.metadata.stop_tokens)})]
     inputs += [InputRef(key, ref.node, ref.select) for key, ref in refs.items()]
-    step = builder.add(StepNode.make(
-        f"{target}.parity.{variant.name}", litert_parity.KIND, litert_parity.VERSION, litertlm.parity_params(origin, runtime=False),
+    builder.add(StepNode.make(
+        f"{target}.parity.{variant.name}", litert_parity.KIND, litert_parity.VERSION, builder.target("litertlm").parity_params(origin, runtime=False),
         tuple(inputs), litert_parity.TOOLS,
     ))
-    litertlm.predict_memory(builder, step, "parity", litertlm.PART_COMPONENTS["text"] + litertlm.PART_COMPONENTS["vision"])
 
 
 def _check_litertjs_size(builder: PlanBuilder, target: str, variant: WebVariantSpec, origin, text_recipe: str) -> None:
@@ -232,9 +242,9 @@ def _check_litertjs_size(builder: PlanBuilder, target: str, variant: WebVariantS
     def shapes(components) -> dict[str, tuple[int, ...]]:
         return limits.text_decoder_shapes(builder.facts.tensors, builder.owner, components)
 
-    text = shapes(litertlm.PART_COMPONENTS["text"])
+    text = shapes(PART_COMPONENTS["text"])
     embedding = {name: shape for name, shape in text.items() if name.endswith("embed_tokens.weight")}
-    vision = limits.predict_graph_bytes(shapes(litertlm.PART_COMPONENTS["vision"]), variant.vision_recipe)
+    vision = limits.predict_graph_bytes(shapes(PART_COMPONENTS["vision"]), variant.vision_recipe)
     key_rows = [shape[0] for name, shape in text.items() if name.endswith("self_attn.k_proj.weight")]
     kv_cache = limits.kv_cache_io_bytes(key_rows, origin.cache_length, len(origin.prefill_lengths) + 1)
     fact: dict = {}
@@ -274,7 +284,7 @@ def _check_litertjs_size(builder: PlanBuilder, target: str, variant: WebVariantS
 
 def _check_size(builder: PlanBuilder, target: str, variant: str, recipe: str) -> None:
     """Predict the variant's .task from the text decoder's shapes and refuse it when it cannot fit."""
-    shapes = limits.text_decoder_shapes(builder.facts.tensors, builder.owner, litertlm.PART_COMPONENTS["text"])
+    shapes = limits.text_decoder_shapes(builder.facts.tensors, builder.owner, PART_COMPONENTS["text"])
     tokenizer = next((item.size for item in builder.facts.files if item.path == "tokenizer.model"), 0)
     prediction = limits.predict_task_size(shapes, recipe, tokenizer)
     builder.plan_facts.setdefault("web", {})[f"{target}.task.{variant}"] = prediction.as_fact()
@@ -294,6 +304,6 @@ def _export(builder: PlanBuilder, target: str, origin_name: str, origin, checkpo
          "cache_length": origin.cache_length, "hoists": [hoist.model_dump(mode="json") for hoist in origin.hoists]},
         (checkpoint,), litert_export.TOOLS,
     ))
-    litertlm.predict_export_memory(builder, node, "text", origin.cache_length)
+    predict_export_memory(builder, node, "text", origin.cache_length)
     return node
 

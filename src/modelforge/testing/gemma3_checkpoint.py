@@ -11,13 +11,15 @@ Imports only the standard library, numpy and modelforge.testing.reference.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
+from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
+from modelforge.safetensors_io import write_tensors
 from modelforge.testing.reference import load_tensor_shapes, reference_dir, shard_assignment, shard_file_names
 
 REFERENCE = reference_dir()
@@ -78,27 +80,19 @@ def _pool() -> np.ndarray:
 
 
 def _write_shard(path: Path, names: list[str], tensor_shapes: dict, pool: np.ndarray) -> int:
-    header: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name in names:
-        nbytes = int(np.prod(tensor_shapes[name])) * 2
-        header[name] = {"dtype": "BF16", "shape": list(tensor_shapes[name]), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    with open(path, "wb") as out:
-        out.write(len(encoded).to_bytes(8, "little"))
-        out.write(encoded)
-        for index, name in enumerate(names):
-            remaining = int(np.prod(tensor_shapes[name]))
-            start = (index * 7919) % _POOL_VALUES
-            while remaining:
-                count = min(_POOL_VALUES, remaining)
-                out.write(pool[start : start + count].tobytes())
-                remaining -= count
-        out.flush()
-        os.fsync(out.fileno())
-    return 8 + len(encoded) + offset
+    """One shard, tensor by tensor, each cycled from the pool; returns its size in bytes."""
+
+    def values(index: int, shape) -> Iterator[bytes]:
+        remaining = int(np.prod(shape))
+        start = (index * 7919) % _POOL_VALUES
+        while remaining:
+            count = min(_POOL_VALUES, remaining)
+            yield pool[start : start + count].tobytes()
+            remaining -= count
+
+    write_tensors(path, [(name, "BF16", tensor_shapes[name], partial(values, index, tensor_shapes[name])) for index, name in enumerate(names)],
+                  {"format": "pt"})
+    return path.stat().st_size
 
 
 def write_checkpoint(directory: Path, text_layers: int, vision_layers: int = VISION_LAYERS, vocabulary: int = REAL_VOCABULARY) -> dict:

@@ -252,7 +252,7 @@ def predict_ortweb_largest(shapes: Mapping[str, tuple[int, ...]], precision: str
     name in the checkpoint and its bytes): every 2-D weight in MatMulNBits form (int4: half a byte
     per value plus a float32 scale per block; int8: a byte plus the scales) or float32; the token
     table is float32 unless the text is int4, where the embedding graph gathers it in int4 too
-    (steps/onnx_worker.py, quantize_embedding)."""
+    (steps/onnx/worker.py, quantize_embedding)."""
     def quantized(shape: tuple[int, ...], bits: int) -> int:
         rows, columns = shape[0], _numel(shape[1:])
         blocks = -(-columns // block_size)

@@ -351,6 +351,8 @@ def task_entries(
     vision_adapter: Path | None = None,
 ) -> list[tuple[str, Path | bytes]]:
     """The entries of a `.task`, in MediaPipe's order: (name, file or bytes)."""
+    if vision_adapter is not None and vision_encoder is None:
+        raise TaskFormatError("a vision adapter without a vision encoder makes no sense")
     entries: list[tuple[str, Path | bytes]] = [
         ("TF_LITE_PREFILL_DECODE", Path(tflite)),
         ("TOKENIZER_MODEL", Path(tokenizer)),
@@ -382,33 +384,14 @@ def _check_inputs(tflite: Path, tokenizer: Path) -> None:
         )
 
 
-def write_task(
-    path: Path,
-    *,
-    tflite: Path,
-    tokenizer: Path,
-    params: LlmParams,
-    embedder: Path | None = None,
-    per_layer_embedder: Path | None = None,
-    vision_encoder: Path | None = None,
-    vision_adapter: Path | None = None,
-) -> None:
+def write_task(path: Path, **members) -> None:
     """Write a MediaPipe LLM `.task` to `path` (atomically: a temp file in the same directory, then
-    rename). Same inputs → same bytes. Members are streamed, so multi-GB graphs do not have to fit in
+    rename); members: task_entries' keyword arguments (tflite, tokenizer, params, and the optional
+    graphs). Same inputs → same bytes. Members are streamed, so multi-GB graphs do not have to fit in
     memory; zip64 records are used where a member exceeds 4 GiB (as zipfile/MediaPipe would)."""
     path = Path(path)
-    _check_inputs(Path(tflite), Path(tokenizer))
-    if vision_adapter is not None and vision_encoder is None:
-        raise TaskFormatError("a vision adapter without a vision encoder makes no sense")
-    entries = task_entries(
-        tflite=tflite,
-        tokenizer=tokenizer,
-        params=params,
-        embedder=embedder,
-        per_layer_embedder=per_layer_embedder,
-        vision_encoder=vision_encoder,
-        vision_adapter=vision_adapter,
-    )
+    _check_inputs(Path(members["tflite"]), Path(members["tokenizer"]))
+    entries = task_entries(**members)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

@@ -29,7 +29,7 @@ instead of one `.task`:
      "variants": [{"name", "label", "runtime": "litertjs", "multimodal", "max_tokens", "size" (all files),
                    "files": {"model" | "embedder" | "vision_encoder" | "vision_adapter" | "tokenizer" | "tokenizer_config" | "chat_template":
                              {"url", "sha256", "size", "chunk_size", "chunk_sha256"}},
-                   "generation": {what the page's decoding loop needs: see steps/web_bundle.py},
+                   "generation": {what the page's decoding loop needs: see steps/web/bundle.py},
                    "streamed" (stream_weights variants only): {"model" | "embedder": {"weights": "model_weights" | "embedder_weights",
                                "group", "size", "largest"}}}]
 
@@ -42,7 +42,7 @@ target's graphs and their external data:
                    "files": {"decoder" | "decoder_data" | "embedding" | "embedding_data" | "vision" | "vision_data" |
                              "tokenizer" | "tokenizer_config" | "chat_template": {...}},
                    "external_data": {"decoder": "model.onnx.data", ...} (the data file each graph names),
-                   "generation": {see steps/web_bundle.py}}]
+                   "generation": {see steps/web/bundle.py}}]
 
 A `stream_weights` variant's "model" and "embedder" are flatbuffers whose quantized weights live in
 "model_weights" / "embedder_weights" (TFLite external buffers, `modelforge.web.split_weights`); the page
@@ -526,7 +526,7 @@ def _split_streamed(variant: LitertjsVariant, sources: dict[str, Path], split_di
     adding their `<graph>_weights`; returns bundle.json's `streamed`: per graph, its weights file's
     logical name, the external buffer group the flatbuffer names (the page creates its file-system entry
     under that name), the weights' size and the largest one's (the page's scratch region)."""
-    from modelforge.web.split_weights import QUANTIZED_TYPES, split_weights
+    from modelforge.web.split_weights import QUANTIZED_TYPES, split_weights  # flatbuffers: for streamed variants only
 
     split_dir.mkdir()
     streamed = {}

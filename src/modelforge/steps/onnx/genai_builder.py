@@ -2,7 +2,7 @@
 under transformers 5 (and for reproducible bytes), one for float32 accuracy on bfloat16 checkpoints,
 one that keeps its int4/int8 quantization within
 the machine's memory, and build-time checks of the RoPE caches and the norm gains it writes. Runs inside the onnx
-worker process (steps/onnx_worker.py); imports onnxruntime_genai, transformers and torch only there.
+worker process (steps/onnx/worker.py); imports onnxruntime_genai, transformers and torch only there.
 
 Why each shim exists (measured on fixtures/tiny-medgemma, docs/evidence/ortweb/RESULTS.md §1):
 
@@ -226,7 +226,7 @@ def streamed_to_nbits(original):
         if left:
             raise UnquantizedWeight(
                 f"the builder left MatMul weights unquantized ({', '.join(left[:3])}{', ...' if len(left) > 3 else ''}): "
-                "modelforge's streamed quantization (steps/genai_builder.py) only hands out weights the quantizer replaces; "
+                "modelforge's streamed quantization (steps/onnx/genai_builder.py) only hands out weights the quantizer replaces; "
                 "handle such weights there"
             )
         return model
@@ -352,7 +352,7 @@ def check_norm_gains(model_path: Path, checkpoint: Path) -> dict:
     if not gains or wrong:
         raise GainMismatch(
             f"the builder's RMSNorm gains are not transformers' float32 1 + weight ({', '.join(wrong[:3]) or 'none found in the graph'}): "
-            "the graph would compute less accurate logits; the builder's Gemma norms changed, update modelforge/steps/genai_builder.py"
+            "the graph would compute less accurate logits; the builder's Gemma norms changed, update modelforge/steps/onnx/genai_builder.py"
         )
     return {"gain_check": {"gains": len(gains), "max_abs": worst}}
 
@@ -385,7 +385,7 @@ def check_rope_caches(model_path: Path, checkpoint: Path) -> dict:
         shown = ", ".join(f"{name} (max |Δ| {delta:.3g})" for name, delta in wrong.items())
         raise RopeMismatch(
             f"the builder's RoPE caches differ from transformers' ({shown}, tolerance {TOLERANCE}): the graph would "
-            "compute wrong logits; the builder's Gemma 3 RoPE changed, update modelforge/steps/genai_builder.py"
+            "compute wrong logits; the builder's Gemma 3 RoPE changed, update modelforge/steps/onnx/genai_builder.py"
         )
     return {"rope_check": {"positions": rows, "tolerance": TOLERANCE, "max_abs": {k: float(f"{v:.2g}") for k, v in report.items()}}}
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from modelforge.steps.parity import references_dir
+
 MASKED = float(np.finfo(np.float32).min / 2)
 
 
@@ -131,7 +133,7 @@ def text_reference(request: dict) -> dict:
         arrays[f"tokens_{index}"] = generated.sequences[0, len(ids):].numpy().astype(np.int64)
         arrays[f"logits_{index}"] = np.stack([logits[0].float().numpy() for logits in generated.logits])
         del generated
-    np.savez(_references(request) / "text.npz", **arrays)
+    np.savez(references_dir(request) / "text.npz", **arrays)
     return {}
 
 
@@ -188,12 +190,6 @@ def text_parity(models_dir: Path, references: Path, prompts: int) -> dict:
             comparison.add(decoder.step(token, position), reference_logits[step])
             token, position = reference_token, position + 1  # teacher forcing keeps the two aligned
     return comparison.report()
-
-
-def _references(request: dict) -> Path:
-    directory = Path(request["scratch_dir"]) / "references"
-    directory.mkdir(exist_ok=True)
-    return directory
 
 
 def test_cards(size: tuple[int, int], directory: Path) -> list[Path]:
@@ -344,7 +340,7 @@ def image_reference(request: dict) -> dict:
     cards = test_cards(size, Path(request["scratch_dir"]))
     model = Gemma3ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32, trust_remote_code=False).eval()
     embeddings = vision_references(model, processor, cards)
-    np.savez(_references(request) / "vision.npz", *embeddings)
+    np.savez(references_dir(request) / "vision.npz", *embeddings)
     handoff = {"cards": [str(card) for card in cards]}
     if request.get("bundle"):
         handoff["reference_answers"] = reference_image_answers(
@@ -364,7 +360,7 @@ def runtime(request: dict) -> dict:
 
 def graphs(request: dict) -> dict:
     """Phase `graphs`: the exported graphs in the LiteRT interpreter against the saved references."""
-    models_dir, references = Path(request["models_dir"]), _references(request)
+    models_dir, references = Path(request["models_dir"]), references_dir(request)
     report = text_parity(models_dir, references / "text.npz", len(request["prompts"]))
     if (models_dir / "vision_encoder.tflite").exists():
         saved = np.load(references / "vision.npz")

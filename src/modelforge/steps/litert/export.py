@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 
 from modelforge.steps.base import StepContext
-from modelforge.steps.litert_worker import run_job
+from modelforge.steps.litert.worker import MODULE
+from modelforge.steps.workers import job_request, run_job
 
 KIND = "litert_export"
 VERSION = 2
@@ -22,22 +23,15 @@ def run(context: StepContext) -> None:
     runtime's [0, 1] pixels and applies the source's image processor normalization itself; see
     image_input.py)."""
     params = context.params
-    work = context.scratch_dir / "export"
-    work.mkdir()
-    request = {
-        "action": "export",
-        "checkpoint": str(context.input_dir("checkpoint")),
-        "work_dir": str(work),
-        "part": params["part"],
-        "task": params["task"],
+    request = job_request(
+        context, "export", checkpoint=str(context.input_dir("checkpoint")), part=params["part"], task=params["task"],
         # The vision exportables (litert_torch/generative/export_hf/model_ext/gemma3/vision_exportable.py)
         # never read these; the worker's config still wants values, so it gets litert-torch's defaults.
-        "prefill_lengths": params.get("prefill_lengths", VISION_PLACEHOLDER["prefill_lengths"]),
-        "cache_length": params.get("cache_length", VISION_PLACEHOLDER["cache_length"]),
-        "hoists": params["hoists"],
-        "image_input": params.get("image_input"),
-    }
-    result = run_job(context, request, f"export {params['part']}")
+        prefill_lengths=params.get("prefill_lengths", VISION_PLACEHOLDER["prefill_lengths"]),
+        cache_length=params.get("cache_length", VISION_PLACEHOLDER["cache_length"]),
+        hoists=params["hoists"], image_input=params.get("image_input"),
+    )
+    result = run_job(context, request, f"export {params['part']}", MODULE)
     # The report is an output (hoists are tested through it), so it holds no timings: bytes must repeat.
     report = {"hoists": result["hoists"]}
     if "image_input" in result:  # the affine map put in front of the vision tower

@@ -7,19 +7,21 @@ processes (the PyTorch references, then the graphs), as litert_parity's do."""
 
 from __future__ import annotations
 
+from modelforge.outputs import link_or_copy
 from modelforge.steps.base import StepContext
-from modelforge.store import link_or_copy
-from modelforge.steps.litert_parity import gate, run_phases
-from modelforge.steps.onnx_worker import MODULE
+from modelforge.steps.onnx.worker import MODULE
+from modelforge.steps.parity import gate, run_phases, take_reference
 
 KIND = "onnx_parity"
-VERSION = 1
+VERSION = 2  # 2: reads the parity_reference step's outputs instead of computing the reference
 TOOLS = ("onnxruntime", "pillow", "torch", "transformers")
+REPORT = "parity.json"  # recorded in the lock under `checks`
 
 
 def run(context: StepContext) -> None:
     """params: {prompts, steps, multimodal, thresholds: {max_abs_logit, min_top1_agreement, max_kl,
-    min_vision_cosine}}; inputs: checkpoint, target (the packaged directory)."""
+    min_vision_cosine}}; inputs: checkpoint, reference (the parity_reference step's outputs), target
+    (the packaged directory)."""
     params = context.params
     models = context.scratch_dir / "models"
     models.mkdir()
@@ -31,7 +33,6 @@ def run(context: StepContext) -> None:
         "prompts": params["prompts"], "steps": params["steps"], "stop_tokens": [], "bundle": None,
         "scratch_dir": str(context.scratch_dir),
     }
-    phases = ["text_reference", *(["image_reference"] if params["multimodal"] else []), "onnx_graphs"]
-    report, measurements = run_phases(request, phases, context.scratch_dir, context.progress, MODULE)
+    report, measurements = run_phases(request | take_reference(context, request), ["onnx_graphs"], context.scratch_dir, context.progress, MODULE)
     context.measurements.update(measurements)
     gate(context, report, params["thresholds"], "use a lighter precision (fp32 or int8) or relax the thresholds under parity")

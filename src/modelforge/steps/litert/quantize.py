@@ -4,7 +4,8 @@ overrides) to that component's float graphs."""
 from __future__ import annotations
 
 from modelforge.steps.base import StepContext
-from modelforge.steps.litert_worker import run_job
+from modelforge.steps.litert.worker import MODULE
+from modelforge.steps.workers import job_request, run_job
 
 KIND = "litert_quantize"
 VERSION = 1
@@ -15,14 +16,8 @@ def run(context: StepContext) -> None:
     """params: {recipe, overrides: [{regex, recipe}], files: [...]}. The component's name is not a
     parameter: it changes no byte, and the step's name in the plan already says which it is."""
     params = context.params
-    work = context.scratch_dir / "quantized"
-    work.mkdir()
-    request = {
-        "action": "quantize",
-        "input_dir": str(context.input_dir("models")),
-        "work_dir": str(work),
-        "recipe": params["recipe"],
-        "overrides": params["overrides"],
-        "files": params["files"],
-    }
-    run_job(context, request, f"quantize {', '.join(params['files'])} ({params['recipe']})")
+    request = job_request(
+        context, "quantize", input_dir=str(context.input_dir("models")), recipe=params["recipe"],
+        overrides=params["overrides"], files=params["files"],
+    )
+    run_job(context, request, f"quantize {', '.join(params['files'])} ({params['recipe']})", MODULE)

@@ -1,14 +1,14 @@
 """Step `onnx_quantize`: weight-only int8 / int4 (onnxruntime's MatMulNBits, symmetric, in blocks)
-of one exported ONNX graph, in the worker process (steps/onnx_worker.py). The text decoder is not
-quantized here: onnxruntime-genai's builder quantizes it while building (steps/onnx_export.py)."""
+of one exported ONNX graph, in the worker process (steps/onnx/worker.py). The text decoder is not
+quantized here: onnxruntime-genai's builder quantizes it while building (steps/onnx/export.py)."""
 
 from __future__ import annotations
 
 import shutil
 
 from modelforge.steps.base import StepContext
-from modelforge.steps.litert_worker import run_job
-from modelforge.steps.onnx_worker import MODULE
+from modelforge.steps.onnx.worker import MODULE
+from modelforge.steps.workers import job_request, run_job
 
 KIND = "onnx_quantize"
 VERSION = 1
@@ -25,7 +25,5 @@ def run(context: StepContext) -> None:
         # A copy: onnx refuses external data that resolves outside the model's directory (a symlink
         # into the store) or that has more than one hard link (a linked store object).
         shutil.copyfile(item.path, source / relative)
-    work = context.scratch_dir / "quantize"
-    work.mkdir()
-    request = {"action": "quantize", "input_dir": str(source), "work_dir": str(work), **params}
-    run_job(context, request, f"onnx quantize {params['file']}", module=MODULE)
+    request = job_request(context, "quantize", input_dir=str(source), **params)
+    run_job(context, request, f"onnx quantize {params['file']}", MODULE)

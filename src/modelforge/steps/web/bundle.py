@@ -27,7 +27,7 @@ def run(context: StepContext) -> None:
     an onnxruntime-web one: {name, label, max_tokens, runtime: onnxruntime_web, inputs: {graphs (the onnx package),
     source}, files: {chat_template}, generation: {cache_length, image?: {the same ids, attention_bytes}}}."""
     from modelforge.hashing import hash_file
-    from modelforge.web.bundle import Variant, write_bundle
+    from modelforge.web.layout import Variant, write_bundle
     from modelforge.web.vendor import litertjs_files, ortweb_files, runtime_files, web_dir
 
     params = context.params
@@ -69,7 +69,7 @@ def _check_vendored(files: dict[str, Path], expected: dict[str, dict], hash_file
 
 
 def _litertjs_variant(context: StepContext, variant: dict):
-    from modelforge.web.bundle import LitertjsVariant
+    from modelforge.web.layout import LitertjsVariant
 
     inputs = variant["inputs"]
     graphs = {}
@@ -96,7 +96,7 @@ def _ortweb_variant(context: StepContext, variant: dict):
     preprocessor_config.json."""
     import onnx
 
-    from modelforge.web.bundle import ORTWEB_GRAPHS, OrtwebVariant
+    from modelforge.web.layout import ORTWEB_GRAPHS, OrtwebVariant
 
     inputs = variant["inputs"]
     package = inputs["graphs"]
@@ -140,7 +140,7 @@ def _ortweb_variant(context: StepContext, variant: dict):
             raise StepFailed(f"variant {variant['name']}: the source's processor rescales by {preprocessor.get('rescale_factor')} "
                              f"(normalize: {preprocessor.get('do_normalize', True)}); the page rescales by 1/255 and normalizes only")
         image = _image_generation(variant["name"], plan["image"], preprocessor, named)
-        # vision.onnx takes the processor's pixels: rescaled, normalized, NCHW (steps/onnx_worker.py)
+        # vision.onnx takes the processor's pixels: rescaled, normalized, NCHW (steps/onnx/worker.py)
         image |= {"pixels": "normalized_nchw", "rescale_factor": preprocessor.get("rescale_factor", 1 / 255),
                   "image_mean": preprocessor.get("image_mean", [0.5] * 3), "image_std": preprocessor.get("image_std", [0.5] * 3),
                   "attention_bytes": plan["image"]["attention_bytes"]}

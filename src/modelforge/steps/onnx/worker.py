@@ -1,20 +1,18 @@
-"""The onnx steps' jobs, run in a fresh interpreter with PYTHONHASHSEED=0 through litert_worker's
+"""The onnx steps' jobs, run in a fresh interpreter with PYTHONHASHSEED=0 through steps/workers.py's
 launch() and main() (the same process discipline: peak memory measured, torch and onnxruntime kept
 out of modelforge's own process). Actions: export (the text decoder through onnxruntime-genai's
-builder, steps/genai_builder.py; the vision tower + projector and the embedding graph through
+builder, steps/onnx/genai_builder.py; the vision tower + projector and the embedding graph through
 torch.onnx.export with dynamo), quantize (MatMulNBits on the vision graph) and the parity phases.
 
-Usage: python -m modelforge.steps.onnx_worker REQUEST.json   (writes result.json beside it)
+Usage: python -m modelforge.steps.onnx.worker REQUEST.json   (writes result.json beside it)
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
-MODULE = "modelforge.steps.onnx_worker"
+MODULE = "modelforge.steps.onnx.worker"
 # The vision side of Gemma3ForConditionalGeneration, plus the token embedding the embedding graph holds.
 EMBEDDING = "model.language_model.embed_tokens.weight"
 
@@ -22,7 +20,7 @@ EMBEDDING = "model.language_model.embed_tokens.weight"
 def export(request: dict) -> dict:
     work = Path(request["work_dir"])
     if request["part"] == "text":
-        from modelforge.steps import genai_builder
+        from modelforge.steps.onnx import genai_builder
 
         out = work / "decoder"
         report = genai_builder.build(
@@ -317,13 +315,14 @@ class OnnxGemma:
 
 def onnx_graphs(request: dict) -> dict:
     """Phase `onnx_graphs`: the decoder teacher-forced along PyTorch's greedy tokens (next-token
-    logits compared step by step, as parity_impl.text_parity does for LiteRT), how many of PyTorch's
+    logits compared step by step, as parity_phases.text_parity does for LiteRT), how many of PyTorch's
     greedy tokens it reproduces free-running, and the vision graph's embeddings by cosine."""
     import numpy as np
 
-    from modelforge.steps.parity_impl import LogitComparison, _references
+    from modelforge.steps.parity import references_dir
+    from modelforge.steps.parity_phases import LogitComparison
 
-    models, references = Path(request["models_dir"]), _references(request)
+    models, references = Path(request["models_dir"]), references_dir(request)
     runner = OnnxGemma(models)
     saved = np.load(references / "text.npz")
     comparison = LogitComparison()
@@ -356,7 +355,7 @@ def onnx_graphs(request: dict) -> dict:
 
 
 def parity(request: dict) -> dict:
-    from modelforge.steps.parity_impl import PHASES
+    from modelforge.steps.parity_phases import PHASES
 
     phases = {**PHASES, "onnx_graphs": onnx_graphs}
     return phases[request["phase"]](request)
@@ -366,10 +365,7 @@ ACTIONS = {"export": export, "quantize": quantize, "parity": parity}
 
 
 if __name__ == "__main__":
-    from modelforge.steps import litert_worker
+    from modelforge.steps.workers import serve
 
-    litert_worker.main(ACTIONS)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    serve(ACTIONS)
 
