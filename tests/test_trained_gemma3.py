@@ -129,6 +129,18 @@ def test_the_multimodal_fixture_keeps_the_trained_decoder(text_model):
     assert 262144 not in generated[0, inputs["input_ids"].shape[1]:].tolist()
 
 
+def test_the_trained_manifests_locks_are_current(text_checkpoint):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    manifests = sorted(f"manifests/{path.name}" for path in (root / "manifests").glob("gemma3-270m-*.yaml"))
+    assert manifests
+    result = subprocess.run([sys.executable, "-m", "modelforge.cli", "lock", "--check", *manifests], cwd=root,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.slow
 def test_the_build_repeats_byte_for_byte(text_checkpoint, tmp_path):
     # A second build of the text fixture from the same GGUF, in another root, gives the same bytes.
