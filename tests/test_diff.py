@@ -132,7 +132,7 @@ def test_a_recipe_change_shows_the_quality_figures_both_locks_record_side_by_sid
 
     out = cli("diff", "manifests/tiny-medgemma-litertlm.yaml", "--base", "HEAD~1", cwd=repo)
     assert out.returncode == 1, out.stderr
-    assert "  bundle.parity: top-1 0.8698 → 0.61, KL 0.038 → 0.42, max |Δlogit| 5.8 → 5.8" in out.stdout
+    assert "  bundle.parity: top-1 0.8698 → 0.61, KL 0.038 → 0.42, p99 KL 0.31 → 0.31, perplexity ratio 1.046 → 1.046, max |Δlogit| 5.8 → 5.8" in out.stdout
     assert "  web.parity.tiny-float:" not in out.stdout  # neither re-run nor changed
     markdown = cli("diff", "manifests/tiny-medgemma-litertlm.yaml", "--base", "HEAD~1", "--format", "markdown", cwd=repo).stdout
     assert "| `bundle.parity` | top-1 | 0.8698 | 0.61 |" in markdown

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelforge.figures import lower_bound, pinned_facts, stable_report, upper_bound
+from modelforge.figures import lower_bound, pinned_facts, ratio_bound, stable_report, upper_bound
 
 # Two runs of byte-identical graphs on one machine (issue 27): only the thread schedule differed.
 RUN_A = {"onnx.parity": {"max_abs_logit": 7.486e-05, "mean_kl": 1.975e-11, "top1_agreement": 1.0, "vision_cosine": 1.0,
@@ -37,6 +37,14 @@ def test_a_similarity_is_a_lower_bound():
     assert lower_bound(0.99853, 1e-4) == 0.9985
     assert lower_bound(0.999996, 1e-4) == lower_bound(1.0, 1e-4) == 0.9999
     assert lower_bound(0.9, 1e-4) == 0.9
+
+
+def test_a_ratio_is_one_plus_an_upper_bound_of_its_excess():
+    """The perplexity ratio (quantized over float on the reference's tokens): noise around 1.0
+    reads "at most 1.0001" on every machine; a real loss keeps two significant digits of excess."""
+    assert ratio_bound(1.0000003, 1e-4) == ratio_bound(0.99996, 1e-4) == ratio_bound(1.0, 1e-4) == 1.0001
+    assert ratio_bound(1.03468, 1e-4) == 1.035 and ratio_bound(1.035, 1e-4) == 1.035
+    assert stable_report({"perplexity_ratio": 1.6038, "p99_kl": 4.4143}) == {"perplexity_ratio": 1.61, "p99_kl": 4.5}
 
 
 def test_nested_check_figures_follow_their_parents_rule():

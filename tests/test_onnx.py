@@ -249,7 +249,7 @@ def test_lock_records_the_toolchain_steps_and_parity(onnx_build):
     lock = read_lock(onnx_build.project.lock_path)
     for tool in ("onnxruntime-genai", "onnxruntime", "onnx", "onnxscript", "torch", "transformers"):
         assert lock.toolchain[tool] not in ("", "absent"), tool
-    assert {"onnx.export_text", "onnx.export_vision", "onnx.package", "onnx.parity"} == set(lock.steps)
+    assert {"onnx.export_text", "onnx.export_vision", "onnx.package", "onnx.parity", "reference"} == set(lock.steps)
     parity = lock.checks["onnx.parity"]
     assert parity["passed"] and parity["top1_agreement"] == 1.0 and parity["greedy_identical_steps"] == [24, 24]
     assert parity["max_abs_logit"] <= 1e-3 and parity["vision_cosine"] >= 0.9999  # bounds: figures.py

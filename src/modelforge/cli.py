@@ -204,7 +204,7 @@ def build(
 def check_lines(checks: dict) -> list[str]:
     """One line per recorded check (the lock's `checks`): the parity figures against their
     thresholds, and what the architecture check compared."""
-    from modelforge.figures import ERROR_FLOORS, SIMILARITY_FLOORS, stable_report
+    from modelforge.figures import ERROR_FLOORS, RATIO_FLOORS, SIMILARITY_FLOORS, stable_report
     from modelforge.steps.parity import FIGURES
 
     lines = []
@@ -227,7 +227,7 @@ def check_lines(checks: dict) -> list[str]:
             if report.get(key) is None:
                 continue
             limit = report.get("thresholds", {}).get(threshold)
-            bound = "≤ " if key in ERROR_FLOORS else "≥ " if key in SIMILARITY_FLOORS else ""
+            bound = "≤ " if key in ERROR_FLOORS or key in RATIO_FLOORS else "≥ " if key in SIMILARITY_FLOORS else ""
             figures.append(f"{label} {bound}{report[key]:{style}}" + (f" ({sign} {limit})" if limit is not None else ""))
         verdict = "passed" if report.get("passed") else "FAILED"
         lines.append(f"parity {name}: {verdict}: {', '.join(figures)}")

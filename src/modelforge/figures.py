@@ -11,7 +11,8 @@ written as bounds on a grid the noise cannot reach:
 - an error figure (smaller is better) as an upper bound: rounded up to 2 significant digits, and
   never below its floor, the smallest figure worth telling apart (a tenth or less of the strictest
   threshold a manifest sets), so float-level noise reads "at most the floor" on every machine;
-- a similarity (cosine, larger is better) as a lower bound: 1 − its distance written as above.
+- a similarity (cosine, larger is better) as a lower bound: 1 − its distance written as above;
+- a ratio to the source (perplexity ratio, 1.0 is no loss) as 1 + an upper bound of its excess.
 
 The gate itself always uses the full figures; the step's own report in the store keeps them."""
 
@@ -25,11 +26,16 @@ from typing import Any, Callable
 ERROR_FLOORS = {
     "max_abs_logit": 1e-3,  # a tenth of the strictest max_abs_logit threshold (0.01)
     "mean_kl": 1e-6,
+    "p99_kl": 1e-6,
     "max_abs": 1e-6,  # the RoPE and norm-gain checks: a hundredth of their tolerance (1e-4)
 }
 # Similarities: name → floor of the distance 1 − figure.
 SIMILARITY_FLOORS = {
     "vision_cosine": 1e-4,  # a tenth of the strictest distance a threshold allows (min_vision_cosine 0.999)
+}
+# Ratios (1.0: no change), written as 1 + an upper bound of their excess: name → floor of the excess.
+RATIO_FLOORS = {
+    "perplexity_ratio": 1e-4,
 }
 # Subtrees written exactly, whatever their keys are called (thresholds are the manifest's numbers).
 EXACT = frozenset({"thresholds"})
@@ -51,11 +57,20 @@ def lower_bound(value: float, floor: float) -> float:
     return float(Decimal(1) - Decimal(repr(distance)))
 
 
+def ratio_bound(value: float, floor: float) -> float:
+    """A ratio written as 1 + the upper bound of its excess over 1 (at least floor)."""
+    if not math.isfinite(value):
+        return value
+    return float(Decimal(1) + Decimal(repr(upper_bound(float(Decimal(repr(float(value))) - 1), floor))))
+
+
 def _rule(name: str) -> Callable[[float], float] | None:
     if name in ERROR_FLOORS:
         return lambda value: upper_bound(value, ERROR_FLOORS[name])
     if name in SIMILARITY_FLOORS:
         return lambda value: lower_bound(value, SIMILARITY_FLOORS[name])
+    if name in RATIO_FLOORS:
+        return lambda value: ratio_bound(value, RATIO_FLOORS[name])
     return None
 
 

@@ -15,11 +15,14 @@ from modelforge.steps.base import StepContext
 from modelforge.steps.workers import launch
 
 # (figure in the report, what the screen calls it, its threshold under `parity`, the comparison the
-# threshold makes, the format it is printed with). The screen shows what the lock records
-# (figures.py): agreements as they are, errors as upper bounds, similarities as lower bounds.
+# threshold makes, the format it is printed with; a figure without a threshold is reported only).
+# The screen shows what the lock records (figures.py): agreements as they are, errors and ratios as
+# upper bounds, similarities as lower bounds.
 FIGURES = (
     ("top1_agreement", "top-1 agreement", "min_top1_agreement", "≥", ".4g"),
     ("mean_kl", "mean KL", "max_kl", "≤", ".2g"),
+    ("p99_kl", "p99 KL", None, "≤", ".2g"),
+    ("perplexity_ratio", "perplexity ratio", None, "≤", ".5g"),
     ("max_abs_logit", "max |logit difference|", "max_abs_logit", "≤", ".2g"),
     ("vision_cosine", "vision cosine", "min_vision_cosine", "≥", ".4g"),
     ("image_token_agreement", "image answers through the runtime", "min_image_token_agreement", "≥", ".4g"),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modelforge.quality import QualityAccumulator
 from modelforge.steps.parity import references_dir
 
 MASKED = float(np.finfo(np.float32).min / 2)
@@ -85,12 +86,6 @@ class TfliteDecoder:
         return outputs["logits"].reshape(-1).astype(np.float64)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max()
-    exp = np.exp(shifted)
-    return exp / exp.sum()
-
-
 def load_reference(checkpoint: Path, part: str, auto_class: str):
     """The transformers model in float32 with only `part`'s tensors read (partial_load): a 4B
     checkpoint's text reference is its 15.5 GB decoder, not the 17 GB multimodal model."""
@@ -139,34 +134,38 @@ def text_reference(request: dict) -> dict:
 
 class LogitComparison:
     """Exported next-token logits against the reference's, teacher-forced along the reference's
-    greedy tokens, prompt by prompt: max |Δ|, top-1 agreement, mean KL, and how many leading steps
-    stay greedy-identical. Shared with the onnx target's parity (onnx_worker)."""
+    greedy tokens, prompt by prompt: max |Δ|, top-1 agreement, mean and p99 KL, the perplexity
+    ratio on the reference's own tokens (quality.py's figures, as llama.cpp's --kl-divergence
+    reports them), and how many leading steps stay greedy-identical. Shared by every toolchain's
+    parity."""
 
     def __init__(self) -> None:
-        self.max_abs, self.agreements, self.kls, self.total, self.identical_steps = 0.0, 0, [], 0, []
+        self.quality = QualityAccumulator()
+        self.identical_steps: list[int] = []
         self._still = True
 
     def start_prompt(self) -> None:
         self.identical_steps.append(0)
         self._still = True
 
-    def add(self, exported: np.ndarray, reference: np.ndarray) -> None:
-        self.max_abs = max(self.max_abs, float(np.abs(exported - reference).max()))
+    def add(self, exported: np.ndarray, reference: np.ndarray, target: int) -> None:
+        """One position: the exported and reference logits, and the token that came next (the
+        reference's greedy token)."""
         agree = int(exported.argmax()) == int(reference.argmax())
-        self.agreements += agree
         self._still = self._still and agree
         self.identical_steps[-1] += self._still
-        p, q = _softmax(reference), _softmax(exported)
-        self.kls.append(float(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30)))))
-        self.total += 1
+        self.quality.add(reference[None, :], exported[None, :], np.array([target]))
 
     def report(self) -> dict:
+        figures = self.quality.report() if self.quality.kls else {}
         return {
             "prompts": len(self.identical_steps),
-            "steps": self.total,
-            "max_abs_logit": self.max_abs,
-            "top1_agreement": self.agreements / self.total if self.total else math.nan,
-            "mean_kl": float(np.mean(self.kls)) if self.kls else math.nan,
+            "steps": figures.get("positions", 0),
+            "max_abs_logit": figures.get("max_abs_logit", 0.0),
+            "top1_agreement": figures.get("top1_agreement", math.nan),
+            "mean_kl": figures.get("mean_kl", math.nan),
+            "p99_kl": figures.get("p99_kl", math.nan),
+            "perplexity_ratio": figures.get("perplexity_ratio", math.nan),
             "greedy_identical_steps": self.identical_steps,
         }
 
@@ -187,7 +186,7 @@ def text_parity(models_dir: Path, references: Path, prompts: int) -> dict:
         for step, reference_token in enumerate(reference_tokens):
             if position >= decoder.cache_length:
                 break
-            comparison.add(decoder.step(token, position), reference_logits[step])
+            comparison.add(decoder.step(token, position), reference_logits[step], reference_token)
             token, position = reference_token, position + 1  # teacher forcing keeps the two aligned
     return comparison.report()
 

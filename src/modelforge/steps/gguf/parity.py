@@ -31,7 +31,7 @@ from modelforge.steps.gguf.worker import MODULE
 from modelforge.steps.parity import gate, run_phases, take_reference
 
 KIND = "gguf_parity"
-VERSION = 1
+VERSION = 2  # 2: p99 KL and the perplexity ratio
 TOOLS = ("llama-cpp-python", "numpy", "pillow", "sentencepiece", "torch", "transformers")
 REPORT = "parity.json"  # recorded in the lock under `checks`
 THREADS = 2
@@ -136,7 +136,7 @@ def gguf_phase(request: dict) -> dict:
         llama.eval(ids + tokens[:-1])
         comparison.start_prompt()
         for step in range(len(tokens)):
-            comparison.add(np.array(llama.scores[len(ids) - 1 + step], dtype=np.float64), logits[step])
+            comparison.add(np.array(llama.scores[len(ids) - 1 + step], dtype=np.float64), logits[step], tokens[step])
         llama.reset()
         llama.eval(ids)
         greedy = []

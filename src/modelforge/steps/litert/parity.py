@@ -12,7 +12,7 @@ from modelforge.steps.litert.worker import MODULE
 from modelforge.steps.parity import gate, run_phases, take_reference
 
 KIND = "litert_parity"
-VERSION = 5  # 5: reads the parity_reference step's outputs instead of computing the reference
+VERSION = 6  # 5: reads the parity_reference step's outputs; 6: p99 KL and the perplexity ratio
 TOOLS = ("ai-edge-litert", "litert-lm-api", "pillow", "torch", "transformers")
 REPORT = "parity.json"  # recorded in the lock under `checks`
 

@@ -13,7 +13,7 @@ from modelforge.steps.onnx.worker import MODULE
 from modelforge.steps.parity import gate, run_phases, take_reference
 
 KIND = "onnx_parity"
-VERSION = 2  # 2: reads the parity_reference step's outputs instead of computing the reference
+VERSION = 3  # 2: reads the parity_reference step's outputs; 3: p99 KL and the perplexity ratio
 TOOLS = ("onnxruntime", "pillow", "torch", "transformers")
 REPORT = "parity.json"  # recorded in the lock under `checks`
 

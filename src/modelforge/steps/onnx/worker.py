@@ -333,7 +333,7 @@ def onnx_graphs(request: dict) -> dict:
         comparison.start_prompt()
         logits = runner.step(ids)
         for step, reference_token in enumerate(reference_tokens):
-            comparison.add(logits, reference_logits[step])
+            comparison.add(logits, reference_logits[step], reference_token)
             if step + 1 < len(reference_tokens):
                 logits = runner.step([reference_token])  # teacher forcing keeps the two aligned
     report = comparison.report()
