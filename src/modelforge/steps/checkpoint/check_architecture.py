@@ -4,8 +4,7 @@ the meta device (no weights, no memory) and its state dict is compared with the 
 every expected tensor present (a weight tied to another may be absent), no tensor it does not
 expect, every shape equal, and the dtype config.json declares. A mismatch fails the build naming
 the tensors: transformers would otherwise refuse the output, or load it with random weights.
-transformers builds the model in a worker (steps/checkpoint/worker.py), so the build's own process
-never imports torch: a text-only build stays a copy of bytes."""
+Imports torch and transformers inside `run` only."""
 
 from __future__ import annotations
 
@@ -15,8 +14,6 @@ from typing import Any, Mapping
 from modelforge.errors import ModelforgeError, StepFailed
 from modelforge.safetensors_io import TensorInfo, read_header
 from modelforge.steps.base import StepContext
-from modelforge.steps.checkpoint.worker import MODULE
-from modelforge.steps.workers import job_request, run_job
 from modelforge.transforms import unsafe_tensor_name
 
 KIND = "check_architecture"
@@ -40,22 +37,19 @@ def run(context: StepContext) -> None:
     unsafe = sorted(name for name in actual if unsafe_tensor_name(name))
     if unsafe:
         raise StepFailed(f"target {target}: unsafe tensor names {_sample(unsafe)}; fix the weights rules so names are dot-separated words")
-    # transformers builds the architecture in a worker: the build's own process never imports torch.
-    request = job_request(context, "expect", checkpoint=str(context.input_dir("checkpoint")), target=target)
-    model = run_job(context, request, "architecture check", MODULE)
-    if model.get("error"):
-        raise StepFailed(model["error"])
-    expected = {name: tuple(shape) for name, shape in model["expected"].items()}
+    model = _meta_model(context, target, raw_config)
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    tied = _tied(model)
     declared = raw_config.get("dtype", raw_config.get("torch_dtype"))
-    report = compare(expected, model["tied"], actual, declared, model["fp32_modules"])
+    report = compare(expected, tied, actual, declared, getattr(model, "_keep_in_fp32_modules", None) or ())
     problems = report.pop("problems")
     if problems:
-        architecture = model["architecture"]
+        architecture = type(model).__name__
         raise StepFailed(
             f"target {target}: the checkpoint does not fit its config's architecture {architecture}: {'; '.join(problems)}; "
             "fix the weights rules, the components or the config edits so that every tensor is the one the config expects"
         )
-    report["architecture"] = model["architecture"]
+    report["architecture"] = type(model).__name__
     context.output("architecture.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
 
 
@@ -122,3 +116,44 @@ def _tensors(context: StepContext, target: str) -> dict[str, TensorInfo]:
         if wrong:
             raise StepFailed(f"target {target}: model.safetensors.index.json disagrees with the shards on {_sample(wrong)}; this is a modelforge bug")
     return tensors
+
+
+def _meta_model(context: StepContext, target: str, raw_config: Mapping[str, Any]):
+    import logging
+
+    # Import-time warnings about optional kernels this CPU-only check never uses would land in the
+    # middle of the build's progress lines.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import torch
+    import transformers
+
+    architectures = raw_config.get("architectures") or []
+    if len(architectures) != 1 or not isinstance(architectures[0], str):
+        raise StepFailed(
+            f"target {target}: config.json's architectures is {architectures!r}; set exactly one class with a config edit "
+            "(e.g. architectures: [Gemma3ForCausalLM])"
+        )
+    model_class = getattr(transformers, architectures[0], None)
+    if model_class is None or not isinstance(model_class, type) or not issubclass(model_class, transformers.PreTrainedModel):
+        raise StepFailed(
+            f"target {target}: config.json names the architecture {architectures[0]!r}, which transformers "
+            f"{transformers.__version__} does not have; fix `architectures` with a config edit"
+        )
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(context.input_dir("checkpoint")), trust_remote_code=False)
+        with torch.device("meta"):
+            return model_class(config)
+    except Exception as error:  # transformers' own validation errors are of many types
+        raise StepFailed(
+            f"target {target}: transformers cannot build {architectures[0]} from the rewritten config.json "
+            f"({type(error).__name__}: {str(error)[:200]}); fix the config edits"
+        ) from None
+
+
+def _tied(model) -> dict[str, str]:
+    """Tensor name → the name it shares storage with, when the config ties them (absent is fine)."""
+    tied = getattr(model, "all_tied_weights_keys", None)
+    if tied is None:  # transformers before 5
+        tied = {}
+    return {str(name): str(source) for name, source in dict(tied).items()}
