@@ -87,3 +87,17 @@ def plan_reference(builder: PlanBuilder, checkpoint: InputRef, prompts: list[str
     # step computed the reference itself, its largest phase).
     predict_memory(builder, name, "parity", PART_COMPONENTS["text"] + (PART_COMPONENTS["vision"] if multimodal else ()))
     return InputRef("reference", name)
+
+
+def check_task_components(where: str, task: str, components, multimodal: bool, needs: str, lacks: str) -> tuple[str, ...]:
+    """Refuse a target whose components are not the ones its task exports (the text decoder, and the
+    vision tower and projector for image_text_to_text): "task T <needs> component C" when one is
+    missing, "task T <lacks> component C" when one is extra. Returns the wanted components."""
+    wanted = ("text_decoder", *(("vision_encoder", "projector") if multimodal else ()))
+    missing = [c for c in wanted if c not in components]
+    if missing:
+        raise PlanError(f"{where}: task {task} {needs} component {missing[0]!r}; add it to components")
+    extra = [c for c in components if c not in wanted]
+    if extra:
+        raise PlanError(f"{where}: task {task} {lacks} component {extra[0]!r}; remove it or use image_text_to_text")
+    return wanted

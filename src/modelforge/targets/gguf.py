@@ -14,7 +14,7 @@ Imports its spec, `plan`, `plan_builder`, `gemma3` and its steps (steps/gguf/).
 from __future__ import annotations
 
 from modelforge.errors import PlanError
-from modelforge.gemma3 import PART_COMPONENTS, check_source_architecture, plan_reference, predict_memory, predict_streamed_memory
+from modelforge.gemma3 import PART_COMPONENTS, check_source_architecture, check_task_components, plan_reference, predict_memory, predict_streamed_memory
 from modelforge.manifest.targets.gguf import GgufTarget
 from modelforge.plan import InputRef, StepNode
 from modelforge.plan_builder import PlanBuilder, source_input
@@ -38,13 +38,7 @@ SAMPLERS = {
 def plan(builder: PlanBuilder, target: str, spec: GgufTarget) -> str:
     where = builder.where(target)
     multimodal = check_source_architecture(builder, where, spec.task, "llama.cpp's converter")
-    wanted = ("text_decoder", *(("vision_encoder", "projector") if multimodal else ()))
-    missing = [c for c in wanted if c not in spec.components]
-    if missing:
-        raise PlanError(f"{where}: task {spec.task} converts component {missing[0]!r}; add it to components")
-    extra = [c for c in spec.components if c not in wanted]
-    if extra:
-        raise PlanError(f"{where}: task {spec.task} writes no GGUF for component {extra[0]!r}; remove it or use image_text_to_text")
+    check_task_components(where, spec.task, spec.components, multimodal, needs="converts", lacks="writes no GGUF for")
     files = {item.path for item in builder.facts.files}
     checkpoint = source_input(builder, sorted(files))
     checkpoint = InputRef("checkpoint", checkpoint.node, checkpoint.select)

@@ -20,7 +20,7 @@ from modelforge.errors import PlanError
 from modelforge.manifest.targets.onnx import OnnxPrecisionSpec, OnnxTarget
 from modelforge.plan import InputRef, StepNode
 from modelforge.plan_builder import PlanBuilder, source_input
-from modelforge.gemma3 import PART_COMPONENTS, check_source_architecture, plan_reference
+from modelforge.gemma3 import PART_COMPONENTS, check_source_architecture, check_task_components, plan_reference
 from modelforge.steps.onnx import export as onnx_export
 from modelforge.steps.onnx import package as onnx_package
 from modelforge.steps.onnx import parity as onnx_parity
@@ -54,13 +54,7 @@ def plan(builder: PlanBuilder, target: str, spec: OnnxTarget) -> str:
     unknown = [c for c in spec.components if c not in COMPONENTS]
     if unknown:
         raise PlanError(f"{where}: component {unknown[0]!r} has no ONNX graph; use {', '.join(COMPONENTS)}")
-    wanted = ("text_decoder", *(("vision_encoder", "projector") if multimodal else ()))
-    missing = [c for c in wanted if c not in spec.components]
-    if missing:
-        raise PlanError(f"{where}: task {spec.task} builds component {missing[0]!r}; add it to components")
-    extra = [c for c in spec.components if c not in wanted]
-    if extra:
-        raise PlanError(f"{where}: task {spec.task} has no graph for component {extra[0]!r}; remove it or use image_text_to_text")
+    check_task_components(where, spec.task, spec.components, multimodal, needs="builds", lacks="has no graph for")
     checkpoint = source_input(builder, [item.path for item in builder.facts.files])
     checkpoint = InputRef("checkpoint", checkpoint.node, checkpoint.select)
     text_precision = spec.precision.get("text_decoder", OnnxPrecisionSpec())
