@@ -204,8 +204,8 @@ def _write_text_checkpoint(directory: Path, gguf: Path) -> dict:
     import torch
     from transformers import AutoTokenizer, Gemma3ForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = Gemma3ForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
+    model = Gemma3ForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False).eval()
     # The GGUF-loaded model refuses save_pretrained (quantization_config says gguf), so write it here.
     tensors = {name: tensor.detach().to(torch.float32) for name, tensor in model.state_dict().items() if name != "lm_head.weight"}
     if not model.config.tie_word_embeddings:
