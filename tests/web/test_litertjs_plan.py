@@ -157,6 +157,10 @@ def test_manifest_refusals():
         _variant("x", vision_recipe="weight_only_wi8_afp32")
     with pytest.raises(ValidationError, match="runtime"):
         _variant("x", runtime="onnx")
+    with pytest.raises(ValidationError, match="chat_template applies to the page's own loop"):
+        _variant("x", recipe="dynamic_wi8_afp32", chat_template="completion_template.jinja")
+    with pytest.raises(ValidationError, match="relative"):
+        _variant("x", runtime="litertjs", chat_template="/etc/passwd")
 
 
 def test_a_litertjs_variant_needs_an_image_text_to_text_target():

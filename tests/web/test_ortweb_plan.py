@@ -80,3 +80,18 @@ def test_the_manifest_refuses_what_an_onnxruntime_web_variant_cannot_take(tmp_pa
     (tmp_path / "m.yaml").write_text(text)
     with pytest.raises(Exception, match=r"'from: bundle' is not an onnx target of this manifest \(runtime onnxruntime_web runs an onnx target's graphs\)"):
         load_manifest(tmp_path / "m.yaml")
+
+
+def test_a_variant_names_the_template_the_page_applies():
+    """By default the page applies the source's chat_template.jinja; a variant may name another source
+    file (a base model's plain-text template), which the plan then requires of the source."""
+    def with_template(**fields):
+        manifest = load_manifest(REAL)
+        variant = WebVariantSpec.model_validate({"name": "x", "label": "x", "from": "onnx", "runtime": "onnxruntime_web", **fields})
+        web = manifest.targets["web"].model_copy(update={"variants": (variant,)})
+        return _plan(manifest.model_copy(update={"targets": {**manifest.targets, "web": web}}))
+
+    web = next(step for step in with_template().steps if step.name == "web")
+    assert json.loads(web.params_json)["variants"][0]["files"]["chat_template"] == "chat_template.jinja"
+    with pytest.raises(PlanError, match=r"variant 'x' needs the source's completion_template\.jinja"):
+        with_template(chat_template="completion_template.jinja")

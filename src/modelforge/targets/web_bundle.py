@@ -121,7 +121,8 @@ def _litertjs_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec
     if max_tokens > origin.cache_length:
         raise PlanError(f"{where}: variant {variant.name!r} max_tokens {max_tokens} exceeds the cache length {origin.cache_length}; lower it")
     present = {item.path for item in builder.facts.files}
-    needed = ["tokenizer.json", "tokenizer_config.json", origin.metadata.chat_template, "preprocessor_config.json"]
+    chat_template = variant.chat_template or origin.metadata.chat_template
+    needed = ["tokenizer.json", "tokenizer_config.json", chat_template, "preprocessor_config.json"]
     missing = [name for name in needed if name not in present]
     if missing:
         raise PlanError(f"{where}: variant {variant.name!r} needs the source's {', '.join(missing)}; take them with source.files")
@@ -158,7 +159,7 @@ def _litertjs_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec
     return {
         **streamed,
         "name": variant.name, "label": variant.label, "runtime": "litertjs", "max_tokens": max_tokens, "inputs": names,
-        "files": {"chat_template": origin.metadata.chat_template},
+        "files": {"chat_template": chat_template},
         "generation": {
             "prefill_lengths": list(origin.prefill_lengths), "cache_length": origin.cache_length,
             "start_token": origin.metadata.start_token, "stop_tokens": list(origin.metadata.stop_tokens),
@@ -179,7 +180,7 @@ def _ortweb_variant(builder: PlanBuilder, target: str, variant: WebVariantSpec, 
     if max_tokens > origin.context_length:
         raise PlanError(f"{where}: variant {variant.name!r} max_tokens {max_tokens} exceeds the onnx target's context_length {origin.context_length}; lower it")
     present = {item.path for item in builder.facts.files}
-    chat_template = "chat_template.jinja"
+    chat_template = variant.chat_template or "chat_template.jinja"
     needed = ["tokenizer.json", "tokenizer_config.json", chat_template] + (["preprocessor_config.json"] if origin.task == "image_text_to_text" else [])
     missing = [name for name in needed if name not in present]
     if missing:

