@@ -225,6 +225,77 @@ def runtime_answers(bundle: Path, prompt: str, cards: list[Path]) -> list[str | 
     return replies
 
 
+def masked_run(model, processor, prompt: str, card: Path, block_end: int | None, forced: list[int] | None = None):
+    """transformers with the attention masks built here (the same rule graph_answers uses: an image
+    soft token sees up to `block_end` tokens past the block, None: causal; the sliding layers also
+    keep the window). Free-running greedy (forced None): the answer's tokens; teacher-forced along
+    `forced`: the next-token log-probabilities at each of its positions."""
+    import torch
+
+    inputs = inputs_for(processor, prompt, card)
+    ids, pixels = inputs["input_ids"], inputs["pixel_values"]
+    block = (inputs["token_type_ids"][0] == 1).nonzero().flatten().tolist()
+    window = model.config.text_config.sliding_window
+
+    def masks(length: int) -> dict:
+        query, key = torch.arange(length)[:, None], torch.arange(length)[None, :]
+        seen = query.clone().expand(length, length).clone()
+        if block_end is not None:
+            seen[block] = max(block) + block_end
+        full = key <= seen
+        return {"full_attention": full[None, None], "sliding_attention": (full & (query - key < window))[None, None]}
+
+    stop = {processor.tokenizer.convert_tokens_to_ids(token) for token in STOP}
+    with torch.no_grad():
+        if forced is not None:
+            sequence = torch.cat([ids, torch.tensor([forced[:-1]], dtype=ids.dtype)], dim=1) if len(forced) > 1 else ids
+            logits = model(input_ids=sequence, pixel_values=pixels, attention_mask=masks(sequence.shape[1]), use_cache=False).logits[0]
+            return torch.log_softmax(logits[ids.shape[1] - 1 :].double(), dim=-1).numpy()
+        answer = []
+        for _ in range(STEPS):
+            logits = model(input_ids=ids, pixel_values=pixels, attention_mask=masks(ids.shape[1]), use_cache=False).logits[0, -1]
+            token = int(logits.argmax())
+            if token in stop:
+                break
+            answer.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]], dtype=ids.dtype)], dim=1)
+        return answer
+
+
+def trained_figures(checkpoint: Path, cards: list[Path]) -> dict:
+    """On the trained multimodal fixture (trained Gemma 3 270M decoder, random vision): how far
+    causal attention and LiteRT-LM's block-to-<end_of_image> are from transformers' default, by
+    greedy answers and teacher-forced along the default's answers (top-1 agreement, mean KL)."""
+    import torch
+    from transformers import AutoProcessor, Gemma3ForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    model = Gemma3ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    figures = {name: {"identical_answers": 0, "leading_identical_tokens": 0, "positions": 0, "top1": 0, "kl": 0.0}
+               for name in ("causal", "image block to <end_of_image>")}
+    answers = 0
+    for prompt in PROMPTS:
+        for card in cards:
+            reference = masked_run(model, processor, prompt, card, 0)
+            expected = masked_run(model, processor, prompt, card, 0, forced=reference) if reference else None
+            answers += 1
+            for name, block_end in (("causal", None), ("image block to <end_of_image>", 1)):
+                got = masked_run(model, processor, prompt, card, block_end)
+                row = figures[name]
+                row["identical_answers"] += got == reference
+                row["leading_identical_tokens"] += next((index for index, (a, b) in enumerate(zip(got, reference)) if a != b), min(len(got), len(reference)))
+                if expected is not None:
+                    observed = masked_run(model, processor, prompt, card, block_end, forced=reference)[: len(reference)]
+                    wanted = expected[: len(reference)]
+                    row["positions"] += len(reference)
+                    row["top1"] += int((observed.argmax(-1) == wanted.argmax(-1)).sum())
+                    row["kl"] += float((np.exp(wanted) * (wanted - observed)).sum())
+    for row in figures.values():
+        row["top1_agreement"] = round(row.pop("top1") / max(row["positions"], 1), 4)
+        row["mean_kl"] = float(f"{row.pop('kl') / max(row['positions'], 1):.3g}")
+    return {"answers": answers, "against transformers' default": figures}
+
+
 def compare(answers: dict, references: dict, tokenizer) -> dict:
     from modelforge.steps.parity_phases import _leading_identical
 
@@ -249,6 +320,9 @@ def main() -> int:
     parser.add_argument("--lock", type=Path, default=ROOT / "lock" / "tiny-medgemma-litertlm.lock")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "image_attention")
     parser.add_argument("--quick", action="store_true", help="one prompt, two images, the float runs only (tests/test_image_attention.py)")
+    parser.add_argument("--trained", type=Path, default=None,
+                        help="also this checkpoint in transformers: the trained multimodal fixture, .cache/fixtures/gemma3-270m-multimodal "
+                             "(modelforge.testing.trained_gemma3.multimodal_checkpoint() builds it)")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "image_attention.json")
     arguments = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
@@ -310,6 +384,8 @@ def main() -> int:
     results["litert_lm float+vision_bidirectional against the graph"] = {
         name: compare(runtime_float, {"graph": answers[f"float {name}"]}, processor.tokenizer)["graph"]
         for name in ("graph, transformers' image block", "graph, image block to <end_of_image>")}
+    if arguments.trained:
+        results["trained multimodal fixture (transformers)"] = trained_figures(arguments.trained, cards)
     arguments.results.parent.mkdir(parents=True, exist_ok=True)
     arguments.results.write_text(json.dumps(results, indent=1) + "\n")
     total = len(references["causal"]) * STEPS
@@ -319,6 +395,12 @@ def main() -> int:
                                          f"{value['leading_identical_tokens']}/{total} tokens" for kind, value in figures.items()))
     for name, value in results["litert_lm float+vision_bidirectional against the graph"].items():
         print(f"litert_lm float+vision_bidirectional vs {name}: {value['identical_answers']} answers, {value['leading_identical_tokens']}/{total} tokens")
+    if arguments.trained:
+        trained = results["trained multimodal fixture (transformers)"]
+        for name, row in trained["against transformers' default"].items():
+            print(f"trained fixture, {name} vs transformers' default: {row['identical_answers']}/{trained['answers']} answers, "
+                  f"{row['leading_identical_tokens']} leading tokens; teacher-forced top-1 {row['top1_agreement']}, "
+                  f"mean KL {row['mean_kl']} over {row['positions']} positions")
     return 0
 
 
