@@ -286,9 +286,11 @@ def runtime_image_answers(bundle: Path, prompt: str, steps: int, cards: list[Pat
 
 def reference_image_answers(model, processor, prompt: str, steps: int, stop_tokens: list[str], cards: list[Path]) -> dict:
     """PyTorch's greedy answers on the processor's own input_ids and pixel_values, to the first stop
-    token. "causal" attends causally inside the image block, as the runtime does (measured:
-    litert_lm 0.18.1 gives Gemma 3 no bidirectional image mask); "bidirectional" is transformers'
-    own image block (the processor's token_type_ids), reported beside it."""
+    token. "causal" attends causally inside the image block, as the runtime does with our bundle
+    (it declares no executor mask type); "bidirectional" is transformers' own image block (the
+    processor's token_type_ids), reported beside it. LiteRT-LM 0.18.1's
+    ATTENTION_MASK_TYPE_VISION_BIDIRECTIONAL also lets the block see <end_of_image>, matching
+    neither (docs/targets/litertlm.md, bench/bench_image_attention.py)."""
     import torch
     from PIL import Image
 
