@@ -1,8 +1,8 @@
 """The trained model's demo, as the README documents it: `modelforge build
 manifests/gemma3-270m-litertlm.yaml` on the trained Gemma 3 270M fixture (modelforge.testing.trained_gemma3),
 then a clinical question asked through the LiteRT-LM runtime (`tools/ask.py`, the int8 bundle as
-shipped) and through the web page (onnxruntime-web, the onnx target's float graphs, in headless
-Chromium). The build is `--frozen` against the committed lock: what the README's command builds is
+shipped) and through the web page (onnxruntime-web on its wasm CPU backend, the onnx target's float
+graphs, in headless Chromium). The build is `--frozen` against the committed lock: what the README's command builds is
 what the lock pins.
 
 The model is a pretrained base: both runtimes put the question after <bos> as plain text (the
@@ -95,7 +95,9 @@ def pytorch_answer() -> tuple[list[int], list[int]]:
 def test_the_page_answers_as_pytorch_does(trained_build, session_factory, pytorch_answer):
     with serve(trained_build.out_dir / "web") as server:
         session = session_factory(WEBGPU)
-        _open(session, server.url + f"?variant={VARIANT}", VARIANT, "webgpu", runtime="onnxruntime-web")
+        # onnxruntime-web's wasm CPU backend: a float 270M on software WebGPU (SwiftShader) takes
+        # minutes an answer; the WebGPU path's fidelity is tests/web/test_fidelity.py's.
+        _open(session, server.url + f"?variant={VARIANT}&backend=wasm", VARIANT, "wasm", runtime="onnxruntime-web")
         prompt, answer = _ask(session, QUESTION)
         print(f"\npage: {session.page.inner_text('#answer')!r}")
         assert (prompt, answer) == pytorch_answer, f"page {answer}\nPyTorch {pytorch_answer[1]}"
