@@ -320,13 +320,15 @@ def _gguf_quantize(params, inputs, context: Context) -> Files:
     return {"model.gguf": FilePrediction(int(sum(_numel(s) for s in shapes.values()) * GGUF_BITS.get(params["type"], 32.0) / 8) + tokenizer, shapes)}
 
 
-def _pass_all(params, inputs, context: Context) -> Files:
-    """A step whose outputs are its inputs' files (assemble, gguf_package), plus a small file."""
-    files: Files = {"generated": FilePrediction(REPORT_BYTES)}
-    for input_name, input_files in inputs.items():
-        for name, item in input_files.items():
-            files[f"{input_name}/{name}"] = item
-    return files
+def _assemble(params, inputs, context: Context) -> Files:
+    """A checkpoint laid out from its inputs' files: nothing new."""
+    return {f"{input_name}/{name}": item for input_name, input_files in inputs.items() for name, item in input_files.items()}
+
+
+def _gguf_package(params, inputs, context: Context) -> Files:
+    """The GGUF files passed through, and a Modelfile (the chat template and tokenizer config go into it)."""
+    graphs = {name: files for name, files in inputs.items() if name in ("text", "vision")}
+    return {**_assemble(params, graphs, context), "Modelfile": FilePrediction(REPORT_BYTES)}
 
 
 def _carry_files(params, inputs, context: Context) -> Files:
@@ -376,12 +378,12 @@ RULES: dict[str, Callable[[Any, Mapping[str, Files], Context], Files]] = {
     "onnx_parity": _small,
     "gguf_convert": _gguf_convert,
     "gguf_quantize": _gguf_quantize,
-    "gguf_package": _pass_all,
+    "gguf_package": _gguf_package,
     "gguf_parity": _small,
     "rewrite_config": _small,
     "carry_files": _carry_files,
     "transform_weights": _transform_weights,
-    "assemble": _pass_all,
+    "assemble": _assemble,
     "check_architecture": _small,
     "cast_weights": _cast_weights,
 }
@@ -493,7 +495,9 @@ def disk_limit(path: Path, override: str | int | None = None) -> tuple[int, str]
 
 
 def size_text(value: int) -> str:
-    return f"{value / 1e9:.2f} GB" if value >= 10**9 else f"{value / 1e6:.1f} MB"
+    if value >= 10**9:
+        return f"{value / 1e9:.2f} GB"
+    return f"{value / 1e6:.1f} MB" if value >= 10**6 else f"{value / 1e3:.0f} kB"
 
 
 def refuse_if_full(the_need: DiskNeed, store_root: Path, dist: Path | None, override: str | int | None = None) -> None:
