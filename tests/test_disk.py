@@ -107,3 +107,5 @@ def test_the_medgemma_4b_plan_predicts_the_measured_files_and_store(tmp_path):
     assert abs(task / 2_198_578_971 - 1) <= 0.02, task
     assert abs(facts["steps"]["web.export.bundle"] / 15.5e9 - 1) <= 0.02
     assert abs(sum(facts["steps"].values()) / 54e9 - 1) <= disk.STATED_ERROR
+    # The export rewrites its 15.5 GB decoder graph's layout into a copy before replacing it.
+    assert facts["scratch"]["bundle.export_text"] == facts["scratch"]["web.export.bundle"] > 15e9

@@ -313,8 +313,9 @@ def _disk_lines(report, name_width: int) -> list[str]:
     free = f"free there: {size_text(limit)}" if origin == "free space" else f"{origin}: {size_text(limit)}"
     verdict = f" ({free}; `build` would refuse it)" if need.total > limit else f" ({free})"
     lines.append(
-        f"  disk   the build needs about {size_text(need.total)} free: {size_text(need.store)} of new store objects, "
-        f"{size_text(need.dist)} copied into dist/{verdict}; the store grows from {size_text(need.store_now)} to about {size_text(need.store_after)}"
+        f"  disk   the build needs about {size_text(need.total)} free: {size_text(need.store)} of new store objects"
+        + (f" (at most {size_text(need.peak)} at once with a step's temporaries)" if need.peak > need.store else "")
+        + f", {size_text(need.dist)} copied into dist/{verdict}; the store grows from {size_text(need.store_now)} to about {size_text(need.store_after)}"
     )
     return lines
 
@@ -323,7 +324,7 @@ def _disk_json(report) -> dict:
     need = report.disk
     figures = {"steps": report.plan.facts.get("disk", {}).get("steps", {})}
     if need is not None:
-        figures |= {"need_bytes": need.total, "store_bytes": need.store, "dist_bytes": need.dist, "store_bytes_now": need.store_now,
+        figures |= {"need_bytes": need.total, "store_bytes": need.store, "peak_store_bytes": need.peak, "dist_bytes": need.dist, "store_bytes_now": need.store_now,
                     "store_bytes_after": need.store_after}
     return figures
 

@@ -389,12 +389,29 @@ RULES: dict[str, Callable[[Any, Mapping[str, Files], Context], Files]] = {
 }
 
 
-def predict_steps(steps, source_name: str, context: Context) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
-    """(step name → bytes it adds to the store, step name → its output files' predicted bytes) for
-    `steps` in topological order: each object counted at the first step that writes it."""
+# The temporaries a step writes beside its outputs, by kind (its outputs themselves are written under
+# tmp/ and renamed in, so they are counted once): the export worker rewrites a graph of over 2 GiB
+# (external buffers) into a copy before replacing it (steps/litert/tflite_layout.py), one at a time;
+# onnx_quantize copies its input graph into its scratch directory (steps/onnx/quantize.py).
+LAYOUT_REWRITE_FROM = 2**31
+
+
+def _scratch(kind: str, inputs: Mapping[str, Files], files: Files) -> int:
+    if kind == "litert_export":
+        return max((item.size for name, item in files.items() if name.endswith(".tflite") and item.size > LAYOUT_REWRITE_FROM), default=0)
+    if kind == "onnx_quantize":
+        return _sum_of(inputs)
+    return 0
+
+
+def predict_steps(steps, source_name: str, context: Context) -> tuple[dict[str, int], dict[str, int], dict[str, dict[str, int]]]:
+    """(step name → bytes it adds to the store, step name → bytes of temporaries it writes beside
+    them and removes, step name → its output files' predicted bytes) for `steps` in topological
+    order: each object counted at the first step that writes it."""
     predicted: dict[str, Files] = {source_name: {path: _source(context, path) for path in context.source_files}}
     seen: set[tuple] = set()
     added: dict[str, int] = {}
+    scratch: dict[str, int] = {}
     # A node's identity is its content (kind, version, params, inputs), as its key is: two names for
     # one key (a web variant checked like another) run once and store once.
     identity: dict[str, tuple] = {source_name: ("source",)}
@@ -418,17 +435,20 @@ def predict_steps(steps, source_name: str, context: Context) -> tuple[dict[str, 
                 seen.add(item.identity)
                 new += item.size
         added[step.name] = new
+        scratch[step.name] = _scratch(step.kind, inputs, files) if new else 0
     outputs = {name: {file: item.size for file, item in files.items()} for name, files in predicted.items() if name != source_name}
-    return added, outputs
+    return added, scratch, outputs
 
 
 # --- the build's need ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DiskNeed:
-    """What a build needs of the disk: `store` bytes of new objects (the steps that run), `dist`
+    """What a build needs of the disk: `store` bytes of new objects (the steps that run), `peak`
+    bytes of the store's filesystem at once (those objects so far and a step's temporaries), `dist`
     bytes copied into dist/, the store's size now and after."""
 
     store: int
+    peak: int
     dist: int
     store_now: int
     store_after: int
@@ -436,7 +456,8 @@ class DiskNeed:
 
     @property
     def total(self) -> int:
-        return self.store + (0 if self.dist_separate else self.dist)
+        """The free space the store's filesystem needs (and dist/'s copies, when on it)."""
+        return self.peak + (0 if self.dist_separate else self.dist)
 
 
 def store_size(root: Path) -> int:
@@ -466,12 +487,16 @@ def need(disk_facts: Mapping[str, Any], to_run: Iterable[str], target_files: Map
          dist: Path | None) -> DiskNeed:
     """The disk need of building the steps `to_run` (by name), laying out target_files (target →
     file → predicted bytes) under dist."""
-    steps = disk_facts.get("steps", {})
-    store = sum(steps.get(name, 0) for name in set(to_run))
+    steps, scratch, pending = disk_facts.get("steps", {}), disk_facts.get("scratch", {}), set(to_run)
+    store = peak = 0
+    for name, size in steps.items():  # the plan's order, which the executor follows
+        if name in pending:
+            peak = max(peak, store + size + scratch.get(name, 0))
+            store += size
     separate = dist is not None and _device(dist) != _device(store_root)
     copied = sum(size for files in target_files.values() for size in files.values() if separate or size < LINK_FROM)
     now = store_size(store_root)
-    return DiskNeed(store, copied, now, now + store, separate)
+    return DiskNeed(store, peak, copied, now, now + store, separate)
 
 
 def free_space(path: Path) -> int:
