@@ -9,9 +9,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from conftest import MANIFESTS
 from modelforge import api, disk
+from modelforge.errors import PlanError
 from modelforge.manifest import load_manifest, manifest_digest
 from modelforge.planner import make_plan
 from modelforge.steps import STEPS
@@ -109,3 +113,18 @@ def test_the_medgemma_4b_plan_predicts_the_measured_files_and_store(tmp_path):
     assert abs(sum(facts["steps"].values()) / 54e9 - 1) <= disk.STATED_ERROR
     # The export rewrites its 15.5 GB decoder graph's layout into a copy before replacing it.
     assert facts["scratch"]["bundle.export_text"] == facts["scratch"]["web.export.bundle"] > 15e9
+
+
+def test_dist_on_another_filesystem_needs_copies_of_every_file(tmp_path):
+    """Hard links cannot cross filesystems: every target file is copied, and dist's own free space
+    is checked beside the store's."""
+    other = Path("/dev/shm")
+    if not other.is_dir() or os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem (/dev/shm) here")
+    facts = {"steps": {"export": 100 << 20}, "targets": {"bundle": {"model.tflite": 100 << 20, "config.json": 1_000}}}
+    here = disk.need(facts, ["export"], facts["targets"], tmp_path, tmp_path / "dist")
+    assert (here.dist, here.total, here.dist_separate) == (1_000, (100 << 20) + 1_000, False)
+    there = disk.need(facts, ["export"], facts["targets"], tmp_path, other / "modelforge-test-dist")
+    assert (there.dist, there.total, there.dist_separate) == ((100 << 20) + 1_000, 100 << 20, True)
+    with pytest.raises(PlanError, match=r"^this build would write about 104.9 MB to dist \(.*\), but --disk-limit allows 100.0 MB;"):
+        disk.refuse_if_full(disk.DiskNeed(0, 0, (100 << 20) + 1_000, 0, 0, True), tmp_path, other, "100MB")
