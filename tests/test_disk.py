@@ -20,7 +20,6 @@ from modelforge.manifest import load_manifest, manifest_digest
 from modelforge.planner import make_plan
 from modelforge.steps import STEPS
 from modelforge.testing.reference import reference_facts
-
 from test_memory import _with_the_web_runtime
 
 TEXT_ONLY = "tiny-medgemma-text-only.yaml"
