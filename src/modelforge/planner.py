@@ -11,7 +11,8 @@ The DAG for the text-only target (other targets add their own nodes under `targe
 
 Coverage is checked here, before anything runs: every source tensor belongs to a component a
 target uses or is dropped by a rule, and every source file is a weight shard, config.json, carried
-or dropped.
+or dropped. Beside the steps, the plan's facts carry the disk each step will add to the store
+(disk.py, from the shapes the targets' steps read), as the targets record their memory.
 """
 
 from __future__ import annotations

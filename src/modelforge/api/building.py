@@ -1,8 +1,8 @@
 """Building: the `build` verb (run the plan, lay the targets out, rewrite the lock) on this machine
 or, for one or more manifests at once, on a Ray cluster (ray_executor); its result, and the line
 that says how a target's files were laid out. Imports api.caching, api.gathering, api.locking,
-api.planning, api.project and executor, ray_executor, store, lock; heavy imports happen inside the
-steps, and ray inside ray_executor."""
+api.planning, api.project and executor, ray_executor, store, lock, memory and disk (the refusals before
+anything runs); heavy imports happen inside the steps, and ray inside ray_executor."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from modelforge.api.gathering import gather
 from modelforge.api.locking import CHECK_REPORTS, make_lock
 from modelforge.api.planning import disk_need, opened, plan_for, previous_steps, tools_of
 from modelforge.api.project import Project, open_project
+from modelforge.disk import refuse_if_full
 from modelforge.errors import ConfigError, LockError
 from modelforge.executor import Reporter, SilentReporter, materialize_targets, run_plan, statuses
 from modelforge.faults import fault_point
 from modelforge.lock import Lock, differences, read_lock, read_lock_or_none, write_lock
-from modelforge.disk import refuse_if_full
 from modelforge.memory import refuse_if_too_large
 from modelforge.outputs import LINK_FROM, Materialized
 from modelforge.plan import Plan

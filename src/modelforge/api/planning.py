@@ -1,6 +1,7 @@
 """Planning: the opening every command shares (the store, the source's gathered facts, the plan;
-`opened`), and the `plan` verb, which says what a build would run and why. Imports api.gathering,
-api.caching (which remote), api.project and planner, executor, store, lock, toolchain; never torch."""
+`opened`), and the `plan` verb, which says what a build would run and why, and the disk it needs
+(disk_need, which `build` checks too). Imports api.gathering, api.caching (which remote), api.project
+and planner, executor, store, lock, toolchain, disk; never torch."""
 
 from __future__ import annotations
 
