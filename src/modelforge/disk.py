@@ -180,7 +180,11 @@ def _onnx_weights(shapes: Mapping[str, tuple[int, ...]], precision: str, block: 
     if precision == "fp32":
         return sum(4 * _numel(shape) for shape in shapes.values())
     bits = 4 if precision == "int4" else 8
-    return sum(_matmul_nbits(shape, bits, block or 32) if len(shape) == 2 else 4 * _numel(shape) for shape in shapes.values())
+    # MatMul weights only: the vision position table is a lookup and stays float32, as under LiteRT.
+    return sum(
+        _matmul_nbits(shape, bits, block or 32) if len(shape) == 2 and "position_embedding" not in name else 4 * _numel(shape)
+        for name, shape in shapes.items()
+    )
 
 
 # --- the rules, by step kind: (params, inputs: input name → its files, context) → output files ---------
