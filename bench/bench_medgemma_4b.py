@@ -11,9 +11,11 @@ In one run (see bench/README.md):
               layers, so the whole harness runs in minutes
   check       the checkpoint loads as a user would load it: SentencePiece ids, AutoTokenizer and
               AutoProcessor with the chat template, and (small sizes) a finite bf16/f32 forward
-  plan        `modelforge plan --json`: the predicted peak of every step
+  plan        `modelforge plan --json`: the predicted peak of every step, and the disk (disk.py)
   build       `modelforge build MANIFEST --source-dir CKPT --store FRESH --out FRESH` in a scratch
-              project, inside a memory cgroup: per step wall s, peak RSS, anonymous peak, output sizes
+              project, inside a memory cgroup: per step wall s, peak RSS, anonymous peak, output sizes;
+              the store's size after it and the most its store and out/ held at once (sampled every
+              0.5 s, hard links once), against the plan's disk prediction
   rebuild     the same build again in a fresh store: every output compared byte for byte
   runtime     litert_lm loads the built .litertlm on CPU and generates (time to first token, tokens/s)
   export_hf   bare `python -m litert_torch.generative.export_hf` on the same checkpoint, the same
@@ -67,6 +69,7 @@ GIB = 1 << 30
 MACHINE_TARGET_GIB = 24  # the whole build completes on a 24 GiB machine
 STEP_TARGET_GIB = 20  # no step peaks above this
 TEXT_EXPORT_FACTOR = 1.3  # text export peak ≤ this × the float32 bytes of the text decoder's weights
+DISK_TOLERANCE = 0.15  # the plan's disk prediction (store after the build, peak held) within this of what the build did (#26)
 
 # SentencePiece: Gemma 3's pieces at their real ids; every other id is the tiny fixture's trained
 # BPE vocabulary (from id 107 on) or an unused filler piece.
@@ -567,6 +570,56 @@ def scratch_project(base: Path, parity_override: dict | None = None) -> Path:
     return target
 
 
+def tree_bytes(directory: Path) -> int:
+    """Bytes of the files under directory, each inode once (dist/'s hard links to store objects)."""
+    seen, total = set(), 0
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            try:
+                status = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if status.st_ino not in seen:
+                seen.add(status.st_ino)
+                total += status.st_size
+    return total
+
+
+class DiskSampler:
+    """The most bytes the directories held at once while a build ran (tree_bytes every interval s)."""
+
+    def __init__(self, directories: list[Path], interval: float = 0.5):
+        self.directories, self.interval, self.peak = directories, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.peak = max(self.peak, sum(tree_bytes(directory) for directory in self.directories if directory.exists()))
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> "DiskSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._run()  # the final state too
+
+
+def disk_figures(predicted: dict, store: Path, out: Path, peak: int) -> dict:
+    """The plan's disk prediction (plan --json's `disk`) beside what the build stored and needed."""
+    objects = tree_bytes(store / "objects")
+    return {
+        "predicted_store_bytes": predicted.get("store_bytes"), "store_bytes": objects,
+        "predicted_need_bytes": predicted.get("need_bytes"), "peak_bytes": peak,
+        "store_ratio": _ratio(predicted.get("store_bytes"), objects), "need_ratio": _ratio(predicted.get("need_bytes"), peak),
+        "dist_bytes": tree_bytes(out) if out.exists() else 0,
+    }
+
+
 def compare_records(earlier: Path, store: Path) -> dict:
     """Step records (key → output sha256 and size) of an earlier build in another fresh store against
     this build's: the same key must have produced the same bytes. Records of keys only one build has
@@ -708,6 +761,12 @@ def summarize(result: dict) -> tuple[dict, list[dict]]:
          "passed": None if build.get("rc") != 0 else largest_step <= STEP_TARGET_GIB * GIB},  # a killed step has no peak to judge
         {"target": f"text export anonymous peak ≤ {TEXT_EXPORT_FACTOR} × text decoder f32 bytes ({_gib(text_f32)} GiB)",
          "value": ratios["text_export_anon_over_text_f32"], "passed": None if ratios["text_export_anon_over_text_f32"] is None else ratios["text_export_anon_over_text_f32"] <= TEXT_EXPORT_FACTOR},
+        {"target": f"store after the build within ±{DISK_TOLERANCE:.0%} of the plan's prediction (predicted / measured)",
+         "value": (result.get("disk") or {}).get("store_ratio"),
+         "passed": None if not (result.get("disk") or {}).get("store_ratio") else abs(result["disk"]["store_ratio"] - 1) <= DISK_TOLERANCE},
+        {"target": f"disk the build held at its peak (store and out/) within ±{DISK_TOLERANCE:.0%} of the plan's prediction",
+         "value": (result.get("disk") or {}).get("need_ratio"),
+         "passed": None if not (result.get("disk") or {}).get("need_ratio") else abs(result["disk"]["need_ratio"] - 1) <= DISK_TOLERANCE},
         {"target": "second build in a fresh store byte-identical (every output)", "value": result.get("rebuild", {}).get("identical"),
          "passed": result.get("rebuild", {}).get("identical")},
         {"target": "LiteRT-LM runtime loads the .litertlm on CPU and generates", "value": (result.get("runtime") or {}).get("chunks"),
@@ -857,8 +916,10 @@ def main(argv: list[str] | None = None) -> int:
     modelforge = [sys.executable, "-m", "modelforge.cli"]
     planned = subprocess.run([*modelforge, "plan", str(manifest), "--source-dir", str(checkpoint_dir), "--store", str(run / "store-1"), "--json"],
                              capture_output=True, text=True, env=env, cwd=run / "project")
-    predicted = json.loads(planned.stdout)["memory"] if planned.returncode == 0 else {}
-    result["plan"] = {"rc": planned.returncode, "memory_predicted_bytes": predicted, "error": planned.stderr[-600:] if planned.returncode else None}
+    plan_json = json.loads(planned.stdout) if planned.returncode == 0 else {}
+    predicted = plan_json.get("memory", {})
+    result["plan"] = {"rc": planned.returncode, "memory_predicted_bytes": predicted, "disk_predicted": plan_json.get("disk", {}),
+                      "error": planned.stderr[-600:] if planned.returncode else None}
     build_command = [*modelforge, "build", str(manifest), "--source-dir", str(checkpoint_dir), "--store", str(run / "store-1"), "--out", str(run / "out-1")]
     if args.ignore_prediction:
         build_command += ["--memory-limit", "1024GiB"]
@@ -867,9 +928,12 @@ def main(argv: list[str] | None = None) -> int:
     log(f"build 1 (cgroup limit {args.build_limit}) …")
     cgroup = MemoryCgroup(f"modelforge-bench-build-{os.getpid()}", build_limit)
     try:
-        result["build"] = run_measured("build-1", build_command, cgroup, logs, env, cwd=run / "project", step_lines=True)
+        with DiskSampler([run / "store-1", run / "out-1"]) as disk_sampler:
+            result["build"] = run_measured("build-1", build_command, cgroup, logs, env, cwd=run / "project", step_lines=True)
     finally:
         cgroup.close()
+    if previous is None:  # a resumed run's store held the earlier steps already
+        result["disk"] = disk_figures(result["plan"]["disk_predicted"], run / "store-1", run / "out-1", disk_sampler.peak)
     log(f"  rc {result['build']['rc']} in {result['build']['wall_s']:.0f}s; cgroup {result['build']['cgroup']}")
     result["steps"] = step_rows(result["build"], predicted)
     if previous is not None:  # steps cached from the resumed run: its measurements, marked as such

@@ -25,7 +25,7 @@ TRAINED = ("gemma3-270m-",)
 
 
 def run_cli(*args, cwd, **env):
-    environment = {**os.environ, "MODELFORGE_MEMORY_LIMIT": "16GiB", **env}
+    environment = {**os.environ, "MODELFORGE_MEMORY_LIMIT": "16GiB", "MODELFORGE_DISK_LIMIT": "40GB", **env}
     return subprocess.run([sys.executable, "-m", "modelforge.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=environment)
 
 
@@ -47,6 +47,13 @@ def test_the_offline_plan_shows_the_memory_refusal():
     refused = [line for line in result.stdout.splitlines() if "`build` would refuse it" in line]
     # MODELFORGE_MEMORY_LIMIT is 16 GiB here (run_cli); the 4B text export needs about 17 GiB.
     assert any("bundle.export_text" in line and "17.1 GiB" in line for line in refused), result.stdout
+
+
+def test_the_offline_plan_shows_the_disk_refusal():
+    result = run_cli("plan", "manifests/medgemma-1.5-litertlm.yaml", cwd=ROOT)
+    # MODELFORGE_DISK_LIMIT is 40 GB here (run_cli); the 4B build writes about 58 GB (issue #26: 54 GB).
+    refused = [line for line in result.stdout.splitlines() if line.startswith("  disk   the build needs") and "`build` would refuse it" in line]
+    assert len(refused) == 1 and "MODELFORGE_DISK_LIMIT: 40.00 GB" in refused[0], result.stdout
 
 
 def test_diff_of_a_hub_manifest_works_offline(tmp_path, snapshot):

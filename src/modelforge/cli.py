@@ -161,6 +161,11 @@ def main() -> None:
     "a step predicted to need more is refused before anything runs (with --executor ray, each node's memory instead).",
 )
 @click.option(
+    "--disk-limit", default=None, metavar="SIZE",
+    help="Free disk the build may fill, e.g. 40GiB or 40GB (default: env MODELFORGE_DISK_LIMIT, else the free space of the store's "
+    "filesystem, and of dist/'s when another); a build predicted to write more is refused before anything runs.",
+)
+@click.option(
     "--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
     help="Where steps run: this machine, or a Ray cluster (each step a task placed by its predicted peak memory; "
     "outputs travel through the remote cache, which must be set; needs `pip install 'modelforge[ray]'`).",
@@ -174,7 +179,7 @@ def main() -> None:
 @_handle_errors
 def build(
     manifests: tuple[Path, ...], out: Path | None, source_dir: Path | None, store_dir: Path | None, frozen: bool, cache: str | None,
-    cache_read_only: bool, memory_limit: str | None, executor: str, address: str | None, sign_key: Path | None,
+    cache_read_only: bool, memory_limit: str | None, disk_limit: str | None, executor: str, address: str | None, sign_key: Path | None,
 ) -> None:
     """Build every target of each MANIFEST, reusing what the store (then the remote cache) already has."""
     from modelforge import api
@@ -188,7 +193,7 @@ def build(
     check_signing_ready()
     results = api.build_many(
         list(manifests), out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, reporter=RichReporter(), memory_limit=memory_limit,
-        cache=cache, cache_read_only=cache_read_only, executor=executor, address=address,
+        disk_limit=disk_limit, cache=cache, cache_read_only=cache_read_only, executor=executor, address=address,
     )
     for result in results:
         pulled = f" ({len(result.pulled)} pulled from the remote cache)" if result.pulled else ""
@@ -257,6 +262,7 @@ def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, cache:
             "targets": {t.name: t.node for t in report.plan.targets},
             "coverage": report.plan.facts["coverage"],
             "memory": report.plan.facts.get("memory", {}),
+            "disk": _disk_json(report),
             "planned_from": report.planned_from,
         }, indent=2, sort_keys=True))
         return
@@ -285,6 +291,42 @@ def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, cache:
         for name, peak in report.plan.facts["memory"].items():
             verdict = f"; `build` would refuse it (limit {limit / 2**30:.1f} GiB: {origin})" if peak > limit else ""
             click.echo(f"  memory {name:<{name_width}} predicted peak {peak / 2**30:.1f} GiB (this machine: {limit / 2**30:.1f} GiB){verdict}")
+    for line in _disk_lines(report, name_width):
+        click.echo(line)
+
+
+def _disk_lines(report, name_width: int) -> list[str]:
+    """Per heavy step that would run (one with a memory prediction, or writing 64 MiB or more), the
+    bytes it adds to the store; then what the build needs free and the store's size after it."""
+    from modelforge.disk import LINK_FROM, disk_limit, size_text
+
+    need, steps = report.disk, report.plan.facts.get("disk", {}).get("steps", {})
+    if need is None:
+        return []
+    pending = {status.name for status in report.statuses if not status.cached}
+    heavy = set(report.plan.facts.get("memory", {})) | {name for name, size in steps.items() if size >= LINK_FROM}
+    lines = [
+        f"  disk   {name:<{name_width}} writes about {size_text(size)} to the store"
+        for name, size in steps.items() if name in pending and name in heavy
+    ]
+    limit, origin = disk_limit(report.store_root)
+    free = f"free there: {size_text(limit)}" if origin == "free space" else f"{origin}: {size_text(limit)}"
+    verdict = f" ({free}; `build` would refuse it)" if need.total > limit else f" ({free})"
+    lines.append(
+        f"  disk   the build needs about {size_text(need.total)} free: {size_text(need.store)} of new store objects"
+        + (f" (at most {size_text(need.peak)} at once with a step's temporaries)" if need.peak > need.store else "")
+        + f", {size_text(need.dist)} copied into dist/{verdict}; the store grows from {size_text(need.store_now)} to about {size_text(need.store_after)}"
+    )
+    return lines
+
+
+def _disk_json(report) -> dict:
+    need = report.disk
+    figures = {"steps": report.plan.facts.get("disk", {}).get("steps", {})}
+    if need is not None:
+        figures |= {"need_bytes": need.total, "store_bytes": need.store, "peak_store_bytes": need.peak, "dist_bytes": need.dist, "store_bytes_now": need.store_now,
+                    "store_bytes_after": need.store_after}
+    return figures
 
 
 @main.command()

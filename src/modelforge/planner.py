@@ -11,13 +11,15 @@ The DAG for the text-only target (other targets add their own nodes under `targe
 
 Coverage is checked here, before anything runs: every source tensor belongs to a component a
 target uses or is dropped by a rule, and every source file is a weight shard, config.json, carried
-or dropped.
+or dropped. Beside the steps, the plan's facts carry the disk each step will add to the store
+(disk.py, from the shapes the targets' steps read), as the targets record their memory.
 """
 
 from __future__ import annotations
 
 from typing import Mapping
 
+from modelforge import disk
 from modelforge.errors import PlanError
 from modelforge.manifest.models import Manifest
 from modelforge.plan import Plan, SourceNode, StepNode, TargetNode
@@ -83,14 +85,32 @@ def make_plan(manifest: Manifest, facts: SourceFacts, manifest_path: str, manife
         "rule_hits": mapping.rule_hits,
         "files": files,
     }
+    steps = _topological(builder.steps, source.name)
     return Plan(
         manifest_name=manifest.name,
         manifest_digest=manifest_digest,
         source=source,
-        steps=_topological(builder.steps, source.name),
+        steps=steps,
         targets=tuple(targets),
-        facts={"coverage": coverage, "tensor_bytes": {name: facts.tensors[name].nbytes for name in names}, **builder.plan_facts},
+        facts={
+            "coverage": coverage, "tensor_bytes": {name: facts.tensors[name].nbytes for name in names}, **builder.plan_facts,
+            "disk": _predict_disk(builder, steps, targets),
+        },
     )
+
+
+def _predict_disk(builder: PlanBuilder, steps: tuple[StepNode, ...], targets: list[TargetNode]) -> dict:
+    """disk.py's prediction: the bytes each step adds to the store, and each target's files."""
+    tensors, owner = builder.facts.tensors, builder.owner
+
+    def shapes(components) -> dict:
+        wanted = set(components)
+        return {name: tuple(info.shape) for name, info in tensors.items() if owner.get(name) in wanted}
+
+    context = disk.Context(shapes, tensors, builder.facts.config, {item.path: (item.sha256, item.size) for item in builder.facts.files})
+    added, scratch, outputs = disk.predict_steps(steps, builder.source.name, context)
+    return {"steps": added, "scratch": {name: size for name, size in scratch.items() if size},
+            "targets": {target.name: outputs[target.node] for target in targets}}
 
 
 def _topological(steps: Mapping[str, StepNode], source_name: str) -> tuple[StepNode, ...]:

@@ -226,7 +226,9 @@ def test_a_build_into_a_full_filesystem_fails_in_one_line_and_leaves_the_store_w
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
             subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)
             store, out = disk / "store", disk / "out"
-            result = cli("build", str(versions.manifest), "--store", str(store), "--out", str(out), cwd=versions.project)
+            # The plan's disk check refuses a build the tmpfs cannot hold before anything runs; told the
+            # disk is larger than it is, the build runs into the real ENOSPC this test is about.
+            result = cli("build", str(versions.manifest), "--store", str(store), "--out", str(out), cwd=versions.project, MODELFORGE_DISK_LIMIT="1GB")
             lines = result.stderr.strip().splitlines()
             outcomes[size] = result.returncode
             assert "Traceback" not in result.stderr, (size, result.stderr)
@@ -242,6 +244,13 @@ def test_a_build_into_a_full_filesystem_fails_in_one_line_and_leaves_the_store_w
             assert again.returncode == 0, (size, again.stderr)
             assert tree(out / "text") == versions.new_tree, size
             assert store_problems(store) == [] and tmp_entries(store) == [], size
+        # Without the override, the smallest disk is refused by the plan, in one line, with nothing written.
+        for entry in disk.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        subprocess.run(["mount", "-o", "remount,size=64k", str(disk)], check=True)
+        refused = cli("build", str(versions.manifest), "--store", str(disk / "store"), "--out", str(disk / "out"), cwd=versions.project)
+        assert refused.returncode == 3 and refused.stderr.startswith("error: this build would write about "), refused.stderr
+        assert not [path for path in (disk / "store" / "objects").rglob("*") if path.is_file()] and not (disk / "out").exists()
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
     record_figure("disk_full_tmpfs", outcomes)

@@ -1,8 +1,8 @@
 """Building: the `build` verb (run the plan, lay the targets out, rewrite the lock) on this machine
 or, for one or more manifests at once, on a Ray cluster (ray_executor); its result, and the line
 that says how a target's files were laid out. Imports api.caching, api.gathering, api.locking,
-api.planning, api.project and executor, ray_executor, store, lock; heavy imports happen inside the
-steps, and ray inside ray_executor."""
+api.planning, api.project and executor, ray_executor, store, lock, memory and disk (the refusals before
+anything runs); heavy imports happen inside the steps, and ray inside ray_executor."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from modelforge.api.attesting import attest
 from modelforge.api.caching import remote_for, trusted_writers
 from modelforge.api.gathering import gather
 from modelforge.api.locking import CHECK_REPORTS, make_lock
-from modelforge.api.planning import opened, plan_for, previous_steps, tools_of
+from modelforge.api.planning import disk_need, opened, plan_for, previous_steps, tools_of
 from modelforge.api.project import Project, open_project
+from modelforge.disk import refuse_if_full
 from modelforge.errors import ConfigError, LockError
 from modelforge.executor import Reporter, SilentReporter, materialize_targets, run_plan, statuses
 from modelforge.faults import fault_point
@@ -91,7 +92,7 @@ def build(manifest_path: str | Path, **options) -> BuildResult:
 
 
 def _build_here(
-    manifest_path: str | Path, *, out, source_dir, store_dir, frozen, write_lockfile, reporter, memory_limit, cache, cache_read_only,
+    manifest_path: str | Path, *, out, source_dir, store_dir, frozen, write_lockfile, reporter, memory_limit, disk_limit, cache, cache_read_only,
 ) -> BuildResult:
     """One manifest, on this machine."""
     reporter = reporter or SilentReporter()
@@ -100,13 +101,15 @@ def _build_here(
     trusted = trusted_writers(project.root)
     with opened(project, store_dir, source_dir, reporter, need_weights=True) as (store, gathered, the_plan):
         toolchain = tools_of(the_plan)
+        node_statuses = statuses(the_plan, store, toolchain, {}, remote, trusted)
         if the_plan.facts.get("memory"):
             # Refuse now, not after an hour of swapping: the largest predicted peak of a step that would
             # run (a step the remote cache has is pulled, not run).
-            to_run = [
-                status.name for status in statuses(the_plan, store, toolchain, {}, remote, trusted) if not status.cached and not status.remote
-            ]
+            to_run = [status.name for status in node_statuses if not status.cached and not status.remote]
             refuse_if_too_large(the_plan.facts["memory"], to_run, memory_limit)
+        # And now, not when the disk fills an hour in: the objects of the steps that run or are pulled.
+        dist = Path(out) if out else project.default_out
+        refuse_if_full(disk_need(the_plan, node_statuses, store, dist), store.root, dist, disk_limit)
         admit = None
         if frozen:
             _check_frozen(project, make_lock(project, the_plan, toolchain, store))
@@ -149,6 +152,7 @@ def build_many(
     write_lockfile: bool = True,
     reporter: Reporter | None = None,
     memory_limit: str | int | None = None,
+    disk_limit: str | int | None = None,
     cache: str | None = None,
     cache_read_only: bool = False,
     executor: str = "local",
@@ -157,7 +161,8 @@ def build_many(
     """Build several manifests: one after another locally; on Ray, every step of all of them at
     once across the cluster, each placed by its predicted peak memory, files exchanged through the
     remote cache (which must be set and writable). With Ray the cluster's nodes, not this machine's
-    memory_limit, bound what a step may need. cache: the remote cache's URL ('' for none; None:
+    memory_limit, bound what a step may need; disk_limit (else $MODELFORGE_DISK_LIMIT, else the
+    free space) bounds what the store and dist/ may grow by, locally. cache: the remote cache's URL ('' for none; None:
     $MODELFORGE_CACHE, else modelforge.toml's cache.url); cache_read_only: pull but never push.
     executor: "local" (this machine), or "ray" (the cluster at address)."""
     if executor not in EXECUTORS:
@@ -168,7 +173,9 @@ def build_many(
         raise ConfigError("--out names one directory, for one manifest; build several without it (each goes to dist/<name>/)")
     options = dict(out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, write_lockfile=write_lockfile, reporter=reporter, cache=cache)
     if executor == "local":
-        return [_build_here(path, memory_limit=memory_limit, cache_read_only=cache_read_only, **options) for path in manifest_paths]
+        return [
+            _build_here(path, memory_limit=memory_limit, disk_limit=disk_limit, cache_read_only=cache_read_only, **options) for path in manifest_paths
+        ]
     return _build_on_ray(manifest_paths, address=address, cache_read_only=cache_read_only, **options)
 
 

@@ -1,6 +1,7 @@
 """Planning: the opening every command shares (the store, the source's gathered facts, the plan;
-`opened`), and the `plan` verb, which says what a build would run and why. Imports api.gathering,
-api.caching (which remote), api.project and planner, executor, store, lock, toolchain; never torch."""
+`opened`), and the `plan` verb, which says what a build would run and why, and the disk it needs
+(disk_need, which `build` checks too). Imports api.gathering, api.caching (which remote), api.project
+and planner, executor, store, lock, toolchain, disk; never torch."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from modelforge.api.caching import remote_for, trusted_writers
 from modelforge.api.gathering import Gathered, gather
 from modelforge.api.project import Project, open_project
+from modelforge.disk import DiskNeed, need
 from modelforge.errors import LockError
 from modelforge.executor import NodeStatus, Reporter, SilentReporter, statuses
 from modelforge.lock import read_lock
@@ -37,6 +39,15 @@ class PlanReport:
     toolchain: dict[str, str]
     statuses: list[NodeStatus]
     planned_from: str | None = None  # set when planned from reference data (the Hub out of reach)
+    disk: DiskNeed | None = None  # what the steps that would run (or be pulled) write, and the store after them
+    store_root: Path | None = None
+
+
+def disk_need(the_plan: Plan, node_statuses: list[NodeStatus], store: Store, dist: Path) -> DiskNeed:
+    """The disk a build of the_plan needs: the new objects of the steps the store lacks (run or
+    pulled, both write them) and the copies laid out in dist."""
+    facts = the_plan.facts.get("disk", {})
+    return need(facts, [status.name for status in node_statuses if not status.cached], facts.get("targets", {}), store.root, dist)
 
 
 def previous_steps(project: Project) -> dict[str, Any]:
@@ -71,4 +82,7 @@ def plan(
         toolchain = tools_of(the_plan)
         previous = {} if gathered.planned_from else previous_steps(project)
         remote = None if gathered.planned_from else remote_for(project.root, cache, read_only=True, reporter=reporter)
-        return PlanReport(project, the_plan, toolchain, statuses(the_plan, store, toolchain, previous, remote, trusted_writers(project.root)), gathered.planned_from)
+        node_statuses = statuses(the_plan, store, toolchain, previous, remote, trusted_writers(project.root))
+        return PlanReport(
+            project, the_plan, toolchain, node_statuses, gathered.planned_from, disk_need(the_plan, node_statuses, store, project.default_out), store.root,
+        )
