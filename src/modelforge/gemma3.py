@@ -66,15 +66,20 @@ def check_source_architecture(builder: PlanBuilder, where: str, task: str, expor
 
 
 def plan_reference(builder: PlanBuilder, checkpoint: InputRef, prompts: list[str], steps: int, multimodal: bool,
-                   answers: dict | None = None) -> InputRef:
+                   answers: dict | None = None, chat_template: str = "chat_template.jinja") -> InputRef:
     """The parity_reference step of `checkpoint` on these prompts (and, for `answers`, PyTorch's image
     answers up to its stop_tokens), as the input `reference` of a parity step. Targets asking for
     the same reference share one node: the float32 model is loaded once per build, not per gate. A
     multimodal reference computes the image answers even for a gate that reads none (stop tokens:
-    the runtime's, else STOP_TOKENS), so that every target of a checkpoint and prompts shares it."""
+    the runtime's, else STOP_TOKENS), so that every target of a checkpoint and prompts shares it.
+    The prompts are put in `chat_template`, the checkpoint's file the target ships: the tokenizer's
+    own by default (and then not a parameter, so the reference's key is what it was before templates
+    could be chosen)."""
     if multimodal and answers is None:
         answers = {"stop_tokens": list(STOP_TOKENS)}
     params = {"prompts": list(prompts), "steps": steps, "multimodal": multimodal, "answers": answers}
+    if chat_template != "chat_template.jinja":
+        params["chat_template"] = chat_template
     name = "reference" + ("" if checkpoint.node == builder.source.name else f".{checkpoint.node}")
     node = StepNode.make(name, parity_reference.KIND, parity_reference.VERSION, params,
                          (InputRef("checkpoint", checkpoint.node, checkpoint.select),), parity_reference.TOOLS)

@@ -116,8 +116,10 @@ def text_reference(request: dict) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=False)
     model = load_reference(checkpoint, "text", "AutoModelForCausalLM")
     arrays = {}
+    template = chat_template(request)
     for index, prompt in enumerate(request["prompts"]):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], chat_template=template, add_generation_prompt=True,
+                                            tokenize=True)
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         with torch.no_grad():
             generated = model.generate(
@@ -284,7 +286,15 @@ def runtime_image_answers(bundle: Path, prompt: str, steps: int, cards: list[Pat
     return replies
 
 
-def reference_image_answers(model, processor, prompt: str, steps: int, stop_tokens: list[str], cards: list[Path]) -> dict:
+def chat_template(request: dict) -> str | None:
+    """The template the prompts go in: the checkpoint's file the request names (what the target
+    ships), else None, the tokenizer's own."""
+    name = request.get("chat_template")
+    return None if name is None else (Path(request["checkpoint"]) / name).read_text(encoding="utf-8")
+
+
+def reference_image_answers(model, processor, prompt: str, steps: int, stop_tokens: list[str], cards: list[Path],
+                            template: str | None = None) -> dict:
     """PyTorch's greedy answers on the processor's own input_ids and pixel_values, to the first stop
     token. "causal" attends causally inside the image block, as the runtime does with our bundle
     (it declares no executor mask type); "bidirectional" is transformers' own image block (the
@@ -298,7 +308,7 @@ def reference_image_answers(model, processor, prompt: str, steps: int, stop_toke
     answers = {"causal": [], "bidirectional": []}
     for card in cards:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = processor.apply_chat_template(messages, chat_template=template, add_generation_prompt=True, tokenize=False)
         with Image.open(card) as image:
             inputs = processor(text=text, images=image.convert("RGB"), return_tensors="pt", add_special_tokens=False)
         for attention, tokens_of in answers.items():
@@ -345,7 +355,7 @@ def image_reference(request: dict) -> dict:
     handoff = {"cards": [str(card) for card in cards]}
     if request.get("bundle"):
         handoff["reference_answers"] = reference_image_answers(
-            model, processor, request["prompts"][0], request["steps"], request["stop_tokens"], cards)
+            model, processor, request["prompts"][0], request["steps"], request["stop_tokens"], cards, chat_template(request))
     return {"handoff": handoff}
 
 

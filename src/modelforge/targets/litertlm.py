@@ -125,7 +125,8 @@ def plan(builder: PlanBuilder, target: str, spec: LitertlmTarget) -> str:
     ))
     if spec.parity is not None:
         answers = {"stop_tokens": list(spec.metadata.stop_tokens)} if multimodal else None  # the runtime's image answers are gated
-        inputs = [checkpoint, plan_reference(builder, checkpoint, spec.parity.prompts, spec.parity.steps, multimodal, answers)]
+        inputs = [checkpoint, plan_reference(builder, checkpoint, spec.parity.prompts, spec.parity.steps, multimodal, answers,
+                                                 spec.metadata.chat_template)]
         for part, refs in final_by_part.items():
             inputs += [InputRef(part if index == 0 else f"{part}{index}", ref.node, ref.select) for index, ref in enumerate(refs)]
         if multimodal:  # images are checked through the runtime, on the bundle as shipped

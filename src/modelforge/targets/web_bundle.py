@@ -226,7 +226,8 @@ def _plan_parity(builder: PlanBuilder, target: str, variant: WebVariantSpec, ori
     checkpoint, _ = builder.target("litertlm").checkpoint_input(builder, variant.source_target, origin)
     checkpoint = InputRef("checkpoint", checkpoint.node, checkpoint.select)
     inputs = [checkpoint, plan_reference(
-        builder, checkpoint, origin.parity.prompts, origin.parity.steps, multimodal=True, answers={"stop_tokens": list(origin.metadata.stop_tokens)})]
+        builder, checkpoint, origin.parity.prompts, origin.parity.steps, multimodal=True, answers={"stop_tokens": list(origin.metadata.stop_tokens)},
+        chat_template=origin.metadata.chat_template)]
     inputs += [InputRef(key, ref.node, ref.select) for key, ref in refs.items()]
     builder.add(StepNode.make(
         f"{target}.parity.{variant.name}", litert_parity.KIND, litert_parity.VERSION, builder.target("litertlm").parity_params(origin, runtime=False),

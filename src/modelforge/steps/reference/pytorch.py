@@ -18,10 +18,11 @@ TOOLS = ("pillow", "torch", "transformers")
 
 
 def run(context: StepContext) -> None:
-    """params: {prompts, steps, multimodal, answers: null | {stop_tokens}}; input: checkpoint."""
+    """params: {prompts, steps, multimodal, answers: null | {stop_tokens}, chat_template?: the checkpoint's
+    file to put the prompts in (default: the tokenizer's own template)}; input: checkpoint."""
     params = context.params
     request = job_request(
         context, "reference", checkpoint=str(context.input_dir("checkpoint")), prompts=params["prompts"], steps=params["steps"],
-        multimodal=params["multimodal"], answers=params["answers"],
+        multimodal=params["multimodal"], answers=params["answers"], chat_template=params.get("chat_template"),
     )
     run_job(context, request, "PyTorch reference", MODULE)
