@@ -135,3 +135,65 @@ def test_the_comparison_lets_a_tied_weight_be_absent_only_when_its_partner_is_pr
     assert compare(expected, tied, {"embed.weight": info("embed.weight", (8, 4))}, "float32")["problems"] == []
     assert compare(expected, {}, {"embed.weight": info("embed.weight", (8, 4))}, "float32")["problems"] == ["missing tensors lm_head.weight"]
     assert compare(expected, tied, {"lm_head.weight": info("lm_head.weight", (8, 4))}, None)["problems"] == ["missing tensors embed.weight"]
+
+
+REFERENCE_TEXT_CONFIGS = {
+    # MedGemma 4B's text_config names four fields; every other one is Gemma3TextConfig's default.
+    "medgemma-4b": {"hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34, "sliding_window": 1024,
+                    "rope_scaling": {"factor": 8.0, "rope_type": "linear"}},
+    "defaults": {},
+    "biased-untied": {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+                      "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 300, "attention_bias": True, "tie_word_embeddings": False},
+}
+
+
+@pytest.mark.parametrize("name", ["tiny-medgemma", *REFERENCE_TEXT_CONFIGS])
+def test_the_gemma3_layout_written_out_is_transformers_own(name):
+    """The state dict check_architecture expects without torch is the one transformers' own
+    Gemma3ForCausalLM has, on the meta device, for the tiny fixture's, MedGemma 4B's and odd configs."""
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    from modelforge.steps.checkpoint.check_architecture import GEMMA3_TEXT_DEFAULTS, _tied, gemma3_text_layout
+
+    if name == "tiny-medgemma":
+        from pathlib import Path
+        text = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "tiny-medgemma" / "config.json").read_text())["text_config"]
+    else:
+        text = REFERENCE_TEXT_CONFIGS[name]
+    raw = {**text, "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text"}
+    config = transformers.Gemma3TextConfig(**{key: value for key, value in text.items() if key != "model_type"})
+    assert {key: getattr(config, key) for key in GEMMA3_TEXT_DEFAULTS if key not in text} == {
+        key: value for key, value in GEMMA3_TEXT_DEFAULTS.items() if key not in text}
+    with torch.device("meta"):
+        model = transformers.Gemma3ForCausalLM(config)
+    expected, tied = gemma3_text_layout("text", raw)
+    assert expected == {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    assert tied == _tied(model)
+
+
+def test_the_text_only_check_never_imports_torch(tmp_project, tmp_path):
+    """The text-only build's architecture check reads shapes: it must not take the build process to
+    torch's ~450 MB of RSS (issue #26). Run in a fresh interpreter, which has not imported torch."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from modelforge import api\n"
+        f"result = api.build({str(_manifest(tmp_project))!r}, store_dir={str(tmp_path / 'store')!r})\n"
+        "assert 'text.check' in result.ran, result.ran\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_project, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_an_impossible_size_in_the_config_fails_naming_the_field(tmp_project, tmp_path):
+    config = tmp_project / "fixtures" / "tiny-medgemma" / "config.json"
+    data = json.loads(config.read_text())
+    data["text_config"]["head_dim"] = 0
+    config.write_text(json.dumps(data))
+    with pytest.raises(ModelforgeError, match=r"head_dim"):
+        _build(tmp_project, tmp_path, _manifest(tmp_project))

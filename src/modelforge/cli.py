@@ -166,6 +166,12 @@ def main() -> None:
     "filesystem, and of dist/'s when another); a build predicted to write more is refused before anything runs.",
 )
 @click.option(
+    "--store-budget", default=None, metavar="SIZE",
+    help="Size the store should keep to, e.g. 25GB (default: env MODELFORGE_STORE_BUDGET, else none): while it is over, the build drops "
+    "the objects of intermediate steps once nothing more reads them, quick-to-remake ones first, float exports last; records, targets and "
+    "checks stay, so a rebuild runs nothing. See docs/store.md.",
+)
+@click.option(
     "--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
     help="Where steps run: this machine, or a Ray cluster (each step a task placed by its predicted peak memory; "
     "outputs travel through the remote cache, which must be set; needs `pip install 'modelforge[ray]'`).",
@@ -179,7 +185,8 @@ def main() -> None:
 @_handle_errors
 def build(
     manifests: tuple[Path, ...], out: Path | None, source_dir: Path | None, store_dir: Path | None, frozen: bool, cache: str | None,
-    cache_read_only: bool, memory_limit: str | None, disk_limit: str | None, executor: str, address: str | None, sign_key: Path | None,
+    cache_read_only: bool, memory_limit: str | None, disk_limit: str | None, store_budget: str | None, executor: str, address: str | None,
+    sign_key: Path | None,
 ) -> None:
     """Build every target of each MANIFEST, reusing what the store (then the remote cache) already has."""
     from modelforge import api
@@ -193,7 +200,7 @@ def build(
     check_signing_ready()
     results = api.build_many(
         list(manifests), out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, reporter=RichReporter(), memory_limit=memory_limit,
-        disk_limit=disk_limit, cache=cache, cache_read_only=cache_read_only, executor=executor, address=address,
+        disk_limit=disk_limit, store_budget=store_budget, cache=cache, cache_read_only=cache_read_only, executor=executor, address=address,
     )
     for result in results:
         pulled = f" ({len(result.pulled)} pulled from the remote cache)" if result.pulled else ""
@@ -245,12 +252,13 @@ def check_lines(checks: dict) -> list[str]:
 @store_option
 @cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--store-budget", default=None, metavar="SIZE", help="Count the disk as a build with this store budget would use it (see build --store-budget).")
 @_handle_errors
-def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, cache: str | None, as_json: bool) -> None:
+def plan(manifest: Path, source_dir: Path | None, store_dir: Path | None, cache: str | None, as_json: bool, store_budget: str | None) -> None:
     """Show what `build` would run (or pull from the remote cache), and why. Imports no model library."""
     from modelforge import api
 
-    report = api.plan(manifest, source_dir=source_dir, store_dir=store_dir, cache=cache)
+    report = api.plan(manifest, source_dir=source_dir, store_dir=store_dir, cache=cache, store_budget=store_budget)
     if as_json:
         import json
 
@@ -316,6 +324,7 @@ def _disk_lines(report, name_width: int) -> list[str]:
         f"  disk   the build needs about {size_text(need.total)} free: {size_text(need.store)} of new store objects"
         + (f" (at most {size_text(need.peak)} at once with a step's temporaries)" if need.peak > need.store else "")
         + f", {size_text(need.dist)} copied into dist/{verdict}; the store grows from {size_text(need.store_now)} to about {size_text(need.store_after)}"
+        + (f" (budget {size_text(need.budget)}: intermediates are dropped once read, float exports last)" if need.budget is not None else "")
     )
     return lines
 
@@ -325,7 +334,7 @@ def _disk_json(report) -> dict:
     figures = {"steps": report.plan.facts.get("disk", {}).get("steps", {})}
     if need is not None:
         figures |= {"need_bytes": need.total, "store_bytes": need.store, "peak_store_bytes": need.peak, "dist_bytes": need.dist, "store_bytes_now": need.store_now,
-                    "store_bytes_after": need.store_after}
+                    "store_bytes_after": need.store_after, "store_budget_bytes": need.budget}
     return figures
 
 

@@ -36,7 +36,10 @@ step kind names, in one table rather than in each step's module, because a rule 
 shapes and its inputs' predicted files, which a step module (run time) never sees; a test checks the
 table against the step registry.
 
-Imports only `errors`, `memory` (sizes), `outputs` (LINK_FROM) and `web.limits` (recipe storage): the
+With a store budget (`Retention`), `need` applies retention.py's policy to the predicted sizes, in
+the executor's order, so the peak and the store after the build are those of a budgeted build.
+
+Imports only `errors`, `memory` (sizes), `outputs` (LINK_FROM), `retention` and `web.limits` (recipe storage): the
 planner calls it, so `plan` stays free of torch.
 """
 
@@ -52,9 +55,10 @@ from typing import Any, Callable, Iterable, Mapping
 from modelforge.errors import PlanError
 from modelforge.memory import parse_size
 from modelforge.outputs import LINK_FROM  # files of this size or more are hard-linked into dist/
+from modelforge.retention import Candidate, choose, consumers, ready
 from modelforge.web.limits import recipe_storage
 
-__all__ = ["ENV_LIMIT", "LINK_FROM", "RULES", "STATED_ERROR", "DiskNeed", "need", "predict_steps", "refuse_if_full"]
+__all__ = ["ENV_LIMIT", "LINK_FROM", "RULES", "STATED_ERROR", "DiskNeed", "Retention", "need", "predict_steps", "refuse_if_full"]
 
 ENV_LIMIT = "MODELFORGE_DISK_LIMIT"
 
@@ -418,12 +422,15 @@ def _scratch(kind: str, inputs: Mapping[str, Files], files: Files) -> int:
     return 0
 
 
-def predict_steps(steps, source_name: str, context: Context) -> tuple[dict[str, int], dict[str, int], dict[str, dict[str, int]]]:
+def predict_steps(steps, source_name: str, context: Context) -> tuple[dict[str, int], dict[str, int], dict[str, dict[str, int]], dict[str, list[str]]]:
     """(step name → bytes it adds to the store, step name → bytes of temporaries it writes beside
-    them and removes, step name → its output files' predicted bytes) for `steps` in topological
-    order: each object counted at the first step that writes it."""
+    them and removes, step name → its output files' predicted bytes, step name → the later steps
+    that pass an object of it through) for `steps` in topological order: each object counted at
+    the first step that writes it."""
     predicted: dict[str, Files] = {source_name: {path: _source(context, path) for path in context.source_files}}
     seen: set[tuple] = set()
+    first: dict[tuple, str] = {}  # an object's identity → the step that writes it
+    holders: dict[str, set[str]] = {}  # step → the later steps naming an object it wrote (pass-throughs)
     added: dict[str, int] = {}
     scratch: dict[str, int] = {}
     # A node's identity is its content (kind, version, params, inputs), as its key is: two names for
@@ -447,11 +454,14 @@ def predict_steps(steps, source_name: str, context: Context) -> tuple[dict[str, 
         for item in files.values():
             if item.identity not in seen:
                 seen.add(item.identity)
+                first[item.identity] = step.name
                 new += item.size
+            elif first.get(item.identity) not in (None, step.name):
+                holders.setdefault(first[item.identity], set()).add(step.name)
         added[step.name] = new
         scratch[step.name] = _scratch(step.kind, inputs, files) if new else 0
     outputs = {name: {file: item.size for file, item in files.items()} for name, files in predicted.items() if name != source_name}
-    return added, scratch, outputs
+    return added, scratch, outputs, {name: sorted(names) for name, names in holders.items()}
 
 
 # --- the build's need ------------------------------------------------------------------------------
@@ -467,6 +477,7 @@ class DiskNeed:
     store_now: int
     store_after: int
     dist_separate: bool
+    budget: int | None = None  # the store budget the figures obey (retention.py), if any
 
     @property
     def total(self) -> int:
@@ -497,20 +508,50 @@ def _device(path: Path) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class Retention:
+    """A store budget and what simulating it needs of the plan (retention.py's policy): each step's
+    inputs (step names), the steps whose objects must stay (targets, checks), the costly ones."""
+
+    budget: int
+    reads: Mapping[str, Iterable[str]]
+    protected: set[str]
+    costly: set[str]
+
+
 def need(disk_facts: Mapping[str, Any], to_run: Iterable[str], target_files: Mapping[str, Mapping[str, int]], store_root: Path,
-         dist: Path | None) -> DiskNeed:
+         dist: Path | None, retention: Retention | None = None) -> DiskNeed:
     """The disk need of building the steps `to_run` (by name), laying out target_files (target →
-    file → predicted bytes) under dist."""
+    file → predicted bytes) under dist; with a store budget, the build drops intermediates as the
+    executor will (the objects of steps not run here count as freeing nothing: they may be gone)."""
     steps, scratch, pending = disk_facts.get("steps", {}), disk_facts.get("scratch", {}), set(to_run)
+    holders = disk_facts.get("holders", {})
+    now = store_size(store_root)
     store = peak = 0
+    readers = consumers([(name, reads) for name, reads in retention.reads.items()]) if retention else {}
+    handled: set[str] = set()
+    dropped: set[str] = set()
     for name, size in steps.items():  # the plan's order, which the executor follows
         if name in pending:
             peak = max(peak, store + size + scratch.get(name, 0))
             store += size
+        if retention is None:
+            continue
+        handled.add(name)
+        ready_now = ready(readers, handled, retention.protected, dropped)
+        if not ready_now or now + store <= retention.budget:
+            continue
+
+        def frees(step: str) -> int:
+            staying = [holder for holder in holders.get(step, ()) if holder in retention.protected or holder not in ready_now]
+            return 0 if staying or step not in pending else steps.get(step, 0)
+
+        for step in choose([Candidate(step, frees(step), step in retention.costly) for step in ready_now], now + store, retention.budget):
+            store -= frees(step)
+            dropped.add(step)
     separate = dist is not None and _device(dist) != _device(store_root)
     copied = sum(size for files in target_files.values() for size in files.values() if separate or size < LINK_FROM)
-    now = store_size(store_root)
-    return DiskNeed(store, peak, copied, now, now + store, separate)
+    return DiskNeed(store, peak, copied, now, now + store, separate, retention.budget if retention else None)
 
 
 def free_space(path: Path) -> int:

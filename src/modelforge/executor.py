@@ -4,7 +4,13 @@ is skipped; else, with a remote cache, its trusted record and re-hashed objects 
 store; only when both miss does it run, in a scratch directory: its outputs move into the store
 under their hashes, and its record is written last (so a crash never leaves a record without its
 objects); then it is pushed. It never prints: it reports to a Reporter, and it says why each step
-ran, doit-style. Imports plan, store, remote, steps, errors; heavy imports happen inside the steps."""
+ran, doit-style.
+
+It builds on demand (`demand`): a step whose record stands but whose objects are gone (dropped under
+a store budget, retention.py) is not run when no target, no check and no step that runs reads
+them. With a budget, the objects of the plan's intermediate steps are dropped as the build goes,
+once every step reading them has run, in retention.py's order.
+Imports plan, store, remote, retention, steps, errors; heavy imports happen inside the steps."""
 
 from __future__ import annotations
 
@@ -16,13 +22,15 @@ from pathlib import Path
 from contextlib import ExitStack
 from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
 
+from modelforge.disk import size_text
 from modelforge.errors import ModelforgeError, RemoteError, SourceError, StepFailed, StoreError
 from modelforge.faults import fault_point
 from modelforge.hashing import hash_file
 from modelforge.outputs import LINK_FROM, OUTPUT_DIR_MODE, Materialized, place_output, swap_into_place
 from modelforge.plan import Plan, StepNode, compute_keys
 from modelforge.remote import RemoteCache
-from modelforge.steps import STEPS
+from modelforge.retention import Candidate, choose, consumers, ready
+from modelforge.steps import CHECK_REPORTS, KEPT, STEPS
 from modelforge.steps.base import InputFile, StepContext
 from modelforge.store import BUILT_HERE, FileRecord, StepRecord, Store, storage_error, unusable_because
 
@@ -87,9 +95,14 @@ def statuses(
     keys = compute_keys(plan, toolchain)
     result = []
     usable: dict[str, StepRecord] = {}
+    skipped = demand(plan, store, keys, needed_objects(plan), trusted)
     for step in plan.steps:
         key, parts = keys[step.name]["key"], keys[step.name]["parts"]
         record = store.get_record(key)
+        if step.name in skipped and record is not None:
+            usable[step.name] = record
+            result.append(NodeStatus(step.name, step.kind, key, parts, True, "cached (objects dropped; nothing that runs reads them)"))
+            continue
         damaged = record is not None and not all(store.has_object(item) for item in record.outputs.values())
         problem = None if record is None or damaged else unusable_record(step, record, input_digests(plan, step, usable), trusted)
         if record is not None and not damaged and problem is None:
@@ -106,6 +119,57 @@ def statuses(
                 continue
             result.append(NodeStatus(step.name, step.kind, key, parts, False, reason))
     return result
+
+
+def needed_objects(plan: Plan) -> dict[str, Collection[str] | None]:
+    """The objects a build must hold at its end, by step: every file of each target, the report of
+    each check (the lock reads it). Other steps' objects are needed only by a step that runs."""
+    needed: dict[str, Collection[str] | None] = {step.name: (CHECK_REPORTS[step.kind],) for step in plan.steps if step.kind in CHECK_REPORTS}
+    needed |= {target.node: None for target in plan.targets}
+    return needed
+
+
+def demand(
+    plan: Plan, store: Store, keys: Mapping[str, Mapping[str, Any]], needed: Mapping[str, Collection[str] | None] | None,
+    trusted: Collection[str] = frozenset(),
+) -> set[str]:
+    """The steps to skip although some of their objects are gone: their record stands, and neither
+    `needed` (step → files, None for all) nor any step that must run reads what is missing. Walks
+    the plan backwards, so that a step knows whether its readers run before it is decided.
+    needed None: every object of every step is needed (nothing is skipped)."""
+    if needed is None:
+        return set()
+    usable: dict[str, StepRecord] = {}
+    for step in plan.steps:
+        record = store.get_record(keys[step.name]["key"])
+        if record is not None and unusable_record(step, record, input_digests(plan, step, usable), trusted) is None:
+            usable[step.name] = record
+    readers: dict[str, list[StepNode]] = {step.name: [] for step in plan.steps}
+    for step in plan.steps:
+        for ref in step.inputs:
+            if ref.node in readers:
+                readers[ref.node].append(step)
+    runs: set[str] = set()
+    skipped: set[str] = set()
+    for step in reversed(plan.steps):
+        record = usable.get(step.name)
+        if record is None:
+            runs.add(step.name)
+            continue
+        wanted: set[str] = set()
+        if step.name in needed:
+            wanted |= set(record.outputs) if needed[step.name] is None else set(needed[step.name])
+        for reader in readers[step.name]:
+            if reader.name in runs:
+                for ref in reader.inputs:
+                    if ref.node == step.name:
+                        wanted |= set(record.outputs) if ref.select is None else set(ref.select)
+        missing = [name for name in record.outputs if not store.object_path(record.outputs[name].sha256).exists()]
+        if any(name in wanted for name in missing):
+            runs.add(step.name)
+        elif missing:
+            skipped.add(step.name)
+    return skipped
 
 
 # Steps whose record is a verdict on their inputs ("28 tensors fit Gemma3ForCausalLM", parity
@@ -164,6 +228,9 @@ def run_plan(
     remote: RemoteCache | None = None,
     trusted: Collection[str] = frozenset(),
     admit: Callable[[StepNode, StepRecord], None] | None = None,
+    needed: Mapping[str, Collection[str] | None] | None = None,
+    budget: int | None = None,
+    store_bytes: Callable[[], int] | None = None,
 ) -> dict[str, StepRecord]:
     """Run every step that is not cached; return node name → record for all steps. Steps that
     measure themselves (seconds, peak memory of a worker) leave that in `measurements`. With a
@@ -171,14 +238,28 @@ def run_plan(
     (when the cache may be written): a failed push is a warning, never a failed build. A record
     is used only when usable (see unusable_record; trusted: the public keys whose pulled records are).
     admit, when given, sees each step's record (cached, pulled or made) before any later step uses
-    it, and raises to refuse it (`build --frozen` refuses a target the lock does not pin)."""
+    it, and raises to refuse it (`build --frozen` refuses a target the lock does not pin).
+    needed (needed_objects): what must be at hand at the end; a step whose objects are gone and that
+    nothing needs is skipped (demand). None: every object (nothing skipped). budget (bytes, with
+    store_bytes measuring the store): over it, intermediates are dropped as the build goes (retention)."""
     keys = compute_keys(plan, toolchain)
     records: dict[str, StepRecord] = {}
     verified_sources: set[str] = set()
+    skipped = demand(plan, store, keys, needed, trusted)
+    retain = _Retention(plan, store, records, needed or {}, budget, store_bytes, reporter) if budget is not None else None
     for step in plan.steps:
         key = keys[step.name]["key"]
         with store.lock(key):
             record = store.get_record(key)
+            if step.name in skipped and record is not None and unusable_record(step, record, input_digests(plan, step, records), trusted) is None:
+                if admit is not None:
+                    admit(step, record)
+                store.mark_used(key)
+                reporter.step_finished(step.name, False, 0.0)
+                records[step.name] = record
+                if retain is not None:
+                    retain.handled(step.name)
+                continue
             damaged = record is not None and not all(store.has_object(item) for item in record.outputs.values())
             problem = None if record is None or damaged else unusable_record(step, record, input_digests(plan, step, records), trusted)
             if record is not None and not damaged and problem is None:
@@ -187,6 +268,8 @@ def run_plan(
                 store.mark_used(key)
                 reporter.step_finished(step.name, False, 0.0)
                 records[step.name] = record
+                if retain is not None:
+                    retain.handled(step.name)
                 continue
             started = time.monotonic()
             if remote is not None:
@@ -204,6 +287,8 @@ def run_plan(
                         reporter.step_pulled(step.name, step.kind, sum(item.size for item in pulled.outputs.values()))
                         reporter.step_finished(step.name, False, time.monotonic() - started)
                         records[step.name] = pulled
+                        if retain is not None:
+                            retain.handled(step.name)
                         continue
                     reporter.message(f"warning: step {step.name}: the remote record {key[:12]}… is not used: {stale}; the step runs locally")
                     problem = stale
@@ -225,7 +310,44 @@ def run_plan(
                 except RemoteError as error:
                     reporter.message(f"warning: step {step.name} was not pushed: {error}")
             reporter.step_finished(step.name, True, time.monotonic() - started)
+        if retain is not None:
+            retain.handled(step.name)
     return records
+
+
+class _Retention:
+    """Drops intermediates as the build goes when the store is over its budget (retention.py)."""
+
+    def __init__(self, plan: Plan, store: Store, records: Mapping[str, StepRecord], needed, budget: int, measure, reporter: Reporter):
+        self.store, self.records, self.budget, self.measure, self.reporter = store, records, budget, measure, reporter
+        self.readers = consumers([(step.name, [ref.node for ref in step.inputs]) for step in plan.steps])
+        self.protected = set(needed)
+        self.costly = {step.name for step in plan.steps if step.kind in KEPT}
+        self.done: set[str] = set()
+        self.dropped: set[str] = set()
+
+    def handled(self, name: str) -> None:
+        self.done.add(name)
+        ready_now = ready(self.readers, self.done, self.protected, self.dropped)
+        if not ready_now:
+            return
+        size = self.measure()
+        if size <= self.budget:
+            return
+        # An object a step that stays also names (a pass-through: the web bundle's .task) is never dropped.
+        kept = {item.sha256 for step, record in self.records.items() if step not in ready_now or step in self.protected for item in record.outputs.values()}
+        frees = {}
+        for step in ready_now:
+            objects = {item.sha256: item.size for item in self.records[step].outputs.values() if item.sha256 not in kept}
+            frees[step] = {sha: size for sha, size in objects.items() if self.store.object_path(sha).exists()}
+        chosen = choose([Candidate(step, sum(frees[step].values()), step in self.costly) for step in ready_now], size, self.budget)
+        for step in chosen:
+            for sha in frees[step]:
+                self.store.remove_object(sha)
+            self.dropped.add(step)
+            freed = sum(frees[step].values())
+            if freed:
+                self.reporter.message(f"store over its budget: dropped {step}'s objects ({size_text(freed)}; its record stays)")
 
 
 def _inputs(plan, step: StepNode, store: Store, records, source_paths, verified: set[str]) -> dict[str, dict[str, InputFile]]:
@@ -250,6 +372,10 @@ def _inputs(plan, step: StepNode, store: Store, records, source_paths, verified:
             upstream = records[ref.node]
             for relative, item in upstream.outputs.items():
                 if ref.select is None or relative in ref.select:
+                    if not store.object_path(item.sha256).exists():
+                        # Dropped under a store budget while a step was thought not to need it (the
+                        # step's record turned out stale): the next build runs the step that makes it.
+                        raise StoreError(f"{ref.node}'s {relative} is no longer in the store (dropped under its budget); run the build again")
                     files[relative] = InputFile(store.object_path(item.sha256), item, in_store=True)
         inputs[ref.name] = files
     return inputs

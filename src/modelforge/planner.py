@@ -108,9 +108,9 @@ def _predict_disk(builder: PlanBuilder, steps: tuple[StepNode, ...], targets: li
         return {name: tuple(info.shape) for name, info in tensors.items() if owner.get(name) in wanted}
 
     context = disk.Context(shapes, tensors, builder.facts.config, {item.path: (item.sha256, item.size) for item in builder.facts.files})
-    added, scratch, outputs = disk.predict_steps(steps, builder.source.name, context)
+    added, scratch, outputs, holders = disk.predict_steps(steps, builder.source.name, context)
     return {"steps": added, "scratch": {name: size for name, size in scratch.items() if size},
-            "targets": {target.name: outputs[target.node] for target in targets}}
+            "targets": {target.name: outputs[target.node] for target in targets}, "holders": holders}
 
 
 def _topological(steps: Mapping[str, StepNode], source_name: str) -> tuple[StepNode, ...]:

@@ -17,14 +17,15 @@ from modelforge.api.gathering import gather
 from modelforge.api.locking import CHECK_REPORTS, make_lock
 from modelforge.api.planning import disk_need, opened, plan_for, previous_steps, tools_of
 from modelforge.api.project import Project, open_project
-from modelforge.disk import refuse_if_full
+from modelforge.disk import refuse_if_full, store_size
 from modelforge.errors import ConfigError, LockError
-from modelforge.executor import Reporter, SilentReporter, materialize_targets, run_plan, statuses
+from modelforge.executor import Reporter, SilentReporter, materialize_targets, needed_objects, run_plan, statuses
 from modelforge.faults import fault_point
 from modelforge.lock import Lock, differences, read_lock, read_lock_or_none, write_lock
 from modelforge.memory import refuse_if_too_large
 from modelforge.outputs import LINK_FROM, Materialized
 from modelforge.plan import Plan
+from modelforge.retention import budget_from
 from modelforge.store import FileRecord, Store, default_store_dir
 
 EXECUTORS = ("local", "ray")
@@ -93,12 +94,14 @@ def build(manifest_path: str | Path, **options) -> BuildResult:
 
 def _build_here(
     manifest_path: str | Path, *, out, source_dir, store_dir, frozen, write_lockfile, reporter, memory_limit, disk_limit, cache, cache_read_only,
+    store_budget=None,
 ) -> BuildResult:
     """One manifest, on this machine."""
     reporter = reporter or SilentReporter()
     project = open_project(manifest_path)
     remote = remote_for(project.root, cache, cache_read_only, reporter)
     trusted = trusted_writers(project.root)
+    budget = budget_from(store_budget)
     with opened(project, store_dir, source_dir, reporter, need_weights=True) as (store, gathered, the_plan):
         toolchain = tools_of(the_plan)
         node_statuses = statuses(the_plan, store, toolchain, {}, remote, trusted)
@@ -109,7 +112,7 @@ def _build_here(
             refuse_if_too_large(the_plan.facts["memory"], to_run, memory_limit)
         # And now, not when the disk fills an hour in: the objects of the steps that run or are pulled.
         dist = Path(out) if out else project.default_out
-        refuse_if_full(disk_need(the_plan, node_statuses, store, dist), store.root, dist, disk_limit)
+        refuse_if_full(disk_need(the_plan, node_statuses, store, dist, budget), store.root, dist, disk_limit)
         admit = None
         if frozen:
             _check_frozen(project, make_lock(project, the_plan, toolchain, store))
@@ -118,7 +121,7 @@ def _build_here(
         result = BuildResult(project, the_plan)
         records = run_plan(
             the_plan, store, gathered.paths, toolchain, previous_steps(project), _Counting(reporter, result), result.measurements, remote,
-            trusted, admit,
+            trusted, admit, needed_objects(the_plan), budget, lambda: store_size(store.root),
         )
         result.out_dir = Path(out) if out else project.default_out
         outputs = {target.name: records[target.node].outputs for target in the_plan.targets}
@@ -153,6 +156,7 @@ def build_many(
     reporter: Reporter | None = None,
     memory_limit: str | int | None = None,
     disk_limit: str | int | None = None,
+    store_budget: str | int | None = None,
     cache: str | None = None,
     cache_read_only: bool = False,
     executor: str = "local",
@@ -162,7 +166,9 @@ def build_many(
     once across the cluster, each placed by its predicted peak memory, files exchanged through the
     remote cache (which must be set and writable). With Ray the cluster's nodes, not this machine's
     memory_limit, bound what a step may need; disk_limit (else $MODELFORGE_DISK_LIMIT, else the
-    free space) bounds what the store and dist/ may grow by, locally. cache: the remote cache's URL ('' for none; None:
+    free space) bounds what the store and dist/ may grow by, locally; store_budget (else
+    $MODELFORGE_STORE_BUDGET, else none), locally, drops intermediates as retention.py says
+    while the store is over it. cache: the remote cache's URL ('' for none; None:
     $MODELFORGE_CACHE, else modelforge.toml's cache.url); cache_read_only: pull but never push.
     executor: "local" (this machine), or "ray" (the cluster at address)."""
     if executor not in EXECUTORS:
@@ -174,7 +180,8 @@ def build_many(
     options = dict(out=out, source_dir=source_dir, store_dir=store_dir, frozen=frozen, write_lockfile=write_lockfile, reporter=reporter, cache=cache)
     if executor == "local":
         return [
-            _build_here(path, memory_limit=memory_limit, disk_limit=disk_limit, cache_read_only=cache_read_only, **options) for path in manifest_paths
+            _build_here(path, memory_limit=memory_limit, disk_limit=disk_limit, cache_read_only=cache_read_only, store_budget=store_budget, **options)
+            for path in manifest_paths
         ]
     return _build_on_ray(manifest_paths, address=address, cache_read_only=cache_read_only, **options)
 

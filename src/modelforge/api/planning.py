@@ -13,13 +13,15 @@ from typing import Any
 from modelforge.api.caching import remote_for, trusted_writers
 from modelforge.api.gathering import Gathered, gather
 from modelforge.api.project import Project, open_project
-from modelforge.disk import DiskNeed, need
+from modelforge.disk import DiskNeed, Retention, need
 from modelforge.errors import LockError
-from modelforge.executor import NodeStatus, Reporter, SilentReporter, statuses
+from modelforge.executor import NodeStatus, Reporter, SilentReporter, needed_objects, statuses
 from modelforge.lock import read_lock
 from modelforge.manifest import manifest_digest
 from modelforge.plan import Plan
 from modelforge.planner import make_plan
+from modelforge.retention import budget_from
+from modelforge.steps import KEPT
 from modelforge.store import Store, default_store_dir
 from modelforge.toolchain import versions
 
@@ -43,11 +45,18 @@ class PlanReport:
     store_root: Path | None = None
 
 
-def disk_need(the_plan: Plan, node_statuses: list[NodeStatus], store: Store, dist: Path) -> DiskNeed:
+def disk_need(the_plan: Plan, node_statuses: list[NodeStatus], store: Store, dist: Path, budget: int | None = None) -> DiskNeed:
     """The disk a build of the_plan needs: the new objects of the steps the store lacks (run or
-    pulled, both write them) and the copies laid out in dist."""
+    pulled, both write them) and the copies laid out in dist; with a store budget, less what the
+    build drops as it goes (retention.py, simulated on the predicted sizes)."""
     facts = the_plan.facts.get("disk", {})
-    return need(facts, [status.name for status in node_statuses if not status.cached], facts.get("targets", {}), store.root, dist)
+    retention = None
+    if budget is not None:
+        retention = Retention(
+            budget, {step.name: [ref.node for ref in step.inputs] for step in the_plan.steps}, set(needed_objects(the_plan)),
+            {step.name for step in the_plan.steps if step.kind in KEPT},
+        )
+    return need(facts, [status.name for status in node_statuses if not status.cached], facts.get("targets", {}), store.root, dist, retention)
 
 
 def previous_steps(project: Project) -> dict[str, Any]:
@@ -72,10 +81,12 @@ def opened(project: Project, store_dir: Path | None, source_dir: Path | None, re
 
 def plan(
     manifest_path: str | Path, *, source_dir: Path | None = None, store_dir: Path | None = None, reporter: Reporter | None = None,
-    cache: str | None = None,
+    cache: str | None = None, store_budget: str | int | None = None,
 ) -> PlanReport:
     """What a build would do. With a remote cache (cache, else $MODELFORGE_CACHE, else
-    modelforge.toml), the steps it would pull rather than run are marked `remote`."""
+    modelforge.toml), the steps it would pull rather than run are marked `remote`. store_budget
+    (else $MODELFORGE_STORE_BUDGET): the disk figures count what the build would drop."""
+    budget = budget_from(store_budget)
     project = open_project(manifest_path)
     reporter = reporter or SilentReporter()
     with opened(project, store_dir, source_dir, reporter, need_weights=False) as (store, gathered, the_plan):
@@ -84,5 +95,6 @@ def plan(
         remote = None if gathered.planned_from else remote_for(project.root, cache, read_only=True, reporter=reporter)
         node_statuses = statuses(the_plan, store, toolchain, previous, remote, trusted_writers(project.root))
         return PlanReport(
-            project, the_plan, toolchain, node_statuses, gathered.planned_from, disk_need(the_plan, node_statuses, store, project.default_out), store.root,
+            project, the_plan, toolchain, node_statuses, gathered.planned_from, disk_need(the_plan, node_statuses, store, project.default_out, budget),
+            store.root,
         )

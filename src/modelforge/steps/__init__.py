@@ -2,7 +2,9 @@
 toolchain's subpackage (checkpoint/, litert/, onnx/, web/, …) that declares KIND, VERSION (enters
 every key), TOOLS (distributions whose versions enter the key) and run(context), doing its heavy
 imports inside run. A step whose report the lock records under `checks` declares REPORT (the
-report's file name). Adding a step kind is adding its module: nothing here names it.
+report's file name); one whose outputs only a full re-export makes again (a float export a
+quantization reads, the PyTorch reference) declares KEEP = True, which a store budget drops last
+(retention.py). Adding a step kind is adding its module: nothing here names it.
 
 The modules beside the subpackages are what toolchains share: base (StepContext), workers (the
 child-process plumbing), parity (figures, phases, gate), parity_phases (the comparisons run in the
@@ -33,5 +35,7 @@ def _walk() -> dict[str, ModuleType]:
 STEPS: dict[str, ModuleType] = _walk()
 # step kind → the report file the lock records under `checks`.
 CHECK_REPORTS: dict[str, str] = {kind: module.REPORT for kind, module in STEPS.items() if hasattr(module, "REPORT")}
+# step kinds a store budget drops last: only a full re-export makes their outputs again.
+KEPT: frozenset[str] = frozenset(kind for kind, module in STEPS.items() if getattr(module, "KEEP", False))
 # The toolchain (subpackage) each step kind belongs to.
 TOOLCHAINS: dict[str, str] = {kind: module.__name__.split(".")[-2] for kind, module in STEPS.items()}

@@ -22,6 +22,7 @@ from modelforge.steps.gguf.worker import MODULE
 KIND = "gguf_convert"
 VERSION = 1
 TOOLS = ("llama-cpp-python", "torch", "transformers", "sentencepiece", "numpy", "safetensors")
+KEEP = True  # only a full re-export (the model in memory) makes its outputs again: a store budget drops them last
 OUTTYPES = {"F32": "f32", "F16": "f16", "BF16": "bf16", "Q8_0": "q8_0"}
 FILES = {"text": "model.gguf", "vision": "mmproj.gguf"}
 

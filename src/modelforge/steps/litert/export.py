@@ -13,6 +13,7 @@ from modelforge.steps.workers import job_request, run_job
 KIND = "litert_export"
 VERSION = 2
 TOOLS = ("litert-torch", "litert-converter", "torch", "transformers", "tensorflow-cpu")
+KEEP = True  # only a full re-export (the model in memory) makes its outputs again: a store budget drops them last
 # ExportableModuleConfig's own defaults, for the vision part whose graphs do not depend on them.
 VISION_PLACEHOLDER = {"prefill_lengths": [128], "cache_length": 4096}
 

@@ -17,6 +17,7 @@ from modelforge.steps.workers import job_request, run_job
 KIND = "onnx_export"
 VERSION = 4
 TOOLS = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "onnxscript", "torch", "transformers")  # the builder quantizes with onnxruntime's MatMulNBits quantizer
+KEEP = True  # only a full re-export (the model in memory) makes its outputs again: a store budget drops them last
 REPORT = "export_report.json"  # recorded in the lock under `checks` (the text decoder's RoPE check; genai_builder.py)
 
 

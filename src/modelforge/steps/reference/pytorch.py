@@ -15,6 +15,7 @@ from modelforge.steps.workers import job_request, run_job
 KIND = "parity_reference"
 VERSION = 1
 TOOLS = ("pillow", "torch", "transformers")
+KEEP = True  # only a full re-export (the model in memory) makes its outputs again: a store budget drops them last
 
 
 def run(context: StepContext) -> None:
