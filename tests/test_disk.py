@@ -99,7 +99,11 @@ def test_the_prediction_matches_a_real_builds_store_growth(litertlm_build, liter
 def test_the_medgemma_4b_plan_predicts_the_measured_files_and_store(tmp_path):
     """MedGemma 1.5 4B planned from the reference data, against the full-size build of
     bench/results/medgemma_4b.json (the .litertlm and .task bytes) and issue #26's store (54 GB
-    after the litertlm, onnx and web targets; two float32 text .tflite of 15.5 GB)."""
+    after the litertlm, onnx and web targets; two float32 text .tflite of 15.5 GB). Since that build
+    the web bundle's MediaPipe variant packs the bundle's own text export (decoder + embedder graph):
+    one float32 text .tflite fewer, and the int4 embedding table (335,626,240 B + 41,953,280 B of
+    scales, sizes exact on the tiny model: tests/web/test_limits.py) once more in the quantized graphs
+    and once more in the .task; those two figures are the measured ones, so corrected."""
     manifest = load_manifest(MANIFESTS / "medgemma-1.5-litertlm.yaml")
     plan = make_plan(manifest, _with_the_web_runtime(reference_facts(), tmp_path / "store"), "manifests/medgemma-1.5-litertlm.yaml",
                      manifest_digest(manifest))
@@ -107,11 +111,13 @@ def test_the_medgemma_4b_plan_predicts_the_measured_files_and_store(tmp_path):
     litertlm = facts["targets"]["bundle"]["medgemma-1.5-4b-it.litertlm"]
     task = next(size for name, size in facts["targets"]["web"].items() if name.endswith(".task"))
     assert abs(litertlm / 5_043_740_176 - 1) <= 0.02, litertlm
-    assert abs(task / 2_198_578_971 - 1) <= 0.02, task
-    assert abs(facts["steps"]["web.export.bundle"] / 15.5e9 - 1) <= 0.02
-    assert abs(sum(facts["steps"].values()) / 54e9 - 1) <= disk.STATED_ERROR
+    embedder_table = 335_626_240 + 41_953_280
+    assert abs(task / (2_198_578_971 + embedder_table) - 1) <= 0.02, task
+    assert "web.export.bundle" not in facts["steps"]
+    assert abs(facts["steps"]["bundle.export_text"] / (15.5e9 + 262_208 * 2_560 * 4) - 1) <= 0.02  # + the float32 embedder
+    assert abs(sum(facts["steps"].values()) / (54e9 - 15.5e9 + 2 * embedder_table) - 1) <= disk.STATED_ERROR
     # The export rewrites its 15.5 GB decoder graph's layout into a copy before replacing it.
-    assert facts["scratch"]["bundle.export_text"] == facts["scratch"]["web.export.bundle"] > 15e9
+    assert facts["scratch"]["bundle.export_text"] > 15e9
 
 
 def test_dist_on_another_filesystem_needs_copies_of_every_file(tmp_path):

@@ -197,6 +197,28 @@ def test_the_tiny_manifests_say_their_weights_are_random_and_the_web_step_carrie
     assert plan.node("web").params["notice"] == manifest.notice
 
 
+def test_mediapipe_variants_pack_the_litertlm_targets_own_text_graphs(tmp_path):
+    """One export per graph (issue #26): the tiny manifest's MediaPipe variants pack the litertlm
+    target's text export (a decoder taking embeddings, and its embedder graph as TF_LITE_EMBEDDER;
+    docs/evidence/mediapipe_embedder), through its very quantize node when the recipe is its own.
+    The text decoder is exported once, not once more as a plain text_generation graph."""
+    from modelforge import api
+
+    plan = api.plan(ROOT / "manifests" / "tiny-medgemma-litertlm.yaml", store_dir=tmp_path / "store").plan
+    text_exports = [step.name for step in plan.steps if step.kind == "litert_export" and step.params["part"] == "text"]
+    assert text_exports == ["bundle.export_text"]
+
+    def graph(task):
+        (ref,) = [ref for ref in plan.node(task).inputs if ref.name == "graph"]
+        return ref.node
+
+    assert graph("web.task.tiny-int8") == "bundle.quantize.text_decoder"  # the bundle's recipe: its node
+    assert graph("web.task.tiny-int4") == "web.quantize.tiny-int4"
+    int4 = plan.node("web.quantize.tiny-int4")
+    assert int4.params == {"recipe": "dynamic_wi4b32_afp32", "files": ["model.tflite", "embedder.tflite"], "overrides": []}
+    assert [ref.node for ref in int4.inputs] == ["bundle.export_text"]
+
+
 # ---------------------------------------------------------------------------------------------
 # vendor
 # ---------------------------------------------------------------------------------------------

@@ -48,7 +48,8 @@ def test_every_quantizer_recipe_has_a_known_storage():
 
 def test_the_real_manifest_web_variant_fits_and_its_size_is_recorded():
     """MedGemma 1.5 4B, text decoder 3.88 B parameters, int4 in blocks of 32: ~2.2 GB, embedding
-    table 262,208 × 2,560 / 2 bytes."""
+    table 262,208 × 2,560 / 2 bytes; the .task packs the litertlm target's export, whose embedder
+    graph holds that table again (0.38 GB with its scales): ~2.58 GB, under the 3 GiB limit."""
     manifest = load_manifest(REAL)
     plan = _plan(manifest, reference_facts())
     predicted = plan.facts["web"]
@@ -56,9 +57,10 @@ def test_the_real_manifest_web_variant_fits_and_its_size_is_recorded():
     int4 = predicted["web.task.medgemma-int4"]
     assert int4["largest_tensor"] == EMBEDDING
     assert int4["largest_tensor_bytes"] == 262_208 * 2_560 // 2 == 335_626_240
-    # data 3,879,895,040 / 2 + float16 scales per 32 + float32 norms
-    assert int4["weight_bytes"] == 3_879_895_040 // 2 + 3_879_895_040 // 32 * 2 + 368_128 * 4
-    assert 2.15e9 < int4["task_bytes"] < 2.25e9
+    # data 3,879,895,040 / 2 + float16 scales per 32 + float32 norms, + the embedder's table and its scales
+    table = 262_208 * 2_560 // 2 + 262_208 * 2_560 // 32 * 2
+    assert int4["weight_bytes"] == 3_879_895_040 // 2 + 3_879_895_040 // 32 * 2 + 368_128 * 4 + table
+    assert 2.55e9 < int4["task_bytes"] < 2.6e9
     assert int4["task_bytes"] < limits.MAX_TASK_BYTES
     # A prediction is a fact of the plan, never a parameter: no step key depends on it.
     assert all("task_bytes" not in step.params_json for step in plan.steps)
@@ -69,7 +71,7 @@ def test_the_int8_variant_at_4b_is_refused_naming_the_variant_and_both_limits():
     with pytest.raises(PlanError, match=r"targets\.web: variant 'medgemma-int8' \(dynamic_wi8_afp32\) cannot run in the browser") as error:
         _plan(manifest, reference_facts())
     message = str(error.value)
-    assert "3.91 GB" in message and "wasm32 heap" in message  # ~3,880 MB of int8 weights
+    assert "4.59 GB" in message and "wasm32 heap" in message  # ~3,880 MB of int8 weights, + the embedder's 671 MB table
     assert f"{EMBEDDING} at 0.67 GB" in message and "maxStorageBufferBindingSize" in message
     assert "docs/web-limits.md" in message
 
@@ -80,11 +82,11 @@ def _facts_with(shapes):
 
 
 def test_a_variant_whose_total_is_too_large_is_refused_even_when_every_tensor_fits():
-    """4B layers with a 100k vocabulary: the int8 embedding (256 MB) fits a binding, the 3.50 GB file does not."""
+    """4B layers with a 100k vocabulary: the int8 embedding (256 MB) fits a binding, the 3.76 GB file (with the embedder's copy of the table) does not."""
     shapes, _ = load_tensor_shapes()
     shapes[EMBEDDING] = (100_000, 2_560)
     manifest = _with_variants(load_manifest(REAL), _variant("big", "dynamic_wi8_afp32"))
-    with pytest.raises(PlanError, match=r"variant 'big' .* its \.task would be about 3\.50 GB") as error:
+    with pytest.raises(PlanError, match=r"variant 'big' .* its \.task would be about 3\.76 GB") as error:
         _plan(manifest, _facts_with(shapes))
     assert "largest weight" not in str(error.value)
 
@@ -108,12 +110,12 @@ def test_a_variant_with_one_tensor_too_large_is_refused_even_when_the_file_fits(
 # ---------------------------------------------------------------------------------------------
 
 
-def _weight_buffers(task_path):
-    """[(tensor type, shape, bytes)] of every constant buffer of the .task's graph."""
+def _weight_buffers(task_path, member="TF_LITE_PREFILL_DECODE"):
+    """[(tensor type, shape, bytes)] of every constant buffer of one of the .task's graphs, and its size."""
     from ai_edge_litert import schema_py_generated as schema
 
     with zipfile.ZipFile(task_path) as archive:
-        data = archive.read("TF_LITE_PREFILL_DECODE")
+        data = archive.read(member)
     model = schema.Model.GetRootAsModel(data, 0)
     names = {value: key for key, value in vars(schema.TensorType).items() if not key.startswith("_")}
     seen, out = set(), []
@@ -157,7 +159,12 @@ def test_the_prediction_matches_the_tiny_models_real_task(tiny_web_bundle, varia
     assert sum(1 for shape, _ in quantized if shape == embedding) == 1
     # Structure besides the weights stays within the per-layer allowance.
     assert graph_bytes - sum(size for *_, size in buffers) < limits.GRAPH_BYTES_PER_LAYER * prediction.layers
-    assert graph_bytes <= prediction.task_bytes - limits.TASK_OVERHEAD_BYTES
+    # The embedder graph (the litertlm target's export: TF_LITE_EMBEDDER) holds the table again, quantized alike.
+    embedder_buffers, embedder_bytes = _weight_buffers(task, "TF_LITE_EMBEDDER")
+    assert [(shape, size) for kind, shape, size in embedder_buffers if kind == dtype] == [(embedding, storage.tensor_bytes(embedding)[0])]
+    with_embedder = limits.predict_task_size(shapes, recipe, 0, embedder=True)
+    assert with_embedder.task_bytes - prediction.task_bytes == sum(storage.tensor_bytes(embedding)) + limits.GRAPH_BYTES_PER_LAYER
+    assert graph_bytes + embedder_bytes <= with_embedder.task_bytes - limits.TASK_OVERHEAD_BYTES
 
 
 def _wasm_memory_maximum(path) -> int | None:

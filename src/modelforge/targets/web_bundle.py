@@ -1,11 +1,14 @@
 """Target `web_bundle`: a static page running the model in the browser. A `runtime: mediapipe`
-variant is a plain text export (MediaPipe cannot take GPU composites nor images) with its own
-quantization, packed as a `.task`; a `runtime: litertjs` variant ships the litertlm target's own
+variant is text only (MediaPipe cannot take images), packed as a `.task`: from an image_text_to_text
+litertlm target, that target's own text graphs (the decoder taking embeddings plus the embedder graph,
+MediaPipe's TF_LITE_EMBEDDER; its quantize node when the recipe is its own), else a plain text export
+with its own quantization; a `runtime: litertjs` variant ships the litertlm target's own
 graphs (the same export and quantize nodes when the recipe is the same), run by LiteRT.js with images;
 a `runtime: onnxruntime_web` variant ships an onnx target's package as it is, run by onnxruntime-web
 with images::
 
-    checkpoint ─► export (text_generation) ─► quantize <variant> ─► web_task <variant> ───┐
+    <litertlm>.export_text ─► (<litertlm>.quantize.text_decoder | own recipe) ─► web_task ─┐
+    checkpoint ─► export (text_generation targets) ─► quantize <variant> ─► web_task ───────┤
     <litertlm>.export_text ─► (<litertlm>.quantize.text_decoder | none | own recipe) ──────┤
     <litertlm>.export_vision ─► (float | quantize vision_encoder, projector) ──────────────┤
     <onnx>.package (the onnx target's own steps) ──────────────────────────────────────────┼─► web_bundle
@@ -65,20 +68,16 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
             continue
         checkpoint, _ = builder.target("litertlm").checkpoint_input(builder, variant.source_target, origin)
         checkpoint = InputRef("checkpoint", checkpoint.node, checkpoint.select)
-        export = _export(builder, target, variant.source_target, origin, checkpoint)
         recipe = variant.recipe or getattr(origin.quantization.get("text_decoder"), "recipe", "none")
         if recipe == "none":
             raise PlanError(
                 f"{where}: variant {variant.name!r} would be float (its litertlm target does not quantize the text decoder); "
                 "the web runtime rejects float embeddings: set the variant's recipe"
             )
-        quantized = builder.add(StepNode.make(
-            f"{target}.quantize.{variant.name}", litert_quantize.KIND, litert_quantize.VERSION,
-            {"recipe": recipe, "files": ["model.tflite"], "overrides": []},
-            (InputRef("models", export, ("model.tflite",)),), litert_quantize.TOOLS,
-        ))
-        predict_memory(builder, quantized, "quantize", PART_COMPONENTS["text"])
-        _check_size(builder, target, variant.name, recipe)
+        embedder = origin.task == "image_text_to_text"
+        _check_size(builder, target, variant.name, recipe, embedder)
+        graphs = (_task_graphs(builder, target, variant, origin, recipe) if embedder
+                  else _export_and_quantize(builder, target, variant, origin, checkpoint, recipe))
         max_tokens = variant.max_tokens or origin.cache_length
         if max_tokens > origin.cache_length:
             raise PlanError(f"{where}: variant {variant.name!r} max_tokens {max_tokens} exceeds the cache length {origin.cache_length}; lower it")
@@ -86,7 +85,7 @@ def plan(builder: PlanBuilder, target: str, spec: WebBundleTarget) -> str:
             f"{target}.task.{variant.name}", web_task.KIND, web_task.VERSION,
             {"file": f"{variant.name}.task", "vocab_size": vocab_size, "start_token": origin.metadata.start_token,
              "stop_tokens": list(origin.metadata.stop_tokens), "max_tokens": max_tokens},
-            (InputRef("graph", quantized), InputRef("checkpoint", checkpoint.node, ("tokenizer.model",) if checkpoint.node == builder.source.name else None)),
+            (InputRef("graph", graphs.node, graphs.select), InputRef("checkpoint", checkpoint.node, ("tokenizer.model",) if checkpoint.node == builder.source.name else None)),
             web_task.TOOLS,
         ))
         inputs.append(InputRef(f"variant.{variant.name}", task))
@@ -284,11 +283,11 @@ def _check_litertjs_size(builder: PlanBuilder, target: str, variant: WebVariantS
         )
 
 
-def _check_size(builder: PlanBuilder, target: str, variant: str, recipe: str) -> None:
+def _check_size(builder: PlanBuilder, target: str, variant: str, recipe: str, embedder: bool) -> None:
     """Predict the variant's .task from the text decoder's shapes and refuse it when it cannot fit."""
     shapes = limits.text_decoder_shapes(builder.facts.tensors, builder.owner, PART_COMPONENTS["text"])
     tokenizer = next((item.size for item in builder.facts.files if item.path == "tokenizer.model"), 0)
-    prediction = limits.predict_task_size(shapes, recipe, tokenizer)
+    prediction = limits.predict_task_size(shapes, recipe, tokenizer, embedder=embedder)
     builder.plan_facts.setdefault("web", {})[f"{target}.task.{variant}"] = prediction.as_fact()
     problems = limits.check_task_size(prediction)
     if problems:
@@ -298,14 +297,38 @@ def _check_size(builder: PlanBuilder, target: str, variant: str, recipe: str) ->
         )
 
 
-def _export(builder: PlanBuilder, target: str, origin_name: str, origin, checkpoint: InputRef) -> str:
-    """The plain text export of a litertlm target's settings (shared by all variants from it)."""
-    node = builder.add(StepNode.make(
-        f"{target}.export.{origin_name}", litert_export.KIND, litert_export.VERSION,
+def _task_graphs(builder: PlanBuilder, target: str, variant: WebVariantSpec, origin, recipe: str) -> InputRef:
+    """A .task's graphs from an image_text_to_text litertlm target: its own text export (a decoder
+    taking embeddings, and the embedder graph MediaPipe runs as TF_LITE_EMBEDDER) quantized with the
+    variant's recipe, through the target's very quantize node when the recipe is its own. The text
+    decoder is exported once for both targets; the page's answers are the ones a separate plain export
+    gives, token for token (docs/evidence/mediapipe_embedder)."""
+    litertlm = builder.target("litertlm")
+    exports = litertlm.plan_exports(builder, variant.source_target, origin)
+    own = origin.quantization.get("text_decoder") or QuantizationSpec()
+    if recipe == own.recipe:
+        return litertlm.plan_component(builder, variant.source_target, origin, exports, "text_decoder", own)
+    return litertlm.plan_component(
+        builder, variant.source_target, origin, exports, "text_decoder", QuantizationSpec(recipe=recipe),
+        name=f"{target}.quantize.{variant.name}",
+    )
+
+
+def _export_and_quantize(builder: PlanBuilder, target: str, variant: WebVariantSpec, origin, checkpoint: InputRef, recipe: str) -> InputRef:
+    """A .task's graph from a text_generation litertlm target: a plain text export of its settings
+    (shared by all variants from it), quantized with the variant's recipe."""
+    export = builder.add(StepNode.make(
+        f"{target}.export.{variant.source_target}", litert_export.KIND, litert_export.VERSION,
         {"part": "text", "task": "text_generation", "prefill_lengths": list(origin.prefill_lengths),
          "cache_length": origin.cache_length, "hoists": [hoist.model_dump(mode="json") for hoist in origin.hoists]},
         (checkpoint,), litert_export.TOOLS,
     ))
-    predict_export_memory(builder, node, "text", origin.cache_length)
-    return node
+    predict_export_memory(builder, export, "text", origin.cache_length)
+    quantized = builder.add(StepNode.make(
+        f"{target}.quantize.{variant.name}", litert_quantize.KIND, litert_quantize.VERSION,
+        {"recipe": recipe, "files": ["model.tflite"], "overrides": []},
+        (InputRef("models", export, ("model.tflite",)),), litert_quantize.TOOLS,
+    ))
+    predict_memory(builder, quantized, "quantize", PART_COMPONENTS["text"])
+    return InputRef("graph", quantized)
 

@@ -6,10 +6,11 @@ calls it, so no model library may come in). Where each number comes from: docs/w
 
 The prediction mirrors what the pinned toolchain writes (checked against the tiny model's real
 `.task` files in tests/web/test_limits.py): every 2-D text-decoder weight (the linear layers and the
-embedding table, which the LM head shares: the graph holds it once) is stored quantized, 1-D weights
-(norms) stay float32; channelwise recipes keep a float32 scale and an int64 zero point per output row in
-the flatbuffer's quantization parameters; blockwise recipes (`…b32`, `…b64`) keep one float16 scale per
-block in a separate tensor.
+embedding table, which the LM head shares: the decoder graph holds it once) is stored quantized, 1-D
+weights (norms) stay float32; channelwise recipes keep a float32 scale and an int64 zero point per
+output row in the flatbuffer's quantization parameters; blockwise recipes (`…b32`, `…b64`) keep one
+float16 scale per block in a separate tensor. A `.task` with an embedder graph (TF_LITE_EMBEDDER: the
+litertlm target's export, whose decoder takes embeddings) holds the table a second time, there.
 """
 
 from __future__ import annotations
@@ -123,9 +124,11 @@ class TaskSizePrediction:
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
-def predict_task_size(shapes: Mapping[str, tuple[int, ...]], recipe: str, tokenizer_bytes: int) -> TaskSizePrediction:
-    """The `.task` of a plain text export of the decoder whose weights have `shapes` (name → shape),
-    quantized with `recipe`, with a tokenizer of `tokenizer_bytes`."""
+def predict_task_size(shapes: Mapping[str, tuple[int, ...]], recipe: str, tokenizer_bytes: int, *, embedder: bool = False) -> TaskSizePrediction:
+    """The `.task` of a text export of the decoder whose weights have `shapes` (name → shape),
+    quantized with `recipe`, with a tokenizer of `tokenizer_bytes`; with `embedder`, plus the embedder
+    graph (the embedding table again, and one layer's allowance of graph structure). The largest
+    weight is the decoder graph's: the embedder's lookup runs on the CPU, its table binds no GPU buffer."""
     storage = recipe_storage(recipe)
     weights = 0
     largest, largest_bytes = "", 0
@@ -142,6 +145,10 @@ def predict_task_size(shapes: Mapping[str, tuple[int, ...]], recipe: str, tokeni
         else:
             weights += 4 * _numel(tuple(shape))
     graph = GRAPH_BYTES_PER_LAYER * max(1, len(layers))
+    if embedder:
+        tables = [tuple(shape) for name, shape in shapes.items() if name.endswith("embed_tokens.weight")]
+        weights += sum(sum(storage.tensor_bytes(shape)) for shape in tables)
+        graph += GRAPH_BYTES_PER_LAYER
     return TaskSizePrediction(weights + graph + tokenizer_bytes + TASK_OVERHEAD_BYTES, weights, largest, largest_bytes, len(layers))
 
 

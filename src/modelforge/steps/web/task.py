@@ -1,5 +1,6 @@
-"""Step `web_task`: a MediaPipe `.task` (the format the GenAI web runtime runs) from a plain
-prefill/decode graph and the SentencePiece tokenizer. The tokenizer is padded with unused pieces up
+"""Step `web_task`: a MediaPipe `.task` (the format the GenAI web runtime runs) from a prefill/decode
+graph (`model.tflite`; with `embedder.tflite` beside it, a decoder taking embeddings and its embedder,
+packed as TF_LITE_EMBEDDER) and the SentencePiece tokenizer. The tokenizer is padded with unused pieces up
 to the model's vocabulary: ids above it (image soft tokens) would otherwise crash the runtime's
 detokenizer if the model ever emitted one."""
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 from modelforge.steps.base import StepContext
 
 KIND = "web_task"
-VERSION = 1
+VERSION = 2
 TOOLS = ("sentencepiece", "ai-edge-litert")
 
 
@@ -22,7 +23,8 @@ def run(context: StepContext) -> None:
     tokenizer = pad_sentencepiece(context.input_path("checkpoint", "tokenizer.model"), context.scratch_dir / "tokenizer.model", vocab_size)
     llm = gemma_params(max_tokens=params["max_tokens"])
     llm = type(llm)(**{**llm.__dict__, "start_token": params["start_token"], "stop_tokens": tuple(params["stop_tokens"])})
-    write_task(context.output(params["file"]), tflite=graph, tokenizer=tokenizer, params=llm)
+    embedder = context.input_path("graph", "embedder.tflite") if "embedder.tflite" in context.inputs["graph"] else None
+    write_task(context.output(params["file"]), tflite=graph, embedder=embedder, tokenizer=tokenizer, params=llm)
 
 
 def _logits_width(graph) -> int:
