@@ -555,7 +555,7 @@ def run_measured(label: str, command: list[str], cgroup: MemoryCgroup, logs: Pat
 # --------------------------------------------------------------------------- the runs
 def scratch_project(base: Path, parity_override: dict | None = None) -> Path:
     """A project holding a copy of the real manifest; `parity_override` replaces thresholds of its
-    bundle's parity section (the real ones are for the real weights, see --parity-override)."""
+    targets' parity sections (the real ones are for the real weights, see --parity-override)."""
     shutil.rmtree(base, ignore_errors=True)
     (base / "manifests").mkdir(parents=True)
     (base / "lock").mkdir()
@@ -565,7 +565,9 @@ def scratch_project(base: Path, parity_override: dict | None = None) -> Path:
         import yaml
 
         manifest = yaml.safe_load(MANIFEST.read_text())
-        manifest["targets"]["bundle"]["parity"].update(parity_override)
+        for spec in manifest["targets"].values():  # every gated target: the bundle's and the onnx target's
+            if isinstance(spec.get("parity"), dict):
+                spec["parity"].update(parity_override)
         target.write_text(yaml.safe_dump(manifest, sort_keys=False, allow_unicode=True))
     return target
 
