@@ -53,8 +53,8 @@ def test_a_budget_drops_intermediates_keeps_targets_checks_and_records(budgeted,
     assert result.ran == []
     present = _objects_of(store, result)
     dropped = sorted(name for name, here in present.items() if not here)
-    # Quick to remake, dropped: the quantized graphs the bundle packs, the metadata, the MediaPipe export.
-    assert {"bundle.metadata", "bundle.quantize.vision_encoder", "bundle.quantize.projector", "web.export.bundle"} <= set(dropped), dropped
+    # Quick to remake, dropped: the quantized graphs the bundle packs, the metadata.
+    assert {"bundle.metadata", "bundle.quantize.vision_encoder", "bundle.quantize.projector"} <= set(dropped), dropped
     targets = {target.node for target in result.plan.targets}
     checks = {name for name in result.checks}
     assert not (targets | checks) & set(dropped)

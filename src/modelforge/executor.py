@@ -251,16 +251,8 @@ def run_plan(
         key = keys[step.name]["key"]
         with store.lock(key):
             record = store.get_record(key)
-            if step.name in skipped and record is not None and unusable_record(step, record, input_digests(plan, step, records), trusted) is None:
-                if admit is not None:
-                    admit(step, record)
-                store.mark_used(key)
-                reporter.step_finished(step.name, False, 0.0)
-                records[step.name] = record
-                if retain is not None:
-                    retain.handled(step.name)
-                continue
-            damaged = record is not None and not all(store.has_object(item) for item in record.outputs.values())
+            # A skipped step's objects are gone and nothing needs them (demand): only its record is used.
+            damaged = record is not None and step.name not in skipped and not all(store.has_object(item) for item in record.outputs.values())
             problem = None if record is None or damaged else unusable_record(step, record, input_digests(plan, step, records), trusted)
             if record is not None and not damaged and problem is None:
                 if admit is not None:
