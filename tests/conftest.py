@@ -24,7 +24,7 @@ REFERENCE = ROOT / "src" / "modelforge" / "reference_data"
 LITERTLM_FIXTURES = {"litertlm_build", "litertlm_store", "litertlm_second_build", "litertlm_baseline", "onnx_store", "tiny_web_bundle"}
 LITERTLM_MODULES = {
     "tests/safety/test_crash.py", "tests/test_disk.py", "tests/test_image_attention.py", "tests/test_litertlm.py", "tests/test_lock_figures.py",
-    "tests/test_onnx.py", "tests/web/test_browser.py",
+    "tests/test_onnx.py", "tests/test_store_budget.py", "tests/web/test_browser.py",
     "tests/web/test_fidelity.py", "tests/web/test_limits.py", "tests/web/test_streamed_weights.py",
 }
 LARGE_MODULES = {"tests/test_large_export.py", "tests/web/test_large_model.py"}
