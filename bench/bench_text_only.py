@@ -28,6 +28,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -50,6 +51,7 @@ PAD = 1 << 16  # the random pool is BLOCK + PAD; each block starts at a differen
 # Targets (printed pass/fail, never raised).
 CLOSE_TO_CP = 1.5  # "close to cp": modelforge_build (synced wall) at most this × cp (synced wall)
 RSS_LIMIT_MB = 256
+PAIRED_LIMIT = 1.0  # issue #26: at most 1.0x cp, as the median of paired alternating runs
 NOOP_LIMIT_S = 1.0
 
 METHODS = ("cp", "naive", "modelforge_build", "modelforge_noop", "modelforge_noop_warm", "modelforge_verify", "sha256sum", "modelforge_build_profiled")
@@ -437,6 +439,48 @@ def versions() -> dict:
     return found
 
 
+def paired_runs(count: int, shards: list[Path], run: Path, build_command: list[str], store: Path, out: Path, logs: Path,
+                rss_tool: str, prepare, log) -> dict:
+    """`count` pairs, each `cp` of the input shards then a fresh `modelforge build` (new store, new
+    --out, the page cache dropped before each), so slow drift of a shared machine hits both sides
+    alike; the pairs alternate which side goes first. Each ratio is of wall+sync seconds."""
+    rows = []
+    for index in range(count):
+        order = ("cp", "build") if index % 2 == 0 else ("build", "cp")
+        row = {"first": order[0]}
+        for side in order:
+            if side == "cp":
+                target = run / f"pair-cp-{index}"
+                target.mkdir()
+                prepare(shards)
+                item = measure(f"pair{index}-cp", ["cp", *map(str, shards), str(target)], logs, rss_tool)
+                shutil.rmtree(target)
+            else:
+                shutil.rmtree(store, ignore_errors=True)
+                shutil.rmtree(out, ignore_errors=True)
+                prepare(shards)
+                item = measure(f"pair{index}-build", build_command, logs, rss_tool, cwd=build_command_cwd(build_command))
+            row[side] = {key: item[key] for key in ("rc", "wall_s", "wall_synced_s", "cpu_s", "peak_rss_mb")}
+        row["ratio"] = _ratio(row["build"]["wall_synced_s"], row["cp"]["wall_synced_s"])
+        log(f"  pair {index + 1}/{count}: cp {row['cp']['wall_synced_s']:.2f}s, build {row['build']['wall_synced_s']:.2f}s, ratio {row['ratio']}")
+        rows.append(row)
+    ratios = sorted(row["ratio"] for row in rows if row["ratio"] is not None and row["build"]["rc"] == 0 and row["cp"]["rc"] == 0)
+    median = round(statistics.median(ratios), 3) if ratios else None
+    return {"count": count, "runs": rows, "median": median, "min": ratios[0] if ratios else None, "max": ratios[-1] if ratios else None}
+
+
+def build_command_cwd(build_command: list[str]) -> Path:
+    """The project directory a build command runs in: the one holding its manifests/ folder."""
+    manifest = Path(next(arg for arg in build_command if arg.endswith(".yaml")))
+    return manifest.parent.parent
+
+
+def paired_target(pairs: dict) -> dict:
+    value = pairs["median"]
+    return {"target": f"modelforge wall <= {PAIRED_LIMIT}x cp (median of {pairs['count']} paired runs, synced)", "value": value,
+            "limit": PAIRED_LIMIT, "passed": None if value is None else value <= PAIRED_LIMIT}
+
+
 # --------------------------------------------------------------------------- reporting
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
@@ -518,6 +562,9 @@ def render_text(result: dict) -> str:
         "targets:",
         *[f"  [{verdict(t['passed']):4}] {t['target']}: {_fmt(t['value'], 3)}" for t in result["targets"]],
     ]
+    if result.get("pairs"):
+        pairs = result["pairs"]
+        out += [f"paired runs: median build/cp {_fmt(pairs['median'], 3)} over {pairs['count']} (range {_fmt(pairs['min'], 3)}–{_fmt(pairs['max'], 3)})"]
     if result.get("profile"):
         out += ["profile of a fresh build (cProfile, cumulative seconds):"]
         out += [f"  {label}: {_fmt(value)}" for label, value in result["profile"]["cumulative_s"].items()]
@@ -554,6 +601,13 @@ def render_markdown(result: dict) -> str:
         "",
         "Checks: " + ", ".join(f"{k} = {v}" for k, v in result["checks"].items()) + ".",
     ]
+    if result.get("pairs"):
+        pairs = result["pairs"]
+        lines += ["", f"Paired runs (`--pairs {pairs['count']}`; each pair is cp then a fresh build or the reverse, the page cache dropped before each; "
+                  f"wall+sync seconds): median {_fmt(pairs['median'], 3)}, range {_fmt(pairs['min'], 3)}–{_fmt(pairs['max'], 3)}.", "",
+                  "| pair | first | cp s | build s | build CPU s | build peak RSS MB | ratio |", "|---:|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {i + 1} | {row['first']} | {_fmt(row['cp']['wall_synced_s'])} | {_fmt(row['build']['wall_synced_s'])} | "
+                  f"{_fmt(row['build']['cpu_s'], 1)} | {_fmt(row['build']['peak_rss_mb'], 0)} | {_fmt(row['ratio'], 3)} |" for i, row in enumerate(pairs["runs"])]
     if result.get("profile"):
         lines += ["", "Profile of one more fresh build under cProfile (`--profile`; cumulative seconds, cProfile overhead included):", "",
                   "| phase | s |", "|---|---:|"]
@@ -578,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", choices=("drop", "warm"), default="drop", help="drop the page cache before each method (falls back to warm)")
     parser.add_argument("--profile", action="store_true", help="afterwards, one more fresh build under cProfile; its phase times go into the results")
     parser.add_argument("--keep-outputs", action="store_true", help="keep every method's output under WORK/run/")
+    parser.add_argument("--pairs", type=int, default=4, help="afterwards, this many paired runs of cp then a fresh build, alternating (0: none); the target is their median ratio")
     args = parser.parse_args(argv)
     if not 0 < args.scale <= 1.0:
         parser.error("--scale must be in (0, 1]")
@@ -728,6 +783,10 @@ def main(argv: list[str] | None = None) -> int:
             "ratios": "against cp/naive/sha256sum measured in this same run; build ratios use wall_synced_s, verify/sha256sum use wall_s",
         },
     }
+    if args.pairs > 0:
+        result["pairs"] = paired_runs(args.pairs, shards, run, build_command, store, out, logs, rss_tool, prepare, log)
+        result["ratios"]["modelforge_over_cp_paired_median"] = result["pairs"]["median"]
+        result["targets"].append(paired_target(result["pairs"]))
     if args.profile:
         # A second fresh build under cProfile (not in the table's ratios): where the time goes.
         shutil.rmtree(store, ignore_errors=True)
