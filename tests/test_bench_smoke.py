@@ -21,7 +21,7 @@ def test_bench_text_only_runs_at_tiny_scale_and_the_build_verifies(tmp_path):
     committed_lock = (ROOT / "lock" / "medgemma-1.5-text-only.lock").read_bytes()
     completed = subprocess.run(
         [sys.executable, str(BENCH), "--scale", "0.001", "--work", str(tmp_path / "work"),
-         "--results", str(results), "--markdown", str(markdown), "--cache", "warm"],
+         "--results", str(results), "--markdown", str(markdown), "--cache", "warm", "--pairs", "2"],
         cwd=tmp_path, capture_output=True, text=True, timeout=240,
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
@@ -39,7 +39,11 @@ def test_bench_text_only_runs_at_tiny_scale_and_the_build_verifies(tmp_path):
     assert checks["naive_and_modelforge_same_tensors"]
     assert data["checkpoint"]["tensors"] == 883
     assert {"modelforge_over_cp", "modelforge_over_naive", "verify_over_sha256sum", "noop_s"} <= set(data["ratios"])
-    assert len(data["targets"]) == 4
+    assert len(data["targets"]) == 5  # the fifth: the median of the paired cp/build runs
+    pairs = data["pairs"]
+    assert len(pairs["runs"]) == 2 and [row["first"] for row in pairs["runs"]] == ["cp", "build"]
+    assert all(row["build"]["rc"] == 0 and row["cp"]["rc"] == 0 for row in pairs["runs"])
+    assert data["ratios"]["modelforge_over_cp_paired_median"] == pairs["median"] is not None
     assert "<!-- bench:text_only scale=0.001 begin -->" in markdown.read_text()
     # Nothing is left in the repository: the committed lock untouched, no dist.
     assert (ROOT / "lock" / "medgemma-1.5-text-only.lock").read_bytes() == committed_lock
