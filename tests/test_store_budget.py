@@ -32,18 +32,24 @@ def budgeted(tmp_path, litertlm_build, litertlm_store):
     return result, store, project
 
 
-def _objects_of(store_dir, result) -> dict[str, bool]:
-    """step name → whether all its objects are in the store."""
+def _records(store_dir, result) -> dict:
+    """step name → its record in the store, for every step of the build's plan."""
     from modelforge.plan import compute_keys
 
     store = Store(store_dir)
     try:
         keys = compute_keys(result.plan, api.tools_of(result.plan))
-        present = {}
-        for step in result.plan.steps:
-            record = store.get_record(keys[step.name]["key"])
-            present[step.name] = all(store.object_path(item.sha256).exists() for item in record.outputs.values())
-        return present
+        return {step.name: store.get_record(keys[step.name]["key"]) for step in result.plan.steps}
+    finally:
+        store.close()
+
+
+def _objects_of(store_dir, result) -> dict[str, bool]:
+    """step name → whether all its objects are in the store."""
+    store = Store(store_dir)
+    try:
+        return {name: all(store.object_path(item.sha256).exists() for item in record.outputs.values())
+                for name, record in _records(store_dir, result).items()}
     finally:
         store.close()
 
@@ -89,17 +95,10 @@ def test_a_recipe_change_after_the_budget_runs_what_it_touches_and_what_it_reads
     assert "bundle.export_text" not in runs  # its graphs stayed (the web bundle ships them): no re-export
 
 
-def _plan_store_size(store_dir, result) -> int:
-    """Bytes of the store's objects that this plan's steps wrote: the shared store it was copied
-    from also holds what other tests of its group built (other manifests, variants)."""
-    from modelforge.plan import compute_keys
-
-    store = Store(store_dir)
-    try:
-        keys = compute_keys(result.plan, api.tools_of(result.plan))
-        names = {item.sha256 for step in result.plan.steps for item in store.get_record(keys[step.name]["key"]).outputs.values()}
-    finally:
-        store.close()
+def _size_of_this_plan_only(store_dir, result) -> int:
+    """Removes the store's objects that no step of this plan wrote (the shared store it was copied
+    from also holds what other tests of its group built) and returns the size left."""
+    names = {item.sha256 for record in _records(store_dir, result).values() for item in record.outputs.values()}
     for path in (store_dir / "objects").glob("*/*"):
         if path.name not in names:
             path.unlink()
@@ -111,7 +110,7 @@ def test_plan_predicts_the_store_a_budget_leaves(budgeted, tmp_path):
     manifest = project / "manifests" / MANIFEST_LITERTLM
     predicted = api.plan(manifest, store_dir=tmp_path / "empty", store_budget=1).disk
     unbudgeted = api.plan(manifest, store_dir=tmp_path / "empty").disk
-    actual = _plan_store_size(store, result)
+    actual = _size_of_this_plan_only(store, result)
     assert predicted.store_after < unbudgeted.store_after
     assert abs(predicted.store_after - actual) <= 0.02 * actual, (predicted.store_after, actual)
 
