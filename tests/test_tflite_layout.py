@@ -3,6 +3,9 @@ the same buffers in any tail order normalize to the same bytes, and the model st
 
 from __future__ import annotations
 
+import io
+import mmap
+import os
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +108,65 @@ def test_bytes_after_the_flatbuffer_that_belong_to_no_buffer_fail_loudly(float_g
     path.write_bytes(bytes(data))
     with pytest.raises(tflite_layout.LayoutError, match="non-zero bytes between buffers"):
         tflite_layout.normalize(path)
+
+
+def test_the_rewrite_frees_what_it_has_copied_so_one_graph_is_on_disk_not_two(tmp_path, monkeypatch):
+    """Issue #26: the layout rewrite of MedGemma 4B's 15.5 GB text graph held the original and the
+    copy at once. Each copied chunk's whole blocks are freed in the original; the bytes on either
+    side (another buffer's, in a block shared with it) are left exactly as they were."""
+    monkeypatch.setattr(tflite_layout, "COPY_CHUNK", 1 << 20)  # several chunks, boundaries off the blocks
+    path = tmp_path / "graph.tflite"
+    content = np.random.default_rng(3).integers(0, 256, 24 << 20, dtype=np.uint8).tobytes()
+    with open(path, "wb") as handle:
+        handle.write(content)
+        os.fsync(handle.fileno())
+    offset, size = (8 << 20) + 16, (8 << 20) - 48  # a buffer that starts and ends inside blocks
+    before = os.stat(path).st_blocks * 512
+    copied = io.BytesIO()
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data, open(path, "r+b") as original:
+        puncher = tflite_layout.HolePuncher(original.fileno())
+        tflite_layout.copy_freeing(data, copied, offset, size, puncher)
+    assert copied.getvalue() == content[offset : offset + size]
+    freed = before - os.stat(path).st_blocks * 512
+    assert size - 2 * puncher.block <= freed <= size, (freed, size)
+    after = path.read_bytes()
+    first, last = -(-offset // puncher.block) * puncher.block, (offset + size) // puncher.block * puncher.block
+    assert after[:first] == content[:first] and after[last:] == content[last:]
+    assert after[first:last] == bytes(last - first)  # the freed blocks read as zeros
+
+
+def test_a_large_shuffled_graph_normalizes_through_freed_blocks_to_the_same_bytes(tmp_path, monkeypatch):
+    """The same normalized bytes and the same outputs when the rewrite frees blocks as it goes (buffers
+    of MiBs, chunks smaller than them) as when the tail was already in index order."""
+    import torch
+    import litert_torch
+
+    monkeypatch.setattr(tflite_layout, "COPY_CHUNK", 1 << 20)
+
+    class Wide(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            generator = torch.Generator().manual_seed(1)
+            self.first = torch.nn.Parameter(torch.randn(512, 1536, generator=generator))
+            self.second = torch.nn.Parameter(torch.randn(1536, 1024, generator=generator))
+
+        def forward(self, x):
+            return torch.tanh(x @ self.first) @ self.second
+
+    graph = tmp_path / "wide.tflite"
+    litert_torch.convert(Wide().eval(), (torch.zeros(1, 512),)).export(str(graph))
+    files = {order: tmp_path / f"{order}.tflite" for order in ("forward", "shuffled", "reversed")}
+    for order, path in files.items():
+        _external(graph, path, order)
+    from ai_edge_litert.interpreter import Interpreter
+
+    def run(path: Path) -> np.ndarray:
+        runner = Interpreter(model_path=str(path)).get_signature_runner()
+        name = next(iter(runner.get_input_details()))
+        return next(iter(runner(**{name: np.linspace(-1, 1, 512, dtype=np.float32).reshape(1, 512)}).values()))
+
+    expected = run(graph)
+    for path in files.values():
+        tflite_layout.normalize(path)
+    assert files["forward"].read_bytes() == files["shuffled"].read_bytes() == files["reversed"].read_bytes()
+    np.testing.assert_array_equal(run(files["reversed"]), expected)

@@ -409,14 +409,16 @@ RULES: dict[str, Callable[[Any, Mapping[str, Files], Context], Files]] = {
 
 # The temporaries a step writes beside its outputs, by kind (its outputs themselves are written under
 # tmp/ and renamed in, so they are counted once): the export worker rewrites a graph of over 2 GiB
-# (external buffers) into a copy before replacing it (steps/litert/tflite_layout.py), one at a time;
+# (external buffers) into a copy before replacing it, freeing the original's blocks chunk by chunk as
+# they are copied (steps/litert/tflite_layout.py), so one chunk more at most, not a second graph;
 # onnx_quantize copies its input graph into its scratch directory (steps/onnx/quantize.py).
 LAYOUT_REWRITE_FROM = 2**31
+LAYOUT_REWRITE_CHUNK = 64 << 20  # tflite_layout.COPY_CHUNK
 
 
 def _scratch(kind: str, inputs: Mapping[str, Files], files: Files) -> int:
     if kind == "litert_export":
-        return max((item.size for name, item in files.items() if name.endswith(".tflite") and item.size > LAYOUT_REWRITE_FROM), default=0)
+        return LAYOUT_REWRITE_CHUNK if any(name.endswith(".tflite") and item.size > LAYOUT_REWRITE_FROM for name, item in files.items()) else 0
     if kind == "onnx_quantize":
         return _sum_of(inputs)
     return 0

@@ -114,14 +114,20 @@ def _predict_disk(builder: PlanBuilder, steps: tuple[StepNode, ...], targets: li
 
 
 def _topological(steps: Mapping[str, StepNode], source_name: str) -> tuple[StepNode, ...]:
+    """The order the executor runs the steps in: each after what it reads and, among the steps ready
+    at a time, first the one reading the most recently made outputs (ties by name). A step's readers
+    thus follow it closely (depth first), and under a store budget its objects can go before the
+    next large export arrives: MedGemma 4B's two quantizations of the 15.5 GB float text graph run
+    straight after its export, not after the onnx exports (issue #26; the plan's disk prediction
+    follows the same order)."""
     ordered: list[StepNode] = []
-    done = {source_name}
+    made = {source_name: -1}  # step → its place in the order
     pending = dict(sorted(steps.items()))
     while pending:
-        ready = [name for name, step in pending.items() if all(ref.node in done for ref in step.inputs)]
+        ready = [step for step in pending.values() if all(ref.node in made for ref in step.inputs)]
         if not ready:
             raise PlanError(f"the plan has a cycle among {', '.join(pending)}; this is a modelforge bug")
-        for name in ready:
-            ordered.append(pending.pop(name))
-            done.add(name)
+        step = min(ready, key=lambda item: (-max((made[ref.node] for ref in item.inputs), default=-1), item.name))
+        made[step.name] = len(ordered)
+        ordered.append(pending.pop(step.name))
     return tuple(ordered)

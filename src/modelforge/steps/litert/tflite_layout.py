@@ -20,6 +20,8 @@ Imports flatbuffers and ai_edge_litert's schema only.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import mmap
 import os
 import struct
@@ -99,22 +101,59 @@ def normalize(path: Path) -> bool:
         if end == file_size and all(new == old for old, new in new_offsets.items()):
             return False
         temporary = path.with_name(path.name + ".layout")
-        with open(temporary, "wb") as out:
+        with open(temporary, "wb") as out, open(path, "r+b") as original:
             header = bytearray(data[:start])
             for _, offset, _, field in buffers:
                 struct.pack_into("<Q", header, field, new_offsets[offset])
             out.write(header)
             cursor = start
+            punch = HolePuncher(original.fileno())
             for old, new in sorted(new_offsets.items(), key=lambda item: item[1]):
                 out.write(b"\0" * (new - cursor))
-                for chunk in range(old, old + sizes[old], COPY_CHUNK):
-                    out.write(data[chunk : min(chunk + COPY_CHUNK, old + sizes[old])])
+                copy_freeing(data, out, old, sizes[old], punch)
                 cursor = new + sizes[old]
             out.write(b"\0" * (end - cursor))
             out.flush()
             os.fsync(out.fileno())
     os.replace(temporary, path)
     return True
+
+
+class HolePuncher:
+    """Frees the whole filesystem blocks of a byte range of an open file (fallocate's
+    PUNCH_HOLE | KEEP_SIZE: the file keeps its size, the range reads as zeros). A partial block at
+    either end is left as it is: it may hold the neighbouring buffer's bytes. Gives up quietly, and
+    for good, where the filesystem cannot punch holes (the copy then simply needs its space)."""
+
+    KEEP_SIZE, PUNCH_HOLE = 0x01, 0x02
+
+    def __init__(self, descriptor: int):
+        self.descriptor = descriptor
+        self.block = os.fstat(descriptor).st_blksize or 4096
+        try:
+            self._fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+            self._fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        except (OSError, AttributeError):
+            self._fallocate = None
+
+    def __call__(self, start: int, end: int) -> None:
+        first, last = -(-start // self.block) * self.block, end // self.block * self.block
+        if self._fallocate is None or last <= first:
+            return
+        if self._fallocate(self.descriptor, self.KEEP_SIZE | self.PUNCH_HOLE, first, last - first) != 0:
+            error = ctypes.get_errno()
+            if error not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise OSError(error, f"freeing the copied blocks of a .tflite: {os.strerror(error)}")
+            self._fallocate = None
+
+
+def copy_freeing(data, out, offset: int, size: int, punch: HolePuncher) -> None:
+    """Write data[offset : offset + size] to `out` chunk by chunk, freeing each chunk's whole
+    blocks in the original once written (never read again: each buffer is copied once)."""
+    for chunk in range(offset, offset + size, COPY_CHUNK):
+        stop = min(chunk + COPY_CHUNK, offset + size)
+        out.write(data[chunk:stop])
+        punch(chunk if chunk == offset else chunk - chunk % punch.block, stop)
 
 
 def _check_padding(data, start: int, end: int, sizes: dict[int, int]) -> None:
