@@ -821,7 +821,8 @@ def render_markdown(result: dict) -> str:
              f"{'; '.join(c.get('config_changes') or []) or 'none'}",
              f"- checkpoint check: {json.dumps(result.get('check', {}), sort_keys=True)[:600]}",
              f"- build: `{result['build_command']}` in a scratch project, cgroup limit {_gib(result['build'].get('cgroup', {}).get('limit_bytes'))} GiB"
-             f"{'; --memory-limit raised past the prediction (--ignore-prediction)' if result.get('ignore_prediction') else ''}"]
+             f"{'; --memory-limit raised past the prediction (--ignore-prediction)' if result.get('ignore_prediction') else ''}"
+             f"{'; store budget ' + result['store_budget'] if result.get('store_budget') else ''}"]
     for title, headers, rows in tables(result):
         lines += ["", f"{title}:", "", "| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|"]
         lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
@@ -857,6 +858,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", type=Path, default=None, help="a previous full run's results JSON: keep its store (steps it finished are cached) and take those steps' figures from it")
     parser.add_argument("--parity-override", default="", help="comma-separated KEY=VALUE thresholds replacing the manifest's parity thresholds in the scratch copy (random weights are not the real model: the real thresholds are for the real weights)")
     parser.add_argument("--compare-records", type=Path, default=None, help="the steps/ directory of an earlier build's store: judge byte identity by its step records instead of a second build here (for a disk too small for two 4B stores)")
+    parser.add_argument("--store-budget", default="", help="the builds' --store-budget (docs/store.md: what the store drops once read, and the disk the build needs under it)")
+    parser.add_argument("--tag", default="", help="a word added to the run's label: its RESULTS.md section and default results file (e.g. `after`: beside, not over, the full-size section)")
     parser.add_argument("--render", type=Path, default=None, help="only re-render the figures and RESULTS.md section of a results JSON")
     args = parser.parse_args(argv)
     from modelforge.memory import parse_size
@@ -876,7 +879,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--text-layers in 1..34, --vision-layers in 1..27")
     full = args.text_layers == FULL_TEXT_LAYERS and vision_layers == FULL_VISION_LAYERS
     label = "full" if full else f"L{args.text_layers}v{vision_layers}"
-    results_path = args.results or BENCH / "results" / ("medgemma_4b.json" if full else f"medgemma_4b-{label}.json")
+    section = f"{label} {args.tag}" if args.tag else label  # the checkpoint and scratch directories stay the label's
+    results_path = args.results or BENCH / "results" / ("medgemma_4b" + ("" if full else f"-{label}") + (f"-{args.tag}" if args.tag else "") + ".json")
     skip = {item for item in args.skip.split(",") if item}
     if not args.no_cgroup and not MemoryCgroup.available():
         parser.error(f"{MemoryCgroup.BASE} is not writable (needs root and cgroup v1's memory controller); rerun as root or pass --no-cgroup")
@@ -897,7 +901,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = run / "logs"
     logs.mkdir(parents=True)
     env = {**os.environ, **ENV, "HF_HOME": str(work / "hf-home"), "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
-    result: dict = {"benchmark": "medgemma_4b", "label": label, "full_size": full, "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+    result: dict = {"benchmark": "medgemma_4b", "label": section, "full_size": full, "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
                     "machine": machine(), "versions": versions(), "filesystem": filesystem(work), "ignore_prediction": args.ignore_prediction, "notes": []}
     result["machine"]["loadavg_1m_at_start"] = result["machine"].pop("loadavg_1m")
 
@@ -916,13 +920,16 @@ def main(argv: list[str] | None = None) -> int:
                                "weights; on random weights int8 moves top-1 far more often (flat logits).")
     manifest = scratch_project(run / "project", parity_override)
     modelforge = [sys.executable, "-m", "modelforge.cli"]
-    planned = subprocess.run([*modelforge, "plan", str(manifest), "--source-dir", str(checkpoint_dir), "--store", str(run / "store-1"), "--json"],
+    budget = ["--store-budget", args.store_budget] if args.store_budget else []  # else MODELFORGE_STORE_BUDGET, if set, as for a user
+    if args.store_budget or os.environ.get("MODELFORGE_STORE_BUDGET"):
+        result["store_budget"] = args.store_budget or os.environ["MODELFORGE_STORE_BUDGET"]
+    planned = subprocess.run([*modelforge, "plan", str(manifest), "--source-dir", str(checkpoint_dir), "--store", str(run / "store-1"), "--json", *budget],
                              capture_output=True, text=True, env=env, cwd=run / "project")
     plan_json = json.loads(planned.stdout) if planned.returncode == 0 else {}
     predicted = plan_json.get("memory", {})
     result["plan"] = {"rc": planned.returncode, "memory_predicted_bytes": predicted, "disk_predicted": plan_json.get("disk", {}),
                       "error": planned.stderr[-600:] if planned.returncode else None}
-    build_command = [*modelforge, "build", str(manifest), "--source-dir", str(checkpoint_dir), "--store", str(run / "store-1"), "--out", str(run / "out-1")]
+    build_command = [*modelforge, "build", str(manifest), "--source-dir", str(checkpoint_dir), "--store", str(run / "store-1"), "--out", str(run / "out-1"), *budget]
     if args.ignore_prediction:
         build_command += ["--memory-limit", "1024GiB"]
     result["build_command"] = " ".join(["modelforge", *build_command[3:]]).replace(str(ROOT) + "/", "")
@@ -1029,7 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
                                "evaluated here only to exercise the harness. The full-size run: `python bench/bench_medgemma_4b.py`.")
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    update_markdown(args.markdown, render_markdown(result), label)
+    update_markdown(args.markdown, render_markdown(result), section)
     print(render_text(result))
     print(f"\nwrote {results_path} and {args.markdown}")
     return 0

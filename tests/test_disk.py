@@ -134,3 +134,28 @@ def test_dist_on_another_filesystem_needs_copies_of_every_file(tmp_path):
     assert (there.dist, there.total, there.dist_separate) == ((100 << 20) + 1_000, 100 << 20, True)
     with pytest.raises(PlanError, match=r"^this build would write about 104.9 MB to dist \(.*\), but --disk-limit allows 100.0 MB;"):
         disk.refuse_if_full(disk.DiskNeed(0, 0, (100 << 20) + 1_000, 0, 0, True), tmp_path, other, "100MB")
+
+
+def test_under_a_store_budget_the_medgemma_4b_build_holds_its_float_text_graph_only_while_it_is_read(tmp_path):
+    """Issue #26: a step's readers run straight after it, so under a store budget the 15.5 GB float
+    text graph (and its embedder) is dropped once its two quantizations have run, before the onnx
+    exports arrive; and its layout rewrite holds one graph, not two. At 20 GB of budget the build
+    holds at most the graph and its two quantizations (25.4 GB; 33.7 GB before: the rewrite's copy)."""
+    from modelforge.api.planning import disk_need
+    from modelforge.executor import NodeStatus
+    from modelforge.store import Store
+
+    manifest = load_manifest(MANIFESTS / "medgemma-1.5-litertlm.yaml")
+    plan = make_plan(manifest, _with_the_web_runtime(reference_facts(), tmp_path / "store"), "manifests/medgemma-1.5-litertlm.yaml",
+                     manifest_digest(manifest))
+    order = [step.name for step in plan.steps]
+    export = order.index("bundle.export_text")
+    readers = {step.name for step in plan.steps if any(ref.node == "bundle.export_text" for ref in step.inputs)}
+    assert readers == {"bundle.quantize.text_decoder", "web.quantize.medgemma-int4"}
+    assert set(order[export + 1 : export + 3]) == readers
+    statuses = [NodeStatus(step.name, step.kind, "k", {}, False, "never built") for step in plan.steps]
+    facts = plan.facts["disk"]
+    quantized = facts["steps"]["bundle.quantize.text_decoder"] + facts["steps"]["web.quantize.medgemma-int4"]
+    budgeted = disk_need(plan, statuses, Store(tmp_path / "store"), tmp_path / "dist", 20 * 10**9)
+    assert budgeted.peak <= facts["steps"]["bundle.export_text"] + quantized + (64 << 20), budgeted.peak
+    assert budgeted.peak + 8.6e9 <= 35e9  # the issue's target: free disk needed, the 8.6 GB source included
