@@ -106,27 +106,15 @@ def load_reference(checkpoint: Path, part: str, auto_class: str):
     return model.eval()
 
 
-def load_multimodal_reference(checkpoint: Path):
-    """The whole image-text model in float32: what image_reference runs, and text_reference too when
-    handed it (the same language model: on the tiny model its greedy tokens and logits are bitwise
-    those of the text-only load), so a reference step reads the 4B checkpoint once, not twice."""
-    import torch
-    from transformers import Gemma3ForConditionalGeneration
-
-    return Gemma3ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32, trust_remote_code=False).eval()
-
-
-def text_reference(request: dict, model=None) -> dict:
+def text_reference(request: dict) -> dict:
     """Phase `text_reference`: PyTorch's greedy tokens and next-token logits on the chat prompts
-    (float32, as computed), saved for the graphs phase; on `model` when given (the multimodal
-    reference, already loaded), else on the text part alone."""
+    (float32, as computed), saved for the graphs phase."""
     import torch
     from transformers import AutoTokenizer
 
     checkpoint = Path(request["checkpoint"])
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=False)
-    if model is None:
-        model = load_reference(checkpoint, "text", "AutoModelForCausalLM")
+    model = load_reference(checkpoint, "text", "AutoModelForCausalLM")
     arrays = {}
     template = chat_template(request)
     for index, prompt in enumerate(request["prompts"]):
@@ -352,17 +340,16 @@ def runtime_image_parity(answers: dict, replies: list[str], tokenizer) -> dict:
 # The phases, in order; each runs in its own worker process (litert_parity.run) and returns
 # {"report": figures for the lock, "handoff": what later phases are given}. Arrays go through files.
 
-def image_reference(request: dict, model=None) -> dict:
-    """Phase `image_reference`: the test cards, PyTorch's image embeddings and answers on them (on
-    `model` when given, else the multimodal reference loaded here)."""
-    from transformers import AutoProcessor
+def image_reference(request: dict) -> dict:
+    """Phase `image_reference`: the test cards, PyTorch's image embeddings and answers on them."""
+    import torch
+    from transformers import AutoProcessor, Gemma3ForConditionalGeneration
 
     checkpoint = Path(request["checkpoint"])
     processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=False)
     size = processor.image_processor.size["height"], processor.image_processor.size["width"]
     cards = test_cards(size, Path(request["scratch_dir"]))
-    if model is None:
-        model = load_multimodal_reference(checkpoint)
+    model = Gemma3ForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32, trust_remote_code=False).eval()
     embeddings = vision_references(model, processor, cards)
     np.savez(references_dir(request) / "vision.npz", *embeddings)
     handoff = {"cards": [str(card) for card in cards]}

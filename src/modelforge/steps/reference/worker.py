@@ -1,6 +1,5 @@
 """The parity_reference step's job, in a fresh interpreter (steps/workers.py): the reference phases
-of parity_phases on one loaded model (the multimodal one when there are images: the checkpoint is
-read once), their files gathered as the step's outputs.
+of parity_phases, their files gathered as the step's outputs.
 
 Usage: python -m modelforge.steps.reference.worker REQUEST.json   (writes result.json beside it)
 """
@@ -19,15 +18,13 @@ def reference(request: dict) -> dict:
 
     work = Path(request["work_dir"])
     request = {**request, "scratch_dir": str(work)}
-    # A multimodal reference is loaded once and serves both phases (the text part alone otherwise).
-    model = parity_phases.load_multimodal_reference(Path(request["checkpoint"])) if request["multimodal"] else None
-    parity_phases.text_reference(request, model)
+    parity_phases.text_reference(request)
     references = references_dir(request)
     files = {"text.npz": references / "text.npz"}
     if request["multimodal"]:
         answers = request["answers"]
         handoff = parity_phases.image_reference(
-            {**request, "bundle": answers is not None, "stop_tokens": (answers or {}).get("stop_tokens", [])}, model)["handoff"]
+            {**request, "bundle": answers is not None, "stop_tokens": (answers or {}).get("stop_tokens", [])})["handoff"]
         files["vision.npz"] = references / "vision.npz"
         files |= {Path(card).name: Path(card) for card in handoff.pop("cards")}
         (work / "reference.json").write_text(json.dumps(handoff, indent=1, sort_keys=True) + "\n")
