@@ -14,7 +14,7 @@ In one run (see bench/README.md):
   plan        `modelforge plan --json`: the predicted peak of every step, and the disk (disk.py)
   build       `modelforge build MANIFEST --source-dir CKPT --store FRESH --out FRESH` in a scratch
               project, inside a memory cgroup: per step wall s, peak RSS, anonymous peak, output sizes;
-              the store's size after it and the most its store and out/ held at once (sampled every
+              the store's size after it and the most its store and out/ held at once on the disk (allocated blocks, sampled every
               0.5 s, hard links once), against the plan's disk prediction
   rebuild     the same build again in a fresh store: every output compared byte for byte
   runtime     litert_lm loads the built .litertlm on CPU and generates (time to first token, tokens/s)
@@ -572,8 +572,11 @@ def scratch_project(base: Path, parity_override: dict | None = None) -> Path:
     return target
 
 
-def tree_bytes(directory: Path) -> int:
-    """Bytes of the files under directory, each inode once (dist/'s hard links to store objects)."""
+def tree_bytes(directory: Path, allocated: bool = False) -> int:
+    """Bytes of the files under directory, each inode once (dist/'s hard links to store objects):
+    their sizes, or with `allocated` the blocks the disk holds for them (what `du` counts: a file
+    whose copied blocks were freed, as the tflite layout rewrite frees them, keeps its size but not
+    its blocks)."""
     seen, total = set(), 0
     for dirpath, _, files in os.walk(directory):
         for name in files:
@@ -583,12 +586,13 @@ def tree_bytes(directory: Path) -> int:
                 continue
             if status.st_ino not in seen:
                 seen.add(status.st_ino)
-                total += status.st_size
+                total += status.st_blocks * 512 if allocated else status.st_size
     return total
 
 
 class DiskSampler:
-    """The most bytes the directories held at once while a build ran (tree_bytes every interval s)."""
+    """The most bytes the directories held at once on the disk while a build ran (their allocated
+    blocks, tree_bytes every interval s)."""
 
     def __init__(self, directories: list[Path], interval: float = 0.5):
         self.directories, self.interval, self.peak = directories, interval, 0
@@ -597,7 +601,7 @@ class DiskSampler:
 
     def _run(self) -> None:
         while True:
-            self.peak = max(self.peak, sum(tree_bytes(directory) for directory in self.directories if directory.exists()))
+            self.peak = max(self.peak, sum(tree_bytes(directory, allocated=True) for directory in self.directories if directory.exists()))
             if self._stop.wait(self.interval):
                 return
 
