@@ -22,6 +22,11 @@ Each step kind follows the copies that exist on its path (steps/litert/worker.py
                    quantizer gets one float32 weight at a time; 21.2 GiB before).
     quantize       base + factor × f32 bytes of the graphs quantized (ai-edge-quantizer reads the
                    float .tflite into numpy and writes the quantized one beside it).
+    onnx quantize  the onnx vision graph's int8 quantization (onnxruntime's MatMulNBits quantizer):
+                   the whole float ModelProto in memory with its quantized initializers beside it,
+                   about 1.3 × the f32 bytes of the vision tower and projector (measured 2.14 GiB
+                   at 4B, where the litert quantize fit said 0.93). The embedding's quantization
+                   follows the litert fit (within 4 % at 4B).
     parity         base + factor × f32 bytes of the whole multimodal model. The check runs one
                    worker per phase (text reference, multimodal reference, LiteRT-LM runtime,
                    exported graphs; steps/parity_phases.py), so its peak is the largest phase: at 4B
@@ -95,6 +100,11 @@ MEASUREMENTS: tuple[tuple[str, str, int, int, int], ...] = (
     ("L2", "gguf_quantize", 2_685_009_920, 0, 751_619_277),
     ("tiny", "gguf_convert_vision", 120_192, 0, 260_014_080),
     ("L34", "gguf_convert_vision", 1_679_265_216, 0, 300_647_711),
+    # onnx vision quantization (2026-12-06, onnxruntime 1.31.1): the tiny fixture's int8 variant (the
+    # worker's peak, tests/test_onnx.py's manifest) and MedGemma 4B's int8 vision (bench_medgemma_4b.py,
+    # sampled RssAnon of the worker: 2_281_385_984 and 2_301_927_424 in two runs; the later one).
+    ("tiny", "onnx_quantize_vision", 120_192, 0, 92_745_728),
+    ("L34", "onnx_quantize_vision", 1_679_265_216, 0, 2_301_927_424),
 )
 # Peaks known only from below: a step killed at its cgroup's limit before it finished (none now; the
 # 4B parity was, at 21.8 GiB, while its phases shared one process). Such a kind's factor must be set
@@ -118,6 +128,7 @@ FIT: dict[str, tuple[int, float]] = {
     "gguf_convert_text": (260_146_406, 1.011),
     "gguf_quantize": (47_993_767, 0.262),
     "gguf_convert_vision": (260_011_171, 0.024),
+    "onnx_quantize_vision": (92_587_596, 1.316),
 }
 # The largest |predicted / measured − 1| over MEASUREMENTS is below this (tests/test_memory.py).
 STATED_ERROR = 0.15

@@ -79,7 +79,7 @@ def plan(builder: PlanBuilder, target: str, spec: OnnxTarget) -> str:
                 {"file": "vision.onnx", "precision": vision_precision.precision, "block_size": vision_precision.blocks},
                 (InputRef("graph", vision, ("vision.onnx", "vision.onnx.data")),), onnx_quantize.TOOLS,
             ))
-            predict(builder, quantized, "quantize", PART_COMPONENTS["vision"])
+            predict(builder, quantized, "onnx_quantize_vision", PART_COMPONENTS["vision"])
             vision_graph = InputRef("vision", quantized)
         embedding_graph = InputRef("embedding", vision, ("embedding.onnx", "embedding.onnx.data"))
         if text_precision.precision == "int4":
