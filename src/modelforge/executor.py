@@ -246,7 +246,7 @@ def run_plan(
     records: dict[str, StepRecord] = {}
     verified_sources: set[str] = set()
     skipped = demand(plan, store, keys, needed, trusted)
-    retain = _Retention(plan, store, records, needed or {}, budget, store_bytes, reporter) if budget is not None else None
+    retain = _Retention(plan, store, keys, records, needed or {}, budget, store_bytes, reporter) if budget is not None else None
     for step in plan.steps:
         key = keys[step.name]["key"]
         with store.lock(key):
@@ -310,13 +310,17 @@ def run_plan(
 class _Retention:
     """Drops intermediates as the build goes when the store is over its budget (retention.py)."""
 
-    def __init__(self, plan: Plan, store: Store, records: Mapping[str, StepRecord], needed, budget: int, measure, reporter: Reporter):
+    def __init__(self, plan: Plan, store: Store, keys: Mapping[str, Mapping[str, Any]], records: Mapping[str, StepRecord], needed,
+                 budget: int, measure, reporter: Reporter):
         self.store, self.records, self.budget, self.measure, self.reporter = store, records, budget, measure, reporter
         self.readers = consumers([(step.name, [ref.node for ref in step.inputs]) for step in plan.steps])
         self.protected = set(needed)
         self.costly = {step.name for step in plan.steps if step.kind in KEPT}
         self.done: set[str] = set()
         self.dropped: set[str] = set()
+        # The stored records of the steps still to come: an object one of them names (the same test
+        # card in two references) stays until that step is handled, or it would find it gone and run.
+        self.coming = {step.name: record for step in plan.steps if (record := store.get_record(keys[step.name]["key"])) is not None}
 
     def handled(self, name: str) -> None:
         self.done.add(name)
@@ -328,6 +332,7 @@ class _Retention:
             return
         # An object a step that stays also names (a pass-through: the web bundle's .task) is never dropped.
         kept = {item.sha256 for step, record in self.records.items() if step not in ready_now or step in self.protected for item in record.outputs.values()}
+        kept |= {item.sha256 for step, record in self.coming.items() if step not in self.done for item in record.outputs.values()}
         frees = {}
         for step in ready_now:
             objects = {item.sha256: item.size for item in self.records[step].outputs.values() if item.sha256 not in kept}
