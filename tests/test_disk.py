@@ -118,7 +118,9 @@ def test_the_medgemma_4b_plan_predicts_the_measured_files_and_store(tmp_path):
     assert abs(sum(facts["steps"].values()) / (54e9 - 15.5e9 + 2 * embedder_table) - 1) <= disk.STATED_ERROR
     # The export rewrites its 15.5 GB decoder graph's layout into a copy, freeing the original's
     # blocks as it copies them: one 64 MiB chunk more at most, not a second 15.5 GB graph.
-    assert facts["scratch"]["bundle.export_text"] == 64 << 20
+    from modelforge.steps.litert import tflite_layout
+
+    assert facts["scratch"]["bundle.export_text"] == tflite_layout.COPY_CHUNK == disk.LAYOUT_REWRITE_CHUNK
 
 
 def test_dist_on_another_filesystem_needs_copies_of_every_file(tmp_path):

@@ -46,34 +46,38 @@ def _external(source: Path, target: Path, order: str) -> None:
         out.write(b"\0" * 32)
 
 
-@pytest.fixture(scope="module")
-def float_graph(tmp_path_factory) -> Path:
-    """A small graph converted by litert-torch (inline buffers, as every graph under 2 GB)."""
+def _two_layer_graph(path: Path, widths: tuple[int, int, int], seed: int) -> Path:
+    """tanh(x @ first) @ second + bias, converted by litert-torch (inline buffers, as every graph under 2 GB)."""
     import torch
     import litert_torch
 
-    class Small(torch.nn.Module):
+    class TwoLayers(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            generator = torch.Generator().manual_seed(0)
-            self.first = torch.nn.Parameter(torch.randn(64, 96, generator=generator))
-            self.second = torch.nn.Parameter(torch.randn(96, 32, generator=generator))
-            self.bias = torch.nn.Parameter(torch.randn(32, generator=generator))
+            generator = torch.Generator().manual_seed(seed)
+            self.first = torch.nn.Parameter(torch.randn(widths[0], widths[1], generator=generator))
+            self.second = torch.nn.Parameter(torch.randn(widths[1], widths[2], generator=generator))
+            self.bias = torch.nn.Parameter(torch.randn(widths[2], generator=generator))
 
         def forward(self, x):
             return torch.tanh(x @ self.first) @ self.second + self.bias
 
-    path = tmp_path_factory.mktemp("graph") / "small.tflite"
-    litert_torch.convert(Small().eval(), (torch.zeros(1, 64),)).export(str(path))
+    litert_torch.convert(TwoLayers().eval(), (torch.zeros(1, widths[0]),)).export(str(path))
     return path
 
 
-def _run(path: Path) -> np.ndarray:
+@pytest.fixture(scope="module")
+def float_graph(tmp_path_factory) -> Path:
+    """A small graph: buffers of bytes to KiBs."""
+    return _two_layer_graph(tmp_path_factory.mktemp("graph") / "small.tflite", (64, 96, 32), seed=0)
+
+
+def _run(path: Path, width: int = 64) -> np.ndarray:
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_path=str(path)).get_signature_runner()
     name = next(iter(runner.get_input_details()))
-    x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
+    x = np.linspace(-1, 1, width, dtype=np.float32).reshape(1, width)
     return next(iter(runner(**{name: x}).values()))
 
 
@@ -138,35 +142,13 @@ def test_the_rewrite_frees_what_it_has_copied_so_one_graph_is_on_disk_not_two(tm
 def test_a_large_shuffled_graph_normalizes_through_freed_blocks_to_the_same_bytes(tmp_path, monkeypatch):
     """The same normalized bytes and the same outputs when the rewrite frees blocks as it goes (buffers
     of MiBs, chunks smaller than them) as when the tail was already in index order."""
-    import torch
-    import litert_torch
-
     monkeypatch.setattr(tflite_layout, "COPY_CHUNK", 1 << 20)
-
-    class Wide(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            generator = torch.Generator().manual_seed(1)
-            self.first = torch.nn.Parameter(torch.randn(512, 1536, generator=generator))
-            self.second = torch.nn.Parameter(torch.randn(1536, 1024, generator=generator))
-
-        def forward(self, x):
-            return torch.tanh(x @ self.first) @ self.second
-
-    graph = tmp_path / "wide.tflite"
-    litert_torch.convert(Wide().eval(), (torch.zeros(1, 512),)).export(str(graph))
+    graph = _two_layer_graph(tmp_path / "wide.tflite", (512, 1536, 1024), seed=1)  # buffers of 3 and 6 MiB
     files = {order: tmp_path / f"{order}.tflite" for order in ("forward", "shuffled", "reversed")}
     for order, path in files.items():
         _external(graph, path, order)
-    from ai_edge_litert.interpreter import Interpreter
-
-    def run(path: Path) -> np.ndarray:
-        runner = Interpreter(model_path=str(path)).get_signature_runner()
-        name = next(iter(runner.get_input_details()))
-        return next(iter(runner(**{name: np.linspace(-1, 1, 512, dtype=np.float32).reshape(1, 512)}).values()))
-
-    expected = run(graph)
+    expected = _run(graph, 512)
     for path in files.values():
         tflite_layout.normalize(path)
     assert files["forward"].read_bytes() == files["shuffled"].read_bytes() == files["reversed"].read_bytes()
-    np.testing.assert_array_equal(run(files["reversed"]), expected)
+    np.testing.assert_array_equal(_run(files["reversed"], 512), expected)
