@@ -572,57 +572,64 @@ def scratch_project(base: Path, parity_override: dict | None = None) -> Path:
     return target
 
 
-def tree_bytes(directory: Path, allocated: bool = False) -> int:
-    """Bytes of the files under directory, each inode once (dist/'s hard links to store objects):
-    their sizes, or with `allocated` the blocks the disk holds for them (what `du` counts: a file
-    whose copied blocks were freed, as the tflite layout rewrite frees them, keeps its size but not
-    its blocks)."""
+def tree_bytes(*directories: Path, allocated: bool = False) -> int:
+    """Bytes of the files under the directories, each inode once across all of them (out/'s hard
+    links to store objects hold no bytes of their own): their sizes, or with `allocated` the blocks
+    the disk holds for them (what `du` counts: a file whose copied blocks were freed, as the tflite
+    layout rewrite frees them, keeps its size but not its blocks)."""
     seen, total = set(), 0
-    for dirpath, _, files in os.walk(directory):
-        for name in files:
-            try:
-                status = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            if status.st_ino not in seen:
-                seen.add(status.st_ino)
-                total += status.st_blocks * 512 if allocated else status.st_size
+    for directory in directories:
+        for dirpath, _, files in os.walk(directory):
+            for name in files:
+                try:
+                    status = os.lstat(os.path.join(dirpath, name))
+                except OSError:
+                    continue
+                if (status.st_dev, status.st_ino) not in seen:
+                    seen.add((status.st_dev, status.st_ino))
+                    total += status.st_blocks * 512 if allocated else status.st_size
     return total
 
 
 class DiskSampler:
     """The most bytes the directories held at once on the disk while a build ran (their allocated
-    blocks, tree_bytes every interval s)."""
+    blocks, tree_bytes every interval s; a file linked into two of them counts once), and when:
+    seconds after the sampler started."""
 
     def __init__(self, directories: list[Path], interval: float = 0.5):
-        self.directories, self.interval, self.peak = directories, interval, 0
+        self.directories, self.interval, self.peak, self.peak_at_s = directories, interval, 0, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._start = time.monotonic()
 
     def _run(self) -> None:
         while True:
-            self.peak = max(self.peak, sum(tree_bytes(directory, allocated=True) for directory in self.directories if directory.exists()))
+            held = tree_bytes(*(directory for directory in self.directories if directory.exists()), allocated=True)
+            if held > self.peak:
+                self.peak, self.peak_at_s = held, round(time.monotonic() - self._start, 1)
             if self._stop.wait(self.interval):
                 return
 
     def __enter__(self) -> "DiskSampler":
+        self._start = time.monotonic()
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._run()  # the final state too
+        self._run()  # the final state too (the event is set: one sample)
 
 
-def disk_figures(predicted: dict, store: Path, out: Path, peak: int) -> dict:
-    """The plan's disk prediction (plan --json's `disk`) beside what the build stored and needed."""
+def disk_figures(predicted: dict, store: Path, out: Path, peak: int, peak_at_s: float | None = None) -> dict:
+    """The plan's disk prediction (plan --json's `disk`) beside what the build stored and needed
+    (the peak, and when in the build it was: seconds after the build started)."""
     objects = tree_bytes(store / "objects")
     return {
         "predicted_store_bytes": predicted.get("store_bytes"), "store_bytes": objects,
         "predicted_need_bytes": predicted.get("need_bytes"), "peak_bytes": peak,
         "store_ratio": _ratio(predicted.get("store_bytes"), objects), "need_ratio": _ratio(predicted.get("need_bytes"), peak),
-        "dist_bytes": tree_bytes(out) if out.exists() else 0,
+        "dist_bytes": tree_bytes(out) if out.exists() else 0, "peak_at_s": peak_at_s,
     }
 
 
@@ -946,7 +953,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         cgroup.close()
     if previous is None:  # a resumed run's store held the earlier steps already
-        result["disk"] = disk_figures(result["plan"]["disk_predicted"], run / "store-1", run / "out-1", disk_sampler.peak)
+        result["disk"] = disk_figures(result["plan"]["disk_predicted"], run / "store-1", run / "out-1", disk_sampler.peak, disk_sampler.peak_at_s)
     log(f"  rc {result['build']['rc']} in {result['build']['wall_s']:.0f}s; cgroup {result['build']['cgroup']}")
     result["steps"] = step_rows(result["build"], predicted)
     if previous is not None:  # steps cached from the resumed run: its measurements, marked as such
