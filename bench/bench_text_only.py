@@ -469,6 +469,38 @@ def paired_runs(count: int, shards: list[Path], run: Path, build_command: list[s
     return {"count": count, "runs": rows, "median": median, "min": ratios[0] if ratios else None, "max": ratios[-1] if ratios else None}
 
 
+def sha256_rate(size: int = 512 << 20, chunk: int = 8 << 20, repeats: int = 3) -> float:
+    """Bytes a second that hashlib's sha256 (OpenSSL: SHA-NI where the CPU has it) hashes on one
+    core, in the chunks the build hashes in; the best of a few passes over random bytes in memory."""
+    import hashlib
+
+    data = memoryview(bytearray(os.urandom(chunk)) * (size // chunk))
+    best = math.inf
+    for _ in range(repeats):
+        start, digest = time.perf_counter(), hashlib.sha256()
+        for offset in range(0, len(data), chunk):
+            digest.update(data[offset : offset + chunk])
+        best = min(best, time.perf_counter() - start)
+    return len(data) / best
+
+
+def cpu_floor(pairs: dict, input_bytes: int, output_bytes: int, cores: int, rate: float) -> dict:
+    """The least wall time a fresh build can take on these cores, from work it cannot skip: sha256
+    of the whole source (the lock pins it) and of the output (the lock pins that too) at the rate
+    measured here, plus the kernel's copying of the output's bytes, taken from cp's own CPU in the
+    paired runs (its median, scaled to the bytes the build copies); all spread perfectly over the
+    cores. Beside the paired cp's median wall: a floor over 1.0 means no build that hashes what it
+    pins can match cp on this machine."""
+    runs = [row for row in pairs["runs"] if row["cp"]["rc"] == 0]
+    cp_cpu = statistics.median(row["cp"]["cpu_s"] for row in runs) * output_bytes / input_bytes
+    cp_wall = statistics.median(row["cp"]["wall_synced_s"] for row in runs)
+    hashing = (input_bytes + output_bytes) / rate
+    floor = (hashing + cp_cpu) / cores
+    return {"sha256_gb_s": round(rate / 1e9, 3), "hashed_gb": round((input_bytes + output_bytes) / 1e9, 3), "hashing_cpu_s": round(hashing, 4),
+            "copy_cpu_s": round(cp_cpu, 4), "cores": cores, "floor_s": round(floor, 4), "cp_median_s": round(cp_wall, 4),
+            "floor_over_cp": _ratio(floor, cp_wall)}
+
+
 def build_command_cwd(build_command: list[str]) -> Path:
     """The project directory a build command runs in: the one holding its manifests/ folder."""
     manifest = Path(next(arg for arg in build_command if arg.endswith(".yaml")))
@@ -565,11 +597,20 @@ def render_text(result: dict) -> str:
     if result.get("pairs"):
         pairs = result["pairs"]
         out += [f"paired runs: median build/cp {_fmt(pairs['median'], 3)} over {pairs['count']} (range {_fmt(pairs['min'], 3)}–{_fmt(pairs['max'], 3)})"]
+    if result.get("floor"):
+        out += [floor_sentence(result["floor"])]
     if result.get("profile"):
         out += ["profile of a fresh build (cProfile, cumulative seconds):"]
         out += [f"  {label}: {_fmt(value)}" for label, value in result["profile"]["cumulative_s"].items()]
         out += ["  top functions by own time:"] + [f"    {item['self_s']:8.2f}s  {item['calls']:>7} calls  {item['function']}" for item in result["profile"]["top_self_s"][:8]]
     return "\n".join(out)
+
+
+def floor_sentence(floor: dict) -> str:
+    return (f"CPU floor (work a build cannot skip, spread over {floor['cores']} cores): sha256 of {floor['hashed_gb']} GB (the source and the output, "
+            f"both pinned by the lock) at {floor['sha256_gb_s']} GB/s a core is {_fmt(floor['hashing_cpu_s'])} CPU s, plus cp's own copying CPU "
+            f"scaled to the output, {_fmt(floor['copy_cpu_s'])} s: {_fmt(floor['floor_s'])} s, {_fmt(floor['floor_over_cp'], 3)}x the paired cp median "
+            f"({_fmt(floor['cp_median_s'])} s).")
 
 
 def render_markdown(result: dict) -> str:
@@ -608,6 +649,8 @@ def render_markdown(result: dict) -> str:
                   "| pair | first | cp s | build s | build CPU s | build peak RSS MB | ratio |", "|---:|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {i + 1} | {row['first']} | {_fmt(row['cp']['wall_synced_s'])} | {_fmt(row['build']['wall_synced_s'])} | "
                   f"{_fmt(row['build']['cpu_s'], 1)} | {_fmt(row['build']['peak_rss_mb'], 0)} | {_fmt(row['ratio'], 3)} |" for i, row in enumerate(pairs["runs"])]
+    if result.get("floor"):
+        lines += ["", floor_sentence(result["floor"])]
     if result.get("profile"):
         lines += ["", "Profile of one more fresh build under cProfile (`--profile`; cumulative seconds, cProfile overhead included):", "",
                   "| phase | s |", "|---|---:|"]
@@ -787,6 +830,10 @@ def main(argv: list[str] | None = None) -> int:
         result["pairs"] = paired_runs(args.pairs, shards, run, build_command, store, out, logs, rss_tool, prepare, log)
         result["ratios"]["modelforge_over_cp_paired_median"] = result["pairs"]["median"]
         result["targets"].append(paired_target(result["pairs"]))
+        if checks["build_ok"]:
+            input_bytes = sum(path.stat().st_size for path in shards)
+            result["floor"] = cpu_floor(result["pairs"], input_bytes, methods["modelforge_build"]["bytes_written"], len(os.sched_getaffinity(0)), sha256_rate())
+            result["ratios"]["cpu_floor_over_cp"] = result["floor"]["floor_over_cp"]
     if args.profile:
         # A second fresh build under cProfile (not in the table's ratios): where the time goes.
         shutil.rmtree(store, ignore_errors=True)

@@ -44,6 +44,11 @@ def test_bench_text_only_runs_at_tiny_scale_and_the_build_verifies(tmp_path):
     assert len(pairs["runs"]) == 2 and [row["first"] for row in pairs["runs"]] == ["cp", "build"]
     assert all(row["build"]["rc"] == 0 and row["cp"]["rc"] == 0 for row in pairs["runs"])
     assert data["ratios"]["modelforge_over_cp_paired_median"] == pairs["median"] is not None
+    floor = data["floor"]  # the work a build cannot skip, measured in the same run
+    assert floor["sha256_gb_s"] > 0 and floor["cores"] >= 1 and floor["floor_s"] > 0
+    assert floor["hashed_gb"] > data["methods"]["modelforge_build"]["bytes_written"] / 1e9  # the source's bytes too
+    assert data["ratios"]["cpu_floor_over_cp"] == floor["floor_over_cp"]
     assert "<!-- bench:text_only scale=0.001 begin -->" in markdown.read_text()
+    assert "CPU floor" in markdown.read_text()
     # Nothing is left in the repository: the committed lock untouched, no dist.
     assert (ROOT / "lock" / "medgemma-1.5-text-only.lock").read_bytes() == committed_lock
