@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modelforge.hashing import CHUNK
 from modelforge.testing.reference import load_tensor_shapes, reference_dir, shard_assignment, shard_file_names
 from results_markdown import replace_section, targets_table, verdict  # noqa: E402  (bench/ is the script's directory)
 
@@ -469,7 +470,7 @@ def paired_runs(count: int, shards: list[Path], run: Path, build_command: list[s
     return {"count": count, "runs": rows, "median": median, "min": ratios[0] if ratios else None, "max": ratios[-1] if ratios else None}
 
 
-def sha256_rate(size: int = 512 << 20, chunk: int = 8 << 20, repeats: int = 3) -> float:
+def sha256_rate(size: int = 512 << 20, chunk: int = CHUNK, repeats: int = 3) -> float:
     """Bytes a second that hashlib's sha256 (OpenSSL: SHA-NI where the CPU has it) hashes on one
     core, in the chunks the build hashes in; the best of a few passes over random bytes in memory."""
     import hashlib

@@ -4,9 +4,7 @@ shard at a time, and a refusal names the same tensor whichever shard's thread fi
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-import struct
 from pathlib import Path
 
 import numpy
@@ -14,7 +12,7 @@ import pytest
 
 from modelforge.errors import SourceError
 from modelforge.store import FileRecord
-from modelforge.safetensors_io import write_tensors
+from modelforge.safetensors_io import read_header, write_tensors
 from modelforge.steps.base import InputFile, StepContext
 from modelforge.steps.checkpoint import transform_weights
 
@@ -52,9 +50,7 @@ def _context(tmp_path: Path, source: Path, shards: list[list[str]]) -> StepConte
 
 def _tensors(path: Path) -> dict[str, bytes]:
     raw = path.read_bytes()
-    (length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + length])
-    return {name: raw[8 + length + entry["data_offsets"][0] : 8 + length + entry["data_offsets"][1]] for name, entry in header.items() if name != "__metadata__"}
+    return {name: raw[info.begin : info.end] for name, info in read_header(path)[0].items()}
 
 
 def test_two_shards_at_once_hold_their_own_tensors_and_report_their_own_hashes(tmp_path):
